@@ -1,0 +1,51 @@
+# `make demo`: a real sweep on private Redis and PostgreSQL servers started for it.
+# `make test`: every test, against private servers started for them.
+# Both install redis-server and postgresql from Debian's packages when missing (as root).
+
+CARGO   ?= cargo
+SERVERS := tests/servers.sh exec --
+SWEEPER := target/release/sweeper
+
+.PHONY: all build test unit demo demo-steps lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+test:
+	$(SERVERS) $(CARGO) test --locked --all-targets
+
+# Unit tests only: no servers needed.
+unit:
+	$(CARGO) test --locked --lib --bins
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+demo: build
+	$(SERVERS) $(MAKE) --no-print-directory demo-steps
+
+# Runs inside `demo` with REDIS_URL and DATABASE_URL pointing at the private servers.
+demo-steps:
+	@echo; echo "== 1. sweeper migrate: create the schema"
+	$(SWEEPER) -q migrate
+	@echo; echo "== 2. sweeper simulate: the chat service writes 200 conversations, TTLs spread over 0-30 minutes"
+	$(SWEEPER) -q simulate --conversations 200 --ttl-spread 0s..30m
+	@echo; echo "== 3. sweeper run --dry-run: which conversations are ending (TTL under 10m)? Most urgent first; nothing is written."
+	$(SWEEPER) -q run --dry-run | awk 'NR <= 11 || /^dry run/'
+	@echo; echo "== 4. sweeper run: save them to PostgreSQL"
+	$(SWEEPER) run
+	@echo; echo "== 5. sweeper run again: nothing changed, nothing written"
+	$(SWEEPER) -q run --output json
+	@echo; echo "== 6. What landed in PostgreSQL"
+	psql -X -q "$$DATABASE_URL" -c "SELECT conversation_id, user_id, message_count, updated_at, last_run_id FROM conversations ORDER BY updated_at DESC LIMIT 8" \
+	  -c "SELECT conversation_id, seq, role, left(content, 50) AS content FROM messages WHERE conversation_id = (SELECT min(conversation_id) FROM conversations) ORDER BY seq LIMIT 6" \
+	  -c "SELECT id, status, scanned, due, persisted, unchanged, rejected, duration_ms FROM sweep_runs ORDER BY id"
+
+clean:
+	$(CARGO) clean

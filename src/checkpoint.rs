@@ -1,0 +1,455 @@
+//! The checkpoint document: bytes from Redis decoded and validated into what PostgreSQL stores, or a
+//! [`Reject`] saying why not. Pure: no I/O, so every rule is unit-tested here.
+//!
+//! The document (every field but `messages` optional, unknown fields kept verbatim):
+//! ```json
+//! {"conversation_id": "c-42", "user_id": "u-7", "started_at": "2026-11-22T10:00:00Z",
+//!  "updated_at": "2026-11-22T10:07:31Z",
+//!  "messages": [{"id": "m1", "role": "user", "content": "Hi", "ts": "2026-11-22T10:00:00Z"}],
+//!  "metadata": {"channel": "web"}}
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// A valid checkpoint, ready for the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub redis_key: String,
+    pub conversation_id: String,
+    pub user_id: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub messages: Vec<Message>,
+    /// The document exactly as Redis held it; PostgreSQL parses it into `jsonb`.
+    pub document: String,
+    /// SHA-256 of the document: an identical re-sweep writes nothing.
+    pub content_hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The message's identity within its conversation: `id:<id>` when the message has an `id`,
+    /// else `h:<hash>` of role, content, ts and how many identical messages came before it.
+    pub identity: String,
+    pub id: Option<String>,
+    pub role: String,
+    pub content: String,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// Why a value is not a checkpoint. `Display` starts with a stable code (`not_json: ...`), which is
+/// what `sweep_rejects.reason` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    KeyNotUtf8,
+    EmptyConversationId,
+    WrongType(String),
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
+    NotUtf8 {
+        valid_up_to: usize,
+    },
+    NotJson(String),
+    NotObject(&'static str),
+    NulCharacter,
+    BadMessages(String),
+    BadField {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reject::KeyNotUtf8 => write!(f, "key_not_utf8: the key name is not valid UTF-8"),
+            Reject::EmptyConversationId => {
+                write!(
+                    f,
+                    "empty_conversation_id: nothing follows the pattern's prefix"
+                )
+            }
+            Reject::WrongType(t) => write!(f, "wrong_type: a Redis {t}, not a string"),
+            Reject::TooLarge { size, limit } => {
+                write!(f, "too_large: {size} bytes, over --max-value-bytes {limit}")
+            }
+            Reject::NotUtf8 { valid_up_to } => {
+                write!(f, "not_utf8: invalid UTF-8 after byte {valid_up_to}")
+            }
+            Reject::NotJson(e) => write!(f, "not_json: {e}"),
+            Reject::NotObject(kind) => write!(f, "not_object: the document is a JSON {kind}"),
+            Reject::NulCharacter => write!(
+                f,
+                "nul_character: a string holds \\u0000, which PostgreSQL cannot store"
+            ),
+            Reject::BadMessages(e) => write!(f, "bad_messages: {e}"),
+            Reject::BadField { field, problem } => write!(f, "bad_field: `{field}` {problem}"),
+        }
+    }
+}
+
+/// The conversation id of a key: the part after the pattern's literal prefix.
+pub fn conversation_id<'k>(key: &'k str, prefix: &str) -> Result<&'k str, Reject> {
+    let id = key.strip_prefix(prefix).unwrap_or(key);
+    if id.is_empty() {
+        return Err(Reject::EmptyConversationId);
+    }
+    if id.contains('\0') {
+        return Err(Reject::NulCharacter);
+    }
+    Ok(id)
+}
+
+/// Decodes one checkpoint value read from `redis_key`.
+pub fn decode(redis_key: &str, conversation_id: &str, raw: &[u8]) -> Result<Checkpoint, Reject> {
+    let text = std::str::from_utf8(raw).map_err(|e| Reject::NotUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| Reject::NotJson(e.to_string()))?;
+    let Value::Object(doc) = &value else {
+        return Err(Reject::NotObject(json_kind(&value)));
+    };
+    if holds_nul(&value) {
+        return Err(Reject::NulCharacter);
+    }
+    let messages = match doc.get("messages") {
+        None => return Err(Reject::BadMessages("the document has no `messages`".into())),
+        Some(Value::Array(items)) => decode_messages(items)?,
+        Some(other) => {
+            return Err(Reject::BadMessages(format!(
+                "`messages` is a JSON {}, not an array",
+                json_kind(other)
+            )));
+        }
+    };
+    Ok(Checkpoint {
+        redis_key: redis_key.to_string(),
+        conversation_id: conversation_id.to_string(),
+        user_id: optional_string(doc, "user_id")?,
+        started_at: optional_time(doc, "started_at")?,
+        updated_at: optional_time(doc, "updated_at")?,
+        messages,
+        document: text.to_string(),
+        content_hash: Sha256::digest(raw).into(),
+    })
+}
+
+fn decode_messages(items: &[Value]) -> Result<Vec<Message>, Reject> {
+    // Identical id-less messages ("ok", "ok") are told apart by how many came before them.
+    let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(m) = item else {
+            return Err(Reject::BadMessages(format!(
+                "message {i} is a JSON {}, not an object",
+                json_kind(item)
+            )));
+        };
+        let text = |field: &str| match m.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(Reject::BadMessages(format!(
+                "message {i}: `{field}` is a JSON {}, not a string",
+                json_kind(other)
+            ))),
+            None => Err(Reject::BadMessages(format!("message {i} has no `{field}`"))),
+        };
+        let role = text("role")?;
+        let content = text("content")?;
+        let id = match m.get("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                return Err(Reject::BadMessages(format!(
+                    "message {i}: `id` is a JSON {}, not a string",
+                    json_kind(other)
+                )));
+            }
+        };
+        let ts_raw = match m.get("ts") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(other) => {
+                return Err(Reject::BadMessages(format!(
+                    "message {i}: `ts` is a JSON {}, not a timestamp string",
+                    json_kind(other)
+                )));
+            }
+        };
+        let created_at = ts_raw
+            .map(|s| {
+                parse_time(s).map_err(|e| {
+                    Reject::BadMessages(format!("message {i}: `ts` {s:?} is not RFC 3339: {e}"))
+                })
+            })
+            .transpose()?;
+        let identity = match &id {
+            Some(id) => format!("id:{id}"),
+            None => {
+                let mut h = Sha256::new();
+                for part in [role.as_str(), content.as_str(), ts_raw.unwrap_or("")] {
+                    h.update((part.len() as u64).to_le_bytes());
+                    h.update(part.as_bytes());
+                }
+                let base: [u8; 32] = h.finalize().into();
+                let nth = seen.entry(base).or_insert(0);
+                let mut h = Sha256::new();
+                h.update(base);
+                h.update(nth.to_le_bytes());
+                *nth += 1;
+                format!("h:{}", hex(&h.finalize()[..16]))
+            }
+        };
+        out.push(Message {
+            identity,
+            id,
+            role,
+            content,
+            created_at,
+        });
+    }
+    Ok(out)
+}
+
+fn optional_string(
+    doc: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, Reject> {
+    match doc.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(Reject::BadField {
+            field,
+            problem: format!("is a JSON {}, not a string", json_kind(other)),
+        }),
+    }
+}
+
+fn optional_time(
+    doc: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<DateTime<Utc>>, Reject> {
+    match doc.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse_time(s).map(Some).map_err(|e| Reject::BadField {
+            field,
+            problem: format!("{s:?} is not an RFC 3339 timestamp: {e}"),
+        }),
+        Some(other) => Err(Reject::BadField {
+            field,
+            problem: format!("is a JSON {}, not a timestamp string", json_kind(other)),
+        }),
+    }
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+}
+
+/// PostgreSQL's `text` and `jsonb` cannot hold U+0000, in values or in object keys.
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"conversation_id": "c-42", "user_id": "u-7", "started_at": "2026-11-22T10:00:00Z",
+        "updated_at": "2026-11-22T10:07:31Z",
+        "messages": [{"id": "m1", "role": "user", "content": "Hi", "ts": "2026-11-22T10:00:00Z"},
+                     {"id": "m2", "role": "assistant", "content": "Hello!", "ts": "2026-11-22T10:00:02Z"}],
+        "metadata": {"channel": "web"}}"#;
+
+    fn dec(raw: &str) -> Result<Checkpoint, Reject> {
+        decode("checkpoint:c-42", "c-42", raw.as_bytes())
+    }
+
+    #[test]
+    fn the_documented_example_decodes_in_full() {
+        let c = dec(GOOD).unwrap();
+        assert_eq!(c.conversation_id, "c-42");
+        assert_eq!(c.user_id.as_deref(), Some("u-7"));
+        assert_eq!(
+            c.updated_at.unwrap().to_rfc3339(),
+            "2026-11-22T10:07:31+00:00"
+        );
+        assert_eq!(c.messages.len(), 2);
+        assert_eq!(c.messages[1].identity, "id:m2");
+        assert_eq!(c.messages[1].content, "Hello!");
+        assert_eq!(
+            c.document, GOOD,
+            "the document is kept verbatim, unknown fields included"
+        );
+        assert_eq!(
+            c.content_hash,
+            <[u8; 32]>::from(Sha256::digest(GOOD.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn only_messages_is_required() {
+        let c = dec(r#"{"messages": [{"role": "user", "content": "x"}]}"#).unwrap();
+        assert_eq!(c.user_id, None);
+        assert_eq!(c.updated_at, None);
+        assert_eq!(c.messages[0].id, None);
+        assert_eq!(c.messages[0].created_at, None);
+        assert!(c.messages[0].identity.starts_with("h:"));
+        let empty = dec(r#"{"messages": []}"#).unwrap();
+        assert!(empty.messages.is_empty());
+    }
+
+    #[test]
+    fn idless_identity_is_stable_and_tells_repeats_apart() {
+        let doc = r#"{"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "ok"},
+                                   {"role": "assistant", "content": "ok"}]}"#;
+        let a = dec(doc).unwrap();
+        let ids: Vec<_> = a.messages.iter().map(|m| m.identity.clone()).collect();
+        assert_ne!(ids[0], ids[1], "two identical messages are two messages");
+        assert_ne!(ids[0], ids[2], "role is part of the identity");
+        // The same messages in a longer checkpoint keep their identities: no duplicates on re-sweep.
+        let longer = r#"{"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "ok"},
+                                      {"role": "assistant", "content": "ok"}, {"role": "user", "content": "bye"}]}"#;
+        let b = dec(longer).unwrap();
+        let ids_b: Vec<_> = b.messages.iter().map(|m| m.identity.clone()).collect();
+        assert_eq!(ids[..], ids_b[..3]);
+        // A timestamp tells apart the same words said at another time.
+        let with_ts = dec(
+            r#"{"messages": [{"role": "user", "content": "ok", "ts": "2026-01-01T00:00:00Z"}]}"#,
+        )
+        .unwrap();
+        assert_ne!(with_ts.messages[0].identity, ids[0]);
+    }
+
+    #[test]
+    fn numeric_ids_are_accepted_as_text() {
+        let c = dec(r#"{"user_id": 7, "messages": [{"id": 12, "role": "user", "content": "x"}]}"#)
+            .unwrap();
+        assert_eq!(c.user_id.as_deref(), Some("7"));
+        assert_eq!(c.messages[0].identity, "id:12");
+    }
+
+    fn code(r: Reject) -> String {
+        r.to_string().split(':').next().unwrap().to_string()
+    }
+
+    #[test]
+    fn every_malformed_shape_is_rejected_with_its_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "not_json"),
+            (b"{\"messages\": [", "not_json"),
+            (b"[1, 2]", "not_object"),
+            (b"\"a string\"", "not_object"),
+            (b"null", "not_object"),
+            (b"{}", "bad_messages"),
+            (b"{\"messages\": {}}", "bad_messages"),
+            (b"{\"messages\": [1]}", "bad_messages"),
+            (b"{\"messages\": [{\"role\": \"user\"}]}", "bad_messages"),
+            (
+                b"{\"messages\": [{\"role\": 1, \"content\": \"x\"}]}",
+                "bad_messages",
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"u\", \"content\": \"x\", \"ts\": \"yesterday\"}]}",
+                "bad_messages",
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"u\", \"content\": \"x\", \"id\": {}}]}",
+                "bad_messages",
+            ),
+            (
+                b"{\"messages\": [], \"updated_at\": \"10 past 10\"}",
+                "bad_field",
+            ),
+            (b"{\"messages\": [], \"started_at\": 5}", "bad_field"),
+            (b"{\"messages\": [], \"user_id\": [\"u\"]}", "bad_field"),
+            (
+                b"{\"messages\": [{\"role\": \"u\", \"content\": \"a\\u0000b\"}]}",
+                "nul_character",
+            ),
+            (
+                b"{\"messages\": [], \"meta\": {\"k\\u0000\": 1}}",
+                "nul_character",
+            ),
+            (b"{\"messages\": []}\xff", "not_utf8"),
+            (b"\xc3\x28", "not_utf8"),
+            (b"", "not_json"),
+        ];
+        for (raw, want) in cases {
+            let got = decode("k", "c", raw).expect_err(&String::from_utf8_lossy(raw));
+            assert_eq!(
+                code(got.clone()),
+                *want,
+                "{:?}: {got}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_a_reject_not_a_crash() {
+        let deep = format!(
+            "{{\"messages\": [], \"x\": {}1{}}}",
+            "[".repeat(50),
+            "]".repeat(50)
+        );
+        assert!(dec(&deep).is_ok(), "50 levels are fine");
+        let too_deep = format!(
+            "{{\"messages\": [], \"x\": {}1{}}}",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert_eq!(code(dec(&too_deep).unwrap_err()), "not_json");
+    }
+
+    #[test]
+    fn conversation_id_is_the_key_after_the_prefix() {
+        assert_eq!(
+            conversation_id("checkpoint:c-42", "checkpoint:"),
+            Ok("c-42")
+        );
+        assert_eq!(conversation_id("checkpoint:a:b", "checkpoint:"), Ok("a:b"));
+        assert_eq!(
+            conversation_id("checkpoint:", "checkpoint:"),
+            Err(Reject::EmptyConversationId)
+        );
+        assert_eq!(
+            conversation_id("checkpoint:a\0", "checkpoint:"),
+            Err(Reject::NulCharacter)
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The command line: clap types only. Every flag has an environment twin, so orchestrators can
+//! configure `sweeper` without templating arguments.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use sweeper::config::{parse_duration, parse_size};
+use sweeper::simulate::{parse_count_range, parse_ttl_range};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (rejected checkpoints do not fail a run: they are counted and kept in sweep_rejects)
+  1  anything else
+  2  bad usage: a bad flag, value or URL, or a missing setting
+  3  Redis unreachable or failing
+  4  PostgreSQL unreachable or failing, or its schema not migrated";
+
+#[derive(Debug, Parser)]
+#[command(name = "sweeper", version, about, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// Redis holding the checkpoints (redis://[user:password@]host:port/db).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// PostgreSQL receiving the conversations (postgres://user:password@host:port/db). Needed by
+    /// `migrate` and by every run but a dry run.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// How long to wait for Redis or PostgreSQL before calling it down.
+    #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, env = "SWEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less logging (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update the PostgreSQL schema (idempotent: safe to run before every deploy).
+    Migrate,
+    /// Sweep once: save every conversation whose checkpoint TTL is under the threshold.
+    Run(RunArgs),
+    /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// SCAN MATCH pattern of checkpoint keys; the conversation id is what follows its literal prefix.
+    #[arg(long = "match", env = "SWEEPER_MATCH", default_value = "checkpoint:*")]
+    pub pattern: String,
+
+    /// Save keys whose TTL left is under this (e.g. 10m, 90s).
+    #[arg(long, env = "SWEEPER_THRESHOLD", default_value = "10m", value_parser = parse_duration)]
+    pub threshold: Duration,
+
+    /// Read and show the due keys; write nothing anywhere (needs only Redis).
+    #[arg(long, env = "SWEEPER_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Summary format on stdout.
+    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+
+    /// Conversations per PostgreSQL transaction.
+    #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+
+    /// COUNT hint for each SCAN step (keys examined per round trip).
+    #[arg(long, env = "SWEEPER_SCAN_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub scan_count: u64,
+
+    /// Checkpoints larger than this are rejected without being read whole (e.g. 16MiB).
+    #[arg(long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub max_value_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// How many conversations to write.
+    #[arg(long, env = "SWEEPER_SIMULATE_CONVERSATIONS")]
+    pub conversations: u64,
+
+    /// Key prefix: keys are `{prefix}{conversation_id}`.
+    #[arg(long, env = "SWEEPER_MATCH_PREFIX", default_value = "checkpoint:")]
+    pub match_prefix: String,
+
+    /// TTLs are spread uniformly over this range.
+    #[arg(long, env = "SWEEPER_TTL_SPREAD", default_value = "0s..30m", value_parser = parse_ttl_range)]
+    pub ttl_spread: (Duration, Duration),
+
+    /// Messages per conversation, spread uniformly over this range.
+    #[arg(long, env = "SWEEPER_SIMULATE_MESSAGES", default_value = "2..20", value_parser = parse_count_range)]
+    pub messages: (usize, usize),
+
+    /// Seed of the generator: the same seed writes the same conversations.
+    #[arg(long, env = "SWEEPER_SIMULATE_SEED", default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_match_the_documentation() {
+        let cli = Cli::try_parse_from(["sweeper", "run"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.pattern, "checkpoint:*");
+        assert_eq!(r.threshold, Duration::from_secs(600));
+        assert_eq!(r.batch_size, 1000);
+        assert_eq!(r.max_value_bytes, 16 << 20);
+        assert!(!r.dry_run);
+        assert_eq!(cli.global.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand_and_bad_values_are_refused() {
+        let cli = Cli::try_parse_from([
+            "sweeper",
+            "run",
+            "--redis-url",
+            "redis://h:1/",
+            "--threshold",
+            "90s",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.redis_url, "redis://h:1/");
+        assert!(Cli::try_parse_from(["sweeper", "run", "--threshold", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["sweeper", "run", "--batch-size", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sweeper", "run", "--output", "yaml"]).is_err());
+    }
+}

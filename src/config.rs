@@ -1,0 +1,183 @@
+//! Flags turned into validated settings: durations, sizes, the key pattern. No I/O here.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// What a sweep needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    /// The SCAN MATCH pattern, e.g. `checkpoint:*`.
+    pub pattern: String,
+    /// The pattern's literal prefix, stripped from a key to give the conversation id.
+    pub prefix: String,
+    /// A key is due when its TTL left is under this.
+    pub threshold: Duration,
+    /// Conversations per PostgreSQL write.
+    pub batch_size: usize,
+    /// The COUNT hint given to SCAN.
+    pub scan_count: usize,
+    /// Larger values are rejected without being read whole.
+    pub max_value_bytes: u64,
+    /// Read and report, write nothing anywhere.
+    pub dry_run: bool,
+}
+
+impl SweepConfig {
+    pub fn new(
+        pattern: &str,
+        threshold: Duration,
+        batch_size: usize,
+        scan_count: usize,
+        max_value_bytes: u64,
+        dry_run: bool,
+    ) -> Result<SweepConfig> {
+        let prefix = literal_prefix(pattern);
+        if pattern.is_empty() {
+            return Err(Error::Usage("--match must not be empty".into()));
+        }
+        if threshold.is_zero() {
+            return Err(Error::Usage(
+                "--threshold must be above zero: with 0 no key is ever due".into(),
+            ));
+        }
+        if batch_size == 0 || scan_count == 0 {
+            return Err(Error::Usage(
+                "--batch-size and --scan-count must be at least 1".into(),
+            ));
+        }
+        if max_value_bytes == 0 {
+            return Err(Error::Usage("--max-value-bytes must be at least 1".into()));
+        }
+        Ok(SweepConfig {
+            pattern: pattern.to_string(),
+            prefix: prefix.to_string(),
+            threshold,
+            batch_size,
+            scan_count,
+            max_value_bytes,
+            dry_run,
+        })
+    }
+}
+
+/// The part of a Redis glob pattern before its first special character: `checkpoint:*` gives
+/// `checkpoint:`. Every key the pattern matches starts with it.
+pub fn literal_prefix(pattern: &str) -> &str {
+    let end = pattern.find(['*', '?', '[', '\\']).unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
+/// Parses `90s`, `10m`, `1h 30m` (humantime's form).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 90s or 10m: {e}"))
+}
+
+/// Parses a byte size: `16MiB`, `512KiB`, `1GiB`, `100kB`, `2048` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 16MiB or 65536"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown size unit `{other}` (use B, KiB, MiB, GiB, kB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A URL fit for logs and error messages: any password replaced by `***`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        // Not a URL we can parse: show only the scheme, never the rest (it may hold a secret).
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://(unparseable URL)"),
+            None => "(unparseable URL)".to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_prefix_stops_at_first_glob_character() {
+        assert_eq!(literal_prefix("checkpoint:*"), "checkpoint:");
+        assert_eq!(literal_prefix("t1:checkpoint:*"), "t1:checkpoint:");
+        assert_eq!(literal_prefix("chat?:*"), "chat");
+        assert_eq!(literal_prefix("a[bc]*"), "a");
+        assert_eq!(literal_prefix(r"a\*b*"), "a");
+        assert_eq!(literal_prefix("exact"), "exact");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("16MiB").unwrap(), 16 * 1024 * 1024);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("100kB").unwrap(), 100_000);
+        assert_eq!(parse_size("2048").unwrap(), 2048);
+        assert_eq!(parse_size("1 GiB").unwrap(), 1 << 30);
+        assert!(parse_size("16XB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations_use_humantime_form() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("ten minutes").is_err());
+    }
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        let r = redact_url("postgres://app:s3cret@db:5432/chat");
+        assert!(!r.contains("s3cret"), "{r}");
+        assert!(r.contains("app:***@db"), "{r}");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert!(!redact_url("redis://:pw@[bad").contains("pw"));
+    }
+
+    #[test]
+    fn config_refuses_values_that_make_no_sweep() {
+        let ok = SweepConfig::new(
+            "checkpoint:*",
+            Duration::from_secs(600),
+            1000,
+            1000,
+            1 << 24,
+            false,
+        )
+        .unwrap();
+        assert_eq!(ok.prefix, "checkpoint:");
+        assert!(SweepConfig::new("checkpoint:*", Duration::ZERO, 1000, 1000, 1, false).is_err());
+        assert!(
+            SweepConfig::new("checkpoint:*", Duration::from_secs(1), 0, 1000, 1, false).is_err()
+        );
+        assert!(SweepConfig::new("", Duration::from_secs(1), 1, 1, 1, false).is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! `sweeper` saves ending chat conversations from Redis checkpoints into PostgreSQL.
+//!
+//! A chat service keeps each live conversation in Redis under `checkpoint:{conversation_id}` and
+//! refreshes its TTL on every turn. A sweep, run on a schedule, finds the keys whose TTL has run low
+//! (the conversation is ending) and bulk-upserts them into PostgreSQL before Redis drops them.
+//!
+//! # Layout
+//! Data flows one way, one module per step:
+//!
+//! - [`source`]: the only code that speaks Redis: SCAN pages, pipelined PTTLs, pipelined reads.
+//! - [`layout`]: how a checkpoint is stored in Redis (a JSON string today) and read back.
+//! - [`select`]: which keys are due, from their TTL alone. Pure.
+//! - [`checkpoint`]: the checkpoint document, decoded and validated, or rejected with a reason. Pure.
+//! - [`store`]: the only code that speaks PostgreSQL: migrations, bulk upserts, rejects, runs.
+//! - [`sweep`]: the pipeline tying them: Redis task -> bounded channel -> Postgres writer.
+//! - [`report`]: the run summary, as text for people or JSON for orchestrators.
+//!
+//! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors and exit codes),
+//! [`simulate`] (plays the chat service to seed demos, tests and benchmarks).
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod layout;
+pub mod report;
+pub mod select;
+pub mod simulate;
+pub mod source;
+pub mod store;
+pub mod sweep;
+
+pub use error::{Error, Result};

@@ -1,0 +1,209 @@
+//! The run summary: counters, and how they are shown (a table and a line for people, one JSON
+//! object for orchestrators). Summaries go to stdout; logs go to stderr.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+/// What a sweep counted. Every scanned key lands in exactly one of `not_due`, `no_ttl`,
+/// `expired_before_read` and `due` (SCAN may return a key twice; the second sighting is counted
+/// in `scanned` only). Every due key is then `persisted`, `unchanged` or `rejected`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub scanned: u64,
+    pub due: u64,
+    pub not_due: u64,
+    pub persisted: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+    pub no_ttl: u64,
+    pub expired_before_read: u64,
+    pub messages_added: u64,
+    pub redis_round_trips: u64,
+    pub batches: u64,
+}
+
+/// A due key as a dry run shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DueKey {
+    pub key: String,
+    pub ttl_ms: u64,
+    pub bytes: u64,
+    /// Messages in the checkpoint; None when it would be rejected.
+    pub messages: Option<usize>,
+    /// Why it would be rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reject: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
+    pub status: &'static str,
+    pub dry_run: bool,
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub threshold_ms: u64,
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_keys: Option<Vec<DueKey>>,
+}
+
+impl Summary {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a summary always serializes")
+    }
+
+    pub fn to_text(&self) -> String {
+        let c = &self.counters;
+        let mut out = String::new();
+        if let Some(keys) = &self.due_keys {
+            out.push_str(&due_table(keys));
+        }
+        let threshold =
+            humantime::format_duration(std::time::Duration::from_millis(self.threshold_ms));
+        if self.dry_run {
+            let _ = writeln!(
+                out,
+                "dry run: {} keys matching {:?} scanned, {} due (TTL under {threshold}): {} would be saved, {} rejected; \
+                 {} not due, {} without TTL, {} expired before read; nothing was written ({} ms)",
+                c.scanned,
+                self.pattern,
+                c.due,
+                c.due - c.rejected,
+                c.rejected,
+                c.not_due,
+                c.no_ttl,
+                c.expired_before_read,
+                self.duration_ms
+            );
+        } else {
+            let run = self.run_id.map_or(String::new(), |id| format!(" {id}"));
+            let _ = writeln!(
+                out,
+                "sweep{run} {}: {} keys matching {:?} scanned, {} due (TTL under {threshold}): {} persisted, \
+                 {} unchanged, {} rejected, {} messages added; {} not due, {} without TTL, {} expired before read ({} ms)",
+                self.status,
+                c.scanned,
+                self.pattern,
+                c.due,
+                c.persisted,
+                c.unchanged,
+                c.rejected,
+                c.messages_added,
+                c.not_due,
+                c.no_ttl,
+                c.expired_before_read,
+                self.duration_ms
+            );
+        }
+        out
+    }
+}
+
+/// The due keys, most urgent (least TTL left) first.
+fn due_table(keys: &[DueKey]) -> String {
+    let mut keys: Vec<&DueKey> = keys.iter().collect();
+    keys.sort_by_key(|k| k.ttl_ms);
+    let width = keys
+        .iter()
+        .map(|k| k.key.chars().count())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let mut out = format!(
+        "{:<width$}  {:>9}  {:>9}  {:>8}\n",
+        "KEY", "TTL LEFT", "BYTES", "MESSAGES"
+    );
+    for k in keys {
+        let ttl = format!("{:.1}s", k.ttl_ms as f64 / 1000.0);
+        let messages = match (&k.messages, &k.reject) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(reason)) => {
+                format!("rejected ({})", reason.split(':').next().unwrap_or(""))
+            }
+            (None, None) => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {ttl:>9}  {:>9}  {messages:>8}",
+            k.key, k.bytes
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(dry_run: bool) -> Summary {
+        Summary {
+            run_id: (!dry_run).then_some(7),
+            status: "ok",
+            dry_run,
+            pattern: "checkpoint:*".into(),
+            threshold_ms: 600_000,
+            counters: Counters {
+                scanned: 10,
+                due: 3,
+                not_due: 5,
+                persisted: 2,
+                rejected: 1,
+                no_ttl: 2,
+                ..Counters::default()
+            },
+            duration_ms: 12,
+            due_keys: dry_run.then(|| {
+                vec![DueKey {
+                    key: "checkpoint:a".into(),
+                    ttl_ms: 1500,
+                    bytes: 42,
+                    messages: Some(4),
+                    reject: None,
+                }]
+            }),
+        }
+    }
+
+    #[test]
+    fn json_summary_has_the_fields_orchestrators_read() {
+        let v: serde_json::Value = serde_json::from_str(&summary(false).to_json()).unwrap();
+        for field in [
+            "dry_run",
+            "scanned",
+            "due",
+            "persisted",
+            "unchanged",
+            "rejected",
+            "no_ttl",
+            "expired_before_read",
+            "duration_ms",
+            "run_id",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field} in {v}");
+        }
+        assert_eq!(v["persisted"], 2);
+        assert!(v.get("due_keys").is_none());
+        let dry: serde_json::Value = serde_json::from_str(&summary(true).to_json()).unwrap();
+        assert!(dry.get("run_id").is_none());
+        assert_eq!(dry["due_keys"][0]["key"], "checkpoint:a");
+        assert_eq!(dry["due_keys"][0]["messages"], 4);
+    }
+
+    #[test]
+    fn text_summary_says_what_happened() {
+        let t = summary(false).to_text();
+        assert!(t.contains("sweep 7 ok"), "{t}");
+        assert!(t.contains("2 persisted"), "{t}");
+        let d = summary(true).to_text();
+        assert!(
+            d.contains("KEY") && d.contains("checkpoint:a") && d.contains("1.5s"),
+            "{d}"
+        );
+        assert!(d.contains("nothing was written"), "{d}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The only code that speaks Redis: SCAN pages, pipelined PTTLs, pipelined reads. It never writes
+//! (a sweep changes nothing in Redis) and never uses KEYS.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+
+use crate::config::redact_url;
+use crate::error::{Error, Result};
+use crate::layout::{Fetched, Layout, Probe};
+
+/// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
+/// even when a page holds many large checkpoints.
+const FETCH_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A connection to one Redis node.
+#[derive(Clone)]
+pub struct Source {
+    conn: MultiplexedConnection,
+    url: String,
+    round_trips: u64,
+}
+
+impl Source {
+    /// Connects, failing within `timeout` when Redis is down.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Source> {
+        let shown = redact_url(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Usage(format!("invalid --redis-url {shown}: {e}")))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            // A single pipeline of large values can legitimately take a while.
+            .set_response_timeout(Some(timeout.max(Duration::from_secs(30))));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| Error::Redis {
+                url: shown.clone(),
+                source,
+            })?;
+        let mut source = Source {
+            conn,
+            url: shown,
+            round_trips: 0,
+        };
+        // Authentication and reachability problems show here, not in the middle of a sweep.
+        let mut ping = redis::pipe();
+        ping.cmd("PING");
+        source.query(&mut ping).await?;
+        Ok(source)
+    }
+
+    /// The connection, for the simulator that plays the chat service.
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
+    /// Pipelines sent so far (each SCAN, PTTL batch, probe and fetch is one).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
+    }
+
+    fn err(&self) -> impl FnOnce(redis::RedisError) -> Error + '_ {
+        move |source| Error::Redis {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    async fn query(&mut self, pipe: &mut redis::Pipeline) -> Result<Vec<Value>> {
+        self.round_trips += 1;
+        let r = pipe.query_async(&mut self.conn).await;
+        r.map_err(self.err())
+    }
+
+    /// One SCAN step: the next cursor (0 when done) and the keys of this page.
+    pub async fn scan_page(
+        &mut self,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        self.round_trips += 1;
+        let r = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await;
+        r.map_err(self.err())
+    }
+
+    /// PTTL of every key, in one pipeline: milliseconds left, -1 without TTL, -2 gone.
+    pub async fn pttls(&mut self, keys: &[Vec<u8>]) -> Result<Vec<i64>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("PTTL").arg(k);
+        }
+        self.round_trips += 1;
+        let r = pipe.query_async(&mut self.conn).await;
+        r.map_err(self.err())
+    }
+
+    /// Reads the checkpoints at `keys`: one probe pipeline, then fetch pipelines of at most
+    /// [`FETCH_BUDGET_BYTES`] each. Per-key problems come back as [`Fetched`] variants; only a
+    /// failing connection is an error.
+    pub async fn read(
+        &mut self,
+        layout: Layout,
+        keys: &[Vec<u8>],
+        max_value_bytes: u64,
+    ) -> Result<Vec<Fetched>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for k in keys {
+            layout.queue_probe(&mut pipe, k);
+        }
+        let replies = self.query(&mut pipe).await?;
+        let probes: Vec<Probe> = replies
+            .chunks(Layout::PROBE_REPLIES)
+            .map(|r| layout.probe_result(r, max_value_bytes))
+            .collect();
+
+        let mut out = Vec::with_capacity(keys.len());
+        let mut start = 0;
+        while start < keys.len() {
+            // Take keys until the byte budget is spent (always at least one).
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < keys.len() {
+                let size = match probes[end] {
+                    Probe::Read { size } => size,
+                    _ => 0,
+                };
+                if end > start && bytes + size > FETCH_BUDGET_BYTES {
+                    break;
+                }
+                bytes += size;
+                end += 1;
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let queued: Vec<bool> = (start..end)
+                .map(|i| layout.queue_fetch(&mut pipe, &keys[i], &probes[i]))
+                .collect();
+            let mut replies = if queued.iter().any(|q| *q) {
+                self.query(&mut pipe).await?.into_iter()
+            } else {
+                Vec::new().into_iter()
+            };
+            for (i, q) in (start..end).zip(queued) {
+                let reply = if q { replies.next() } else { None };
+                out.push(layout.fetched(probes[i].clone(), reply));
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+}
+
+/// A key as text for logs and tables: UTF-8 keys as they are, other bytes escaped (`\xff`).
+pub fn display_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) if !s.contains('\0') => s.to_string(),
+        _ => key.escape_ascii().to_string(),
+    }
+}

@@ -1,0 +1,426 @@
+//! The only code that speaks PostgreSQL: the schema (migrations), the bulk upsert of a batch of
+//! checkpoints, rejects, and the record of each run.
+//!
+//! A batch is one transaction of three statements whatever its size (messages, conversations,
+//! rejects): either all of a batch is saved or none of it, and a re-run repairs a crash.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{SweepConfig, redact_url};
+use crate::error::{Error, Result};
+use crate::layout::REJECT_SAMPLE_BYTES;
+use crate::report::Counters;
+
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// What one batch brings to the store.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub checkpoints: Vec<Checkpoint>,
+    pub rejects: Vec<RejectRecord>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.checkpoints.len() + self.rejects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A value set aside, as `sweep_rejects` stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectRecord {
+    pub redis_key: String,
+    pub reason: String,
+    /// The value's first 64 KiB.
+    pub raw: Vec<u8>,
+    /// The value's whole size in bytes.
+    pub raw_size: u64,
+    pub value_hash: [u8; 32],
+}
+
+impl RejectRecord {
+    /// `value` is the whole value, or only its first bytes when `size` says it is larger.
+    pub fn new(redis_key: String, reason: impl ToString, value: &[u8], size: u64) -> RejectRecord {
+        let mut h = Sha256::new();
+        if (value.len() as u64) < size {
+            h.update(size.to_le_bytes());
+        }
+        h.update(value);
+        let keep = value.len().min(REJECT_SAMPLE_BYTES as usize);
+        RejectRecord {
+            redis_key,
+            reason: reason.to_string(),
+            raw: value[..keep].to_vec(),
+            raw_size: size,
+            value_hash: h.finalize().into(),
+        }
+    }
+}
+
+/// What a batch changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Conversations inserted or updated.
+    pub persisted: u64,
+    /// Conversations whose checkpoint was already stored (or older than the stored one) and that
+    /// brought no new message: nothing written.
+    pub unchanged: u64,
+    pub messages_added: u64,
+    pub rejects: u64,
+}
+
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects, failing within `timeout` when PostgreSQL is down.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Store> {
+        let opts: PgConnectOptions = url.parse().map_err(|e| {
+            Error::Usage(format!("invalid --database-url {}: {e}", redact_url(url)))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(timeout)
+            .connect_with(opts.application_name("sweeper"))
+            .await
+            .map_err(Error::postgres("connect"))?;
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the migrations not yet applied; returns the versions it applied.
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let before = self.schema_version().await?;
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| Error::Postgres {
+                context: "migrate",
+                source: e.into(),
+            })?;
+        Ok(MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| before.is_none_or(|b| *v > b))
+            .collect())
+    }
+
+    /// The newest migration applied, or None on a database never migrated.
+    pub async fn schema_version(&self) -> Result<Option<i64>> {
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(Error::postgres("check schema"))?;
+        if table.is_none() {
+            return Ok(None);
+        }
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::postgres("check schema"))
+    }
+
+    /// Fails with [`Error::NotMigrated`] unless every migration this binary has is applied.
+    pub async fn ensure_migrated(&self) -> Result<()> {
+        let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        match self.schema_version().await? {
+            Some(v) if v >= needed => Ok(()),
+            found => Err(Error::NotMigrated {
+                found: found.map_or("no sweeper schema".into(), |v| {
+                    format!("schema version {v}")
+                }),
+                needed,
+            }),
+        }
+    }
+
+    /// Records the start of a run; returns its id.
+    pub async fn start_run(&self, cfg: &SweepConfig) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO sweep_runs (match_pattern, threshold_ms, host, version) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(&cfg.pattern)
+        .bind(cfg.threshold.as_millis() as i64)
+        .bind(hostname())
+        .bind(env!("CARGO_PKG_VERSION"))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(Error::postgres("record run start"))
+    }
+
+    /// Records how a run ended.
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        status: &str,
+        c: &Counters,
+        duration: Duration,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sweep_runs SET finished_at = now(), status = $2, scanned = $3, due = $4, not_due = $5, \
+             persisted = $6, unchanged = $7, rejected = $8, no_ttl = $9, expired_before_read = $10, \
+             messages_added = $11, duration_ms = $12, error = $13 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(c.scanned as i64)
+        .bind(c.due as i64)
+        .bind(c.not_due as i64)
+        .bind(c.persisted as i64)
+        .bind(c.unchanged as i64)
+        .bind(c.rejected as i64)
+        .bind(c.no_ttl as i64)
+        .bind(c.expired_before_read as i64)
+        .bind(c.messages_added as i64)
+        .bind(duration.as_millis() as i64)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::postgres("record run end"))?;
+        Ok(())
+    }
+
+    /// Writes one batch in one transaction.
+    pub async fn write_batch(&self, run_id: Option<i64>, batch: &Batch) -> Result<BatchOutcome> {
+        let rows = newest_per_conversation(&batch.checkpoints);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(Error::postgres("begin batch"))?;
+
+        // Messages first, so each conversation row can count what was added.
+        let m = MessageColumns::of(&batch.checkpoints);
+        let added_to: Vec<String> = sqlx::query_scalar(include_str!("insert_messages.sql"))
+            .bind(&m.conversation_id)
+            .bind(&m.message_key)
+            .bind(&m.pos)
+            .bind(&m.message_id)
+            .bind(&m.role)
+            .bind(&m.content)
+            .bind(&m.created_at)
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::postgres("insert messages"))?;
+        let mut added: HashMap<&str, i32> = HashMap::new();
+        for c in &added_to {
+            *added.entry(c.as_str()).or_default() += 1;
+        }
+
+        let persisted: Vec<String> = sqlx::query_scalar(include_str!("upsert_conversations.sql"))
+            .bind(
+                rows.iter()
+                    .map(|c| c.conversation_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|c| c.user_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|c| c.redis_key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|c| c.document.as_str()).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|c| c.messages.len() as i32)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|c| added.get(c.conversation_id.as_str()).copied().unwrap_or(0))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|c| c.content_hash.to_vec())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|c| c.started_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|c| c.updated_at).collect::<Vec<_>>())
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::postgres("upsert conversations"))?;
+
+        let rejects = distinct_rejects(&batch.rejects);
+        if !rejects.is_empty() {
+            sqlx::query(include_str!("insert_rejects.sql"))
+                .bind(
+                    rejects
+                        .iter()
+                        .map(|r| r.redis_key.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rejects
+                        .iter()
+                        .map(|r| r.value_hash.to_vec())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rejects
+                        .iter()
+                        .map(|r| r.reason.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rejects.iter().map(|r| r.raw.as_slice()).collect::<Vec<_>>())
+                .bind(
+                    rejects
+                        .iter()
+                        .map(|r| r.raw_size as i64)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::postgres("record rejects"))?;
+        }
+        tx.commit().await.map_err(Error::postgres("commit batch"))?;
+
+        Ok(BatchOutcome {
+            persisted: persisted.len() as u64,
+            unchanged: (rows.len() - persisted.len()) as u64,
+            messages_added: added_to.len() as u64,
+            rejects: batch.rejects.len() as u64,
+        })
+    }
+}
+
+/// One checkpoint per conversation (PostgreSQL refuses an upsert touching a row twice): the newest
+/// by updated_at, then message count, else the one seen last.
+fn newest_per_conversation(all: &[Checkpoint]) -> Vec<&Checkpoint> {
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    let mut out: Vec<&Checkpoint> = Vec::with_capacity(all.len());
+    for c in all {
+        match at.get(c.conversation_id.as_str()) {
+            Some(&i) => {
+                let kept = out[i];
+                if (c.updated_at, c.messages.len()) >= (kept.updated_at, kept.messages.len()) {
+                    out[i] = c;
+                }
+            }
+            None => {
+                at.insert(&c.conversation_id, out.len());
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The batch's messages as columns for `unnest`, each (conversation, identity) once. `pos` keeps
+/// the order messages had in their checkpoints.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    conversation_id: Vec<&'a str>,
+    message_key: Vec<&'a str>,
+    pos: Vec<i32>,
+    message_id: Vec<Option<&'a str>>,
+    role: Vec<&'a str>,
+    content: Vec<&'a str>,
+    created_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn of(checkpoints: &'a [Checkpoint]) -> Self {
+        let mut cols = MessageColumns::default();
+        let mut seen: HashSet<(&str, &str)> = HashSet::new();
+        for c in checkpoints {
+            for m in &c.messages {
+                if !seen.insert((&c.conversation_id, &m.identity)) {
+                    continue;
+                }
+                cols.pos.push(cols.conversation_id.len() as i32);
+                cols.conversation_id.push(&c.conversation_id);
+                cols.message_key.push(&m.identity);
+                cols.message_id.push(m.id.as_deref());
+                cols.role.push(&m.role);
+                cols.content.push(&m.content);
+                cols.created_at.push(m.created_at);
+            }
+        }
+        cols
+    }
+}
+
+/// Each (key, value) once: an upsert cannot touch the same reject row twice in one statement.
+fn distinct_rejects(all: &[RejectRecord]) -> Vec<&RejectRecord> {
+    let mut seen = HashSet::new();
+    all.iter()
+        .filter(|r| seen.insert((&r.redis_key, r.value_hash)))
+        .collect()
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::decode;
+
+    fn cp(id: &str, doc: &str) -> Checkpoint {
+        decode(&format!("checkpoint:{id}"), id, doc.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn duplicates_in_a_batch_keep_the_newest_checkpoint() {
+        let old = cp(
+            "a",
+            r#"{"updated_at": "2026-01-01T00:00:00Z", "messages": [{"id": "1", "role": "u", "content": "x"}]}"#,
+        );
+        let new = cp(
+            "a",
+            r#"{"updated_at": "2026-01-02T00:00:00Z", "messages": [{"id": "2", "role": "u", "content": "y"}]}"#,
+        );
+        let other = cp("b", r#"{"messages": []}"#);
+        let all = vec![new.clone(), other.clone(), old.clone()];
+        let rows = newest_per_conversation(&all);
+        assert_eq!(rows, vec![&new, &other]);
+        // Every message of both copies is still written, once.
+        let m = MessageColumns::of(&all);
+        assert_eq!(m.message_key, vec!["id:2", "id:1"]);
+        let twice = vec![old.clone(), old.clone()];
+        assert_eq!(MessageColumns::of(&twice).message_key.len(), 1);
+    }
+
+    #[test]
+    fn reject_records_keep_a_sample_and_hash_the_value() {
+        let big = vec![b'x'; 100_000];
+        let r = RejectRecord::new("k".into(), "not_json: x", &big, big.len() as u64);
+        assert_eq!(r.raw.len(), REJECT_SAMPLE_BYTES as usize);
+        assert_eq!(r.raw_size, 100_000);
+        let sample_only = RejectRecord::new("k".into(), "too_large", &big[..65536], 100_000);
+        assert_ne!(r.value_hash, sample_only.value_hash);
+        let again = RejectRecord::new("k".into(), "not_json: x", &big, big.len() as u64);
+        assert_eq!(distinct_rejects(&[r.clone(), again]).len(), 1);
+    }
+}
