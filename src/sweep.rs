@@ -146,17 +146,7 @@ async fn read_all(
     mut source: Source,
     tx: mpsc::Sender<ReadBatch>,
 ) -> std::result::Result<Counters, (Counters, Error)> {
-    let mut reader = Reader {
-        cfg,
-        counters: Counters::default(),
-        seen: HashSet::new(),
-        hasher: RandomState::new(),
-        current: ReadBatch {
-            batch: Batch::default(),
-            due_keys: Vec::new(),
-        },
-        current_bytes: 0,
-    };
+    let mut reader = Reader::new(cfg);
     let result = reader.scan(&mut source, &tx).await;
     reader.counters.redis_round_trips = source.round_trips();
     match result {
@@ -176,6 +166,20 @@ struct Reader {
 }
 
 impl Reader {
+    fn new(cfg: SweepConfig) -> Reader {
+        Reader {
+            cfg,
+            counters: Counters::default(),
+            seen: HashSet::new(),
+            hasher: RandomState::new(),
+            current: ReadBatch {
+                batch: Batch::default(),
+                due_keys: Vec::new(),
+            },
+            current_bytes: 0,
+        }
+    }
+
     async fn scan(&mut self, source: &mut Source, tx: &mpsc::Sender<ReadBatch>) -> Result<()> {
         let mut cursor = 0;
         loop {
@@ -315,5 +319,82 @@ impl Reader {
         );
         self.current_bytes = 0;
         tx.send(full).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn reader(dry_run: bool) -> Reader {
+        let cfg = SweepConfig::new(
+            "checkpoint:*",
+            Duration::from_secs(600),
+            10,
+            10,
+            100,
+            dry_run,
+        )
+        .unwrap();
+        Reader::new(cfg)
+    }
+
+    #[test]
+    fn a_key_gone_before_its_value_was_read_is_counted_not_saved() {
+        let mut r = reader(false);
+        r.take(b"checkpoint:a".to_vec(), 5, Fetched::Gone);
+        assert_eq!(r.counters.expired_before_read, 1);
+        assert_eq!(r.counters.due, 0);
+        assert!(r.current.batch.is_empty());
+    }
+
+    #[test]
+    fn values_become_checkpoints_or_rejects() {
+        let mut r = reader(true);
+        r.take(
+            b"checkpoint:a".to_vec(),
+            5,
+            Fetched::Value(br#"{"messages": []}"#.to_vec()),
+        );
+        r.take(
+            b"checkpoint:b".to_vec(),
+            6,
+            Fetched::WrongType("hash".into()),
+        );
+        r.take(
+            b"checkpoint:c".to_vec(),
+            7,
+            Fetched::TooLarge {
+                size: 500,
+                sample: b"{".to_vec(),
+            },
+        );
+        r.take(
+            b"checkpoint:".to_vec(),
+            8,
+            Fetched::Value(br#"{"messages": []}"#.to_vec()),
+        );
+        assert_eq!(r.counters.due, 4);
+        assert_eq!(r.counters.rejected, 3);
+        assert_eq!(r.current.batch.checkpoints.len(), 1);
+        assert_eq!(r.current.batch.checkpoints[0].conversation_id, "a");
+        let reasons: Vec<&str> = r
+            .current
+            .batch
+            .rejects
+            .iter()
+            .map(|x| x.reason.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            reasons,
+            ["wrong_type", "too_large", "empty_conversation_id"]
+        );
+        assert_eq!(r.current.batch.rejects[1].raw_size, 500);
+        // A dry run lists every due key, rejected or not.
+        assert_eq!(r.current.due_keys.len(), 4);
+        assert_eq!(r.current.due_keys[0].messages, Some(0));
+        assert!(r.current.due_keys[1].reject.is_some());
     }
 }

@@ -87,6 +87,12 @@ pub struct Store {
 impl Store {
     /// Connects, failing within `timeout` when PostgreSQL is down.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Store> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(Error::Usage(format!(
+                "invalid --database-url {}: it must start with postgres:// or postgresql://",
+                redact_url(url)
+            )));
+        }
         let opts: PgConnectOptions = url.parse().map_err(|e| {
             Error::Usage(format!("invalid --database-url {}: {e}", redact_url(url)))
         })?;

@@ -1,0 +1,305 @@
+//! The binary as operators and orchestrators meet it: migrate, exit codes, one-line errors, the
+//! JSON summary, dry runs that change nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_run_refuses_an_unmigrated_database() {
+    let env = TestEnv::new("migrate").await;
+    env.set("c1", &doc(None, &["m1"]), SOON).await;
+
+    let out = env.sweeper(&["run"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(line.contains("sweeper migrate"), "{line}");
+
+    for _ in 0..2 {
+        let out = env.sweeper(&["migrate"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .await,
+        1
+    );
+    let s = env.run_json(&[]);
+    assert_eq!(s["persisted"], 1);
+}
+
+#[tokio::test]
+async fn a_sweep_saves_exactly_the_due_keys_and_reports_them() {
+    let env = TestEnv::migrated("summary").await;
+    for i in 0..25 {
+        env.set(
+            &format!("due{i}"),
+            &doc(Some("2026-11-22T10:00:00Z"), &["a", "b", "c"]),
+            SOON,
+        )
+        .await;
+    }
+    for i in 0..40 {
+        env.set(&format!("active{i}"), &doc(None, &["a"]), FAR)
+            .await;
+    }
+    for i in 0..5 {
+        env.set(&format!("forever{i}"), &doc(None, &["a"]), None)
+            .await;
+    }
+    // A key of another pattern, due, must not be touched.
+    let () = env
+        .redis_cmd(
+            redis::cmd("SET")
+                .arg(format!(
+                    "{}other",
+                    env.prefix.replace("checkpoint", "session")
+                ))
+                .arg("{}")
+                .arg("PX")
+                .arg(1000),
+        )
+        .await;
+
+    // Small pages and batches: many SCAN steps and several transactions.
+    let s = env.run_json(&["--scan-count", "7", "--batch-size", "4"]);
+    assert_eq!(s["dry_run"], false);
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["scanned"], 70);
+    assert_eq!(s["due"], 25);
+    assert_eq!(s["not_due"], 40);
+    assert_eq!(s["no_ttl"], 5);
+    assert_eq!(s["persisted"], 25);
+    assert_eq!(s["unchanged"], 0);
+    assert_eq!(s["rejected"], 0);
+    assert_eq!(s["expired_before_read"], 0);
+    assert_eq!(s["messages_added"], 75);
+    assert!(
+        s["batches"].as_u64().unwrap() >= 7,
+        "25 due in batches of 4: {s}"
+    );
+    assert!(s["duration_ms"].is_u64());
+    let run_id = s["run_id"].as_i64().expect("run_id");
+
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 25);
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversations WHERE conversation_id LIKE 'due%'")
+            .await,
+        25
+    );
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 75);
+    let (status, persisted, due): (String, i64, i64) =
+        sqlx::query_as("SELECT status, persisted, due FROM sweep_runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), persisted, due), ("ok", 25, 25));
+    // The document is stored whole: unknown fields included.
+    let channel: String =
+        sqlx::query_scalar("SELECT checkpoint->'metadata'->>'channel' FROM conversations LIMIT 1")
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+    assert_eq!(channel, "web");
+
+    // The text summary says the same, for people.
+    let out = env.sweeper(&["run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("25 due") && text.contains("25 unchanged"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_shows_the_due_keys_and_changes_nothing() {
+    let env = TestEnv::migrated("dryrun").await;
+    env.set("soon", &doc(None, &["a", "b"]), Some(60_000)).await;
+    env.set("later", &doc(None, &["a"]), FAR).await;
+    env.set_raw("bad", "not json", Some(60_000)).await;
+    let before: Vec<(Vec<u8>, i64)> = keys_and_ttls(&env).await;
+
+    // Needs only Redis: no database URL at all.
+    let out = env
+        .command()
+        .env_remove("DATABASE_URL")
+        .args([
+            "run",
+            "--dry-run",
+            "--output",
+            "json",
+            "--match",
+            &env.pattern(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["dry_run"], true);
+    assert!(s.get("run_id").is_none());
+    assert_eq!(s["due"], 2);
+    assert_eq!(s["rejected"], 1);
+    assert_eq!(s["persisted"], 0);
+    let due = s["due_keys"].as_array().unwrap();
+    assert_eq!(due.len(), 2);
+    let soon = due.iter().find(|k| k["key"] == env.key("soon")).unwrap();
+    assert_eq!(soon["messages"], 2);
+    assert!(soon["ttl_ms"].as_u64().unwrap() <= 60_000);
+    assert_eq!(soon["bytes"], doc(None, &["a", "b"]).to_string().len());
+    let bad = due.iter().find(|k| k["key"] == env.key("bad")).unwrap();
+    assert!(
+        bad["reject"].as_str().unwrap().starts_with("not_json"),
+        "{bad}"
+    );
+
+    // The text form is a table.
+    let out = env.sweeper(&["run", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("KEY"), "{text}");
+    assert!(
+        text.contains(&env.key("soon")) && !text.contains(&env.key("later")),
+        "{text}"
+    );
+
+    // Nothing written anywhere.
+    for table in ["conversations", "messages", "sweep_runs", "sweep_rejects"] {
+        assert_eq!(
+            env.count(&format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+    let after = keys_and_ttls(&env).await;
+    assert_eq!(before.len(), after.len());
+    for ((k1, t1), (k2, t2)) in before.iter().zip(&after) {
+        assert_eq!(k1, k2);
+        assert!(
+            t2 <= t1 && t1 - t2 < 5_000,
+            "TTL of {k1:?} changed: {t1} -> {t2}"
+        );
+    }
+}
+
+async fn keys_and_ttls(env: &TestEnv) -> Vec<(Vec<u8>, i64)> {
+    let mut keys: Vec<Vec<u8>> = env.redis_cmd(redis::cmd("KEYS").arg(env.pattern())).await;
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(&k)).await;
+        out.push((k, ttl));
+    }
+    out
+}
+
+#[tokio::test]
+async fn bad_flags_and_urls_are_one_line_and_exit_2() {
+    let env = TestEnv::new("usage").await;
+    let cases: &[&[&str]] = &[
+        &["run", "--threshold", "soon"],
+        &["run", "--batch-size", "0"],
+        &["run", "--no-such-flag"],
+        &["run", "--max-value-bytes", "lots"],
+        &["frobnicate"],
+        &["--redis-url", "not a url", "run", "--dry-run"],
+        &["--database-url", "mysql://x", "migrate"],
+    ];
+    for args in cases {
+        let out = env.command().args(*args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        error_line(&out);
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // A sweep that writes needs a database.
+    let out = env
+        .command()
+        .env_remove("DATABASE_URL")
+        .args(["run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(error_line(&out).contains("DATABASE_URL"));
+    // --help documents the exit codes.
+    let out = env.command().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Exit codes") && help.contains("3  Redis"),
+        "{help}"
+    );
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn redis_down_is_exit_3_and_postgres_down_is_exit_4_and_nothing_changes() {
+    let env = TestEnv::migrated("down").await;
+    env.set("c1", &doc(None, &["a"]), SOON).await;
+
+    let redis_down = format!("redis://:hunter2@127.0.0.1:{}/", closed_port());
+    let out = env
+        .command()
+        .args(["--redis-url", &redis_down, "run", "--match", &env.pattern()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(line.contains("Redis"), "{line}");
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "password leaked: {}",
+        stderr(&out)
+    );
+
+    let pg_down = format!("postgres://sweeper:hunter2@127.0.0.1:{}/db", closed_port());
+    let started = Instant::now();
+    let out = env
+        .command()
+        .args(["--database-url", &pg_down, "run", "--match", &env.pattern()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(error_line(&out).contains("PostgreSQL"));
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "password leaked: {}",
+        stderr(&out)
+    );
+
+    assert_eq!(env.count("SELECT count(*) FROM sweep_runs").await, 0);
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 0);
+    let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key("c1"))).await;
+    assert!(
+        ttl > 0 && ttl <= 120_000,
+        "the key is left as it was: {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_json_lines_on_stderr() {
+    let env = TestEnv::migrated("jsonlogs").await;
+    env.set("c1", &doc(None, &["a"]), SOON).await;
+    let out = env.sweeper(&["--log-format", "json", "run", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v.get("level").is_some(), "{l}");
+    }
+    // stdout stays one JSON object, whatever the logs do.
+    let _: Value = serde_json::from_slice(&out.stdout).unwrap();
+}

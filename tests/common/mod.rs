@@ -1,0 +1,187 @@
+//! Fixtures for integration tests: each test gets its own PostgreSQL database and its own Redis key
+//! prefix on the private servers `tests/servers.sh` started, so tests run in parallel.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::process::{Command, Output};
+
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, PgPool};
+
+pub struct TestEnv {
+    pub redis_url: String,
+    pub database_url: String,
+    /// Key prefix of this test: keys are `{prefix}{conversation_id}`.
+    pub prefix: String,
+    pub redis: MultiplexedConnection,
+    pub pg: PgPool,
+}
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run integration tests through `make test` (tests/servers.sh starts the servers)")
+    })
+}
+
+impl TestEnv {
+    /// A fresh database (not migrated) and an empty key prefix, both named after `name`.
+    pub async fn new(name: &str) -> TestEnv {
+        let redis_url = required("REDIS_URL");
+        let admin_url = required("SWEEPER_TEST_PG_ADMIN");
+        let db = format!("t_{name}_{}", std::process::id());
+        let admin = PgPool::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL admin db");
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let database_url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
+        let pg = PgPool::connect(&database_url).await.unwrap();
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let redis = client.get_multiplexed_async_connection().await.unwrap();
+        TestEnv {
+            redis_url,
+            database_url,
+            prefix: format!("t:{name}:{}:checkpoint:", std::process::id()),
+            redis,
+            pg,
+        }
+    }
+
+    /// Same, with the schema migrated.
+    pub async fn migrated(name: &str) -> TestEnv {
+        let env = TestEnv::new(name).await;
+        let out = env.sweeper(&["migrate"]);
+        assert!(out.status.success(), "migrate failed: {}", stderr(&out));
+        env
+    }
+
+    pub fn pattern(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+
+    pub fn key(&self, id: &str) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    /// Runs the real binary against this test's servers; `run` gets this test's `--match`.
+    pub fn sweeper(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        if args.first() == Some(&"run") {
+            cmd.args(["--match", &self.pattern()]);
+        }
+        cmd.output().expect("run sweeper")
+    }
+
+    /// The binary with this test's URLs in its environment and no stray `SWEEPER_*` settings.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sweeper"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SWEEPER_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("REDIS_URL", &self.redis_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("SWEEPER_CONNECT_TIMEOUT", "3s");
+        cmd
+    }
+
+    /// `sweeper run --output json ARGS`, which must succeed; returns its summary.
+    pub fn run_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["run", "--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.sweeper(&all);
+        assert!(
+            out.status.success(),
+            "sweeper run failed ({:?}): {}",
+            out.status,
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Writes a raw value at `{prefix}{id}` with a TTL in milliseconds (None: no TTL).
+    pub async fn set_raw(
+        &self,
+        id: &str,
+        value: impl redis::ToSingleRedisArg,
+        ttl_ms: Option<u64>,
+    ) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(id)).arg(value);
+        if let Some(ms) = ttl_ms {
+            cmd.arg("PX").arg(ms);
+        }
+        let () = cmd.query_async(&mut self.redis.clone()).await.unwrap();
+    }
+
+    pub async fn set(&self, id: &str, doc: &Value, ttl_ms: Option<u64>) {
+        self.set_raw(id, doc.to_string(), ttl_ms).await;
+    }
+
+    pub async fn redis_cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        cmd.query_async(&mut self.redis.clone()).await.unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pg)
+            .await
+            .unwrap()
+    }
+}
+
+/// A checkpoint document with messages `ids` (each `{"id": id, role, content: "text of id"}`).
+pub fn doc(updated_at: Option<&str>, ids: &[&str]) -> Value {
+    let messages: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            json!({"id": id, "role": if i % 2 == 0 { "user" } else { "assistant" },
+                   "content": format!("text of {id}"), "ts": format!("2026-11-22T10:00:{:02}Z", i % 60)})
+        })
+        .collect();
+    let mut d = json!({"user_id": "u-1", "started_at": "2026-11-22T10:00:00Z", "messages": messages,
+                       "metadata": {"channel": "web"}});
+    if let Some(t) = updated_at {
+        d["updated_at"] = json!(t);
+    }
+    d
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The error line of a failed run: stderr must hold exactly one line starting `sweeper: error:`.
+pub fn error_line(out: &Output) -> String {
+    let err = stderr(out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("sweeper: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("stack backtrace"),
+        "{err}"
+    );
+    lines[0].to_string()
+}
+
+pub const FAR: Option<u64> = Some(3_600_000); // an hour left: not due
+pub const SOON: Option<u64> = Some(120_000); // two minutes left: due

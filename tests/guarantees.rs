@@ -1,0 +1,224 @@
+//! What PostgreSQL holds after sweeps: unchanged writes nothing, newest wins, every message once.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use sweeper::checkpoint::decode;
+use sweeper::store::{Batch, Store};
+
+async fn conversation(env: &TestEnv, id: &str) -> (serde_json::Value, i32, String) {
+    sqlx::query_as("SELECT checkpoint, message_count, last_persisted_at::text FROM conversations WHERE conversation_id = $1")
+        .bind(id)
+        .fetch_one(&env.pg)
+        .await
+        .unwrap()
+}
+
+async fn message_keys(env: &TestEnv, id: &str) -> Vec<(i32, String)> {
+    sqlx::query_as("SELECT seq, message_key FROM messages WHERE conversation_id = $1 ORDER BY seq")
+        .bind(id)
+        .fetch_all(&env.pg)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn re_sweeping_an_unchanged_checkpoint_writes_nothing() {
+    let env = TestEnv::migrated("unchanged").await;
+    env.set(
+        "c",
+        &doc(Some("2026-11-22T10:07:31Z"), &["m1", "m2", "m3"]),
+        SOON,
+    )
+    .await;
+    let first = env.run_json(&[]);
+    assert_eq!(
+        (first["persisted"].as_u64(), first["unchanged"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let before = conversation(&env, "c").await;
+    let xmin_before: String =
+        sqlx::query_scalar("SELECT xmin::text FROM conversations WHERE conversation_id = 'c'")
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+
+    let second = env.run_json(&[]);
+    assert_eq!(second["persisted"], 0);
+    assert_eq!(second["unchanged"], 1);
+    assert_eq!(second["messages_added"], 0);
+    assert_eq!(conversation(&env, "c").await, before);
+    let xmin_after: String =
+        sqlx::query_scalar("SELECT xmin::text FROM conversations WHERE conversation_id = 'c'")
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+    assert_eq!(xmin_before, xmin_after, "the row was rewritten");
+    assert_eq!(message_keys(&env, "c").await.len(), 3);
+}
+
+#[tokio::test]
+async fn the_newest_checkpoint_wins_and_an_older_one_never_overwrites_it() {
+    let env = TestEnv::migrated("newest").await;
+    let newer = doc(Some("2026-11-22T10:10:00Z"), &["m1", "m2"]);
+    env.set("c", &newer, SOON).await;
+    env.run_json(&[]);
+
+    // An older checkpoint (earlier updated_at, longer list) arrives: the row keeps the newer one,
+    // but its message nobody stored yet is added.
+    let older = doc(Some("2026-11-22T10:05:00Z"), &["m1", "m2", "m0"]);
+    env.set("c", &older, SOON).await;
+    let s = env.run_json(&[]);
+    assert_eq!(s["messages_added"], 1);
+    let (stored, count, _) = conversation(&env, "c").await;
+    assert_eq!(stored, newer);
+    assert_eq!(count, 3);
+
+    // Without updated_at a document is older than any that has one.
+    env.set("c", &doc(None, &["m1", "m2", "m3", "m4"]), SOON)
+        .await;
+    env.run_json(&[]);
+    assert_eq!(conversation(&env, "c").await.0, newer);
+
+    // Same updated_at: the longer message list wins.
+    let longer = doc(Some("2026-11-22T10:10:00Z"), &["m1", "m2", "m5"]);
+    env.set("c", &longer, SOON).await;
+    let s = env.run_json(&[]);
+    assert_eq!(s["persisted"], 1);
+    assert_eq!(conversation(&env, "c").await.0, longer);
+
+    // A later updated_at wins even with fewer messages.
+    let latest = doc(Some("2026-11-22T11:00:00Z"), &["m9"]);
+    env.set("c", &latest, SOON).await;
+    env.run_json(&[]);
+    let (stored, count, _) = conversation(&env, "c").await;
+    assert_eq!(stored, latest);
+    // m0..m5 and m9, each once.
+    assert_eq!(count, 7);
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 7);
+    let updated: String = sqlx::query_scalar("SELECT updated_at::text FROM conversations")
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    assert_eq!(updated, "2026-11-22 11:00:00+00");
+}
+
+#[tokio::test]
+async fn a_conversation_restarted_after_expiry_keeps_its_old_messages() {
+    let env = TestEnv::migrated("restart").await;
+    env.set(
+        "c",
+        &doc(Some("2026-11-22T10:10:00Z"), &["m1", "m2", "m3"]),
+        SOON,
+    )
+    .await;
+    env.run_json(&[]);
+    // The key expired; the user came back; the chat service starts over with only the new turns.
+    let () = env.redis_cmd(redis::cmd("DEL").arg(env.key("c"))).await;
+    let restarted = doc(Some("2026-11-23T09:00:00Z"), &["m4", "m5"]);
+    env.set("c", &restarted, SOON).await;
+    let s = env.run_json(&[]);
+    assert_eq!(s["persisted"], 1);
+    assert_eq!(s["messages_added"], 2);
+
+    let (stored, count, _) = conversation(&env, "c").await;
+    assert_eq!(stored, restarted);
+    assert_eq!(count, 5);
+    let keys = message_keys(&env, "c").await;
+    assert_eq!(
+        keys,
+        vec![
+            (0, "id:m1".to_string()),
+            (1, "id:m2".into()),
+            (2, "id:m3".into()),
+            (3, "id:m4".into()),
+            (4, "id:m5".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn messages_without_ids_are_stored_once_across_sweeps() {
+    let env = TestEnv::migrated("idless").await;
+    let turn = |role: &str, content: &str| json!({"role": role, "content": content});
+    let v1 = json!({"messages": [turn("user", "hi"), turn("assistant", "ok"), turn("user", "ok")]});
+    env.set("c", &v1, SOON).await;
+    env.run_json(&[]);
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 3);
+
+    let v2 = json!({"messages": [turn("user", "hi"), turn("assistant", "ok"), turn("user", "ok"),
+                                  turn("assistant", "ok"), turn("user", "bye")]});
+    env.set("c", &v2, SOON).await;
+    let s = env.run_json(&[]);
+    assert_eq!(s["messages_added"], 2);
+    let rows: Vec<(i32, String, String)> =
+        sqlx::query_as("SELECT seq, role, content FROM messages ORDER BY seq")
+            .fetch_all(&env.pg)
+            .await
+            .unwrap();
+    let got: Vec<(i32, &str, &str)> = rows
+        .iter()
+        .map(|(s, r, c)| (*s, r.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, "user", "hi"),
+            (1, "assistant", "ok"),
+            (2, "user", "ok"),
+            (3, "assistant", "ok"),
+            (4, "user", "bye")
+        ]
+    );
+    let (_, count, _) = conversation(&env, "c").await;
+    assert_eq!(count, 5);
+}
+
+#[tokio::test]
+async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts() {
+    let env = TestEnv::migrated("dupbatch").await;
+    let store = Store::connect(&env.database_url, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let old = doc(Some("2026-11-22T10:00:00Z"), &["m1"]).to_string();
+    let new = doc(Some("2026-11-22T10:05:00Z"), &["m1", "m2"]).to_string();
+    let batch = Batch {
+        checkpoints: vec![
+            decode("checkpoint:c", "c", new.as_bytes()).unwrap(),
+            decode("checkpoint:c", "c", old.as_bytes()).unwrap(),
+            decode("checkpoint:c", "c", new.as_bytes()).unwrap(),
+        ],
+        rejects: vec![],
+    };
+    let out = store.write_batch(None, &batch).await.unwrap();
+    assert_eq!(out.persisted, 1);
+    assert_eq!(out.unchanged, 0);
+    assert_eq!(out.messages_added, 2);
+    let (stored, count, _) = conversation(&env, "c").await;
+    assert_eq!(stored.to_string(), new);
+    assert_eq!(count, 2);
+    // Written again, the same batch changes nothing.
+    let again = store.write_batch(None, &batch).await.unwrap();
+    assert_eq!(
+        (again.persisted, again.unchanged, again.messages_added),
+        (0, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn tiny_pages_and_batches_save_every_key_once() {
+    let env = TestEnv::migrated("rescan").await;
+    for i in 0..300 {
+        env.set(&format!("c{i:03}"), &doc(None, &["a"]), SOON).await;
+    }
+    let s = env.run_json(&["--scan-count", "3", "--batch-size", "7"]);
+    let due = s["due"].as_u64().unwrap();
+    assert_eq!(due, 300);
+    assert_eq!(
+        s["persisted"].as_u64().unwrap() + s["unchanged"].as_u64().unwrap(),
+        due
+    );
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 300);
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 300);
+}
