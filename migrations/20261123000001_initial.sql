@@ -16,6 +16,8 @@ CREATE TABLE sweep_runs (
     rejected            bigint NOT NULL DEFAULT 0,
     no_ttl              bigint NOT NULL DEFAULT 0,
     expired_before_read bigint NOT NULL DEFAULT 0,
+    -- Due keys whose TTL was raised because PostgreSQL could not take them.
+    protected           bigint NOT NULL DEFAULT 0,
     messages_added      bigint NOT NULL DEFAULT 0,
     duration_ms         bigint,
     host                text,

@@ -1,6 +1,7 @@
 //! The command line: clap types only. Every flag has an environment twin, so orchestrators can
 //! configure `sweeper` without templating arguments.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -14,7 +15,9 @@ Exit codes:
   1  anything else
   2  bad usage: a bad flag, value or URL, or a missing setting
   3  Redis unreachable or failing
-  4  PostgreSQL unreachable or failing, or its schema not migrated";
+  4  PostgreSQL unreachable or failing, or its schema not migrated (due keys are protected first)
+  5  partial: --deadline passed; what was read is saved and the next run goes on
+130  interrupted by SIGINT, 143 by SIGTERM; what was read is saved";
 
 #[derive(Debug, Parser)]
 #[command(name = "sweeper", version, about, after_help = EXIT_CODES, max_term_width = 100)]
@@ -38,10 +41,18 @@ pub struct GlobalOpts {
     )]
     pub redis_url: String,
 
+    /// Read the Redis URL from this file (a mounted secret) instead.
+    #[arg(long, env = "SWEEPER_REDIS_URL_FILE", global = true)]
+    pub redis_url_file: Option<PathBuf>,
+
     /// PostgreSQL receiving the conversations (postgres://user:password@host:port/db). Needed by
     /// `migrate` and by every run but a dry run.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Read the PostgreSQL URL from this file (a mounted secret) instead.
+    #[arg(long, env = "SWEEPER_DATABASE_URL_FILE", global = true)]
+    pub database_url_file: Option<PathBuf>,
 
     /// How long to wait for Redis or PostgreSQL before calling it down.
     #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
@@ -111,6 +122,16 @@ pub struct RunArgs {
     /// Checkpoints larger than this are rejected without being read whole (e.g. 16MiB).
     #[arg(long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = "16MiB", value_parser = parse_size)]
     pub max_value_bytes: u64,
+
+    /// Stop scanning after this long, save what was read, exit 5 (status partial). Keep it under
+    /// the schedule gap. 0: no deadline.
+    #[arg(long, env = "SWEEPER_DEADLINE", default_value = "4m", value_parser = parse_duration)]
+    pub deadline: Duration,
+
+    /// When PostgreSQL cannot take a due key, raise its TTL to this (never lower it) so it outlives
+    /// the outage. Must be above --threshold. 0: off.
+    #[arg(long, env = "SWEEPER_PROTECT_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub protect_ttl: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -4,12 +4,14 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// What a sweep needs to know, validated.
+/// What a sweep needs to know. Build it with struct update syntax over `Default` and call
+/// [`SweepConfig::validate`].
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
     /// The SCAN MATCH pattern, e.g. `checkpoint:*`.
     pub pattern: String,
-    /// The pattern's literal prefix, stripped from a key to give the conversation id.
+    /// The pattern's literal prefix, stripped from a key to give the conversation id (set by
+    /// `validate`).
     pub prefix: String,
     /// A key is due when its TTL left is under this.
     pub threshold: Duration,
@@ -21,43 +23,56 @@ pub struct SweepConfig {
     pub max_value_bytes: u64,
     /// Read and report, write nothing anywhere.
     pub dry_run: bool,
+    /// Stop scanning when this much time has passed since the start; None: no deadline.
+    pub deadline: Option<Duration>,
+    /// When PostgreSQL cannot take a due key, raise its TTL to this (never lower it) so it
+    /// outlives the outage; zero: don't.
+    pub protect_ttl: Duration,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            pattern: "checkpoint:*".into(),
+            prefix: "checkpoint:".into(),
+            threshold: Duration::from_secs(600),
+            batch_size: 1000,
+            scan_count: 1000,
+            max_value_bytes: 16 << 20,
+            dry_run: false,
+            deadline: Some(Duration::from_secs(240)),
+            protect_ttl: Duration::from_secs(900),
+        }
+    }
 }
 
 impl SweepConfig {
-    pub fn new(
-        pattern: &str,
-        threshold: Duration,
-        batch_size: usize,
-        scan_count: usize,
-        max_value_bytes: u64,
-        dry_run: bool,
-    ) -> Result<SweepConfig> {
-        let prefix = literal_prefix(pattern);
-        if pattern.is_empty() {
+    pub fn validate(mut self) -> Result<SweepConfig> {
+        if self.pattern.is_empty() {
             return Err(Error::Usage("--match must not be empty".into()));
         }
-        if threshold.is_zero() {
+        self.prefix = literal_prefix(&self.pattern).to_string();
+        if self.threshold.is_zero() {
             return Err(Error::Usage(
                 "--threshold must be above zero: with 0 no key is ever due".into(),
             ));
         }
-        if batch_size == 0 || scan_count == 0 {
+        if self.batch_size == 0 || self.scan_count == 0 {
             return Err(Error::Usage(
                 "--batch-size and --scan-count must be at least 1".into(),
             ));
         }
-        if max_value_bytes == 0 {
+        if self.max_value_bytes == 0 {
             return Err(Error::Usage("--max-value-bytes must be at least 1".into()));
         }
-        Ok(SweepConfig {
-            pattern: pattern.to_string(),
-            prefix: prefix.to_string(),
-            threshold,
-            batch_size,
-            scan_count,
-            max_value_bytes,
-            dry_run,
-        })
+        if !self.protect_ttl.is_zero() && self.protect_ttl <= self.threshold {
+            return Err(Error::Usage(format!(
+                "--protect-ttl ({}) must be above --threshold ({}) so a protected key is not due again at once, or 0 to turn protection off",
+                humantime::format_duration(self.protect_ttl),
+                humantime::format_duration(self.threshold)
+            )));
+        }
+        Ok(self)
     }
 }
 
@@ -164,20 +179,34 @@ mod tests {
 
     #[test]
     fn config_refuses_values_that_make_no_sweep() {
-        let ok = SweepConfig::new(
-            "checkpoint:*",
-            Duration::from_secs(600),
-            1000,
-            1000,
-            1 << 24,
-            false,
-        )
+        let ok = SweepConfig {
+            pattern: "t1:checkpoint:*".into(),
+            ..SweepConfig::default()
+        }
+        .validate()
         .unwrap();
-        assert_eq!(ok.prefix, "checkpoint:");
-        assert!(SweepConfig::new("checkpoint:*", Duration::ZERO, 1000, 1000, 1, false).is_err());
-        assert!(
-            SweepConfig::new("checkpoint:*", Duration::from_secs(1), 0, 1000, 1, false).is_err()
-        );
-        assert!(SweepConfig::new("", Duration::from_secs(1), 1, 1, 1, false).is_err());
+        assert_eq!(ok.prefix, "t1:checkpoint:");
+        let bad = |c: SweepConfig| c.validate().is_err();
+        let d = SweepConfig::default;
+        assert!(bad(SweepConfig {
+            threshold: Duration::ZERO,
+            ..d()
+        }));
+        assert!(bad(SweepConfig {
+            batch_size: 0,
+            ..d()
+        }));
+        assert!(bad(SweepConfig {
+            pattern: String::new(),
+            ..d()
+        }));
+        assert!(bad(SweepConfig {
+            protect_ttl: Duration::from_secs(600),
+            ..d()
+        }));
+        assert!(!bad(SweepConfig {
+            protect_ttl: Duration::ZERO,
+            ..d()
+        }));
     }
 }

@@ -12,6 +12,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const REDIS: u8 = 3;
     pub const POSTGRES: u8 = 4;
+    /// The deadline passed: what was read is saved, the next run continues.
+    pub const PARTIAL: u8 = 5;
+    /// Interrupted by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM).
+    pub const SIGNAL_BASE: u8 = 128;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,36 @@ pub enum Error {
 impl Error {
     pub fn postgres(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
         move |source| Error::Postgres { context, source }
+    }
+
+    /// Worth another try: a dropped or refused connection, a timeout, a serialization failure or
+    /// deadlock, a server shutting down. Everything else (bad SQL, bad data, auth) is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || source.is_timeout()
+                    || matches!(
+                        source.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain
+                        )
+                    )
+            }
+            Error::Postgres { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    // serialization_failure, deadlock_detected, admin/crash shutdown,
+                    // cannot_connect_now, connection exceptions (class 08).
+                    matches!(&*c, "40001" | "40P01" | "57P01" | "57P02" | "57P03")
+                        || c.starts_with("08")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 
     pub fn exit_code(&self) -> u8 {

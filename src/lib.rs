@@ -15,7 +15,8 @@
 //! - [`sweep`]: the pipeline tying them: Redis task -> bounded channel -> Postgres writer.
 //! - [`report`]: the run summary, as text for people or JSON for orchestrators.
 //!
-//! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors and exit codes),
+//! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
+//! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
 //! [`simulate`] (plays the chat service to seed demos, tests and benchmarks).
 
 pub mod checkpoint;
@@ -23,7 +24,9 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod report;
+pub mod retry;
 pub mod select;
+pub mod shutdown;
 pub mod simulate;
 pub mod source;
 pub mod store;

@@ -14,6 +14,7 @@ use tracing_subscriber::prelude::*;
 use cli::{Cli, Command, GlobalOpts, LogFormat, Output};
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
+use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
 use sweeper::store::Store;
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(execute(&cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => fail(&cli.global, &e),
     }
 }
@@ -66,11 +67,12 @@ fn fail(global: &GlobalOpts, err: &Error) -> ExitCode {
     ExitCode::from(err)
 }
 
-async fn execute(cli: &Cli) -> sweeper::Result<()> {
+/// Runs the command; returns the exit code of an outcome that is not an error (0, 5, 130, 143).
+async fn execute(cli: &Cli) -> sweeper::Result<u8> {
     let g = &cli.global;
     match &cli.command {
         Command::Migrate => {
-            let store = Store::connect(database_url(g)?, g.connect_timeout).await?;
+            let store = Store::connect(&database_url(g)?, g.connect_timeout).await?;
             let applied = store.migrate().await?;
             let version = store.schema_version().await?.unwrap_or(0);
             tracing::info!(?applied, version, "migrations applied");
@@ -78,33 +80,61 @@ async fn execute(cli: &Cli) -> sweeper::Result<()> {
                 "schema at version {version} ({} migration(s) applied now)",
                 applied.len()
             );
-            Ok(())
+            Ok(exit::OK)
         }
         Command::Run(r) => {
-            let cfg = SweepConfig::new(
-                &r.pattern,
-                r.threshold,
-                r.batch_size as usize,
-                r.scan_count as usize,
-                r.max_value_bytes,
-                r.dry_run,
-            )?;
-            let source = Source::connect(&g.redis_url, g.connect_timeout).await?;
+            let cfg = SweepConfig {
+                pattern: r.pattern.clone(),
+                threshold: r.threshold,
+                batch_size: r.batch_size as usize,
+                scan_count: r.scan_count as usize,
+                max_value_bytes: r.max_value_bytes,
+                dry_run: r.dry_run,
+                deadline: (!r.deadline.is_zero()).then_some(r.deadline),
+                protect_ttl: r.protect_ttl,
+                ..SweepConfig::default()
+            }
+            .validate()?;
+            let shutdown = Shutdown::new();
+            shutdown
+                .listen()
+                .map_err(|e| Error::Other(format!("cannot listen for signals: {e}")))?;
+            let redis_url = redis_url(g)?;
+            let source = Source::connect(&redis_url, g.connect_timeout).await?;
             let store = match r.dry_run {
                 true => None,
-                false => Some(Store::connect(database_url(g)?, g.connect_timeout).await?),
+                false => match Store::connect(&database_url(g)?, g.connect_timeout).await {
+                    Ok(store) => Some(store),
+                    Err(e @ Error::Postgres { .. }) => {
+                        // Nothing can be saved now: keep the due keys alive for a later sweep.
+                        match sweep::protect_only(&cfg, source, &shutdown).await {
+                            Ok(c) => tracing::warn!(
+                                due = c.due,
+                                protected = c.protected,
+                                protect_ttl = %humantime::format_duration(cfg.protect_ttl),
+                                "PostgreSQL is down: due keys protected until the next sweep"
+                            ),
+                            Err(re) => {
+                                tracing::error!(error = %re, "PostgreSQL is down and the due keys could not be protected")
+                            }
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             tracing::info!(
-                redis = %redact_url(&g.redis_url),
+                redis = %redact_url(&redis_url),
                 pattern = %cfg.pattern,
                 threshold = %humantime::format_duration(cfg.threshold),
                 dry_run = cfg.dry_run,
                 "sweep starting"
             );
-            let summary = sweep::run(&cfg, source, store.as_ref()).await?;
+            let summary = sweep::run(&cfg, source, store.as_ref(), &shutdown).await?;
             let c = &summary.counters;
             tracing::info!(
                 run_id = summary.run_id,
+                status = summary.status.as_str(),
                 scanned = c.scanned,
                 due = c.due,
                 persisted = c.persisted,
@@ -119,10 +149,11 @@ async fn execute(cli: &Cli) -> sweeper::Result<()> {
                 Output::Json => summary.to_json() + "\n",
                 Output::Text => summary.to_text(),
             };
-            print(&text)
+            print(&text)?;
+            Ok(summary.exit_code())
         }
         Command::Simulate(s) => {
-            let source = Source::connect(&g.redis_url, g.connect_timeout).await?;
+            let source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
             let cfg = SimulateConfig {
                 conversations: s.conversations,
                 prefix: s.match_prefix.clone(),
@@ -141,16 +172,38 @@ async fn execute(cli: &Cli) -> sweeper::Result<()> {
                 report.bytes,
                 humantime::format_duration(cfg.ttl_min),
                 humantime::format_duration(cfg.ttl_max)
-            ))
+            ))?;
+            Ok(exit::OK)
         }
     }
 }
 
-fn database_url(g: &GlobalOpts) -> sweeper::Result<&str> {
-    g.database_url
-        .as_deref()
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Error::Usage("--database-url or DATABASE_URL must be set".into()))
+fn redis_url(g: &GlobalOpts) -> sweeper::Result<String> {
+    match &g.redis_url_file {
+        Some(path) => read_secret(path, "--redis-url-file"),
+        None => Ok(g.redis_url.clone()),
+    }
+}
+
+fn database_url(g: &GlobalOpts) -> sweeper::Result<String> {
+    match (&g.database_url_file, &g.database_url) {
+        (Some(path), _) => read_secret(path, "--database-url-file"),
+        (None, Some(url)) if !url.is_empty() => Ok(url.clone()),
+        _ => Err(Error::Usage(
+            "--database-url or DATABASE_URL (or --database-url-file) must be set".into(),
+        )),
+    }
+}
+
+/// A URL from a mounted secret file; surrounding whitespace (the trailing newline) is dropped.
+fn read_secret(path: &std::path::Path, flag: &str) -> sweeper::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("{flag} {}: {e}", path.display())))?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(Error::Usage(format!("{flag} {} is empty", path.display())));
+    }
+    Ok(url.to_string())
 }
 
 fn print(text: &str) -> sweeper::Result<()> {

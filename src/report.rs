@@ -5,6 +5,36 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::error::exit;
+
+/// How a run ended, as `sweep_runs.status` and the summary's `status` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every matching key was looked at.
+    Ok,
+    /// The deadline passed: what was read is saved; the next run goes on.
+    Partial,
+    /// Another sweep holds the lock: this one did nothing.
+    Skipped,
+    /// SIGINT or SIGTERM: what was read is saved.
+    Interrupted,
+    /// Redis or PostgreSQL failed (recorded when PostgreSQL still could be reached).
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Partial => "partial",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
 /// What a sweep counted. Every scanned key lands in exactly one of `not_due`, `no_ttl`,
 /// `expired_before_read` and `due` (SCAN may return a key twice; the second sighting is counted
 /// in `scanned` only). Every due key is then `persisted`, `unchanged` or `rejected`.
@@ -18,6 +48,8 @@ pub struct Counters {
     pub rejected: u64,
     pub no_ttl: u64,
     pub expired_before_read: u64,
+    /// Due keys whose TTL was raised to --protect-ttl because PostgreSQL could not take them.
+    pub protected: u64,
     pub messages_added: u64,
     pub redis_round_trips: u64,
     pub batches: u64,
@@ -40,7 +72,10 @@ pub struct DueKey {
 pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<i64>,
-    pub status: &'static str,
+    pub status: RunStatus,
+    /// The signal that interrupted the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
     pub dry_run: bool,
     #[serde(rename = "match")]
     pub pattern: String,
@@ -53,6 +88,16 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The exit code this outcome gets: 0 ok or skipped, 5 partial, 128 + signal interrupted.
+    pub fn exit_code(&self) -> u8 {
+        match self.status {
+            RunStatus::Ok | RunStatus::Skipped => exit::OK,
+            RunStatus::Partial => exit::PARTIAL,
+            RunStatus::Interrupted => exit::SIGNAL_BASE + self.signal.unwrap_or(15) as u8,
+            RunStatus::Failed => exit::OTHER,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a summary always serializes")
     }
@@ -86,7 +131,7 @@ impl Summary {
                 out,
                 "sweep{run} {}: {} keys matching {:?} scanned, {} due (TTL under {threshold}): {} persisted, \
                  {} unchanged, {} rejected, {} messages added; {} not due, {} without TTL, {} expired before read ({} ms)",
-                self.status,
+                self.status.as_str(),
                 c.scanned,
                 self.pattern,
                 c.due,
@@ -143,7 +188,8 @@ mod tests {
     fn summary(dry_run: bool) -> Summary {
         Summary {
             run_id: (!dry_run).then_some(7),
-            status: "ok",
+            status: RunStatus::Ok,
+            signal: None,
             dry_run,
             pattern: "checkpoint:*".into(),
             threshold_ms: 600_000,
@@ -187,6 +233,7 @@ mod tests {
             assert!(v.get(field).is_some(), "missing {field} in {v}");
         }
         assert_eq!(v["persisted"], 2);
+        assert_eq!(v["status"], "ok");
         assert!(v.get("due_keys").is_none());
         let dry: serde_json::Value = serde_json::from_str(&summary(true).to_json()).unwrap();
         assert!(dry.get("run_id").is_none());
@@ -205,5 +252,35 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("nothing was written"), "{d}");
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[test]
+    fn each_status_has_its_documented_exit_code() {
+        let mut s = Summary {
+            run_id: None,
+            status: RunStatus::Ok,
+            signal: None,
+            dry_run: false,
+            pattern: "x*".into(),
+            threshold_ms: 1,
+            counters: Counters::default(),
+            duration_ms: 0,
+            due_keys: None,
+        };
+        assert_eq!(s.exit_code(), 0);
+        s.status = RunStatus::Skipped;
+        assert_eq!(s.exit_code(), 0);
+        s.status = RunStatus::Partial;
+        assert_eq!(s.exit_code(), 5);
+        s.status = RunStatus::Interrupted;
+        s.signal = Some(2);
+        assert_eq!(s.exit_code(), 130);
+        s.signal = Some(15);
+        assert_eq!(s.exit_code(), 143);
     }
 }

@@ -9,6 +9,7 @@ use redis::{AsyncConnectionConfig, Value};
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::layout::{Fetched, Layout, Probe};
+use crate::retry;
 
 /// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
 /// even when a page holds many large checkpoints.
@@ -32,13 +33,17 @@ impl Source {
             .set_connection_timeout(Some(timeout))
             // A single pipeline of large values can legitimately take a while.
             .set_response_timeout(Some(timeout.max(Duration::from_secs(30))));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|source| Error::Redis {
-                url: shown.clone(),
-                source,
-            })?;
+        // Refused or reset connections are retried until `timeout`.
+        let conn = retry::within("connecting to Redis", timeout, || async {
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|source| Error::Redis {
+                    url: shown.clone(),
+                    source,
+                })
+        })
+        .await?;
         let mut source = Source {
             conn,
             url: shown,
@@ -164,6 +169,28 @@ impl Source {
             start = end;
         }
         Ok(out)
+    }
+}
+
+impl Source {
+    /// Raises the TTL of `keys` to `ttl`, never lowering it (PEXPIRE GT: a key without TTL or
+    /// with more left is untouched). Returns how many keys were raised.
+    pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("PEXPIRE")
+                .arg(k)
+                .arg(ttl.as_millis() as u64)
+                .arg("GT");
+        }
+        let replies = self.query(&mut pipe).await?;
+        Ok(replies
+            .iter()
+            .filter(|v| matches!(v, Value::Int(1)))
+            .count() as u64)
     }
 }
 

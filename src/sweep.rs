@@ -4,9 +4,15 @@
 //! batches through a bounded channel to the writer, which upserts each batch in one transaction.
 //! Reading the next batch overlaps with writing the last, and memory is bounded by the batch size
 //! and the channel depth, not by the number of keys.
+//!
+//! When PostgreSQL fails for good (after retries), nothing read can be saved: the writer raises the
+//! TTL of the keys it could not write and the reader switches to raising the TTL of every due key
+//! it still finds (`--protect-ttl`), so an outage longer than the schedule gap loses nothing.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -15,8 +21,10 @@ use crate::checkpoint::{self, Reject};
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::layout::{Fetched, Layout};
-use crate::report::{Counters, DueKey, Summary};
+use crate::report::{Counters, DueKey, RunStatus, Summary};
+use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
+use crate::shutdown::Shutdown;
 use crate::source::{Source, display_key};
 use crate::store::{Batch, RejectRecord, Store};
 
@@ -32,34 +40,85 @@ struct ReadBatch {
     due_keys: Vec<DueKey>,
 }
 
+/// Why the reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Every key was scanned.
+    Done,
+    Deadline,
+    Signal(i32),
+    /// The writer has gone; it holds the reason.
+    WriterGone,
+}
+
 /// Runs one sweep. With `cfg.dry_run`, `store` is not used (and may be None): nothing is written.
-pub async fn run(cfg: &SweepConfig, source: Source, store: Option<&Store>) -> Result<Summary> {
+pub async fn run(
+    cfg: &SweepConfig,
+    source: Source,
+    store: Option<&Store>,
+    shutdown: &Shutdown,
+) -> Result<Summary> {
     let started = Instant::now();
+    let deadline = cfg.deadline.map(|d| started + d);
     let store = if cfg.dry_run { None } else { store };
     if !cfg.dry_run && store.is_none() {
         return Err(Error::Usage(
             "a sweep that writes needs --database-url or DATABASE_URL (or use --dry-run)".into(),
         ));
     }
-    let run_id = match store {
-        Some(s) => {
-            s.ensure_migrated().await?;
-            Some(s.start_run(cfg).await?)
-        }
-        None => None,
+    let summary = |status, run_id, counters, due_keys| Summary {
+        run_id,
+        status,
+        signal: shutdown.signal(),
+        dry_run: cfg.dry_run,
+        pattern: cfg.pattern.clone(),
+        threshold_ms: cfg.threshold.as_millis() as u64,
+        counters,
+        duration_ms: started.elapsed().as_millis() as u64,
+        due_keys,
     };
 
+    let mut lock = None;
+    let mut run_id = None;
+    if let Some(s) = store {
+        s.ensure_migrated().await?;
+        lock = s.try_lock(&cfg.pattern).await?;
+        let id = s.start_run(cfg).await?;
+        run_id = Some(id);
+        if lock.is_none() {
+            tracing::info!(
+                run_id = id,
+                "another sweep of this pattern is running: skipping"
+            );
+            let c = Counters::default();
+            s.finish_run(id, RunStatus::Skipped, &c, started.elapsed(), None)
+                .await?;
+            return Ok(summary(RunStatus::Skipped, run_id, c, None));
+        }
+    }
+
+    let store_down = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::channel::<ReadBatch>(CHANNEL_DEPTH);
-    let reader = tokio::spawn(read_all(cfg.clone(), source, tx));
+    let mut protector = source.clone();
+    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down.clone());
+    let reader = tokio::spawn(reader.run(source, tx));
 
     let mut counters = Counters::default();
     let mut due_keys = Vec::new();
     let mut write_error = None;
     while let Some(read) = rx.recv().await {
         counters.batches += 1;
-        match store {
-            None => due_keys.extend(read.due_keys),
-            Some(s) => match s.write_batch(run_id, &read.batch).await {
+        let Some(s) = store else {
+            due_keys.extend(read.due_keys);
+            continue;
+        };
+        if write_error.is_none() {
+            let written = Backoff::default()
+                .retry("writing a batch to PostgreSQL", deadline, || {
+                    s.write_batch(run_id, &read.batch)
+                })
+                .await;
+            match written {
                 Ok(out) => {
                     counters.persisted += out.persisted;
                     counters.unchanged += out.unchanged;
@@ -71,40 +130,43 @@ pub async fn run(cfg: &SweepConfig, source: Source, store: Option<&Store>) -> Re
                         messages_added = out.messages_added,
                         "batch written"
                     );
+                    continue;
                 }
                 Err(e) => {
-                    // Dropping the receiver stops the reader at its next send.
+                    tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
+                    store_down.store(true, Ordering::SeqCst);
                     write_error = Some(e);
-                    break;
                 }
-            },
+            }
         }
+        // PostgreSQL could not take this batch: keep its keys alive until a later sweep can.
+        let keys: Vec<Vec<u8>> = read
+            .batch
+            .checkpoints
+            .iter()
+            .map(|c| c.redis_key.clone().into_bytes())
+            .collect();
+        counters.protected += protect(&mut protector, &keys, cfg).await;
     }
-    drop(rx);
-    let read = reader
+    let (read_counters, stop, read_error) = reader
         .await
         .map_err(|e| Error::Other(format!("the Redis reader task failed: {e}")))?;
-    let read_error = match read {
-        Ok(r) => {
-            counters.merge_read(&r);
-            None
-        }
-        Err((r, e)) => {
-            counters.merge_read(&r);
-            Some(e)
-        }
-    };
+    counters.merge_read(&read_counters);
 
-    let duration = started.elapsed();
-    // A write error comes first: it is why the reader stopped.
+    // A write error comes first: it is why the reader switched to protecting.
     let error = write_error.or(read_error);
-    let status = if error.is_some() { "failed" } else { "ok" };
+    let status = match (&error, stop) {
+        (Some(_), _) => RunStatus::Failed,
+        (None, Stop::Signal(_)) => RunStatus::Interrupted,
+        (None, Stop::Deadline) => RunStatus::Partial,
+        (None, Stop::Done | Stop::WriterGone) => RunStatus::Ok,
+    };
     if let (Some(s), Some(id)) = (store, run_id) {
         let message = error.as_ref().map(|e| e.to_string());
-        if let Err(e) = s
-            .finish_run(id, status, &counters, duration, message.as_deref())
-            .await
-        {
+        let recorded = s
+            .finish_run(id, status, &counters, started.elapsed(), message.as_deref())
+            .await;
+        if let Err(e) = recorded {
             // The sweep's own error says more; a failure to record it is only logged.
             tracing::warn!(error = %e, run_id = id, "could not record the end of the run");
             if error.is_none() {
@@ -112,19 +174,54 @@ pub async fn run(cfg: &SweepConfig, source: Source, store: Option<&Store>) -> Re
             }
         }
     }
+    if let Some(l) = lock {
+        l.release().await;
+    }
     if let Some(e) = error {
+        if counters.protected > 0 {
+            tracing::warn!(protected = counters.protected, protect_ttl = %humantime::format_duration(cfg.protect_ttl), "due keys protected until the next sweep");
+        }
         return Err(e);
     }
-    Ok(Summary {
-        run_id,
+    Ok(summary(
         status,
-        dry_run: cfg.dry_run,
-        pattern: cfg.pattern.clone(),
-        threshold_ms: cfg.threshold.as_millis() as u64,
+        run_id,
         counters,
-        duration_ms: duration.as_millis() as u64,
-        due_keys: cfg.dry_run.then_some(due_keys),
-    })
+        cfg.dry_run.then_some(due_keys),
+    ))
+}
+
+/// PostgreSQL could not be reached at all: scan anyway and raise the TTL of every due key to
+/// `--protect-ttl`, so none expires before a sweep can save it. Changes nothing else.
+pub async fn protect_only(
+    cfg: &SweepConfig,
+    source: Source,
+    shutdown: &Shutdown,
+) -> Result<Counters> {
+    let deadline = cfg.deadline.map(|d| Instant::now() + d);
+    let store_down = Arc::new(AtomicBool::new(true));
+    let (tx, _rx) = mpsc::channel::<ReadBatch>(1);
+    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
+    let (counters, _, error) = reader.run(source, tx).await;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(counters),
+    }
+}
+
+/// Raises the TTL of `keys` to `--protect-ttl`; returns how many were raised. A failure here is
+/// logged: the sweep is already failing for a better reason.
+async fn protect(source: &mut Source, keys: &[Vec<u8>], cfg: &SweepConfig) -> u64 {
+    if cfg.protect_ttl.is_zero() || keys.is_empty() {
+        return 0;
+    }
+    match source.protect(keys, cfg.protect_ttl).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, keys = keys.len(), "could not protect due keys");
+            0
+        }
+    }
 }
 
 impl Counters {
@@ -135,28 +232,17 @@ impl Counters {
         self.no_ttl += r.no_ttl;
         self.expired_before_read += r.expired_before_read;
         self.rejected += r.rejected;
+        self.protected += r.protected;
         self.redis_round_trips += r.redis_round_trips;
-    }
-}
-
-/// The reader: SCAN page -> PTTLs -> due keys -> values -> decoded batch -> channel. Returns its
-/// counters, with them the error that stopped it early.
-async fn read_all(
-    cfg: SweepConfig,
-    mut source: Source,
-    tx: mpsc::Sender<ReadBatch>,
-) -> std::result::Result<Counters, (Counters, Error)> {
-    let mut reader = Reader::new(cfg);
-    let result = reader.scan(&mut source, &tx).await;
-    reader.counters.redis_round_trips = source.round_trips();
-    match result {
-        Ok(()) => Ok(reader.counters),
-        Err(e) => Err((reader.counters, e)),
     }
 }
 
 struct Reader {
     cfg: SweepConfig,
+    shutdown: Shutdown,
+    deadline: Option<Instant>,
+    /// Set when PostgreSQL has failed: due keys are protected, not read.
+    store_down: Arc<AtomicBool>,
     counters: Counters,
     /// Hashes of due keys already handled: SCAN may return a key twice.
     seen: HashSet<u64>,
@@ -166,9 +252,17 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(cfg: SweepConfig) -> Reader {
+    fn new(
+        cfg: SweepConfig,
+        shutdown: Shutdown,
+        deadline: Option<Instant>,
+        store_down: Arc<AtomicBool>,
+    ) -> Reader {
         Reader {
             cfg,
+            shutdown,
+            deadline,
+            store_down,
             counters: Counters::default(),
             seen: HashSet::new(),
             hasher: RandomState::new(),
@@ -180,16 +274,55 @@ impl Reader {
         }
     }
 
-    async fn scan(&mut self, source: &mut Source, tx: &mpsc::Sender<ReadBatch>) -> Result<()> {
+    /// Scans to the end (or a stop); returns the counters, why it stopped, and the error that
+    /// stopped it early, if one did.
+    async fn run(
+        mut self,
+        mut source: Source,
+        tx: mpsc::Sender<ReadBatch>,
+    ) -> (Counters, Stop, Option<Error>) {
+        let result = self.scan(&mut source, &tx).await;
+        self.counters.redis_round_trips = source.round_trips();
+        match result {
+            Ok(stop) => (self.counters, stop, None),
+            Err(e) => (self.counters, Stop::Done, Some(e)),
+        }
+    }
+
+    fn should_stop(&self) -> Option<Stop> {
+        if let Some(sig) = self.shutdown.signal() {
+            return Some(Stop::Signal(sig));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                "deadline reached: stopping the scan; the next sweep goes on from the start"
+            );
+            return Some(Stop::Deadline);
+        }
+        None
+    }
+
+    async fn scan(&mut self, source: &mut Source, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
         let mut cursor = 0;
         loop {
+            if let Some(stop) = self.should_stop() {
+                self.send(tx).await;
+                return Ok(stop);
+            }
             let (next, keys) = source
                 .scan_page(cursor, &self.cfg.pattern, self.cfg.scan_count)
                 .await?;
             self.counters.scanned += keys.len() as u64;
             let due = self.select(source, keys).await?;
-            if !self.read_due(source, due, tx).await? {
-                return Ok(()); // the writer stopped; it has the error
+            if self.store_down.load(Ordering::SeqCst) {
+                if self.cfg.protect_ttl.is_zero() {
+                    return Ok(Stop::WriterGone);
+                }
+                let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
+                self.counters.due += keys.len() as u64;
+                self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
+            } else if !self.read_due(source, due, tx).await? {
+                return Ok(Stop::WriterGone);
             }
             if next == 0 {
                 break;
@@ -197,7 +330,7 @@ impl Reader {
             cursor = next;
         }
         self.send(tx).await;
-        Ok(())
+        Ok(Stop::Done)
     }
 
     /// PTTLs of a page; returns the due keys (once each) with their TTL left.
@@ -324,21 +457,18 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn reader(dry_run: bool) -> Reader {
-        let cfg = SweepConfig::new(
-            "checkpoint:*",
-            Duration::from_secs(600),
-            10,
-            10,
-            100,
+        let cfg = SweepConfig {
+            batch_size: 10,
+            max_value_bytes: 100,
             dry_run,
-        )
+            ..SweepConfig::default()
+        }
+        .validate()
         .unwrap();
-        Reader::new(cfg)
+        Reader::new(cfg, Shutdown::new(), None, Arc::new(AtomicBool::new(false)))
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{SweepConfig, redact_url};
 use crate::error::{Error, Result};
 use crate::layout::REJECT_SAMPLE_BYTES;
-use crate::report::Counters;
+use crate::report::{Counters, RunStatus};
+use crate::retry;
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
@@ -84,6 +85,24 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// A held sweep lock; see [`Store::try_lock`].
+pub struct RunLock {
+    conn: sqlx::PgConnection,
+}
+
+impl RunLock {
+    pub async fn release(self) {
+        // Closing the session releases its advisory locks.
+        let _ = sqlx::Connection::close(self.conn).await;
+    }
+}
+
+/// The advisory lock key of sweeps of one pattern: the first 8 bytes of a SHA-256.
+fn lock_key(pattern: &str) -> i64 {
+    let h = Sha256::digest(format!("sweeper:{pattern}").as_bytes());
+    i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
 impl Store {
     /// Connects, failing within `timeout` when PostgreSQL is down.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Store> {
@@ -96,13 +115,40 @@ impl Store {
         let opts: PgConnectOptions = url.parse().map_err(|e| {
             Error::Usage(format!("invalid --database-url {}: {e}", redact_url(url)))
         })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(timeout)
-            .connect_with(opts.application_name("sweeper"))
-            .await
-            .map_err(Error::postgres("connect"))?;
+        let opts = opts.application_name("sweeper");
+        // Refused or reset connections are retried until `timeout`, as sqlx-cli does.
+        let pool = retry::within("connecting to PostgreSQL", timeout, || {
+            let opts = opts.clone();
+            async move {
+                PgPoolOptions::new()
+                    .max_connections(3)
+                    .acquire_timeout(timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(Error::postgres("connect"))
+            }
+        })
+        .await?;
         Ok(Store { pool })
+    }
+
+    /// Takes the lock of sweeps of `pattern` on this database, or None when another sweep holds
+    /// it. The lock is a session-level advisory lock on a connection of its own: it is released
+    /// by [`RunLock::release`], or by PostgreSQL when the process dies.
+    pub async fn try_lock(&self, pattern: &str) -> Result<Option<RunLock>> {
+        let key = lock_key(pattern);
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::postgres("lock"))?
+            .detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(Error::postgres("lock"))?;
+        Ok(locked.then_some(RunLock { conn }))
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -175,7 +221,7 @@ impl Store {
     pub async fn finish_run(
         &self,
         id: i64,
-        status: &str,
+        status: RunStatus,
         c: &Counters,
         duration: Duration,
         error: Option<&str>,
@@ -183,10 +229,10 @@ impl Store {
         sqlx::query(
             "UPDATE sweep_runs SET finished_at = now(), status = $2, scanned = $3, due = $4, not_due = $5, \
              persisted = $6, unchanged = $7, rejected = $8, no_ttl = $9, expired_before_read = $10, \
-             messages_added = $11, duration_ms = $12, error = $13 WHERE id = $1",
+             messages_added = $11, duration_ms = $12, error = $13, protected = $14 WHERE id = $1",
         )
         .bind(id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(c.scanned as i64)
         .bind(c.due as i64)
         .bind(c.not_due as i64)
@@ -198,6 +244,7 @@ impl Store {
         .bind(c.messages_added as i64)
         .bind(duration.as_millis() as i64)
         .bind(error)
+        .bind(c.protected as i64)
         .execute(&self.pool)
         .await
         .map_err(Error::postgres("record run end"))?;

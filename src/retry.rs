@@ -1,0 +1,172 @@
+//! One retry policy for every call to Redis or PostgreSQL: exponential backoff with jitter, only
+//! for transient errors ([`Error::is_transient`]), bounded by attempts and by a deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub cap: Duration,
+    /// Tries in all, the first included.
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    /// 0.2s, 0.4s, ... capped at 5s: about 20s over 7 tries, enough to ride out a restart.
+    fn default() -> Self {
+        Backoff {
+            first: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+            attempts: 7,
+        }
+    }
+}
+
+impl Backoff {
+    /// The pause before retry number `n` (from 0): doubling, capped, with jitter in [50%, 100%]
+    /// so that many clients do not retry in step.
+    pub fn delay(&self, n: u32) -> Duration {
+        let full = self.first.saturating_mul(1 << n.min(16)).min(self.cap);
+        full.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, runs out of attempts, or the next pause
+    /// would end after `deadline`.
+    pub async fn retry<T, F, Fut>(
+        &self,
+        what: &str,
+        deadline: Option<Instant>,
+        mut op: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut n = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && n + 1 < self.attempts => {
+                    let pause = self.delay(n);
+                    // tokio's clock, so tests can pause time.
+                    let now = tokio::time::Instant::now().into_std();
+                    if deadline.is_some_and(|d| now + pause >= d) {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, attempt = n + 1, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Retries `op` on transient errors until `timeout` has passed (how connections are opened).
+pub async fn within<T, F, Fut>(what: &str, timeout: Duration, op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let backoff = Backoff {
+        attempts: u32::MAX,
+        ..Backoff::default()
+    };
+    backoff
+        .retry(what, Some(Instant::now() + timeout), op)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::error::Error;
+
+    fn transient() -> Error {
+        Error::Postgres {
+            context: "test",
+            source: sqlx::Error::PoolTimedOut,
+        }
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap_with_jitter() {
+        let b = Backoff::default();
+        for n in 0..10 {
+            let full = Duration::from_millis(200 * (1 << n)).min(Duration::from_secs(5));
+            let d = b.delay(n);
+            assert!(d >= full / 2 && d <= full, "retry {n}: {d:?} vs {full:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_and_permanent_ones_are_not() {
+        let b = Backoff::default();
+        let calls = AtomicU32::new(0);
+        let r = b
+            .retry("op", None, || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(transient())
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+        calls.store(0, Ordering::SeqCst);
+        let r: Result<()> = b
+            .retry("op", None, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Error::Usage("bad".into()))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a permanent error is not retried"
+        );
+
+        calls.store(0, Ordering::SeqCst);
+        let r: Result<()> = b
+            .retry("op", None, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(transient())
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            b.attempts,
+            "attempts are bounded"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_pause_ends_past_the_deadline() {
+        let start = tokio::time::Instant::now();
+        let r: Result<()> = within("connect", Duration::from_secs(3), || async {
+            Err(transient())
+        })
+        .await;
+        assert!(r.is_err());
+        assert!(
+            start.elapsed() <= Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "it did retry: {:?}",
+            start.elapsed()
+        );
+    }
+}
