@@ -262,7 +262,16 @@ async fn redis_down_is_exit_3_and_postgres_down_is_exit_4_and_nothing_changes() 
     let started = Instant::now();
     let out = env
         .command()
-        .args(["--database-url", &pg_down, "run", "--match", &env.pattern()])
+        // Protection off: this test is about the exit; tests/faults.rs covers protection.
+        .args([
+            "--database-url",
+            &pg_down,
+            "run",
+            "--protect-ttl",
+            "0",
+            "--match",
+            &env.pattern(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
@@ -283,7 +292,7 @@ async fn redis_down_is_exit_3_and_postgres_down_is_exit_4_and_nothing_changes() 
     let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key("c1"))).await;
     assert!(
         ttl > 0 && ttl <= 120_000,
-        "the key is left as it was: {ttl}"
+        "with --protect-ttl 0 the key is left as it was: {ttl}"
     );
 }
 
