@@ -2,6 +2,8 @@
 //! prefix on the private servers `tests/servers.sh` started, so tests run in parallel.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod servers;
+
 use std::process::{Command, Output};
 
 use redis::aio::MultiplexedConnection;
@@ -26,10 +28,19 @@ fn required(var: &str) -> String {
 impl TestEnv {
     /// A fresh database (not migrated) and an empty key prefix, both named after `name`.
     pub async fn new(name: &str) -> TestEnv {
-        let redis_url = required("REDIS_URL");
-        let admin_url = required("SWEEPER_TEST_PG_ADMIN");
+        TestEnv::on(
+            name,
+            &required("REDIS_URL"),
+            &required("SWEEPER_TEST_PG_ADMIN"),
+        )
+        .await
+    }
+
+    /// Same, on the given servers (private ones, for fault tests).
+    pub async fn on(name: &str, redis_url: &str, admin_url: &str) -> TestEnv {
+        let redis_url = redis_url.to_string();
         let db = format!("t_{name}_{}", std::process::id());
-        let admin = PgPool::connect(&admin_url)
+        let admin = PgPool::connect(admin_url)
             .await
             .expect("connect to PostgreSQL admin db");
         sqlx::query(AssertSqlSafe(format!(
@@ -58,7 +69,11 @@ impl TestEnv {
 
     /// Same, with the schema migrated.
     pub async fn migrated(name: &str) -> TestEnv {
-        let env = TestEnv::new(name).await;
+        TestEnv::new(name).await.migrate()
+    }
+
+    pub fn migrate(self) -> TestEnv {
+        let env = self;
         let out = env.sweeper(&["migrate"]);
         assert!(out.status.success(), "migrate failed: {}", stderr(&out));
         env
@@ -136,6 +151,28 @@ impl TestEnv {
 
     pub async fn redis_cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
         cmd.query_async(&mut self.redis.clone()).await.unwrap()
+    }
+
+    /// A new pool: after a PostgreSQL restart the old one holds dead connections.
+    pub async fn fresh_pg(&self) -> PgPool {
+        PgPool::connect(&self.database_url).await.unwrap()
+    }
+
+    /// Writes `n` due-or-not checkpoints `c00000`.. with three messages each, pipelined.
+    pub async fn seed(&self, n: usize, ttl_ms: u64) {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                let id = format!("c{i:05}");
+                pipe.cmd("SET")
+                    .arg(self.key(&id))
+                    .arg(doc(Some("2026-11-22T10:00:00Z"), &["m1", "m2", "m3"]).to_string())
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut self.redis.clone()).await.unwrap();
+        }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

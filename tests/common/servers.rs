@@ -1,0 +1,221 @@
+//! Private Redis and PostgreSQL servers of one test, for fault tests that stop and restart them
+//! (the shared servers of `tests/servers.sh` must stay up for the tests running beside them).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+fn wait_for_port(port: u16, up: bool, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() == up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what} on port {port} did not go {}",
+        if up { "up" } else { "down" }
+    );
+}
+
+/// A PostgreSQL cluster of its own, on a free port, in a temp dir.
+pub struct PrivatePg {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+    root: bool,
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let bin = PathBuf::from(
+            std::env::var("SWEEPER_TEST_PG_BIN")
+                .expect("SWEEPER_TEST_PG_BIN: run through `make test`"),
+        );
+        let dir =
+            std::env::temp_dir().join(format!("sweeper-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = is_root();
+        if root {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let pg = PrivatePg {
+            dir,
+            bin,
+            port: free_port(),
+            root,
+        };
+        let data = pg.dir.join("data");
+        let out = pg
+            .pg_tool("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.up();
+        pg
+    }
+
+    fn pg_tool(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Starts (or starts again) the server.
+    pub fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.display()
+        );
+        let out = self
+            .pg_tool("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "60", "-o", &opts, "start"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for_port(self.port, true, "PostgreSQL");
+    }
+
+    /// Stops the server at once, as a crash would (`-m immediate`: no checkpoint, connections cut).
+    pub fn kill(&self) {
+        let _ = self
+            .pg_tool("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        wait_for_port(self.port, false, "PostgreSQL");
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis server of its own, on a free port, with no persistence.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sweeper-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = PrivateRedis {
+            port,
+            dir,
+            child: None,
+        };
+        r.up();
+        r
+    }
+
+    pub fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port, true, "Redis");
+    }
+
+    /// SIGKILL: the server and every key in it are gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_for_port(self.port, false, "Redis");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(Path::new(&self.dir));
+    }
+}

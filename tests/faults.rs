@@ -1,0 +1,440 @@
+//! Nothing lost, whatever breaks: servers stopped and restarted mid-sweep, the sweeper killed,
+//! signalled, racing another sweep, or out of time. Servers that get stopped are private to the
+//! test (tests/common/servers.rs).
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::servers::{PrivatePg, PrivateRedis};
+use common::*;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgPool};
+
+/// Makes the first INSERT into `conversations` that finds more than `after` rows stored sleep
+/// `secs` seconds inside its transaction: a batch held in flight, so the test can break things
+/// while it is. One-shot: a sequence (not rolled back) and, as a crash may lose the sequence's
+/// unflushed state, only while the server that installed it is still the one running.
+async fn hold_batch_after(pg: &PgPool, after: i64, secs: f64) {
+    let server: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    let sql = format!(
+        "CREATE SEQUENCE hold_once;
+         CREATE FUNCTION hold_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF pg_postmaster_start_time() = '{server}'::timestamptz
+              AND (SELECT count(*) FROM conversations) > {after} THEN
+             IF nextval('hold_once') = 1 THEN PERFORM pg_sleep({secs}); END IF;
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER hold_batch AFTER INSERT ON conversations
+           FOR EACH STATEMENT EXECUTE FUNCTION hold_batch();"
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(pg).await.unwrap();
+}
+
+fn spawn_run(env: &TestEnv, args: &[&str]) -> Child {
+    env.command()
+        .args(["run", "--output", "json", "--match", &env.pattern()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the sweeper to end; SIGKILLs it once `within` has passed (at once with ZERO).
+fn finish(mut child: Child, within: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() >= within {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn summary(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}); stderr: {}", stderr(out)))
+}
+
+async fn wait_for_rows(env: &TestEnv, rows: i64, within: Duration) {
+    let pg = env.fresh_pg().await;
+    let start = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+        if n >= rows {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "only {n} of {rows} rows after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every conversation stored once with its three messages, each message once.
+async fn assert_complete(env: &TestEnv, conversations: i64) {
+    let pg = env.fresh_pg().await;
+    let one = |sql: &'static str| {
+        let pg = pg.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pg)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        one("SELECT count(*) FROM conversations").await,
+        conversations
+    );
+    assert_eq!(
+        one("SELECT count(*) FROM messages").await,
+        conversations * 3
+    );
+    assert_eq!(
+        one("SELECT coalesce(sum(message_count), 0)::bigint FROM conversations").await,
+        conversations * 3
+    );
+    assert_eq!(
+        one("SELECT count(*) FROM conversations c WHERE message_count <> (SELECT count(*) FROM messages m WHERE m.conversation_id = c.conversation_id)").await,
+        0,
+        "message_count disagrees with the stored messages"
+    );
+}
+
+async fn keys_with_ttl_over(env: &TestEnv, ms: i64) -> usize {
+    let keys: Vec<String> = env.redis_cmd(redis::cmd("KEYS").arg(env.pattern())).await;
+    let mut n = 0;
+    for k in keys {
+        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(&k)).await;
+        if ttl > ms {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn postgres_down_at_start_protects_the_due_keys_only_and_exits_4() {
+    let env = TestEnv::new("pgdownstart").await;
+    env.set("due", &doc(None, &["a"]), Some(120_000)).await;
+    env.set("due-soon", &doc(None, &["a"]), Some(5_000)).await;
+    env.set("active", &doc(None, &["a"]), Some(3_600_000)).await;
+    env.set("twelve", &doc(None, &["a"]), Some(720_000)).await;
+    env.set("forever", &doc(None, &["a"]), None).await;
+    let pg_down = format!("postgres://u:secret@127.0.0.1:{}/db", closed_port());
+
+    let started = Instant::now();
+    let out = env
+        .command()
+        .args([
+            "--connect-timeout",
+            "2s",
+            "--database-url",
+            &pg_down,
+            "run",
+            "--match",
+            &env.pattern(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error_line(&out).contains("PostgreSQL"));
+    assert!(!stderr(&out).contains("secret"));
+
+    let ttl = |k: &'static str| {
+        let env = &env;
+        async move {
+            env.redis_cmd::<i64>(redis::cmd("PTTL").arg(env.key(k)))
+                .await
+        }
+    };
+    for k in ["due", "due-soon"] {
+        let t = ttl(k).await;
+        assert!(
+            (14 * 60_000..=15 * 60_000).contains(&t),
+            "{k} protected to 15m: {t}"
+        );
+    }
+    assert!(ttl("active").await > 3_500_000, "never lowered");
+    assert!(
+        (700_000..=720_000).contains(&ttl("twelve").await),
+        "not due: untouched"
+    );
+    assert_eq!(ttl("forever").await, -1, "a key without TTL stays without");
+    let v: String = env.redis_cmd(redis::cmd("GET").arg(env.key("due"))).await;
+    assert_eq!(v, doc(None, &["a"]).to_string(), "values are never changed");
+}
+
+#[tokio::test]
+async fn postgres_killed_mid_sweep_keeps_committed_batches_protects_the_rest_and_the_next_run_completes()
+ {
+    let pg = PrivatePg::start();
+    let env = TestEnv::on(
+        "pgkill",
+        &std::env::var("REDIS_URL").unwrap(),
+        &pg.admin_url(),
+    )
+    .await
+    .migrate();
+    env.seed(1000, 120_000).await;
+    hold_batch_after(&env.pg, 200, 60.0).await;
+
+    let child = spawn_run(&env, &["--batch-size", "100"]);
+    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.kill();
+    let out = finish(child, Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    error_line(&out);
+
+    // The 800 keys PostgreSQL could not take now outlive the outage; the 200 saved are left alone.
+    assert_eq!(keys_with_ttl_over(&env, 600_000).await, 800);
+
+    pg.up();
+    let env_pg = env.fresh_pg().await;
+    let saved: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
+        .fetch_one(&env_pg)
+        .await
+        .unwrap();
+    assert_eq!(saved, 200, "the batches committed before the crash stay");
+    // A later sweep, when the protected keys are due again (a wider threshold stands in for the wait).
+    let s = env.run_json(&["--threshold", "20m", "--protect-ttl", "30m"]);
+    assert_eq!(s["persisted"], 800);
+    assert_eq!(s["unchanged"], 200);
+    assert_complete(&env, 1000).await;
+}
+
+#[tokio::test]
+async fn postgres_back_within_the_deadline_the_sweep_retries_and_succeeds() {
+    let pg = PrivatePg::start();
+    let env = TestEnv::on(
+        "pgbounce",
+        &std::env::var("REDIS_URL").unwrap(),
+        &pg.admin_url(),
+    )
+    .await
+    .migrate();
+    env.seed(1000, 120_000).await;
+    hold_batch_after(&env.pg, 200, 60.0).await;
+
+    let child = spawn_run(&env, &["--batch-size", "100", "--deadline", "60s"]);
+    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    pg.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.up();
+    let out = finish(child, Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), pg.log());
+    let s = summary(&out);
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["persisted"], 1000);
+    assert!(stderr(&out).contains("retrying"), "{}", stderr(&out));
+    assert_complete(&env, 1000).await;
+    assert_eq!(
+        keys_with_ttl_over(&env, 600_000).await,
+        0,
+        "nothing needed protection"
+    );
+}
+
+#[tokio::test]
+async fn redis_killed_mid_sweep_exits_3_and_leaves_postgres_consistent() {
+    let mut redis = PrivateRedis::start();
+    let env = TestEnv::on(
+        "rediskill",
+        &redis.url(),
+        &std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap(),
+    )
+    .await
+    .migrate();
+    env.seed(5000, 120_000).await;
+    hold_batch_after(&env.pg, 200, 2.0).await;
+
+    let child = spawn_run(&env, &["--batch-size", "100", "--scan-count", "100"]);
+    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    redis.kill();
+    let out = finish(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(error_line(&out).contains("Redis"));
+
+    // Whole batches only, each conversation with all its messages.
+    let n = env.count("SELECT count(*) FROM conversations").await;
+    assert!((300..5000).contains(&n) && n % 100 == 0, "{n}");
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, n * 3);
+    let (status, error): (String, String) = sqlx::query_as("SELECT status, error FROM sweep_runs")
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.contains("Redis"), "{error}");
+}
+
+#[tokio::test]
+async fn sigkill_at_random_points_then_the_next_run_repairs_everything() {
+    let env = TestEnv::migrated("sigkill").await;
+    env.seed(3000, 120_000).await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..4 {
+        let child = spawn_run(&env, &["--batch-size", "50"]);
+        std::thread::sleep(Duration::from_millis(rng.u64(10..250)));
+        let out = finish(child, Duration::ZERO);
+        // Killed (or, on a fast machine, done before the kill): never a failure of its own.
+        assert!(
+            matches!(out.status.code(), None | Some(0)),
+            "{:?}: {}",
+            out.status,
+            stderr(&out)
+        );
+    }
+    let s = env.run_json(&[]);
+    assert_eq!(s["status"], "ok");
+    assert_eq!(
+        s["persisted"].as_u64().unwrap() + s["unchanged"].as_u64().unwrap(),
+        3000
+    );
+    assert_complete(&env, 3000).await;
+}
+
+async fn signal_finishes_the_batch_in_flight(name: &str, signal: &str, code: i32) {
+    let env = TestEnv::migrated(name).await;
+    env.seed(1000, 120_000).await;
+    hold_batch_after(&env.pg, 200, 2.0).await;
+    let child = spawn_run(&env, &["--batch-size", "100", "--scan-count", "100"]);
+    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    let ok = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["status"], "interrupted");
+    let status: String = sqlx::query_scalar("SELECT status FROM sweep_runs")
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    assert_eq!(status, "interrupted");
+    // The batch in flight was finished, nothing half-written; the reader stopped early.
+    let n = env.count("SELECT count(*) FROM conversations").await;
+    assert!((300..1000).contains(&n), "{n}");
+    assert_eq!(s["persisted"].as_i64().unwrap(), n);
+    let next = env.run_json(&[]);
+    assert_eq!(next["persisted"].as_i64().unwrap(), 1000 - n);
+    assert_complete(&env, 1000).await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_after_the_batch_in_flight_with_exit_143() {
+    signal_finishes_the_batch_in_flight("sigterm", "-TERM", 143).await;
+}
+
+#[tokio::test]
+async fn sigint_stops_after_the_batch_in_flight_with_exit_130() {
+    signal_finishes_the_batch_in_flight("sigint", "-INT", 130).await;
+}
+
+#[tokio::test]
+async fn a_second_sweep_at_the_same_time_is_skipped() {
+    let env = TestEnv::migrated("skipped").await;
+    env.seed(300, 120_000).await;
+    hold_batch_after(&env.pg, 0, 3.0).await;
+    let first = spawn_run(&env, &["--batch-size", "100"]);
+    // Wait until the first sweep holds its lock and is in the middle of a batch.
+    let start = Instant::now();
+    while env
+        .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+        .await
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the first sweep never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let second = env.run_json(&[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "skipping is immediate: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(second["status"], "skipped");
+    assert_eq!(second["persisted"], 0);
+
+    let out = finish(first, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(summary(&out)["persisted"], 300);
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM sweep_runs ORDER BY id")
+        .fetch_all(&env.pg)
+        .await
+        .unwrap();
+    assert_eq!(statuses, ["ok", "skipped"]);
+    // The lock is released at the end: the next sweep runs.
+    assert_eq!(env.run_json(&[])["status"], "ok");
+}
+
+#[tokio::test]
+async fn the_deadline_stops_the_scan_saves_what_was_read_and_exits_5() {
+    let env = TestEnv::migrated("deadline").await;
+    env.seed(2000, 120_000).await;
+    hold_batch_after(&env.pg, 0, 2.0).await;
+    let child = spawn_run(
+        &env,
+        &[
+            "--batch-size",
+            "100",
+            "--scan-count",
+            "100",
+            "--deadline",
+            "1s",
+        ],
+    );
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["status"], "partial");
+    let n = env.count("SELECT count(*) FROM conversations").await;
+    assert!(n > 0 && n < 2000, "{n}");
+    assert_eq!(
+        s["persisted"].as_i64().unwrap(),
+        n,
+        "what was read is saved"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM sweep_runs")
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    assert_eq!(status, "partial");
+    // The next run goes on.
+    let next = env.run_json(&[]);
+    assert_eq!(next["persisted"].as_i64().unwrap(), 2000 - n);
+    assert_complete(&env, 2000).await;
+}
