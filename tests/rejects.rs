@@ -5,92 +5,47 @@ mod common;
 
 use common::*;
 
-/// (conversation id, value, expected reason code). Strings are written with SET.
-fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
-    vec![
-        ("broken-json", b"{\"messages\": [".to_vec(), "not_json"),
-        ("plain-text", b"hello there".to_vec(), "not_json"),
-        ("empty", b"".to_vec(), "not_json"),
-        (
-            "array",
-            b"[{\"role\": \"user\", \"content\": \"hi\"}]".to_vec(),
-            "not_object",
-        ),
-        ("number", b"42".to_vec(), "not_object"),
-        (
-            "no-messages",
-            b"{\"user_id\": \"u\"}".to_vec(),
-            "bad_messages",
-        ),
-        (
-            "messages-object",
-            b"{\"messages\": {\"role\": \"user\"}}".to_vec(),
-            "bad_messages",
-        ),
-        (
-            "message-no-content",
-            b"{\"messages\": [{\"role\": \"user\"}]}".to_vec(),
-            "bad_messages",
-        ),
-        (
-            "role-number",
-            b"{\"messages\": [{\"role\": 1, \"content\": \"x\"}]}".to_vec(),
-            "bad_messages",
-        ),
-        (
-            "bad-updated-at",
-            b"{\"messages\": [], \"updated_at\": \"yesterday\"}".to_vec(),
-            "bad_field",
-        ),
-        (
-            "nul",
-            b"{\"messages\": [{\"role\": \"user\", \"content\": \"a\\u0000b\"}]}".to_vec(),
-            "nul_character",
-        ),
-        (
-            "latin1",
-            b"{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xe9\"}]}".to_vec(),
-            "not_utf8",
-        ),
-        (
-            "deep-200",
-            format!(
-                "{{\"messages\": [], \"x\": {}{}}}",
-                "[".repeat(200),
-                "]".repeat(200)
-            )
-            .into_bytes(),
-            "not_json",
-        ),
-        ("too-large", big_valid_checkpoint(300_000), "too_large"),
-    ]
-}
-
-fn big_valid_checkpoint(bytes: usize) -> Vec<u8> {
-    let content = "x".repeat(bytes);
-    format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{content}\"}}]}}").into_bytes()
+/// The corpus in tests/corpus: (conversation id, value, expected reason code or "ok"). A file is
+/// named `<code>--<what>.<ext>`.
+fn corpus() -> Vec<(String, Vec<u8>, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let (code, _) = name
+                .split_once("--")
+                .expect("corpus files are named <code>--<what>");
+            let id = name.replace('.', "-");
+            (id, std::fs::read(&path).unwrap(), code.to_string())
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 40, "the corpus is in tests/corpus");
+    out
 }
 
 #[tokio::test]
 async fn every_reject_reason_is_recorded_once_and_the_good_checkpoints_are_saved() {
     let env = TestEnv::migrated("rejects").await;
-    let bad = corpus();
-    for (id, value, _) in &bad {
+    let all = corpus();
+    let (good, bad): (Vec<_>, Vec<_>) = all.iter().partition(|(_, _, code)| code == "ok");
+    for (id, value, _) in &all {
         env.set_raw(id, value.as_slice(), SOON).await;
     }
     // Keys of other Redis types.
-    let () = env
-        .redis_cmd(
-            redis::cmd("HSET")
-                .arg(env.key("a-hash"))
-                .arg("messages")
-                .arg("[]"),
-        )
-        .await;
-    let () = env
-        .redis_cmd(redis::cmd("RPUSH").arg(env.key("a-list")).arg("{}"))
-        .await;
-    for k in ["a-hash", "a-list"] {
+    let types: [(&str, &[&str]); 5] = [
+        ("a-hash", &["HSET", "messages", "[]"]),
+        ("a-list", &["RPUSH", "{}"]),
+        ("a-set", &["SADD", "{}"]),
+        ("a-zset", &["ZADD", "1", "{}"]),
+        ("a-stream", &["XADD", "*", "messages", "[]"]),
+    ];
+    for (k, args) in types {
+        let mut cmd = redis::cmd(args[0]);
+        cmd.arg(env.key(k)).arg(&args[1..]);
+        let _: redis::Value = env.redis_cmd(&mut cmd).await;
         let () = env
             .redis_cmd(redis::cmd("PEXPIRE").arg(env.key(k)).arg(120_000))
             .await;
@@ -107,13 +62,10 @@ async fn every_reject_reason_is_recorded_once_and_the_good_checkpoints_are_saved
                 .arg(120_000),
         )
         .await;
-    // A 50-level nesting is a fine checkpoint, as are these.
-    let deep50 = format!(
-        "{{\"messages\": [], \"x\": {}1{}}}",
-        "[".repeat(50),
-        "]".repeat(50)
-    );
-    env.set_raw("deep-50", deep50.as_str(), SOON).await;
+    // A 20 MB value (over the 16 MiB default), otherwise a fine checkpoint.
+    let huge = big_valid_checkpoint(20_000_000);
+    env.set_raw("huge", huge.as_slice(), SOON).await;
+    // Good checkpoints beside them.
     for i in 0..10 {
         env.set(
             &format!("good{i}"),
@@ -122,15 +74,34 @@ async fn every_reject_reason_is_recorded_once_and_the_good_checkpoints_are_saved
         )
         .await;
     }
-    let rejects = bad.len() + 3;
+    let rejects = bad.len() + types.len() + 2;
+    let saved = good.len() + 10;
 
-    let s = env.run_json(&["--max-value-bytes", "256KiB", "--batch-size", "5"]);
+    let s = env.run_json(&["--batch-size", "5"]);
     assert_eq!(s["status"], "ok");
     assert_eq!(s["rejected"].as_u64().unwrap() as usize, rejects, "{s}");
-    assert_eq!(s["persisted"], 11);
-    assert_eq!(s["due"].as_u64().unwrap() as usize, rejects + 11);
-    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 11);
-    assert_eq!(env.count("SELECT count(*) FROM messages").await, 20);
+    assert_eq!(s["persisted"].as_u64().unwrap() as usize, saved, "{s}");
+    assert_eq!(s["due"].as_u64().unwrap() as usize, rejects + saved);
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversations").await as usize,
+        saved
+    );
+    for (id, value, _) in &good {
+        let doc: String = sqlx::query_scalar(
+            "SELECT checkpoint::text FROM conversations WHERE conversation_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&env.pg)
+        .await
+        .unwrap_or_else(|e| panic!("{id} was not saved: {e}"));
+        let stored: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let written: serde_json::Value = serde_json::from_slice(value).unwrap();
+        assert_eq!(
+            stored["messages"].as_array().map(Vec::len),
+            written["messages"].as_array().map(Vec::len),
+            "{id}"
+        );
+    }
 
     assert_eq!(
         env.count("SELECT count(*) FROM sweep_rejects").await as usize,
@@ -143,26 +114,22 @@ async fn every_reject_reason_is_recorded_once_and_the_good_checkpoints_are_saved
                 .fetch_one(&env.pg)
                 .await
                 .unwrap_or_else(|e| panic!("no reject row for {id}: {e}"));
-        assert!(reason.starts_with(code), "{id}: {reason}");
+        assert!(reason.starts_with(code.as_str()), "{id}: {reason}");
         assert_eq!(raw_size as usize, value.len(), "{id}");
-        let kept = value.len().min(64 * 1024);
-        assert_eq!(
-            raw,
-            value[..kept],
-            "{id}: the raw bytes (first 64 KiB) are kept"
-        );
+        assert_eq!(raw, *value, "{id}: the raw bytes are kept");
     }
-    for (k, code) in [
-        ("a-hash", "wrong_type: a Redis hash"),
-        ("a-list", "wrong_type: a Redis list"),
-    ] {
+    for (k, _) in types {
         let reason: String =
             sqlx::query_scalar("SELECT reason FROM sweep_rejects WHERE redis_key = $1")
                 .bind(env.key(k))
                 .fetch_one(&env.pg)
                 .await
                 .unwrap();
-        assert!(reason.starts_with(code), "{k}: {reason}");
+        let t = k.trim_start_matches("a-");
+        assert!(
+            reason.starts_with(&format!("wrong_type: a Redis {t}")),
+            "{k}: {reason}"
+        );
     }
     let bin_reason: String =
         sqlx::query_scalar("SELECT reason FROM sweep_rejects WHERE redis_key LIKE '%bin-%'")
@@ -170,11 +137,24 @@ async fn every_reject_reason_is_recorded_once_and_the_good_checkpoints_are_saved
             .await
             .unwrap();
     assert!(bin_reason.starts_with("key_not_utf8"), "{bin_reason}");
+    let (reason, raw, raw_size): (String, Vec<u8>, i64) =
+        sqlx::query_as("SELECT reason, raw, raw_size FROM sweep_rejects WHERE redis_key = $1")
+            .bind(env.key("huge"))
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+    assert!(reason.starts_with("too_large"), "{reason}");
+    assert_eq!(raw_size as usize, huge.len());
+    assert_eq!(
+        raw,
+        huge[..64 * 1024],
+        "only the first 64 KiB are read and kept"
+    );
 
     // The next run sees the same bad values: counted again, but no second row.
-    let s2 = env.run_json(&["--max-value-bytes", "256KiB"]);
+    let s2 = env.run_json(&[]);
     assert_eq!(s2["rejected"].as_u64().unwrap() as usize, rejects);
-    assert_eq!(s2["unchanged"], 11);
+    assert_eq!(s2["unchanged"].as_u64().unwrap() as usize, saved);
     assert_eq!(
         env.count("SELECT count(*) FROM sweep_rejects").await as usize,
         rejects
@@ -186,10 +166,49 @@ async fn every_reject_reason_is_recorded_once_and_the_good_checkpoints_are_saved
     );
 
     // A bad value that changes is a new row: the operator sees each distinct value once.
-    env.set_raw("plain-text", "still not json", SOON).await;
-    env.run_json(&["--max-value-bytes", "256KiB"]);
+    env.set_raw("not_json--plain-text-txt", "still not json", SOON)
+        .await;
+    env.run_json(&[]);
     assert_eq!(
         env.count("SELECT count(*) FROM sweep_rejects").await as usize,
         rejects + 1
     );
+}
+
+#[tokio::test]
+async fn keys_that_vanish_mid_sweep_are_counted_not_failed() {
+    let env = TestEnv::migrated("vanish").await;
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        // Some keys live a few milliseconds: they expire between SCAN, PTTL and GET.
+        let ttl = if i % 2 == 0 { rng.u64(1..40) } else { 120_000 };
+        pipe.cmd("SET")
+            .arg(env.key(&format!("k{i}")))
+            .arg(doc(None, &["a"]).to_string())
+            .arg("PX")
+            .arg(ttl)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut env.redis.clone()).await.unwrap();
+    let s = env.run_json(&["--scan-count", "10"]);
+    let n = |f: &str| s[f].as_u64().unwrap();
+    assert_eq!(s["status"], "ok");
+    assert_eq!(
+        n("scanned"),
+        n("not_due") + n("no_ttl") + n("expired_before_read") + n("due"),
+        "{s}"
+    );
+    assert_eq!(
+        n("due"),
+        n("persisted") + n("unchanged") + n("rejected"),
+        "{s}"
+    );
+    assert!(n("persisted") >= 1500, "every long-lived key is saved: {s}");
+    assert_eq!(n("rejected"), 0);
+}
+
+fn big_valid_checkpoint(bytes: usize) -> Vec<u8> {
+    let content = "x".repeat(bytes);
+    format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{content}\"}}]}}").into_bytes()
 }
