@@ -6,7 +6,9 @@ CARGO   ?= cargo
 SERVERS := tests/servers.sh exec --
 SWEEPER := target/release/sweeper
 
-.PHONY: all build test unit demo demo-steps lint fmt clean
+.PHONY: all build test unit soak demo demo-steps lint fmt clean
+
+DURATION ?= 30m
 
 all: build
 
@@ -15,6 +17,10 @@ build:
 
 test:
 	$(SERVERS) $(CARGO) test --locked --all-targets
+
+# The zero-loss soak test, long: `make soak DURATION=30m` (make test runs it for 60s).
+soak:
+	$(SERVERS) env SWEEPER_SOAK_DURATION=$(DURATION) $(CARGO) test --locked --release --test soak -- --nocapture
 
 # Unit tests only: no servers needed.
 unit:
