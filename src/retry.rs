@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -33,8 +33,30 @@ impl Backoff {
         full.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 
-    /// Runs `op` until it succeeds, fails permanently, runs out of attempts, or the next pause
-    /// would end after `deadline`.
+    /// The pause before retry number `n` after `err`, or None when `err` must be returned: it is
+    /// permanent, the attempts are spent, or the pause would end after `deadline`. The one place
+    /// where retrying is decided.
+    pub fn pause(
+        &self,
+        n: u32,
+        err: &Error,
+        deadline: Option<Instant>,
+        what: &str,
+    ) -> Option<Duration> {
+        if !err.is_transient() || n + 1 >= self.attempts {
+            return None;
+        }
+        let pause = self.delay(n);
+        // tokio's clock, so tests can pause time.
+        let now = tokio::time::Instant::now().into_std();
+        if deadline.is_some_and(|d| now + pause >= d) {
+            return None;
+        }
+        tracing::warn!(error = %err, attempt = n + 1, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+        Some(pause)
+    }
+
+    /// Runs `op` until it succeeds or [`Backoff::pause`] says to give up.
     pub async fn retry<T, F, Fut>(
         &self,
         what: &str,
@@ -49,18 +71,13 @@ impl Backoff {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() && n + 1 < self.attempts => {
-                    let pause = self.delay(n);
-                    // tokio's clock, so tests can pause time.
-                    let now = tokio::time::Instant::now().into_std();
-                    if deadline.is_some_and(|d| now + pause >= d) {
-                        return Err(e);
+                Err(e) => match self.pause(n, &e, deadline, what) {
+                    Some(pause) => {
+                        tokio::time::sleep(pause).await;
+                        n += 1;
                     }
-                    tracing::warn!(error = %e, attempt = n + 1, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    n += 1;
-                }
-                Err(e) => return Err(e),
+                    None => return Err(e),
+                },
             }
         }
     }
@@ -86,7 +103,6 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::error::Error;
 
     fn transient() -> Error {
         Error::Postgres {

@@ -1,7 +1,7 @@
 //! The only code that speaks Redis: SCAN pages, pipelined PTTLs, pipelined reads. It never writes
 //! (a sweep changes nothing in Redis) and never uses KEYS.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
@@ -9,18 +9,22 @@ use redis::{AsyncConnectionConfig, Value};
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::layout::{Fetched, Layout, Probe};
-use crate::retry;
+use crate::retry::{self, Backoff};
 
 /// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
 /// even when a page holds many large checkpoints.
 const FETCH_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
 
-/// A connection to one Redis node.
+/// A connection to one Redis node. Reads are retried on transient errors (a dropped connection
+/// is replaced first): every command here is safe to repeat.
 #[derive(Clone)]
 pub struct Source {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
     conn: MultiplexedConnection,
     url: String,
     round_trips: u64,
+    deadline: Option<Instant>,
 }
 
 impl Source {
@@ -45,15 +49,23 @@ impl Source {
         })
         .await?;
         let mut source = Source {
+            client,
+            config,
             conn,
             url: shown,
             round_trips: 0,
+            deadline: None,
         };
         // Authentication and reachability problems show here, not in the middle of a sweep.
         let mut ping = redis::pipe();
         ping.cmd("PING");
-        source.query(&mut ping).await?;
+        source.query::<Value>(&ping).await?;
         Ok(source)
+    }
+
+    /// Retries give up rather than pause past this instant.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// The connection, for the simulator that plays the chat service.
@@ -66,17 +78,34 @@ impl Source {
         self.round_trips
     }
 
-    fn err(&self) -> impl FnOnce(redis::RedisError) -> Error + '_ {
-        move |source| Error::Redis {
-            url: self.url.clone(),
-            source,
+    /// Sends one pipeline, retrying transient failures on a fresh connection.
+    async fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Result<T> {
+        let backoff = Backoff::default();
+        let mut n = 0;
+        loop {
+            self.round_trips += 1;
+            let err = match pipe.query_async(&mut self.conn).await {
+                Ok(v) => return Ok(v),
+                Err(source) => Error::Redis {
+                    url: self.url.clone(),
+                    source,
+                },
+            };
+            let Some(pause) = backoff.pause(n, &err, self.deadline, "reading from Redis") else {
+                return Err(err);
+            };
+            tokio::time::sleep(pause).await;
+            n += 1;
+            // A dropped multiplexed connection stays dropped: open another. If that fails, the
+            // retry above fails too and counts against the attempts.
+            if let Ok(conn) = self
+                .client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await
+            {
+                self.conn = conn;
+            }
         }
-    }
-
-    async fn query(&mut self, pipe: &mut redis::Pipeline) -> Result<Vec<Value>> {
-        self.round_trips += 1;
-        let r = pipe.query_async(&mut self.conn).await;
-        r.map_err(self.err())
     }
 
     /// One SCAN step: the next cursor (0 when done) and the keys of this page.
@@ -86,16 +115,15 @@ impl Source {
         pattern: &str,
         count: usize,
     ) -> Result<(u64, Vec<Vec<u8>>)> {
-        self.round_trips += 1;
-        let r = redis::cmd("SCAN")
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.conn)
-            .await;
-        r.map_err(self.err())
+            .arg(count);
+        let (page,): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await?;
+        Ok(page)
     }
 
     /// PTTL of every key, in one pipeline: milliseconds left, -1 without TTL, -2 gone.
@@ -107,9 +135,7 @@ impl Source {
         for k in keys {
             pipe.cmd("PTTL").arg(k);
         }
-        self.round_trips += 1;
-        let r = pipe.query_async(&mut self.conn).await;
-        r.map_err(self.err())
+        self.query(&pipe).await
     }
 
     /// Reads the checkpoints at `keys`: one probe pipeline, then fetch pipelines of at most
@@ -129,7 +155,7 @@ impl Source {
         for k in keys {
             layout.queue_probe(&mut pipe, k);
         }
-        let replies = self.query(&mut pipe).await?;
+        let replies: Vec<Value> = self.query(&pipe).await?;
         let probes: Vec<Probe> = replies
             .chunks(Layout::PROBE_REPLIES)
             .map(|r| layout.probe_result(r, max_value_bytes))
@@ -158,7 +184,7 @@ impl Source {
                 .map(|i| layout.queue_fetch(&mut pipe, &keys[i], &probes[i]))
                 .collect();
             let mut replies = if queued.iter().any(|q| *q) {
-                self.query(&mut pipe).await?.into_iter()
+                self.query::<Vec<Value>>(&pipe).await?.into_iter()
             } else {
                 Vec::new().into_iter()
             };
@@ -186,7 +212,7 @@ impl Source {
                 .arg(ttl.as_millis() as u64)
                 .arg("GT");
         }
-        let replies = self.query(&mut pipe).await?;
+        let replies: Vec<Value> = self.query(&pipe).await?;
         Ok(replies
             .iter()
             .filter(|v| matches!(v, Value::Int(1)))

@@ -99,6 +99,8 @@ pub async fn run(
 
     let store_down = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::channel::<ReadBatch>(CHANNEL_DEPTH);
+    let mut source = source;
+    source.set_deadline(deadline);
     let mut protector = source.clone();
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down.clone());
     let reader = tokio::spawn(reader.run(source, tx));
@@ -202,6 +204,8 @@ pub async fn protect_only(
     let store_down = Arc::new(AtomicBool::new(true));
     let (tx, _rx) = mpsc::channel::<ReadBatch>(1);
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
+    let mut source = source;
+    source.set_deadline(deadline);
     let (counters, _, error) = reader.run(source, tx).await;
     match error {
         Some(e) => Err(e),

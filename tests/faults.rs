@@ -438,3 +438,40 @@ async fn the_deadline_stops_the_scan_saves_what_was_read_and_exits_5() {
     assert_eq!(next["persisted"].as_i64().unwrap(), 2000 - n);
     assert_complete(&env, 2000).await;
 }
+
+#[tokio::test]
+async fn a_dropped_redis_connection_is_reopened_and_the_sweep_goes_on() {
+    let redis = PrivateRedis::start();
+    let env = TestEnv::on(
+        "redisdrop",
+        &redis.url(),
+        &std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap(),
+    )
+    .await
+    .migrate();
+    env.seed(3000, 120_000).await;
+    hold_batch_after(&env.pg, 200, 1.0).await;
+    let child = spawn_run(&env, &["--batch-size", "100", "--scan-count", "100"]);
+    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    // Cut every client's connection but this test's: the sweeper's next read finds it dropped.
+    let killed: i64 = env
+        .redis_cmd(
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes"),
+        )
+        .await;
+    assert!(killed >= 1, "the sweeper was connected");
+    let out = finish(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("reading from Redis failed; retrying"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(summary(&out)["persisted"], 3000);
+    assert_complete(&env, 3000).await;
+}
