@@ -312,3 +312,61 @@ async fn json_logs_are_json_lines_on_stderr() {
     // stdout stays one JSON object, whatever the logs do.
     let _: Value = serde_json::from_slice(&out.stdout).unwrap();
 }
+
+#[tokio::test]
+async fn urls_come_from_secret_files_and_passwords_are_never_printed() {
+    let env = TestEnv::migrated("secrets").await;
+    env.set("c1", &doc(None, &["a"]), SOON).await;
+    let dir = std::env::temp_dir().join(format!("sweeper-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The test server trusts every password: this one only has to stay out of the output.
+    let db_with_password = env
+        .database_url
+        .replacen("postgres@", "postgres:Sup3rS3cret@", 1);
+    std::fs::write(dir.join("database-url"), format!("{db_with_password}\n")).unwrap();
+    std::fs::write(dir.join("redis-url"), format!("{}\n", env.redis_url)).unwrap();
+
+    let out = env
+        .command()
+        .env_remove("DATABASE_URL")
+        .env("REDIS_URL", "redis://127.0.0.1:1/")
+        .arg("--database-url-file")
+        .arg(dir.join("database-url"))
+        .arg("--redis-url-file")
+        .arg(dir.join("redis-url"))
+        .args(["-vv", "run", "--output", "json", "--match", &env.pattern()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["persisted"], 1);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!all.contains("Sup3rS3cret"), "password printed: {all}");
+
+    // A failure names the URL, redacted.
+    let down = format!(
+        "postgres://postgres:Sup3rS3cret@127.0.0.1:{}/x",
+        closed_port()
+    );
+    std::fs::write(dir.join("bad-db"), down).unwrap();
+    let out = env
+        .command()
+        .arg("--database-url-file")
+        .arg(dir.join("bad-db"))
+        .args(["--connect-timeout", "1s", "migrate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("Sup3rS3cret"), "{}", stderr(&out));
+    // A missing secret file is bad usage.
+    let out = env
+        .command()
+        .arg("--database-url-file")
+        .arg(dir.join("nope"))
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(error_line(&out).contains("--database-url-file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
