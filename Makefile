@@ -6,7 +6,7 @@ CARGO   ?= cargo
 SERVERS := tests/servers.sh exec --
 SWEEPER := target/release/sweeper
 
-.PHONY: all build test unit soak demo demo-steps lint fmt clean
+.PHONY: all build test unit soak bench bench-quick demo demo-steps lint fmt clean
 
 DURATION ?= 30m
 
@@ -21,6 +21,14 @@ test:
 # The zero-loss soak test, long: `make soak DURATION=30m` (make test runs it for 60s).
 soak:
 	$(SERVERS) env SWEEPER_SOAK_DURATION=$(DURATION) $(CARGO) test --locked --release --test soak -- --nocapture
+
+# The sweep against the raw limits (Redis floor, psql \copy) at 100k and 1M keys; one table.
+# Pass BENCH_ARGS=--naive to add the write-every-turn baseline.
+bench: build
+	$(SERVERS) $(CARGO) bench --locked --bench sweep -- --sizes 100000,1000000 $(BENCH_ARGS)
+
+bench-quick: build
+	$(SERVERS) $(CARGO) bench --locked --bench sweep -- --sizes 100000 $(BENCH_ARGS)
 
 # Unit tests only: no servers needed.
 unit:

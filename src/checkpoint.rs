@@ -16,6 +16,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// Identifiers (conversation id, message id, user id) longer than this are refused: PostgreSQL
+/// indexes them, and an index row cannot hold much more than 2.7 KB.
+pub const MAX_ID_BYTES: usize = 1024;
+
 /// A valid checkpoint, ready for the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
@@ -64,6 +68,10 @@ pub enum Reject {
         field: &'static str,
         problem: String,
     },
+    TooLong {
+        what: &'static str,
+        bytes: usize,
+    },
 }
 
 impl fmt::Display for Reject {
@@ -91,6 +99,10 @@ impl fmt::Display for Reject {
             ),
             Reject::BadMessages(e) => write!(f, "bad_messages: {e}"),
             Reject::BadField { field, problem } => write!(f, "bad_field: `{field}` {problem}"),
+            Reject::TooLong { what, bytes } => write!(
+                f,
+                "too_long: the {what} is {bytes} bytes, over the {MAX_ID_BYTES} PostgreSQL can index"
+            ),
         }
     }
 }
@@ -103,6 +115,12 @@ pub fn conversation_id<'k>(key: &'k str, prefix: &str) -> Result<&'k str, Reject
     }
     if id.contains('\0') {
         return Err(Reject::NulCharacter);
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Reject::TooLong {
+            what: "conversation id",
+            bytes: id.len(),
+        });
     }
     Ok(id)
 }
@@ -129,10 +147,17 @@ pub fn decode(redis_key: &str, conversation_id: &str, raw: &[u8]) -> Result<Chec
             )));
         }
     };
+    let user_id = optional_string(doc, "user_id")?;
+    if let Some(u) = user_id.as_ref().filter(|u| u.len() > MAX_ID_BYTES) {
+        return Err(Reject::TooLong {
+            what: "user_id",
+            bytes: u.len(),
+        });
+    }
     Ok(Checkpoint {
         redis_key: redis_key.to_string(),
         conversation_id: conversation_id.to_string(),
-        user_id: optional_string(doc, "user_id")?,
+        user_id,
         started_at: optional_time(doc, "started_at")?,
         updated_at: optional_time(doc, "updated_at")?,
         messages,
@@ -190,6 +215,12 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, Reject> {
                 })
             })
             .transpose()?;
+        if let Some(id) = id.as_ref().filter(|id| id.len() > MAX_ID_BYTES) {
+            return Err(Reject::TooLong {
+                what: "message id",
+                bytes: id.len(),
+            });
+        }
         let identity = match &id {
             Some(id) => format!("id:{id}"),
             None => {
@@ -434,6 +465,22 @@ mod tests {
             "]".repeat(5000)
         );
         assert_eq!(code(dec(&too_deep).unwrap_err()), "not_json");
+    }
+
+    #[test]
+    fn identifiers_too_long_to_index_are_rejected() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let doc = format!(r#"{{"messages": [{{"id": "{long}", "role": "u", "content": "x"}}]}}"#);
+        assert_eq!(code(dec(&doc).unwrap_err()), "too_long");
+        let doc = format!(r#"{{"user_id": "{long}", "messages": []}}"#);
+        assert_eq!(code(dec(&doc).unwrap_err()), "too_long");
+        let key = format!("checkpoint:{long}");
+        assert_eq!(
+            code(conversation_id(&key, "checkpoint:").unwrap_err()),
+            "too_long"
+        );
+        let ok = "x".repeat(MAX_ID_BYTES);
+        assert!(dec(&format!(r#"{{"user_id": "{ok}", "messages": []}}"#)).is_ok());
     }
 
     #[test]

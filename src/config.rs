@@ -122,6 +122,21 @@ pub fn redact_url(raw: &str) -> String {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
+            // libpq-style URLs may carry the password as a parameter too.
+            if u.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_param(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
         // Not a URL we can parse: show only the scheme, never the rest (it may hold a secret).
@@ -130,6 +145,13 @@ pub fn redact_url(raw: &str) -> String {
             None => "(unparseable URL)".to_string(),
         },
     }
+}
+
+fn is_secret_param(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "password" | "pass" | "sslpassword"
+    )
 }
 
 #[cfg(test)]
@@ -175,6 +197,11 @@ mod tests {
             "redis://127.0.0.1:6379/"
         );
         assert!(!redact_url("redis://:pw@[bad").contains("pw"));
+        let q = redact_url("postgres://db/chat?sslmode=require&password=hunter2");
+        assert!(
+            !q.contains("hunter2") && q.contains("sslmode=require"),
+            "{q}"
+        );
     }
 
     #[test]

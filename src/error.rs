@@ -69,9 +69,13 @@ impl Error {
                     || matches!(
                         source.kind(),
                         redis::ErrorKind::Server(
-                            redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain
+                            redis::ServerErrorKind::BusyLoading
+                                | redis::ServerErrorKind::TryAgain
+                                | redis::ServerErrorKind::MasterDown
                         )
                     )
+                    // A script running too long: the server answers again once it ends.
+                    || source.code() == Some("BUSY")
             }
             Error::Postgres { source, .. } => match source {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
@@ -83,6 +87,20 @@ impl Error {
                 }),
                 _ => false,
             },
+            _ => false,
+        }
+    }
+
+    /// PostgreSQL refused the data itself (a value it cannot store, a key too long for an index):
+    /// retrying the same rows cannot help, but the other rows of the batch may go in alone.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Error::Postgres {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("54")),
             _ => false,
         }
     }

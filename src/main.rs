@@ -105,22 +105,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 true => None,
                 false => match Store::connect(&database_url(g)?, g.connect_timeout).await {
                     Ok(store) => Some(store),
-                    Err(e @ Error::Postgres { .. }) => {
-                        // Nothing can be saved now: keep the due keys alive for a later sweep.
-                        match sweep::protect_only(&cfg, source, &shutdown).await {
-                            Ok(c) => tracing::warn!(
-                                due = c.due,
-                                protected = c.protected,
-                                protect_ttl = %humantime::format_duration(cfg.protect_ttl),
-                                "PostgreSQL is down: due keys protected until the next sweep"
-                            ),
-                            Err(re) => {
-                                tracing::error!(error = %re, "PostgreSQL is down and the due keys could not be protected")
-                            }
-                        }
-                        return Err(e);
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(sweep::protect_after(e, &cfg, source, &shutdown).await),
                 },
             };
             tracing::info!(
@@ -130,7 +115,8 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 dry_run = cfg.dry_run,
                 "sweep starting"
             );
-            let summary = sweep::run(&cfg, source, store.as_ref(), &shutdown).await?;
+            let outcome = sweep::run(&cfg, source, store.as_ref(), &shutdown).await?;
+            let summary = &outcome.summary;
             let c = &summary.counters;
             tracing::info!(
                 run_id = summary.run_id,
@@ -142,15 +128,20 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 rejected = c.rejected,
                 no_ttl = c.no_ttl,
                 expired_before_read = c.expired_before_read,
+                protected = c.protected,
                 duration_ms = summary.duration_ms,
                 "sweep finished"
             );
+            // The summary is printed even for a failed run: orchestrators read its counters.
             let text = match r.output {
                 Output::Json => summary.to_json() + "\n",
                 Output::Text => summary.to_text(),
             };
             print(&text)?;
-            Ok(summary.exit_code())
+            match outcome.error {
+                Some(e) => Err(e),
+                None => Ok(summary.exit_code()),
+            }
         }
         Command::Simulate(s) => {
             let source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;

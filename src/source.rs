@@ -78,13 +78,23 @@ impl Source {
         self.round_trips
     }
 
-    /// Sends one pipeline, retrying transient failures on a fresh connection.
+    /// Sends one pipeline, retrying transient failures on a fresh connection. Per-key WRONGTYPE
+    /// replies (of pipelines with `ignore_errors`) are data for the caller; any other server
+    /// error (LOADING, MASTERDOWN, NOPERM, ...) fails the whole pipeline, so that it is retried
+    /// or ends the run, never mistaken for a bad or vanished key.
     async fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Result<T> {
         let backoff = Backoff::default();
         let mut n = 0;
         loop {
             self.round_trips += 1;
-            let err = match pipe.query_async(&mut self.conn).await {
+            let reply = pipe
+                .query_async::<Value>(&mut self.conn)
+                .await
+                .and_then(|v| match first_server_error(&v) {
+                    Some(e) => Err(e.into()),
+                    None => Ok(redis::from_redis_value::<T>(v)?),
+                });
+            let err = match reply {
                 Ok(v) => return Ok(v),
                 Err(source) => Error::Redis {
                     url: self.url.clone(),
@@ -138,15 +148,14 @@ impl Source {
         self.query(&pipe).await
     }
 
-    /// Reads the checkpoints at `keys`: one probe pipeline, then fetch pipelines of at most
-    /// [`FETCH_BUDGET_BYTES`] each. Per-key problems come back as [`Fetched`] variants; only a
-    /// failing connection is an error.
-    pub async fn read(
+    /// The type and size of each key, in one pipeline: what may be fetched, and how much memory
+    /// it takes.
+    pub async fn probe(
         &mut self,
         layout: Layout,
         keys: &[Vec<u8>],
         max_value_bytes: u64,
-    ) -> Result<Vec<Fetched>> {
+    ) -> Result<Vec<Probe>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -156,45 +165,87 @@ impl Source {
             layout.queue_probe(&mut pipe, k);
         }
         let replies: Vec<Value> = self.query(&pipe).await?;
-        let probes: Vec<Probe> = replies
+        Ok(replies
             .chunks(Layout::PROBE_REPLIES)
             .map(|r| layout.probe_result(r, max_value_bytes))
-            .collect();
+            .collect())
+    }
 
+    /// Fetches probed keys in one pipeline. Keep the sizes of one call within a memory budget
+    /// (see [`fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
+    pub async fn fetch(
+        &mut self,
+        layout: Layout,
+        keys: &[Vec<u8>],
+        probes: &[Probe],
+    ) -> Result<Vec<Fetched>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let queued: Vec<bool> = keys
+            .iter()
+            .zip(probes)
+            .map(|(k, p)| layout.queue_fetch(&mut pipe, k, p))
+            .collect();
+        let mut replies = if queued.iter().any(|q| *q) {
+            self.query::<Vec<Value>>(&pipe).await?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        Ok(probes
+            .iter()
+            .zip(queued)
+            .map(|(p, q)| layout.fetched(p.clone(), if q { replies.next() } else { None }))
+            .collect())
+    }
+
+    /// Probes and fetches in one go (for callers that hold few keys at a time).
+    pub async fn read(
+        &mut self,
+        layout: Layout,
+        keys: &[Vec<u8>],
+        max_value_bytes: u64,
+    ) -> Result<Vec<Fetched>> {
+        let probes = self.probe(layout, keys, max_value_bytes).await?;
         let mut out = Vec::with_capacity(keys.len());
-        let mut start = 0;
-        while start < keys.len() {
-            // Take keys until the byte budget is spent (always at least one).
-            let mut end = start;
-            let mut bytes = 0u64;
-            while end < keys.len() {
-                let size = match probes[end] {
-                    Probe::Read { size } => size,
-                    _ => 0,
-                };
-                if end > start && bytes + size > FETCH_BUDGET_BYTES {
-                    break;
-                }
-                bytes += size;
-                end += 1;
-            }
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            let queued: Vec<bool> = (start..end)
-                .map(|i| layout.queue_fetch(&mut pipe, &keys[i], &probes[i]))
-                .collect();
-            let mut replies = if queued.iter().any(|q| *q) {
-                self.query::<Vec<Value>>(&pipe).await?.into_iter()
-            } else {
-                Vec::new().into_iter()
-            };
-            for (i, q) in (start..end).zip(queued) {
-                let reply = if q { replies.next() } else { None };
-                out.push(layout.fetched(probes[i].clone(), reply));
-            }
-            start = end;
+        for r in fetch_chunks(&probes) {
+            out.extend(self.fetch(layout, &keys[r.clone()], &probes[r]).await?);
         }
         Ok(out)
+    }
+}
+
+/// Splits probed keys into consecutive runs whose values add up to at most
+/// [`FETCH_BUDGET_BYTES`] (a run holds at least one key), so memory stays bounded even when a page
+/// holds many large checkpoints.
+pub fn fetch_chunks(probes: &[Probe]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, p) in probes.iter().enumerate() {
+        let size = match p {
+            Probe::Read { size } => *size,
+            _ => 0,
+        };
+        if i > start && bytes + size > FETCH_BUDGET_BYTES {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < probes.len() {
+        out.push(start..probes.len());
+    }
+    out
+}
+
+/// The first server error in a reply other than WRONGTYPE (which is a per-key answer).
+fn first_server_error(v: &Value) -> Option<redis::ServerError> {
+    match v {
+        Value::ServerError(e) if e.code() != "WRONGTYPE" => Some(e.clone()),
+        Value::Array(items) => items.iter().find_map(|i| match i {
+            Value::ServerError(e) if e.code() != "WRONGTYPE" => Some(e.clone()),
+            _ => None,
+        }),
+        _ => None,
     }
 }
 
@@ -225,5 +276,36 @@ pub fn display_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if !s.contains('\0') => s.to_string(),
         _ => key.escape_ascii().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_chunks_stay_within_the_budget() {
+        let mb = 1024 * 1024;
+        let probes: Vec<Probe> = [10, 10, 10, 10, 40, 1, 1]
+            .iter()
+            .map(|m| Probe::Read { size: m * mb })
+            .chain([Probe::Gone, Probe::WrongType("hash".into())])
+            .collect();
+        let chunks = fetch_chunks(&probes);
+        assert_eq!(chunks, vec![0..3, 3..4, 4..5, 5..9]);
+        for c in &chunks {
+            let total: u64 = probes[c.clone()]
+                .iter()
+                .map(|p| match p {
+                    Probe::Read { size } => *size,
+                    _ => 0,
+                })
+                .sum();
+            assert!(
+                total <= FETCH_BUDGET_BYTES || c.len() == 1,
+                "{c:?}: {total}"
+            );
+        }
+        assert!(fetch_chunks(&[]).is_empty());
     }
 }

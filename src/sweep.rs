@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -25,8 +25,8 @@ use crate::report::{Counters, DueKey, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
 use crate::shutdown::Shutdown;
-use crate::source::{Source, display_key};
-use crate::store::{Batch, RejectRecord, Store};
+use crate::source::{Source, display_key, fetch_chunks};
+use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
 
 /// Batches waiting for the writer. Two lets Redis reads run ahead of one PostgreSQL write.
 const CHANNEL_DEPTH: usize = 2;
@@ -51,13 +51,22 @@ enum Stop {
     WriterGone,
 }
 
+/// What a sweep that got going did: its summary, and the error that failed it, if one did (the
+/// summary then says `failed` and still counts what was done).
+pub struct Outcome {
+    pub summary: Summary,
+    pub error: Option<Error>,
+}
+
 /// Runs one sweep. With `cfg.dry_run`, `store` is not used (and may be None): nothing is written.
+/// An `Err` means the sweep could not start; due keys were protected first when PostgreSQL was
+/// the reason.
 pub async fn run(
     cfg: &SweepConfig,
     source: Source,
     store: Option<&Store>,
     shutdown: &Shutdown,
-) -> Result<Summary> {
+) -> Result<Outcome> {
     let started = Instant::now();
     let deadline = cfg.deadline.map(|d| started + d);
     let store = if cfg.dry_run { None } else { store };
@@ -78,14 +87,20 @@ pub async fn run(
         due_keys,
     };
 
-    let mut lock = None;
-    let mut run_id = None;
+    let (mut lock, mut run_id) = (None, None);
     if let Some(s) = store {
-        s.ensure_migrated().await?;
-        lock = s.try_lock(&cfg.pattern).await?;
-        let id = s.start_run(cfg).await?;
-        run_id = Some(id);
+        let setup = async {
+            s.ensure_migrated().await?;
+            let lock = s.try_lock(&cfg.pattern).await?;
+            let id = s.start_run(cfg).await?;
+            Ok::<_, Error>((lock, id))
+        };
+        match setup.await {
+            Ok((l, id)) => (lock, run_id) = (l, Some(id)),
+            Err(e) => return Err(protect_after(e, cfg, source, shutdown).await),
+        }
         if lock.is_none() {
+            let id = run_id.expect("recorded");
             tracing::info!(
                 run_id = id,
                 "another sweep of this pattern is running: skipping"
@@ -93,7 +108,10 @@ pub async fn run(
             let c = Counters::default();
             s.finish_run(id, RunStatus::Skipped, &c, started.elapsed(), None)
                 .await?;
-            return Ok(summary(RunStatus::Skipped, run_id, c, None));
+            return Ok(Outcome {
+                summary: summary(RunStatus::Skipped, run_id, c, None),
+                error: None,
+            });
         }
     }
 
@@ -115,40 +133,26 @@ pub async fn run(
             continue;
         };
         if write_error.is_none() {
-            let written = Backoff::default()
-                .retry("writing a batch to PostgreSQL", deadline, || {
-                    s.write_batch(run_id, &read.batch)
-                })
-                .await;
-            match written {
+            match write(s, run_id, read.batch, deadline).await {
                 Ok(out) => {
                     counters.persisted += out.persisted;
                     counters.unchanged += out.unchanged;
                     counters.messages_added += out.messages_added;
-                    tracing::debug!(
-                        persisted = out.persisted,
-                        unchanged = out.unchanged,
-                        rejected = out.rejects,
-                        messages_added = out.messages_added,
-                        "batch written"
-                    );
+                    counters.pg_statements += out.statements;
+                    counters.rejected += out.refused;
                     continue;
                 }
-                Err(e) => {
+                Err((e, batch)) => {
                     tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
                     store_down.store(true, Ordering::SeqCst);
                     write_error = Some(e);
+                    counters.protected += protect(&mut protector, &batch_keys(&batch), cfg).await;
                 }
             }
+        } else {
+            // PostgreSQL could not take the batches before: keep these keys alive for a later sweep.
+            counters.protected += protect(&mut protector, &batch_keys(&read.batch), cfg).await;
         }
-        // PostgreSQL could not take this batch: keep its keys alive until a later sweep can.
-        let keys: Vec<Vec<u8>> = read
-            .batch
-            .checkpoints
-            .iter()
-            .map(|c| c.redis_key.clone().into_bytes())
-            .collect();
-        counters.protected += protect(&mut protector, &keys, cfg).await;
     }
     let (read_counters, stop, read_error) = reader
         .await
@@ -163,6 +167,7 @@ pub async fn run(
         (None, Stop::Deadline) => RunStatus::Partial,
         (None, Stop::Done | Stop::WriterGone) => RunStatus::Ok,
     };
+    let mut error = error;
     if let (Some(s), Some(id)) = (store, run_id) {
         let message = error.as_ref().map(|e| e.to_string());
         let recorded = s
@@ -171,41 +176,192 @@ pub async fn run(
         if let Err(e) = recorded {
             // The sweep's own error says more; a failure to record it is only logged.
             tracing::warn!(error = %e, run_id = id, "could not record the end of the run");
-            if error.is_none() {
-                return Err(e);
-            }
+            error.get_or_insert(e);
         }
     }
     if let Some(l) = lock {
         l.release().await;
     }
-    if let Some(e) = error {
-        if counters.protected > 0 {
-            tracing::warn!(protected = counters.protected, protect_ttl = %humantime::format_duration(cfg.protect_ttl), "due keys protected until the next sweep");
-        }
-        return Err(e);
+    if error.is_some() && counters.protected > 0 {
+        tracing::warn!(
+            protected = counters.protected,
+            protect_ttl = %humantime::format_duration(cfg.protect_ttl),
+            "due keys protected until the next sweep"
+        );
     }
-    Ok(summary(
-        status,
-        run_id,
-        counters,
-        cfg.dry_run.then_some(due_keys),
-    ))
+    let status = if error.is_some() {
+        RunStatus::Failed
+    } else {
+        status
+    };
+    Ok(Outcome {
+        summary: summary(status, run_id, counters, cfg.dry_run.then_some(due_keys)),
+        error,
+    })
 }
 
-/// PostgreSQL could not be reached at all: scan anyway and raise the TTL of every due key to
-/// `--protect-ttl`, so none expires before a sweep can save it. Changes nothing else.
-pub async fn protect_only(
+/// Longest a batch write may take before it is abandoned (and retried): the server's own
+/// statement_timeout (see store) should fire first.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// What `write` did with a batch.
+#[derive(Debug, Default)]
+struct Written {
+    persisted: u64,
+    unchanged: u64,
+    messages_added: u64,
+    statements: u64,
+    /// Checkpoints PostgreSQL refused one by one, recorded as rejects.
+    refused: u64,
+}
+
+/// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
+/// cannot store, an identifier too long for an index), the checkpoints are written one by one and
+/// those it refuses become rejects, so one bad row never blocks the rest. On failure the batch
+/// comes back with the error, for protection.
+async fn write(
+    s: &Store,
+    run_id: Option<i64>,
+    batch: Batch,
+    deadline: Option<Instant>,
+) -> std::result::Result<Written, (Error, Batch)> {
+    let add = |w: &mut Written, out: BatchOutcome| {
+        w.persisted += out.persisted;
+        w.unchanged += out.unchanged;
+        w.messages_added += out.messages_added;
+        w.statements += out.statements;
+    };
+    let mut w = Written::default();
+    match write_once(s, run_id, &batch, deadline).await {
+        Ok(out) => {
+            add(&mut w, out);
+            tracing::debug!(
+                persisted = w.persisted,
+                unchanged = w.unchanged,
+                messages_added = w.messages_added,
+                "batch written"
+            );
+            return Ok(w);
+        }
+        Err(e) if e.is_data_error() && !batch.checkpoints.is_empty() => {
+            tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
+        }
+        Err(e) => return Err((e, batch)),
+    }
+    let Batch {
+        checkpoints,
+        rejects,
+    } = batch;
+    let mut refused = Vec::new();
+    let mut pending: std::collections::VecDeque<_> = checkpoints.into();
+    while let Some(c) = pending.pop_front() {
+        let single = Batch {
+            checkpoints: vec![c],
+            rejects: Vec::new(),
+        };
+        match write_once(s, run_id, &single, deadline).await {
+            Ok(out) => add(&mut w, out),
+            Err(e) if e.is_data_error() => {
+                let c = single.checkpoints.into_iter().next().expect("one");
+                let reason = format!("postgres_refused: {e}");
+                tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
+                refused.push(RejectRecord::new(
+                    c.redis_key,
+                    reason,
+                    c.document.as_bytes(),
+                    c.document.len() as u64,
+                ));
+            }
+            Err(e) => {
+                // Everything not yet written goes back, for protection.
+                let mut rest = single;
+                rest.checkpoints.extend(pending);
+                rest.rejects = rejects;
+                return Err((e, rest));
+            }
+        }
+    }
+    w.refused = refused.len() as u64;
+    let mut all_rejects = rejects;
+    all_rejects.extend(refused);
+    let rest = Batch {
+        checkpoints: Vec::new(),
+        rejects: all_rejects,
+    };
+    match write_once(s, run_id, &rest, deadline).await {
+        Ok(out) => {
+            add(&mut w, out);
+            Ok(w)
+        }
+        Err(e) => Err((e, rest)),
+    }
+}
+
+/// One batch, one transaction, retried on transient errors; a write that hangs is abandoned.
+async fn write_once(
+    s: &Store,
+    run_id: Option<i64>,
+    batch: &Batch,
+    deadline: Option<Instant>,
+) -> Result<BatchOutcome> {
+    Backoff::default()
+        .retry("writing a batch to PostgreSQL", deadline, || async {
+            match tokio::time::timeout(WRITE_TIMEOUT, s.write_batch(run_id, batch)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Postgres {
+                    context: "write batch",
+                    source: sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+                }),
+            }
+        })
+        .await
+}
+
+fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {
+    batch
+        .checkpoints
+        .iter()
+        .map(|c| c.redis_key.clone().into_bytes())
+        .collect()
+}
+
+/// PostgreSQL failed before the sweep could start: scan anyway and raise the TTL of every due key
+/// to `--protect-ttl`, so none expires before a sweep can save it (nothing else changes). Returns
+/// the error, for the caller to report.
+pub async fn protect_after(
+    error: Error,
     cfg: &SweepConfig,
     source: Source,
     shutdown: &Shutdown,
-) -> Result<Counters> {
+) -> Error {
+    if !matches!(error, Error::Postgres { .. } | Error::NotMigrated { .. })
+        || cfg.protect_ttl.is_zero()
+        || cfg.dry_run
+    {
+        return error;
+    }
+    match protect_only(cfg, source, shutdown).await {
+        Ok(c) => tracing::warn!(
+            due = c.due,
+            protected = c.protected,
+            protect_ttl = %humantime::format_duration(cfg.protect_ttl),
+            "PostgreSQL cannot take the sweep: due keys protected until the next sweep"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "PostgreSQL cannot take the sweep and the due keys could not be protected")
+        }
+    }
+    error
+}
+
+/// Scans and raises the TTL of every due key to `--protect-ttl`; reads no value.
+async fn protect_only(cfg: &SweepConfig, source: Source, shutdown: &Shutdown) -> Result<Counters> {
     let deadline = cfg.deadline.map(|d| Instant::now() + d);
     let store_down = Arc::new(AtomicBool::new(true));
     let (tx, _rx) = mpsc::channel::<ReadBatch>(1);
-    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
     let mut source = source;
     source.set_deadline(deadline);
+    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
     let (counters, _, error) = reader.run(source, tx).await;
     match error {
         Some(e) => Err(e),
@@ -286,6 +442,10 @@ impl Reader {
         tx: mpsc::Sender<ReadBatch>,
     ) -> (Counters, Stop, Option<Error>) {
         let result = self.scan(&mut source, &tx).await;
+        if result.is_err() {
+            // What was read before Redis failed is still written.
+            self.send(&tx).await;
+        }
         self.counters.redis_round_trips = source.round_trips();
         match result {
             Ok(stop) => (self.counters, stop, None),
@@ -366,25 +526,31 @@ impl Reader {
     }
 
     /// Reads and decodes the due keys, sending each batch as it fills (at most `batch_size`
-    /// checkpoints, so a page full of due keys is split). False when the writer has stopped.
+    /// checkpoints, so a page full of due keys is split). Values are fetched in runs of bounded
+    /// bytes. False when the writer has stopped.
     async fn read_due(
         &mut self,
         source: &mut Source,
         due: Vec<(Vec<u8>, u64)>,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<bool> {
+        let layout = Layout::JsonString;
         for chunk in due.chunks(self.cfg.batch_size) {
             let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
-            let fetched = source
-                .read(Layout::JsonString, &keys, self.cfg.max_value_bytes)
+            let probes = source
+                .probe(layout, &keys, self.cfg.max_value_bytes)
                 .await?;
-            let ttls = chunk.iter().map(|(_, t)| *t);
-            for ((key, ttl_ms), f) in keys.into_iter().zip(ttls).zip(fetched) {
-                self.take(key, ttl_ms, f);
-                let full = self.current.batch.len() >= self.cfg.batch_size
-                    || self.current_bytes >= BATCH_BYTES;
-                if full && !self.send(tx).await {
-                    return Ok(false);
+            for run in fetch_chunks(&probes) {
+                let fetched = source
+                    .fetch(layout, &keys[run.clone()], &probes[run.clone()])
+                    .await?;
+                for ((key, ttl_ms), f) in chunk[run].iter().cloned().zip(fetched) {
+                    self.take(key, ttl_ms, f);
+                    let full = self.current.batch.len() >= self.cfg.batch_size
+                        || self.current_bytes >= BATCH_BYTES;
+                    if full && !self.send(tx).await {
+                        return Ok(false);
+                    }
                 }
             }
         }

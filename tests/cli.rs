@@ -17,6 +17,9 @@ async fn migrate_is_idempotent_and_run_refuses_an_unmigrated_database() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let line = error_line(&out);
     assert!(line.contains("sweeper migrate"), "{line}");
+    // Until someone migrates, the due key is kept alive (raised to --protect-ttl, 15m).
+    let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key("c1"))).await;
+    assert!(ttl > 14 * 60_000, "protected: {ttl}");
 
     for _ in 0..2 {
         let out = env.sweeper(&["migrate"]);
@@ -27,7 +30,8 @@ async fn migrate_is_idempotent_and_run_refuses_an_unmigrated_database() {
             .await,
         1
     );
-    let s = env.run_json(&[]);
+    // Due again (a wider threshold stands in for the five minutes until it is).
+    let s = env.run_json(&["--threshold", "20m", "--protect-ttl", "30m"]);
     assert_eq!(s["persisted"], 1);
 }
 

@@ -212,3 +212,44 @@ fn big_valid_checkpoint(bytes: usize) -> Vec<u8> {
     let content = "x".repeat(bytes);
     format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{content}\"}}]}}").into_bytes()
 }
+
+#[tokio::test]
+async fn a_row_postgres_refuses_is_set_aside_and_the_rest_of_its_batch_is_saved() {
+    let env = TestEnv::migrated("refused").await;
+    // Stands in for any value PostgreSQL refuses that the decoder let through.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.conversation_id = 'poison' THEN
+             RAISE EXCEPTION 'poisoned value' USING ERRCODE = '22023';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON conversations
+           FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(&env.pg)
+    .await
+    .unwrap();
+    env.set("poison", &doc(None, &["p1"]), SOON).await;
+    for i in 0..9 {
+        env.set(&format!("ok{i}"), &doc(None, &["m1", "m2"]), SOON)
+            .await;
+    }
+    let s = env.run_json(&["--batch-size", "100"]);
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["persisted"], 9);
+    assert_eq!(s["rejected"], 1);
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 9);
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 18);
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM sweep_rejects WHERE redis_key = $1")
+            .bind(env.key("poison"))
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+    assert!(
+        reason.starts_with("postgres_refused") && reason.contains("poisoned value"),
+        "{reason}"
+    );
+}

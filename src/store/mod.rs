@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, MAX_ID_BYTES};
 use crate::config::{SweepConfig, redact_url};
 use crate::error::{Error, Result};
 use crate::layout::REJECT_SAMPLE_BYTES;
@@ -52,7 +52,21 @@ pub struct RejectRecord {
 
 impl RejectRecord {
     /// `value` is the whole value, or only its first bytes when `size` says it is larger.
-    pub fn new(redis_key: String, reason: impl ToString, value: &[u8], size: u64) -> RejectRecord {
+    pub fn new(
+        mut redis_key: String,
+        reason: impl ToString,
+        value: &[u8],
+        size: u64,
+    ) -> RejectRecord {
+        // A key too long for the unique index is kept by its start (with its hash, still unique).
+        if redis_key.len() > MAX_ID_BYTES {
+            let mut end = MAX_ID_BYTES;
+            while !redis_key.is_char_boundary(end) {
+                end -= 1;
+            }
+            redis_key.truncate(end);
+            redis_key.push_str("...");
+        }
         let mut h = Sha256::new();
         if (value.len() as u64) < size {
             h.update(size.to_le_bytes());
@@ -79,6 +93,8 @@ pub struct BatchOutcome {
     pub unchanged: u64,
     pub messages_added: u64,
     pub rejects: u64,
+    /// SQL statements sent, BEGIN and COMMIT included.
+    pub statements: u64,
 }
 
 pub struct Store {
@@ -97,7 +113,8 @@ impl RunLock {
     }
 }
 
-/// The advisory lock key of sweeps of one pattern: the first 8 bytes of a SHA-256.
+/// The advisory lock key of sweeps of one pattern (of batch writes with ""): the first 8 bytes of
+/// a SHA-256.
 fn lock_key(pattern: &str) -> i64 {
     let h = Sha256::digest(format!("sweeper:{pattern}").as_bytes());
     i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
@@ -115,7 +132,13 @@ impl Store {
         let opts: PgConnectOptions = url.parse().map_err(|e| {
             Error::Usage(format!("invalid --database-url {}: {e}", redact_url(url)))
         })?;
-        let opts = opts.application_name("sweeper");
+        // A statement that hangs (a lock held elsewhere, a stuck server) must end, or it would
+        // hold the sweep lock and every later run would be skipped.
+        let opts = opts.application_name("sweeper").options([
+            ("statement_timeout", "120s"),
+            ("lock_timeout", "60s"),
+            ("idle_in_transaction_session_timeout", "120s"),
+        ]);
         // Refused or reset connections are retried until `timeout`, as sqlx-cli does.
         let pool = retry::within("connecting to PostgreSQL", timeout, || {
             let opts = opts.clone();
@@ -358,6 +381,7 @@ impl Store {
             unchanged: (rows.len() - persisted.len()) as u64,
             messages_added: added_to.len() as u64,
             rejects: batch.rejects.len() as u64,
+            statements: 5 + u64::from(!rejects.is_empty()),
         })
     }
 }

@@ -1,0 +1,641 @@
+//! `make bench`: the sweep measured against the raw limits of the hardware, all in one run.
+//!
+//! For each keyspace size: load checkpoints with `simulate` (about 2 KB and 10 messages each, 10%
+//! due, plus 10% keys of another pattern as noise), then measure, on the same data:
+//!   - the Redis floor: a minimal client that only SCANs (COUNT 1000), pipelines PTTL per page and
+//!     GETs the due keys, decoding nothing;
+//!   - the copy limit: `psql \copy` of the same due rows into empty tables of the same shape;
+//!   - `sweeper run --dry-run` and `sweeper run` (wall time, keys/s, rows/s, peak RSS, round trips,
+//!     statements), and a second sweep where nothing changed;
+//!   - the p99 latency of a concurrent `redis-benchmark` GET/SET load, alone and during a sweep;
+//!   - with `--naive`, the "write every turn" approach: one INSERT per message.
+//!
+//! Usage: cargo bench --bench sweep -- [--sizes 100000,1000000] [--naive]
+//! (needs REDIS_URL and SWEEPER_TEST_PG_ADMIN, as `tests/servers.sh exec` sets them).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgPool};
+use sweeper::checkpoint::{conversation_id, decode};
+use sweeper::select::{Ttl, classify};
+use sweeper::simulate::{SimulateConfig, simulate};
+use sweeper::source::Source;
+
+const THRESHOLD: Duration = Duration::from_secs(600);
+const PREFIX: &str = "checkpoint:";
+
+struct Env {
+    redis_url: String,
+    admin_url: String,
+    db_url: String,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+/// A child process's wall time and peak RSS (from wait4), and its stdout.
+struct Measured {
+    wall: Duration,
+    peak_rss_kb: i64,
+    stdout: Vec<u8>,
+    code: i32,
+}
+
+fn run_measured(cmd: &mut Command) -> Measured {
+    let out_path = std::env::temp_dir().join(format!("sweeper-bench-out-{}", std::process::id()));
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let start = Instant::now();
+    let child = cmd
+        .stdout(out_file)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    let wall = start.elapsed();
+    std::mem::forget(child); // reaped by wait4
+    let stdout = std::fs::read(&out_path).unwrap();
+    let _ = std::fs::remove_file(&out_path);
+    Measured {
+        wall,
+        peak_rss_kb: usage.ru_maxrss,
+        stdout,
+        code: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+    }
+}
+
+impl Env {
+    fn sweeper(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("REDIS_URL", &self.redis_url)
+            .env("DATABASE_URL", &self.db_url)
+            .arg("-q");
+        c
+    }
+
+    fn psql(&self, sql: &str) -> Duration {
+        let start = Instant::now();
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &self.db_url, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        start.elapsed()
+    }
+}
+
+#[derive(Default)]
+struct Row {
+    keys: u64,
+    label: String,
+    wall: Duration,
+    scanned: u64,
+    rows: u64,
+    rss_mb: Option<f64>,
+    round_trips: Option<u64>,
+    statements: Option<u64>,
+    note: String,
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    let r = n as f64 / d.as_secs_f64();
+    if r >= 10_000.0 {
+        format!("{:.0}k", r / 1000.0)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut t = format!(
+        "{:>9}  {:<34} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8}  {}\n",
+        "keys", "what", "wall s", "scanned/s", "rows/s", "RSS MB", "redis RT", "pg stmt", "note"
+    );
+    for r in rows {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            t,
+            "{:>9}  {:<34} {:>9.2} {:>11} {:>10} {:>9} {:>9} {:>8}  {}",
+            r.keys,
+            r.label,
+            r.wall.as_secs_f64(),
+            if r.scanned > 0 {
+                rate(r.scanned, r.wall)
+            } else {
+                "-".into()
+            },
+            if r.rows > 0 {
+                rate(r.rows, r.wall)
+            } else {
+                "-".into()
+            },
+            r.rss_mb.map_or("-".into(), |m| format!("{m:.1}")),
+            opt(r.round_trips),
+            opt(r.statements),
+            r.note
+        );
+    }
+    t
+}
+
+async fn reset(env: &Env) -> PgPool {
+    let admin = PgPool::connect(&env.admin_url).await.unwrap();
+    sqlx::query("DROP DATABASE IF EXISTS sweeper_bench WITH (FORCE)")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE sweeper_bench")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let out = env.sweeper().arg("migrate").output().unwrap();
+    assert!(out.status.success());
+    PgPool::connect(&env.db_url).await.unwrap()
+}
+
+/// The minimal client: SCAN COUNT 1000, PTTL pipelined per page, GET of the due keys pipelined.
+async fn redis_floor(env: &Env) -> (Duration, u64, u64, u64) {
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let start = Instant::now();
+    let (mut cursor, mut scanned, mut due, mut trips) = (0u64, 0u64, 0u64, 0u64);
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{PREFIX}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        trips += 1;
+        scanned += keys.len() as u64;
+        if !keys.is_empty() {
+            let mut p = redis::pipe();
+            for k in &keys {
+                p.cmd("PTTL").arg(k);
+            }
+            let ttls: Vec<i64> = p.query_async(&mut conn).await.unwrap();
+            trips += 1;
+            let mut p = redis::pipe();
+            let mut n = 0;
+            for (k, t) in keys.iter().zip(ttls) {
+                if matches!(classify(t, THRESHOLD), Ttl::Due { .. }) {
+                    p.cmd("GET").arg(k);
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                let values: Vec<Vec<u8>> = p.query_async(&mut conn).await.unwrap();
+                trips += 1;
+                due += values.len() as u64;
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    (start.elapsed(), scanned, due, trips)
+}
+
+fn csv(field: &str) -> String {
+    format!("\"{}\"", field.replace('"', "\"\""))
+}
+
+/// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
+async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
+    let mut source = Source::connect(&env.redis_url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let conv_path = env.dir.join("conversations.csv");
+    let msg_path = env.dir.join("messages.csv");
+    let mut conv = std::io::BufWriter::new(std::fs::File::create(&conv_path).unwrap());
+    let mut msg = std::io::BufWriter::new(std::fs::File::create(&msg_path).unwrap());
+    let (mut cursor, mut rows, mut messages) = (0u64, 0u64, 0u64);
+    let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(String::new(), |t| t.to_rfc3339());
+    loop {
+        let (next, keys) = source
+            .scan_page(cursor, &format!("{PREFIX}*"), 1000)
+            .await
+            .unwrap();
+        let ttls = source.pttls(&keys).await.unwrap();
+        let due: Vec<Vec<u8>> = keys
+            .into_iter()
+            .zip(ttls)
+            .filter(|(_, t)| matches!(classify(*t, THRESHOLD), Ttl::Due { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        let values = source
+            .read(sweeper::layout::Layout::JsonString, &due, 16 << 20)
+            .await
+            .unwrap();
+        for (k, v) in due.iter().zip(values) {
+            let sweeper::layout::Fetched::Value(v) = v else {
+                continue;
+            };
+            let key = std::str::from_utf8(k).unwrap();
+            let c = decode(key, conversation_id(key, PREFIX).unwrap(), &v).unwrap();
+            let hash: String = c.content_hash.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(
+                conv,
+                "{},{},{},{},{},{},\\x{hash},{},{}",
+                csv(&c.conversation_id),
+                csv(c.user_id.as_deref().unwrap_or("")),
+                csv(&c.redis_key),
+                csv(&c.document),
+                c.messages.len(),
+                c.messages.len(),
+                ts(c.started_at),
+                ts(c.updated_at)
+            )
+            .unwrap();
+            for (i, m) in c.messages.iter().enumerate() {
+                writeln!(
+                    msg,
+                    "{},{},{i},{},{},{},{}",
+                    csv(&c.conversation_id),
+                    csv(&m.identity),
+                    csv(m.id.as_deref().unwrap_or("")),
+                    csv(&m.role),
+                    csv(&m.content),
+                    ts(m.created_at)
+                )
+                .unwrap();
+                messages += 1;
+            }
+            rows += 1;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    conv.flush().unwrap();
+    msg.flush().unwrap();
+    (conv_path, msg_path, rows, messages)
+}
+
+fn copy_limit(env: &Env, conv: &Path, msg: &Path) -> Duration {
+    env.psql(
+        "DROP TABLE IF EXISTS copy_conversations, copy_messages; \
+         CREATE TABLE copy_conversations (LIKE conversations INCLUDING ALL); \
+         CREATE TABLE copy_messages (LIKE messages INCLUDING ALL);",
+    );
+    let a = env.psql(&format!(
+        "\\copy copy_conversations (conversation_id, user_id, redis_key, checkpoint, checkpoint_messages, message_count, content_hash, started_at, updated_at) FROM '{}' WITH (FORMAT csv)",
+        conv.display()
+    ));
+    let b = env.psql(&format!(
+        "\\copy copy_messages (conversation_id, message_key, seq, message_id, role, content, created_at) FROM '{}' WITH (FORMAT csv)",
+        msg.display()
+    ));
+    a + b
+}
+
+/// p99 latency (ms) of GET and SET from redis-benchmark's CSV output.
+fn redis_benchmark_p99(env: &Env) -> (f64, f64) {
+    let url = url::Url::parse(&env.redis_url).unwrap();
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            url.host_str().unwrap(),
+            "-p",
+            &url.port().unwrap().to_string(),
+        ])
+        .args([
+            "-t", "get,set", "-n", "100000", "-c", "10", "-d", "100", "-r", "100000", "--csv",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut p99 = (0.0, 0.0);
+    for line in text.lines() {
+        let f: Vec<String> = line
+            .split(',')
+            .map(|s| s.trim_matches('"').to_string())
+            .collect();
+        // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        if f.len() >= 7 {
+            match f[0].as_str() {
+                "GET" => p99.0 = f[6].parse().unwrap_or(0.0),
+                "SET" => p99.1 = f[6].parse().unwrap_or(0.0),
+                _ => {}
+            }
+        }
+    }
+    p99
+}
+
+async fn naive(env: &Env, pg: &PgPool, msg_csv: &Path, messages: u64) -> Duration {
+    sqlx::raw_sql("DROP TABLE IF EXISTS naive_messages; CREATE TABLE naive_messages (LIKE messages INCLUDING ALL);")
+        .execute(pg)
+        .await
+        .unwrap();
+    let _ = env;
+    let text = std::fs::read_to_string(msg_csv).unwrap();
+    // Each message is one autocommitted INSERT, as a chat service writing every turn would do.
+    let mut conn = pg.acquire().await.unwrap();
+    let start = Instant::now();
+    let mut n = 0;
+    let sql = "INSERT INTO naive_messages (conversation_id, message_key, seq, message_id, role, content, created_at) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz)";
+    for line in text.lines() {
+        let f = parse_csv_line(line);
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(&f[0])
+            .bind(&f[1])
+            .bind(f[2].parse::<i32>().unwrap())
+            .bind(&f[3])
+            .bind(&f[4])
+            .bind(&f[5])
+            .bind(&f[6])
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        n += 1;
+    }
+    assert_eq!(n, messages);
+    start.elapsed()
+}
+
+fn parse_csv_line(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+async fn bench_size(
+    env: &Env,
+    keys: u64,
+    with_naive: bool,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    eprintln!("bench: {keys} keys: loading");
+    let redis = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let pg = reset(env).await;
+    let source = Source::connect(&env.redis_url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let load = Instant::now();
+    // 10% due (TTL 5-6 minutes left) and 90% active (30-60 minutes): far enough apart that the due
+    // set stays the same while every measurement of this size runs.
+    let due_cfg = SimulateConfig {
+        conversations: keys / 10,
+        prefix: PREFIX.into(),
+        ttl_min: Duration::from_secs(300),
+        ttl_max: Duration::from_secs(360),
+        messages_min: 10,
+        messages_max: 10,
+        seed: 1,
+    };
+    let mut report = simulate(&source, &due_cfg).await.unwrap();
+    let active = SimulateConfig {
+        conversations: keys - keys / 10,
+        ttl_min: Duration::from_secs(1800),
+        ttl_max: Duration::from_secs(3600),
+        seed: 2,
+        ..due_cfg.clone()
+    };
+    let more = simulate(&source, &active).await.unwrap();
+    report.bytes += more.bytes;
+    report.messages += more.messages;
+    simulate(
+        &source,
+        &SimulateConfig {
+            conversations: keys / 10,
+            prefix: "session:".into(),
+            seed: 3,
+            ..active.clone()
+        },
+    )
+    .await
+    .unwrap();
+    notes.push(format!(
+        "{keys} keys: loaded in {:.1}s, {:.0} bytes and {:.1} messages per checkpoint on average, plus {} noise keys",
+        load.elapsed().as_secs_f64(),
+        report.bytes as f64 / keys as f64,
+        report.messages as f64 / keys as f64,
+        keys / 10
+    ));
+
+    eprintln!("bench: {keys} keys: Redis floor");
+    let (floor, scanned, due, trips) = redis_floor(env).await;
+    rows.push(Row {
+        keys,
+        label: "Redis floor (SCAN+PTTL+GET)".into(),
+        wall: floor,
+        scanned,
+        rows: due,
+        round_trips: Some(trips),
+        note: format!("{due} due"),
+        ..Row::default()
+    });
+
+    eprintln!("bench: {keys} keys: copy limit");
+    let (conv_csv, msg_csv, due_rows, messages) = due_rows_csv(env).await;
+    let copy = copy_limit(env, &conv_csv, &msg_csv);
+    rows.push(Row {
+        keys,
+        label: "psql \\copy of the due rows".into(),
+        wall: copy,
+        rows: due_rows,
+        note: format!("{messages} messages"),
+        ..Row::default()
+    });
+
+    eprintln!("bench: {keys} keys: dry run");
+    let m = run_measured(env.sweeper().args(["run", "--dry-run", "--output", "json"]));
+    assert_eq!(m.code, 0);
+    let s: Value = serde_json::from_slice(&m.stdout).unwrap();
+    rows.push(Row {
+        keys,
+        label: "sweeper run --dry-run".into(),
+        wall: m.wall,
+        scanned: s["scanned"].as_u64().unwrap(),
+        rows: s["due"].as_u64().unwrap(),
+        rss_mb: Some(m.peak_rss_kb as f64 / 1024.0),
+        round_trips: s["redis_round_trips"].as_u64(),
+        note: format!(
+            "{:.2}x the Redis floor",
+            m.wall.as_secs_f64() / floor.as_secs_f64()
+        ),
+        ..Row::default()
+    });
+
+    eprintln!("bench: {keys} keys: sweep");
+    let m = run_measured(env.sweeper().args(["run", "--output", "json"]));
+    assert_eq!(m.code, 0, "{}", String::from_utf8_lossy(&m.stdout));
+    let s: Value = serde_json::from_slice(&m.stdout).unwrap();
+    assert_eq!(s["persisted"].as_u64().unwrap(), due_rows, "{s}");
+    let ratio = m.wall.as_secs_f64() / (floor + copy).as_secs_f64();
+    rows.push(Row {
+        keys,
+        label: "sweeper run".into(),
+        wall: m.wall,
+        scanned: s["scanned"].as_u64().unwrap(),
+        rows: s["persisted"].as_u64().unwrap(),
+        rss_mb: Some(m.peak_rss_kb as f64 / 1024.0),
+        round_trips: s["redis_round_trips"].as_u64(),
+        statements: s["pg_statements"].as_u64(),
+        note: format!("{ratio:.2}x (Redis floor + copy limit)"),
+    });
+    notes.push(format!(
+        "{keys} keys: sweep / (Redis floor + copy limit) = {ratio:.2}"
+    ));
+
+    let m = run_measured(env.sweeper().args(["run", "--output", "json"]));
+    let s: Value = serde_json::from_slice(&m.stdout).unwrap();
+    rows.push(Row {
+        keys,
+        label: "sweeper run again (all unchanged)".into(),
+        wall: m.wall,
+        scanned: s["scanned"].as_u64().unwrap(),
+        rows: s["unchanged"].as_u64().unwrap(),
+        rss_mb: Some(m.peak_rss_kb as f64 / 1024.0),
+        round_trips: s["redis_round_trips"].as_u64(),
+        statements: s["pg_statements"].as_u64(),
+        note: "nothing written".into(),
+    });
+
+    eprintln!("bench: {keys} keys: live traffic");
+    let (get0, set0) = redis_benchmark_p99(env);
+    let mut child = env
+        .sweeper()
+        .args(["run", "--dry-run", "--output", "json"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (get1, set1) = redis_benchmark_p99(env);
+    child.wait().unwrap();
+    notes.push(format!(
+        "{keys} keys: redis-benchmark p99 GET {get0:.2} -> {get1:.2} ms ({:.2}x), SET {set0:.2} -> {set1:.2} ms ({:.2}x) while a sweep reads",
+        get1 / get0.max(0.001),
+        set1 / set0.max(0.001)
+    ));
+
+    if with_naive {
+        eprintln!("bench: {keys} keys: naive");
+        let d = naive(env, &pg, &msg_csv, messages).await;
+        rows.push(Row {
+            keys,
+            label: "naive: one INSERT per message".into(),
+            wall: d,
+            rows: messages,
+            statements: Some(messages),
+            note: "write every turn".into(),
+            ..Row::default()
+        });
+    }
+    let _ = std::fs::remove_file(conv_csv);
+    let _ = std::fs::remove_file(msg_csv);
+    pg.close().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut sizes = vec![100_000u64, 1_000_000];
+    let mut with_naive = false;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--sizes" => {
+                sizes = args[i + 1]
+                    .split(',')
+                    .map(|s| s.parse().expect("--sizes 100000,1000000"))
+                    .collect();
+                i += 1;
+            }
+            "--naive" => with_naive = true,
+            _ => {} // cargo bench passes --bench
+        }
+        i += 1;
+    }
+    let redis_url = std::env::var("REDIS_URL").expect("REDIS_URL: run through `make bench`");
+    let admin_url = std::env::var("SWEEPER_TEST_PG_ADMIN")
+        .expect("SWEEPER_TEST_PG_ADMIN: run through `make bench`");
+    let db_url = format!("{}/sweeper_bench", admin_url.rsplit_once('/').unwrap().0);
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/sweeper");
+    assert!(
+        bin.exists(),
+        "build the release binary first (make bench does)"
+    );
+    let dir = std::env::temp_dir().join(format!("sweeper-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = Env {
+        redis_url,
+        admin_url,
+        db_url,
+        bin,
+        dir: dir.clone(),
+    };
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for &n in &sizes {
+        bench_size(&env, n, with_naive, &mut rows, &mut notes).await;
+    }
+    // Memory must not grow with the keyspace.
+    let rss: Vec<(u64, f64)> = rows
+        .iter()
+        .filter(|r| r.label == "sweeper run")
+        .map(|r| (r.keys, r.rss_mb.unwrap()))
+        .collect();
+    if rss.len() >= 2 {
+        let (small, large) = (rss[0], rss[rss.len() - 1]);
+        notes.push(format!(
+            "peak RSS of a sweep: {:.1} MB at {} keys, {:.1} MB at {} keys ({:+.0}%)",
+            small.1,
+            small.0,
+            large.1,
+            large.0,
+            (large.1 / small.1 - 1.0) * 100.0
+        ));
+    }
+    println!();
+    print!("{}", table(&rows));
+    println!();
+    for n in notes {
+        println!("- {n}");
+    }
+    println!(
+        "- targets: sweep/(floor+copy) <= 1.25 at 1M keys; RSS at 1M within 10% of 100k and < 100 MB; dry run <= 1.2x floor; p99 rise < 2x"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
