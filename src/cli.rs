@@ -123,6 +123,10 @@ pub struct RunArgs {
     #[arg(long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = "16MiB", value_parser = parse_size)]
     pub max_value_bytes: u64,
 
+    /// Batches written to PostgreSQL at once, each on its own connection.
+    #[arg(long, env = "SWEEPER_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub writers: u64,
+
     /// Stop scanning after this long, save what was read, exit 5 (status partial). Keep it under
     /// the schedule gap. 0: no deadline.
     #[arg(long, env = "SWEEPER_DEADLINE", default_value = "4m", value_parser = parse_duration)]

@@ -28,6 +28,8 @@ pub struct SweepConfig {
     /// When PostgreSQL cannot take a due key, raise its TTL to this (never lower it) so it
     /// outlives the outage; zero: don't.
     pub protect_ttl: Duration,
+    /// Batches written to PostgreSQL at once.
+    pub writers: usize,
 }
 
 impl Default for SweepConfig {
@@ -42,6 +44,7 @@ impl Default for SweepConfig {
             dry_run: false,
             deadline: Some(Duration::from_secs(240)),
             protect_ttl: Duration::from_secs(900),
+            writers: 2,
         }
     }
 }
@@ -57,9 +60,9 @@ impl SweepConfig {
                 "--threshold must be above zero: with 0 no key is ever due".into(),
             ));
         }
-        if self.batch_size == 0 || self.scan_count == 0 {
+        if self.batch_size == 0 || self.scan_count == 0 || self.writers == 0 {
             return Err(Error::Usage(
-                "--batch-size and --scan-count must be at least 1".into(),
+                "--batch-size, --scan-count and --writers must be at least 1".into(),
             ));
         }
         if self.max_value_bytes == 0 {

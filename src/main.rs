@@ -72,7 +72,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
     let g = &cli.global;
     match &cli.command {
         Command::Migrate => {
-            let store = Store::connect(&database_url(g)?, g.connect_timeout).await?;
+            let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             let applied = store.migrate().await?;
             let version = store.schema_version().await?.unwrap_or(0);
             tracing::info!(?applied, version, "migrations applied");
@@ -92,6 +92,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 dry_run: r.dry_run,
                 deadline: (!r.deadline.is_zero()).then_some(r.deadline),
                 protect_ttl: r.protect_ttl,
+                writers: r.writers as usize,
                 ..SweepConfig::default()
             }
             .validate()?;
@@ -103,7 +104,9 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             let source = Source::connect(&redis_url, g.connect_timeout).await?;
             let store = match r.dry_run {
                 true => None,
-                false => match Store::connect(&database_url(g)?, g.connect_timeout).await {
+                false => match Store::connect(&database_url(g)?, g.connect_timeout, cfg.writers)
+                    .await
+                {
                     Ok(store) => Some(store),
                     Err(e) => return Err(sweep::protect_after(e, &cfg, source, &shutdown).await),
                 },

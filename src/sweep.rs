@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::checkpoint::{self, Reject};
 use crate::config::SweepConfig;
@@ -28,7 +29,7 @@ use crate::shutdown::Shutdown;
 use crate::source::{Source, display_key, fetch_chunks};
 use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
 
-/// Batches waiting for the writer. Two lets Redis reads run ahead of one PostgreSQL write.
+/// Batches waiting for a writer: Redis reads run this far ahead of the PostgreSQL writes.
 const CHANNEL_DEPTH: usize = 2;
 
 /// A batch is also sent once its checkpoints hold this many bytes, whatever their number.
@@ -126,32 +127,49 @@ pub async fn run(
     let mut counters = Counters::default();
     let mut due_keys = Vec::new();
     let mut write_error = None;
-    while let Some(read) = rx.recv().await {
-        counters.batches += 1;
-        let Some(s) = store else {
-            due_keys.extend(read.due_keys);
-            continue;
-        };
-        if write_error.is_none() {
-            match write(s, run_id, read.batch, deadline).await {
-                Ok(out) => {
-                    counters.persisted += out.persisted;
-                    counters.unchanged += out.unchanged;
-                    counters.messages_added += out.messages_added;
-                    counters.pg_statements += out.statements;
-                    counters.rejected += out.refused;
-                    continue;
-                }
-                Err((e, batch)) => {
-                    tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
-                    store_down.store(true, Ordering::SeqCst);
-                    write_error = Some(e);
-                    counters.protected += protect(&mut protector, &batch_keys(&batch), cfg).await;
+    // Batches written at once, each on its own connection: batches hold disjoint conversations.
+    let mut writing: JoinSet<std::result::Result<Written, (Error, Batch)>> = JoinSet::new();
+    let mut reading = true;
+    while reading || !writing.is_empty() {
+        tokio::select! {
+            Some(done) = writing.join_next(), if !writing.is_empty() => {
+                match done.map_err(|e| (Error::Other(format!("a batch writer failed: {e}")), Batch::default())) {
+                    Ok(Ok(w)) => {
+                        counters.persisted += w.persisted;
+                        counters.unchanged += w.unchanged;
+                        counters.messages_added += w.messages_added;
+                        counters.pg_statements += w.statements;
+                        counters.rejected += w.refused;
+                    }
+                    Ok(Err((e, batch))) | Err((e, batch)) => {
+                        if write_error.is_none() {
+                            tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
+                            store_down.store(true, Ordering::SeqCst);
+                            write_error = Some(e);
+                        }
+                        counters.protected += protect(&mut protector, &batch_keys(&batch), cfg).await;
+                    }
                 }
             }
-        } else {
-            // PostgreSQL could not take the batches before: keep these keys alive for a later sweep.
-            counters.protected += protect(&mut protector, &batch_keys(&read.batch), cfg).await;
+            read = rx.recv(), if reading && writing.len() < cfg.writers.max(1) => {
+                let Some(read) = read else {
+                    reading = false;
+                    continue;
+                };
+                counters.batches += 1;
+                match store {
+                    None => due_keys.extend(read.due_keys),
+                    // PostgreSQL could not take the batches before: keep these keys alive for a
+                    // later sweep.
+                    Some(_) if write_error.is_some() => {
+                        counters.protected += protect(&mut protector, &batch_keys(&read.batch), cfg).await;
+                    }
+                    Some(s) => {
+                        let s = s.clone();
+                        writing.spawn(async move { write(&s, run_id, read.batch, deadline).await });
+                    }
+                }
+            }
         }
     }
     let (read_counters, stop, read_error) = reader

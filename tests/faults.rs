@@ -37,9 +37,19 @@ async fn hold_batch_after(pg: &PgPool, after: i64, secs: f64) {
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(pg).await.unwrap();
 }
 
+/// A sweep in the background. One writer, so that a held batch holds the whole pipeline and the
+/// tests know how much was committed when they break something.
 fn spawn_run(env: &TestEnv, args: &[&str]) -> Child {
     env.command()
-        .args(["run", "--output", "json", "--match", &env.pattern()])
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--writers",
+            "1",
+            "--match",
+            &env.pattern(),
+        ])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,6 +91,22 @@ async fn wait_for_rows(env: &TestEnv, rows: i64, within: Duration) {
             "only {n} of {rows} rows after {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a batch is held by `hold_batch_after` (sleeping inside its transaction).
+async fn wait_for_held_batch(env: &TestEnv) {
+    let start = Instant::now();
+    while env
+        .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+        .await
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no batch was ever held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -207,7 +233,7 @@ async fn postgres_killed_mid_sweep_keeps_committed_batches_protects_the_rest_and
     hold_batch_after(&env.pg, 200, 60.0).await;
 
     let child = spawn_run(&env, &["--batch-size", "100"]);
-    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    wait_for_held_batch(&env).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     pg.kill();
     let out = finish(child, Duration::from_secs(90));
@@ -245,7 +271,7 @@ async fn postgres_back_within_the_deadline_the_sweep_retries_and_succeeds() {
     hold_batch_after(&env.pg, 200, 60.0).await;
 
     let child = spawn_run(&env, &["--batch-size", "100", "--deadline", "60s"]);
-    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    wait_for_held_batch(&env).await;
     pg.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.up();
@@ -285,7 +311,7 @@ async fn redis_killed_mid_sweep_exits_3_and_leaves_postgres_consistent() {
 
     // What was read before Redis died is written, each conversation with all its messages.
     let n = env.count("SELECT count(*) FROM conversations").await;
-    assert!((300..5000).contains(&n), "{n}");
+    assert!(n > 200 && n < 5000, "{n}");
     // The summary still comes out, counting what was done.
     let s = summary(&out);
     assert_eq!(s["status"], "failed");
@@ -330,7 +356,7 @@ async fn signal_finishes_the_batch_in_flight(name: &str, signal: &str, code: i32
     env.seed(1000, 120_000).await;
     hold_batch_after(&env.pg, 200, 2.0).await;
     let child = spawn_run(&env, &["--batch-size", "100", "--scan-count", "100"]);
-    wait_for_rows(&env, 200, Duration::from_secs(20)).await;
+    wait_for_held_batch(&env).await;
     let ok = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -347,7 +373,7 @@ async fn signal_finishes_the_batch_in_flight(name: &str, signal: &str, code: i32
     assert_eq!(status, "interrupted");
     // The batch in flight was finished, nothing half-written; the reader stopped early.
     let n = env.count("SELECT count(*) FROM conversations").await;
-    assert!((300..1000).contains(&n), "{n}");
+    assert!(n > 200 && n < 1000, "{n}: {s}\n{}", stderr(&out));
     assert_eq!(s["persisted"].as_i64().unwrap(), n);
     let next = env.run_json(&[]);
     assert_eq!(next["persisted"].as_i64().unwrap(), 1000 - n);
@@ -371,18 +397,7 @@ async fn a_second_sweep_at_the_same_time_is_skipped() {
     hold_batch_after(&env.pg, 0, 3.0).await;
     let first = spawn_run(&env, &["--batch-size", "100"]);
     // Wait until the first sweep holds its lock and is in the middle of a batch.
-    let start = Instant::now();
-    while env
-        .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
-        .await
-        == 0
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the first sweep never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_held_batch(&env).await;
     let started = Instant::now();
     let second = env.run_json(&[]);
     assert!(
@@ -515,7 +530,11 @@ async fn a_redis_error_on_a_read_fails_the_run_instead_of_rejecting_keys() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(error_line(&out).contains("no permissions"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("no permissions"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         env.count("SELECT count(*) FROM sweep_rejects").await,
         0,
