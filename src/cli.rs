@@ -123,6 +123,11 @@ pub struct RunArgs {
     #[arg(long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = "16MiB", value_parser = parse_size)]
     pub max_value_bytes: u64,
 
+    /// At most this many Redis commands per second (pipelines are spaced to keep under it), to
+    /// protect a busy primary. 0: no limit.
+    #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
+    pub max_redis_ops_per_sec: u32,
+
     /// Batches written to PostgreSQL at once, each on its own connection.
     #[arg(long, env = "SWEEPER_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub writers: u64,

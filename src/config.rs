@@ -30,6 +30,8 @@ pub struct SweepConfig {
     pub protect_ttl: Duration,
     /// Batches written to PostgreSQL at once.
     pub writers: usize,
+    /// At most this many Redis commands per second (0: no limit).
+    pub max_redis_ops_per_sec: u32,
 }
 
 impl Default for SweepConfig {
@@ -45,6 +47,7 @@ impl Default for SweepConfig {
             deadline: Some(Duration::from_secs(240)),
             protect_ttl: Duration::from_secs(900),
             writers: 2,
+            max_redis_ops_per_sec: 0,
         }
     }
 }

@@ -93,6 +93,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 deadline: (!r.deadline.is_zero()).then_some(r.deadline),
                 protect_ttl: r.protect_ttl,
                 writers: r.writers as usize,
+                max_redis_ops_per_sec: r.max_redis_ops_per_sec,
                 ..SweepConfig::default()
             }
             .validate()?;

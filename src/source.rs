@@ -25,6 +25,18 @@ pub struct Source {
     url: String,
     round_trips: u64,
     deadline: Option<Instant>,
+    throttle: Option<Throttle>,
+    /// Commands per pipeline at most: small under a throttle, so that no single burst holds
+    /// Redis long.
+    max_pipeline: usize,
+}
+
+/// Spaces pipelines so that at most a given number of commands per second reach Redis, for
+/// operators who must protect a busy primary.
+#[derive(Clone, Debug)]
+struct Throttle {
+    per_command: Duration,
+    next: Instant,
 }
 
 impl Source {
@@ -55,6 +67,8 @@ impl Source {
             url: shown,
             round_trips: 0,
             deadline: None,
+            throttle: None,
+            max_pipeline: usize::MAX,
         };
         // Authentication and reachability problems show here, not in the middle of a sweep.
         let mut ping = redis::pipe();
@@ -66,6 +80,24 @@ impl Source {
     /// Retries give up rather than pause past this instant.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+    }
+
+    /// At most `ops_per_sec` commands per second from this source (0: no limit).
+    pub fn set_rate_limit(&mut self, ops_per_sec: u32) {
+        self.throttle = (ops_per_sec > 0).then(|| Throttle {
+            per_command: Duration::from_secs(1) / ops_per_sec,
+            next: Instant::now(),
+        });
+        // Pipelines of at most 5ms of the budget each.
+        self.max_pipeline = match ops_per_sec {
+            0 => usize::MAX,
+            n => (n as usize / 200).clamp(10, 1000),
+        };
+    }
+
+    /// Commands per pipeline at most (fetches are split to it too).
+    pub fn max_pipeline(&self) -> usize {
+        self.max_pipeline
     }
 
     /// The connection, for the simulator that plays the chat service.
@@ -83,6 +115,14 @@ impl Source {
     /// error (LOADING, MASTERDOWN, NOPERM, ...) fails the whole pipeline, so that it is retried
     /// or ends the run, never mistaken for a bad or vanished key.
     async fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Result<T> {
+        if let Some(t) = &mut self.throttle {
+            let now = Instant::now();
+            let start = t.next.max(now);
+            t.next = start + t.per_command * pipe.len() as u32;
+            if start > now {
+                tokio::time::sleep(start - now).await;
+            }
+        }
         let backoff = Backoff::default();
         let mut n = 0;
         loop {
@@ -131,7 +171,7 @@ impl Source {
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
-            .arg(count);
+            .arg(count.min(self.max_pipeline));
         let (page,): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await?;
         Ok(page)
     }
@@ -141,11 +181,15 @@ impl Source {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("PTTL").arg(k);
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(self.max_pipeline) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("PTTL").arg(k);
+            }
+            out.extend(self.query::<Vec<i64>>(&pipe).await?);
         }
-        self.query(&pipe).await
+        Ok(out)
     }
 
     /// The type and size of each key, in one pipeline: what may be fetched, and how much memory
@@ -159,16 +203,21 @@ impl Source {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for k in keys {
-            layout.queue_probe(&mut pipe, k);
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks((self.max_pipeline / Layout::PROBE_REPLIES).max(1)) {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for k in chunk {
+                layout.queue_probe(&mut pipe, k);
+            }
+            let replies: Vec<Value> = self.query(&pipe).await?;
+            out.extend(
+                replies
+                    .chunks(Layout::PROBE_REPLIES)
+                    .map(|r| layout.probe_result(r, max_value_bytes)),
+            );
         }
-        let replies: Vec<Value> = self.query(&pipe).await?;
-        Ok(replies
-            .chunks(Layout::PROBE_REPLIES)
-            .map(|r| layout.probe_result(r, max_value_bytes))
-            .collect())
+        Ok(out)
     }
 
     /// Fetches probed keys in one pipeline. Keep the sizes of one call within a memory budget
@@ -207,17 +256,17 @@ impl Source {
     ) -> Result<Vec<Fetched>> {
         let probes = self.probe(layout, keys, max_value_bytes).await?;
         let mut out = Vec::with_capacity(keys.len());
-        for r in fetch_chunks(&probes) {
+        for r in fetch_chunks(&probes, self.max_pipeline) {
             out.extend(self.fetch(layout, &keys[r.clone()], &probes[r]).await?);
         }
         Ok(out)
     }
 }
 
-/// Splits probed keys into consecutive runs whose values add up to at most
+/// Splits probed keys into consecutive runs of at most `max_keys` whose values add up to at most
 /// [`FETCH_BUDGET_BYTES`] (a run holds at least one key), so memory stays bounded even when a page
 /// holds many large checkpoints.
-pub fn fetch_chunks(probes: &[Probe]) -> Vec<std::ops::Range<usize>> {
+pub fn fetch_chunks(probes: &[Probe], max_keys: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
     for (i, p) in probes.iter().enumerate() {
@@ -225,7 +274,7 @@ pub fn fetch_chunks(probes: &[Probe]) -> Vec<std::ops::Range<usize>> {
             Probe::Read { size } => *size,
             _ => 0,
         };
-        if i > start && bytes + size > FETCH_BUDGET_BYTES {
+        if i > start && (bytes + size > FETCH_BUDGET_BYTES || i - start >= max_keys) {
             out.push(start..i);
             (start, bytes) = (i, 0);
         }
@@ -291,8 +340,12 @@ mod tests {
             .map(|m| Probe::Read { size: m * mb })
             .chain([Probe::Gone, Probe::WrongType("hash".into())])
             .collect();
-        let chunks = fetch_chunks(&probes);
+        let chunks = fetch_chunks(&probes, usize::MAX);
         assert_eq!(chunks, vec![0..3, 3..4, 4..5, 5..9]);
+        assert_eq!(
+            fetch_chunks(&probes, 2),
+            vec![0..2, 2..3, 3..4, 4..5, 5..7, 7..9]
+        );
         for c in &chunks {
             let total: u64 = probes[c.clone()]
                 .iter()
@@ -306,6 +359,6 @@ mod tests {
                 "{c:?}: {total}"
             );
         }
-        assert!(fetch_chunks(&[]).is_empty());
+        assert!(fetch_chunks(&[], 10).is_empty());
     }
 }

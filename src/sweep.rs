@@ -120,6 +120,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<ReadBatch>(CHANNEL_DEPTH);
     let mut source = source;
     source.set_deadline(deadline);
+    source.set_rate_limit(cfg.max_redis_ops_per_sec);
     let mut protector = source.clone();
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down.clone());
     let reader = tokio::spawn(reader.run(source, tx));
@@ -379,6 +380,7 @@ async fn protect_only(cfg: &SweepConfig, source: Source, shutdown: &Shutdown) ->
     let (tx, _rx) = mpsc::channel::<ReadBatch>(1);
     let mut source = source;
     source.set_deadline(deadline);
+    source.set_rate_limit(cfg.max_redis_ops_per_sec);
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
     let (counters, _, error) = reader.run(source, tx).await;
     match error {
@@ -558,7 +560,7 @@ impl Reader {
             let probes = source
                 .probe(layout, &keys, self.cfg.max_value_bytes)
                 .await?;
-            for run in fetch_chunks(&probes) {
+            for run in fetch_chunks(&probes, source.max_pipeline()) {
                 let fetched = source
                     .fetch(layout, &keys[run.clone()], &probes[run.clone()])
                     .await?;

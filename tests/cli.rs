@@ -374,3 +374,32 @@ async fn urls_come_from_secret_files_and_passwords_are_never_printed() {
     assert!(error_line(&out).contains("--database-url-file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_redis_throttle_spaces_the_commands() {
+    // A Redis of its own: SCAN walks the whole keyspace, and the shared one holds other tests' keys.
+    let redis = common::servers::PrivateRedis::start();
+    let env = TestEnv::on(
+        "throttle",
+        &redis.url(),
+        &std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap(),
+    )
+    .await
+    .migrate();
+    env.seed(400, 3_600_000).await;
+    // 400 PTTLs plus the SCAN steps at 1000 commands/s cannot take less than 0.4s.
+    let started = Instant::now();
+    let s = env.run_json(&["--dry-run", "--max-redis-ops-per-sec", "1000"]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s["scanned"], 400);
+    // Pipelines are cut small under a throttle: many more round trips than unthrottled.
+    let free = env.run_json(&["--dry-run"]);
+    assert!(
+        s["redis_round_trips"].as_u64() > free["redis_round_trips"].as_u64(),
+        "{s} vs {free}"
+    );
+}
