@@ -91,6 +91,28 @@ pub enum Command {
     Run(RunArgs),
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
+    /// Check that a schedule saves every key: its largest gap plus the run time must stay under
+    /// the threshold. Exit 0 with the margin, 1 with the window that loses data.
+    CheckSchedule(CheckScheduleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckScheduleArgs {
+    /// The schedule: 5 crontab fields (0 and 7 are Sunday), 6 with seconds first, or @hourly...
+    #[arg(long, env = "SWEEPER_SCHEDULE")]
+    pub schedule: String,
+
+    /// The run's --threshold.
+    #[arg(long, env = "SWEEPER_THRESHOLD", default_value = "10m", value_parser = parse_duration)]
+    pub threshold: Duration,
+
+    /// The longest a run takes to read every key (its --deadline bounds it).
+    #[arg(long, env = "SWEEPER_MAX_RUNTIME", default_value = "4m", value_parser = parse_duration)]
+    pub max_runtime: Duration,
+
+    /// Output format on stdout.
+    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +149,11 @@ pub struct RunArgs {
     /// protect a busy primary. 0: no limit.
     #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
     pub max_redis_ops_per_sec: u32,
+
+    /// The schedule this run is started on (crontab form): a --threshold not above its largest
+    /// gap is refused, as keys would expire between sweeps.
+    #[arg(long, env = "SWEEPER_SCHEDULE")]
+    pub schedule: Option<String>,
 
     /// Batches written to PostgreSQL at once, each on its own connection.
     #[arg(long, env = "SWEEPER_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]

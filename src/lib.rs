@@ -17,6 +17,7 @@
 //!
 //! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
+//! [`schedule`] (cron expressions and whether a schedule can lose a key),
 //! [`simulate`] (plays the chat service to seed demos, tests and benchmarks).
 
 pub mod checkpoint;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod layout;
 pub mod report;
 pub mod retry;
+pub mod schedule;
 pub mod select;
 pub mod shutdown;
 pub mod simulate;

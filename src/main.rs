@@ -14,6 +14,7 @@ use tracing_subscriber::prelude::*;
 use cli::{Cli, Command, GlobalOpts, LogFormat, Output};
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
+use sweeper::schedule::{self, CronSchedule, Verdict};
 use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
@@ -97,6 +98,9 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 ..SweepConfig::default()
             }
             .validate()?;
+            if let Some(expr) = &r.schedule {
+                refuse_unsafe_threshold(expr, cfg.threshold)?;
+            }
             let shutdown = Shutdown::new();
             shutdown
                 .listen()
@@ -147,6 +151,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 None => Ok(summary.exit_code()),
             }
         }
+        Command::CheckSchedule(c) => check_schedule(c),
         Command::Simulate(s) => {
             let source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
             let cfg = SimulateConfig {
@@ -171,6 +176,88 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// The largest gap of a schedule over a year from now.
+fn schedule_gap(expr: &str) -> sweeper::Result<(CronSchedule, schedule::Gap)> {
+    let s: CronSchedule = expr
+        .parse()
+        .map_err(|e: String| Error::Usage(format!("--schedule {e}")))?;
+    let gap = s
+        .largest_gap(chrono::Utc::now(), YEAR)
+        .ok_or_else(|| Error::Usage(format!("--schedule `{expr}` fires less than twice a year")))?;
+    Ok((s, gap))
+}
+
+fn refuse_unsafe_threshold(expr: &str, threshold: std::time::Duration) -> sweeper::Result<()> {
+    let (_, gap) = schedule_gap(expr)?;
+    if threshold <= gap.largest {
+        return Err(Error::Usage(format!(
+            "--threshold {} is not above the largest gap of --schedule `{expr}` ({}): keys would expire between sweeps (see `sweeper check-schedule`)",
+            humantime::format_duration(threshold),
+            humantime::format_duration(gap.largest)
+        )));
+    }
+    Ok(())
+}
+
+const YEAR: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+fn check_schedule(c: &cli::CheckScheduleArgs) -> sweeper::Result<u8> {
+    let (s, gap) = schedule_gap(&c.schedule)?;
+    let v = schedule::verdict(gap.largest, c.threshold, c.max_runtime);
+    let fmt = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let json = match &v {
+        Verdict::Safe { margin } => serde_json::json!({
+            "schedule": s.text(), "safe": true, "largest_gap_ms": gap.largest.as_millis() as u64,
+            "gap_from": gap.from.to_rfc3339(), "gap_to": gap.to.to_rfc3339(),
+            "threshold_ms": c.threshold.as_millis() as u64, "max_runtime_ms": c.max_runtime.as_millis() as u64,
+            "margin_ms": margin.as_millis() as u64,
+        }),
+        Verdict::Unsafe {
+            short_by,
+            smallest_safe,
+        } => serde_json::json!({
+            "schedule": s.text(), "safe": false, "largest_gap_ms": gap.largest.as_millis() as u64,
+            "gap_from": gap.from.to_rfc3339(), "gap_to": gap.to.to_rfc3339(),
+            "threshold_ms": c.threshold.as_millis() as u64, "max_runtime_ms": c.max_runtime.as_millis() as u64,
+            "short_by_ms": short_by.as_millis() as u64, "smallest_safe_threshold_ms": smallest_safe.as_millis() as u64,
+        }),
+    };
+    let text = match &v {
+        Verdict::Safe { margin } => format!(
+            "safe: `{}` fires at most {} apart (e.g. {} to {}); a key just above the {} threshold at one sweep is read by the next within {} (gap + max runtime {}), {} before it expires\n",
+            s.text(),
+            fmt(gap.largest),
+            gap.from.to_rfc3339(),
+            gap.to.to_rfc3339(),
+            fmt(c.threshold),
+            fmt(gap.largest + c.max_runtime),
+            fmt(c.max_runtime),
+            fmt(*margin)
+        ),
+        Verdict::Unsafe { smallest_safe, .. } => format!(
+            "UNSAFE: `{}` fires {} apart from {} to {}: a key whose TTL is just above {} at the sweep of {} expires at {}, before the sweep of {} has read it (it may run until {}). Smallest safe --threshold: {}\n",
+            s.text(),
+            fmt(gap.largest),
+            gap.from.to_rfc3339(),
+            gap.to.to_rfc3339(),
+            fmt(c.threshold),
+            gap.from.to_rfc3339(),
+            (gap.from + chrono::Duration::from_std(c.threshold).unwrap_or_default()).to_rfc3339(),
+            gap.to.to_rfc3339(),
+            (gap.to + chrono::Duration::from_std(c.max_runtime).unwrap_or_default()).to_rfc3339(),
+            fmt(*smallest_safe)
+        ),
+    };
+    print(&match c.output {
+        Output::Json => json.to_string() + "\n",
+        Output::Text => text,
+    })?;
+    Ok(match v {
+        Verdict::Safe { .. } => exit::OK,
+        Verdict::Unsafe { .. } => exit::OTHER,
+    })
 }
 
 fn redis_url(g: &GlobalOpts) -> sweeper::Result<String> {

@@ -403,3 +403,76 @@ async fn the_redis_throttle_spaces_the_commands() {
         "{s} vs {free}"
     );
 }
+
+#[tokio::test]
+async fn check_schedule_says_whether_a_schedule_can_lose_a_key() {
+    let env = TestEnv::new("schedule").await;
+    let out = env
+        .command()
+        .args([
+            "check-schedule",
+            "--schedule",
+            "*/5 * * * *",
+            "--threshold",
+            "10m",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["safe"], true);
+    assert_eq!(v["largest_gap_ms"], 300_000);
+    assert_eq!(
+        v["margin_ms"], 60_000,
+        "10m - (5m gap + 4m default max runtime)"
+    );
+
+    // Weekdays only: the weekend is a 3-day gap.
+    let out = env
+        .command()
+        .args([
+            "check-schedule",
+            "--schedule",
+            "*/5 * * * 1-5",
+            "--threshold",
+            "10m",
+            "--max-runtime",
+            "2m",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("UNSAFE")
+            && text.contains("2days 5m apart")
+            && text.contains("Smallest safe --threshold: 2days 7m 1s"),
+        "{text}"
+    );
+
+    let out = env
+        .command()
+        .args(["check-schedule", "--schedule", "every five minutes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    error_line(&out);
+
+    // A run told its schedule refuses a threshold the schedule cannot keep.
+    let out = env
+        .command()
+        .args([
+            "run",
+            "--dry-run",
+            "--schedule",
+            "*/15 * * * *",
+            "--threshold",
+            "10m",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(error_line(&out).contains("largest gap"), "{}", stderr(&out));
+}

@@ -1,0 +1,308 @@
+//! Schedule safety: a cron expression read with crontab's own meanings, the largest gap between
+//! its firings, and whether a key can expire between two sweeps. Pure: the start time is passed in.
+//!
+//! A key is saved by the first sweep that finds its TTL under the threshold. The worst case is a
+//! key whose TTL is just above the threshold at one sweep: it expires `threshold` later, and the
+//! next sweep starts `gap` later and reads it at most `max_runtime` after starting. So a schedule
+//! is safe when `gap + max_runtime < threshold`, for the largest gap of the schedule.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// A parsed schedule. Standard 5-field crontab (minute hour day-of-month month day-of-week, 0 and
+/// 7 are Sunday, 1 is Monday), 6 fields with seconds first, or `@hourly`, `@daily`, ...
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    inner: cron::Schedule,
+    text: String,
+}
+
+impl FromStr for CronSchedule {
+    type Err = String;
+
+    fn from_str(expr: &str) -> Result<CronSchedule, String> {
+        let text = expr.trim().to_string();
+        let expanded = match text.as_str() {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            other => other,
+        };
+        let mut fields: Vec<String> = expanded.split_whitespace().map(str::to_string).collect();
+        match fields.len() {
+            5 => fields.insert(0, "0".into()),
+            6 => {}
+            n => {
+                return Err(format!(
+                    "`{text}` has {n} fields: a schedule is 5 crontab fields (minute hour day month weekday) or 6 with seconds first"
+                ));
+            }
+        }
+        if fields[3] != "*" && fields[3] != "?" && fields[5] != "*" && fields[5] != "?" {
+            // crontab runs when either matches; the cron crate when both do. Refuse rather than
+            // guess which one the operator meant.
+            return Err(format!(
+                "`{text}` restricts both day of month and day of week, which crontab and other tools read differently: restrict one"
+            ));
+        }
+        fields[5] = crate_weekdays(&fields[5]).map_err(|e| format!("`{text}`: {e}"))?;
+        let inner = cron::Schedule::from_str(&fields.join(" "))
+            .map_err(|e| format!("`{text}` is not a valid schedule: {e}"))?;
+        Ok(CronSchedule { inner, text })
+    }
+}
+
+/// Translates a crontab day-of-week field (0-7, 0 and 7 Sunday, names) into the cron crate's
+/// numbering (1-7, 1 Sunday).
+fn crate_weekdays(field: &str) -> Result<String, String> {
+    if field == "*" || field == "?" {
+        return Ok(field.to_string());
+    }
+    let day = |s: &str| -> Result<u32, String> {
+        const NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+        if let Some(i) = NAMES.iter().position(|n| s.eq_ignore_ascii_case(n)) {
+            return Ok(i as u32);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if n <= 7 => Ok(n),
+            _ => Err(format!("`{s}` is not a day of the week (0-7 or sun-sat)")),
+        }
+    };
+    let mut days = [false; 7];
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .map_err(|_| format!("bad step in `{part}`"))?,
+            ),
+            None => (part, 1),
+        };
+        if step == 0 {
+            return Err(format!("bad step in `{part}`"));
+        }
+        let (lo, hi) = match range {
+            "*" => (0, 6),
+            r => match r.split_once('-') {
+                Some((a, b)) => (day(a)?, day(b)?),
+                None if step > 1 => (day(r)?, 6),
+                None => (day(r)?, day(r)?),
+            },
+        };
+        if lo > hi {
+            return Err(format!("`{part}`: the range runs backwards"));
+        }
+        for d in (lo..=hi).step_by(step as usize) {
+            days[(d % 7) as usize] = true;
+        }
+    }
+    if days.iter().all(|d| *d) {
+        return Ok("*".into());
+    }
+    let list: Vec<String> = (0..7)
+        .filter(|d| days[*d])
+        .map(|d| (d + 1).to_string())
+        .collect();
+    Ok(list.join(","))
+}
+
+/// The largest gap between consecutive firings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub largest: Duration,
+    /// The firing that starts the largest gap, and the one that ends it.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Firings looked at.
+    pub firings: u64,
+}
+
+/// Firings looked at, at most: a schedule firing every second is cut off after about 12 days,
+/// whose gaps are all one second anyway.
+const MAX_FIRINGS: u64 = 1_000_000;
+
+impl CronSchedule {
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The largest gap between consecutive firings from `start` over `span` (a year covers
+    /// months of every length, leap days and weekday patterns). None if it fires less than twice.
+    pub fn largest_gap(&self, start: DateTime<Utc>, span: Duration) -> Option<Gap> {
+        let end = start + chrono::Duration::from_std(span).ok()?;
+        let mut firings = self.inner.after(&start);
+        let mut prev = firings.next()?;
+        let mut best: Option<Gap> = None;
+        let mut n = 1;
+        for t in firings {
+            if t > end || n >= MAX_FIRINGS {
+                break;
+            }
+            n += 1;
+            let gap = (t - prev).to_std().unwrap_or_default();
+            if best.as_ref().is_none_or(|b| gap > b.largest) {
+                best = Some(Gap {
+                    largest: gap,
+                    from: prev,
+                    to: t,
+                    firings: 0,
+                });
+            }
+            prev = t;
+        }
+        best.map(|b| Gap { firings: n, ..b })
+    }
+}
+
+/// Whether a sweep on a schedule with largest gap `gap`, each running up to `max_runtime`, saves
+/// every key before it expires with `threshold`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every key is read at least `margin` before it expires.
+    Safe { margin: Duration },
+    /// A key whose TTL is just above the threshold at the sweep starting the gap expires before
+    /// the next sweep reads it; a threshold of `smallest_safe` or more is safe.
+    Unsafe {
+        short_by: Duration,
+        smallest_safe: Duration,
+    },
+}
+
+pub fn verdict(gap: Duration, threshold: Duration, max_runtime: Duration) -> Verdict {
+    let needed = gap + max_runtime;
+    if needed < threshold {
+        Verdict::Safe {
+            margin: threshold - needed,
+        }
+    } else {
+        // Strictly more than gap + runtime, rounded up to the next whole second.
+        let smallest_safe = Duration::from_secs(needed.as_secs() + 1);
+        Verdict::Unsafe {
+            short_by: needed - threshold,
+            smallest_safe,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Datelike, TimeZone, Weekday};
+
+    use super::*;
+
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    fn start() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn gap(expr: &str) -> Gap {
+        expr.parse::<CronSchedule>()
+            .unwrap()
+            .largest_gap(start(), YEAR)
+            .unwrap()
+    }
+
+    #[test]
+    fn every_five_minutes_has_a_five_minute_gap() {
+        let g = gap("*/5 * * * *");
+        assert_eq!(g.largest, Duration::from_secs(300));
+        assert!(g.firings > 100_000, "a year of firings: {}", g.firings);
+    }
+
+    #[test]
+    fn irregular_schedules_find_their_largest_gap() {
+        // At 0, 5, ..., 55 past the hour except between 2 and 6 in the morning.
+        assert_eq!(
+            gap("*/5 0-1,6-23 * * *").largest,
+            Duration::from_secs(4 * 3600 + 300)
+        );
+        // Twice an hour, unevenly.
+        assert_eq!(gap("0,10 * * * *").largest, Duration::from_secs(50 * 60));
+        // Monthly: the longest month (31 days).
+        assert_eq!(gap("@monthly").largest, Duration::from_secs(31 * 24 * 3600));
+        // With seconds (over a day: a year of them is a million firings).
+        let s: CronSchedule = "*/30 * * * * *".parse().unwrap();
+        let day = s.largest_gap(start(), Duration::from_secs(86_400)).unwrap();
+        assert_eq!(day.largest, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn weekdays_mean_what_crontab_means() {
+        let s: CronSchedule = "0 9 * * 1".parse().unwrap();
+        let first = s.inner.after(&start()).next().unwrap();
+        assert_eq!(first.weekday(), Weekday::Mon, "1 is Monday");
+        for sunday in ["0 9 * * 0", "0 9 * * 7", "0 9 * * sun"] {
+            let s: CronSchedule = sunday.parse().unwrap();
+            assert_eq!(
+                s.inner.after(&start()).next().unwrap().weekday(),
+                Weekday::Sun,
+                "{sunday}"
+            );
+        }
+        // Monday to Friday: the weekend is the largest gap (Friday 9:00 to Monday 9:00).
+        assert_eq!(
+            gap("0 9 * * 1-5").largest,
+            Duration::from_secs(3 * 24 * 3600)
+        );
+        // Friday to Sunday, written across the 7.
+        let s: CronSchedule = "0 9 * * 5-7".parse().unwrap();
+        let days: Vec<Weekday> = s
+            .inner
+            .after(&start())
+            .take(3)
+            .map(|t| t.weekday())
+            .collect();
+        assert!(
+            days.contains(&Weekday::Fri)
+                && days.contains(&Weekday::Sat)
+                && days.contains(&Weekday::Sun),
+            "{days:?}"
+        );
+        assert_eq!(
+            crate_weekdays("*/2").unwrap(),
+            "1,3,5,7",
+            "Sun, Tue, Thu, Sat"
+        );
+    }
+
+    #[test]
+    fn bad_schedules_are_refused_with_a_reason() {
+        for bad in [
+            "* * * *",
+            "*/5 * * * * * * *",
+            "0 9 * * 8",
+            "0 9 1 * 1",
+            "61 * * * *",
+            "0 9 * * 5-2",
+        ] {
+            let e = bad.parse::<CronSchedule>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_verdict_compares_threshold_with_gap_plus_runtime() {
+        let m = |x: u64| Duration::from_secs(60 * x);
+        assert_eq!(verdict(m(5), m(10), m(2)), Verdict::Safe { margin: m(3) });
+        assert_eq!(verdict(m(5), m(10), m(4)), Verdict::Safe { margin: m(1) });
+        assert_eq!(
+            verdict(m(5), m(10), m(5)),
+            Verdict::Unsafe {
+                short_by: Duration::ZERO,
+                smallest_safe: m(10) + Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            verdict(m(10), m(10), m(2)),
+            Verdict::Unsafe {
+                short_by: m(2),
+                smallest_safe: m(12) + Duration::from_secs(1)
+            }
+        );
+    }
+}
