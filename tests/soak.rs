@@ -201,16 +201,16 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
                     .unwrap();
                 // Every fourth sweep is SIGKILLed at a random point of a typical run.
                 let kill_at = (k % 4 == 2).then(|| {
-                    Instant::now() + Duration::from_millis(rng.u64(1..=typical_ms.max(2)))
+                    Instant::now() + Duration::from_millis(rng.u64(1..=(typical_ms * 3 / 4).max(2)))
                 });
                 let run_start = Instant::now();
                 let status = loop {
                     if let Some(s) = child.try_wait().unwrap() {
                         break s;
                     }
-                    if kill_at.is_some_and(|t| Instant::now() >= t)
-                        || run_start.elapsed() > SCHEDULE
-                    {
+                    // Only the planned kills: a sweep slowed by a loaded machine is left to end at its
+                    // own --deadline (4s, under the 5s gap), as it would in production.
+                    if kill_at.is_some_and(|t| Instant::now() >= t) {
                         let _ = child.kill();
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -246,13 +246,22 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
     }
     stop.store(true, Ordering::SeqCst);
     let (outcomes, restarted) = sweeps.await.unwrap();
-    assert!(
-        restarted || duration < Duration::from_secs(30),
-        "PostgreSQL was never restarted"
-    );
+    if duration >= Duration::from_secs(30) {
+        assert!(restarted, "PostgreSQL was never restarted");
+        assert!(
+            outcomes.contains_key("exit 4"),
+            "no sweep met PostgreSQL down: {outcomes:?}"
+        );
+        // Three kills are attempted; one may land after its sweep already finished.
+        assert!(
+            outcomes.contains_key("killed"),
+            "no sweep was killed: {outcomes:?}"
+        );
+    }
     for o in outcomes.keys() {
         assert!(
-            ["exit 0", "exit 4", "killed"].contains(&o.as_str()),
+            // exit 5: a sweep slowed by a loaded machine stops at its deadline; the next goes on.
+            ["exit 0", "exit 4", "exit 5", "killed"].contains(&o.as_str()),
             "unexpected sweep outcome {o}: {outcomes:?}"
         );
     }
