@@ -91,9 +91,27 @@ pub enum Command {
     Run(RunArgs),
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
+    /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the
+    /// alarm for a schedule that silently stopped).
+    Status(StatusArgs),
     /// Check that a schedule saves every key: its largest gap plus the run time must stay under
     /// the threshold. Exit 0 with the margin, 1 with the window that loses data.
     CheckSchedule(CheckScheduleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Alarm (exit 1) when the newest run with status ok finished longer ago than this.
+    #[arg(long, env = "SWEEPER_MAX_AGE", default_value = "15m", value_parser = parse_duration)]
+    pub max_age: Duration,
+
+    /// How many runs to show.
+    #[arg(long, env = "SWEEPER_STATUS_RUNS", default_value_t = 10)]
+    pub runs: i64,
+
+    /// Output format on stdout.
+    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

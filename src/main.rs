@@ -152,6 +152,11 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             }
         }
         Command::CheckSchedule(c) => check_schedule(c),
+        Command::Status(st) => {
+            let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
+            store.ensure_migrated().await?;
+            status(&store, st).await
+        }
         Command::Simulate(s) => {
             let source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
             let cfg = SimulateConfig {
@@ -176,6 +181,77 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// The last runs, and whether the newest successful one is recent enough.
+async fn status(store: &Store, st: &cli::StatusArgs) -> sweeper::Result<u8> {
+    let runs = store.recent_runs(st.runs).await?;
+    let last_ok = store.last_success().await?;
+    let now = chrono::Utc::now();
+    let age = last_ok.map(|t| (now - t).to_std().unwrap_or_default());
+    let healthy = age.is_some_and(|a| a <= st.max_age);
+    let verdict = match (last_ok, age) {
+        (Some(t), Some(a)) if healthy => format!(
+            "ok: the newest successful sweep finished {} ago ({}), within --max-age {}",
+            humantime::format_duration(std::time::Duration::from_secs(a.as_secs())),
+            t.to_rfc3339(),
+            humantime::format_duration(st.max_age)
+        ),
+        (Some(t), Some(a)) => format!(
+            "ALARM: the newest successful sweep finished {} ago ({}), over --max-age {}: is the schedule still running?",
+            humantime::format_duration(std::time::Duration::from_secs(a.as_secs())),
+            t.to_rfc3339(),
+            humantime::format_duration(st.max_age)
+        ),
+        _ => "ALARM: no sweep has ever succeeded on this database".to_string(),
+    };
+    let text = match st.output {
+        Output::Json => {
+            serde_json::json!({
+                "healthy": healthy,
+                "last_success_at": last_ok.map(|t| t.to_rfc3339()),
+                "last_success_age_ms": age.map(|a| a.as_millis() as u64),
+                "max_age_ms": st.max_age.as_millis() as u64,
+                "runs": runs,
+            })
+            .to_string()
+                + "\n"
+        }
+        Output::Text => {
+            let mut t = format!(
+                "{:>6}  {:<25}  {:<11}  {:>9}  {:>7}  {:>9}  {:>9}  {:>8}  {:>9}  {:>8}\n",
+                "RUN",
+                "STARTED",
+                "STATUS",
+                "SCANNED",
+                "DUE",
+                "PERSISTED",
+                "UNCHANGED",
+                "REJECTED",
+                "PROTECTED",
+                "MS"
+            );
+            for r in &runs {
+                t.push_str(&format!(
+                    "{:>6}  {:<25}  {:<11}  {:>9}  {:>7}  {:>9}  {:>9}  {:>8}  {:>9}  {:>8}\n",
+                    r.id,
+                    r.started_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r.status,
+                    r.scanned,
+                    r.due,
+                    r.persisted,
+                    r.unchanged,
+                    r.rejected,
+                    r.protected,
+                    r.duration_ms.map_or("-".into(), |d| d.to_string())
+                ));
+            }
+            t + &verdict + "\n"
+        }
+    };
+    print(&text)?;
+    Ok(if healthy { exit::OK } else { exit::OTHER })
 }
 
 /// The largest gap of a schedule over a year from now.

@@ -476,3 +476,39 @@ async fn check_schedule_says_whether_a_schedule_can_lose_a_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(error_line(&out).contains("largest gap"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn status_shows_the_runs_and_alarms_when_sweeps_stopped() {
+    let env = TestEnv::migrated("status").await;
+    let out = env.sweeper(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "no run yet is an alarm: {}",
+        stderr(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no sweep has ever succeeded"));
+
+    env.set("c1", &doc(None, &["a"]), SOON).await;
+    let s = env.run_json(&[]);
+    let out = env.sweeper(&["status", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["runs"][0]["id"], s["run_id"]);
+    assert_eq!(v["runs"][0]["status"], "ok");
+    assert_eq!(v["runs"][0]["persisted"], 1);
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = env.sweeper(&["status", "--max-age", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ALARM") && text.contains("over --max-age 1s"),
+        "{text}"
+    );
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.contains(" ok ")),
+        "{text}"
+    );
+}

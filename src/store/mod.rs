@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -81,6 +82,23 @@ impl RejectRecord {
             value_hash: h.finalize().into(),
         }
     }
+}
+
+/// A row of `sweep_runs`, as `sweeper status` shows it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub scanned: i64,
+    pub due: i64,
+    pub persisted: i64,
+    pub unchanged: i64,
+    pub rejected: i64,
+    pub protected: i64,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
 }
 
 /// What a batch changed.
@@ -225,6 +243,26 @@ impl Store {
                 needed,
             }),
         }
+    }
+
+    /// The newest `limit` runs, newest first.
+    pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRecord>> {
+        sqlx::query_as(
+            "SELECT id, started_at, finished_at, status, scanned, due, persisted, unchanged, rejected, \
+             protected, duration_ms, error FROM sweep_runs ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::postgres("read runs"))
+    }
+
+    /// When the newest run with status `ok` finished, if any did.
+    pub async fn last_success(&self) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar("SELECT max(finished_at) FROM sweep_runs WHERE status = 'ok'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::postgres("read runs"))
     }
 
     /// Records the start of a run; returns its id.
