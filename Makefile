@@ -16,7 +16,7 @@ build:
 	$(CARGO) build --release --locked
 
 test:
-	$(SERVERS) $(CARGO) test --locked --all-targets
+	$(SERVERS) $(CARGO) test --locked --lib --bins --tests
 
 # The zero-loss soak test, long: `make soak DURATION=30m` (make test runs it for 60s).
 soak:

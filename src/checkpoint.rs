@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -281,8 +281,17 @@ fn optional_time(
     }
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+/// An RFC 3339 timestamp PostgreSQL can store: years 1 to 9999, microseconds (finer digits are
+/// dropped, as PostgreSQL's binary input does; its text input would round instead).
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    let t = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| e.to_string())?
+        .with_timezone(&Utc);
+    if !(1..=9999).contains(&t.year()) {
+        return Err(format!("year {} is outside 1..9999", t.year()));
+    }
+    let nanos = t.timestamp_subsec_nanos();
+    Ok(t.with_nanosecond(nanos - nanos % 1000).unwrap_or(t))
 }
 
 /// PostgreSQL's `text` and `jsonb` cannot hold U+0000, in values or in object keys.
@@ -384,6 +393,20 @@ mod tests {
         )
         .unwrap();
         assert_ne!(with_ts.messages[0].identity, ids[0]);
+    }
+
+    #[test]
+    fn timestamps_are_what_postgresql_stores() {
+        let year0 =
+            r#"{"messages": [{"role": "u", "content": "x", "ts": "0000-01-01T00:00:00Z"}]}"#;
+        assert_eq!(code(dec(year0).unwrap_err()), "bad_messages");
+        let fine = r#"{"updated_at": "2026-11-22T10:07:31.9999995Z", "messages": []}"#;
+        let c = dec(fine).unwrap();
+        assert_eq!(
+            c.updated_at.unwrap().to_rfc3339(),
+            "2026-11-22T10:07:31.999999+00:00",
+            "truncated to microseconds"
+        );
     }
 
     #[test]

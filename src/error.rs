@@ -81,9 +81,23 @@ impl Error {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
                 sqlx::Error::Database(db) => db.code().is_some_and(|c| {
                     // serialization_failure, deadlock_detected, admin/crash shutdown,
-                    // cannot_connect_now, connection exceptions (class 08).
-                    matches!(&*c, "40001" | "40P01" | "57P01" | "57P02" | "57P03")
-                        || c.starts_with("08")
+                    // cannot_connect_now, lock_not_available (lock_timeout), query_canceled
+                    // (statement_timeout), connection exceptions (class 08), and
+                    // unique_violation: every statement upserts, so a unique violation is a
+                    // race with another writer creating the same conversation (a second sweep
+                    // after PostgreSQL dropped the first one's lock); the retry finds the row
+                    // committed and merges into it.
+                    matches!(
+                        &*c,
+                        "40001"
+                            | "40P01"
+                            | "57P01"
+                            | "57P02"
+                            | "57P03"
+                            | "55P03"
+                            | "57014"
+                            | "23505"
+                    ) || c.starts_with("08")
                 }),
                 _ => false,
             },

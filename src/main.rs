@@ -99,7 +99,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             }
             .validate()?;
             if let Some(expr) = &r.schedule {
-                refuse_unsafe_threshold(expr, cfg.threshold)?;
+                refuse_unsafe_threshold(expr, cfg.threshold, cfg.deadline)?;
             }
             let shutdown = Shutdown::new();
             shutdown
@@ -265,19 +265,31 @@ fn schedule_gap(expr: &str) -> sweeper::Result<(CronSchedule, schedule::Gap)> {
     Ok((s, gap))
 }
 
-fn refuse_unsafe_threshold(expr: &str, threshold: std::time::Duration) -> sweeper::Result<()> {
+/// Refuses a run whose threshold the schedule cannot keep: a key just above the threshold at one
+/// sweep must be read by the next, one gap and up to a deadline later.
+fn refuse_unsafe_threshold(
+    expr: &str,
+    threshold: std::time::Duration,
+    deadline: Option<std::time::Duration>,
+) -> sweeper::Result<()> {
     let (_, gap) = schedule_gap(expr)?;
-    if threshold <= gap.largest {
+    let runtime = deadline.unwrap_or_default();
+    if let Verdict::Unsafe { smallest_safe, .. } =
+        schedule::verdict(gap.largest, threshold, runtime)
+    {
         return Err(Error::Usage(format!(
-            "--threshold {} is not above the largest gap of --schedule `{expr}` ({}): keys would expire between sweeps (see `sweeper check-schedule`)",
+            "--threshold {} is not above the largest gap of --schedule `{expr}` ({}) plus --deadline ({}): keys could expire between sweeps; use at least {} (see `sweeper check-schedule`)",
             humantime::format_duration(threshold),
-            humantime::format_duration(gap.largest)
+            humantime::format_duration(gap.largest),
+            humantime::format_duration(runtime),
+            humantime::format_duration(smallest_safe)
         )));
     }
     Ok(())
 }
 
-const YEAR: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+/// Two years: every month length, leap days, weekday patterns, and two firings of @yearly.
+const YEAR: std::time::Duration = std::time::Duration::from_secs(2 * 366 * 24 * 3600);
 
 fn check_schedule(c: &cli::CheckScheduleArgs) -> sweeper::Result<u8> {
     let (s, gap) = schedule_gap(&c.schedule)?;

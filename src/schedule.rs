@@ -85,11 +85,12 @@ fn crate_weekdays(field: &str) -> Result<String, String> {
         if step == 0 {
             return Err(format!("bad step in `{part}`"));
         }
+        // As cronie reads them: `*` and `N/step` run through 7 (Sunday again).
         let (lo, hi) = match range {
-            "*" => (0, 6),
+            "*" => (0, 7),
             r => match r.split_once('-') {
                 Some((a, b)) => (day(a)?, day(b)?),
-                None if step > 1 => (day(r)?, 6),
+                None if part.contains('/') => (day(r)?, 7),
                 None => (day(r)?, day(r)?),
             },
         };

@@ -9,7 +9,7 @@
 //! TTL of the keys it could not write and the reader switches to raising the TTL of every due key
 //! it still finds (`--protect-ttl`), so an outage longer than the schedule gap loses nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,27 +129,40 @@ pub async fn run(
     let mut due_keys = Vec::new();
     let mut write_error = None;
     // Batches written at once, each on its own connection: batches hold disjoint conversations.
-    let mut writing: JoinSet<std::result::Result<Written, (Error, Batch)>> = JoinSet::new();
+    let mut writing: JoinSet<(Written, Option<(Error, Batch)>)> = JoinSet::new();
+    // The keys of each batch being written, to protect them if its task dies.
+    let mut in_flight: HashMap<tokio::task::Id, Vec<Vec<u8>>> = HashMap::new();
     let mut reading = true;
     while reading || !writing.is_empty() {
         tokio::select! {
-            Some(done) = writing.join_next(), if !writing.is_empty() => {
-                match done.map_err(|e| (Error::Other(format!("a batch writer failed: {e}")), Batch::default())) {
-                    Ok(Ok(w)) => {
-                        counters.persisted += w.persisted;
-                        counters.unchanged += w.unchanged;
-                        counters.messages_added += w.messages_added;
-                        counters.pg_statements += w.statements;
-                        counters.rejected += w.refused;
+            Some(done) = writing.join_next_with_id(), if !writing.is_empty() => {
+                let (written, failed) = match done {
+                    Ok((id, (written, failed))) => {
+                        in_flight.remove(&id);
+                        (written, failed)
                     }
-                    Ok(Err((e, batch))) | Err((e, batch)) => {
-                        if write_error.is_none() {
-                            tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
-                            store_down.store(true, Ordering::SeqCst);
-                            write_error = Some(e);
-                        }
-                        counters.protected += protect(&mut protector, &batch_keys(&batch), cfg).await;
+                    Err(e) => {
+                        let keys = in_flight.remove(&e.id()).unwrap_or_default();
+                        let batch = Batch {
+                            checkpoints: Vec::new(),
+                            rejects: Vec::new(),
+                        };
+                        counters.protected += protect(&mut protector, &keys, cfg).await;
+                        (Written::default(), Some((Error::Other(format!("a batch writer failed: {e}")), batch)))
                     }
+                };
+                counters.persisted += written.persisted;
+                counters.unchanged += written.unchanged;
+                counters.messages_added += written.messages_added;
+                counters.pg_statements += written.statements;
+                counters.rejected += written.refused;
+                if let Some((e, batch)) = failed {
+                    if write_error.is_none() {
+                        tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
+                        store_down.store(true, Ordering::SeqCst);
+                        write_error = Some(e);
+                    }
+                    counters.protected += protect(&mut protector, &batch_keys(&batch), cfg).await;
                 }
             }
             read = rx.recv(), if reading && writing.len() < cfg.writers.max(1) => {
@@ -167,7 +180,9 @@ pub async fn run(
                     }
                     Some(s) => {
                         let s = s.clone();
-                        writing.spawn(async move { write(&s, run_id, read.batch, deadline).await });
+                        let keys = batch_keys(&read.batch);
+                        let task = writing.spawn(async move { write(&s, run_id, read.batch, deadline).await });
+                        in_flight.insert(task.id(), keys);
                     }
                 }
             }
@@ -237,41 +252,37 @@ struct Written {
 /// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
 /// cannot store, an identifier too long for an index), the checkpoints are written one by one and
 /// those it refuses become rejects, so one bad row never blocks the rest. On failure the batch
-/// comes back with the error, for protection.
+/// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
+/// cannot store), the checkpoints are written one by one and those it refuses become rejects, so
+/// one bad row never blocks the rest. Returns what was written, and on failure the error with
+/// what was not (for protection).
 async fn write(
     s: &Store,
     run_id: Option<i64>,
     batch: Batch,
     deadline: Option<Instant>,
-) -> std::result::Result<Written, (Error, Batch)> {
+) -> (Written, Option<(Error, Batch)>) {
+    let mut w = Written::default();
     let add = |w: &mut Written, out: BatchOutcome| {
         w.persisted += out.persisted;
         w.unchanged += out.unchanged;
         w.messages_added += out.messages_added;
         w.statements += out.statements;
     };
-    let mut w = Written::default();
     match write_once(s, run_id, &batch, deadline).await {
         Ok(out) => {
             add(&mut w, out);
-            tracing::debug!(
-                persisted = w.persisted,
-                unchanged = w.unchanged,
-                messages_added = w.messages_added,
-                "batch written"
-            );
-            return Ok(w);
+            return (w, None);
         }
         Err(e) if e.is_data_error() && !batch.checkpoints.is_empty() => {
             tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
         }
-        Err(e) => return Err((e, batch)),
+        Err(e) => return (w, Some((e, batch))),
     }
     let Batch {
         checkpoints,
-        rejects,
+        mut rejects,
     } = batch;
-    let mut refused = Vec::new();
     let mut pending: std::collections::VecDeque<_> = checkpoints.into();
     while let Some(c) = pending.pop_front() {
         let single = Batch {
@@ -284,35 +295,34 @@ async fn write(
                 let c = single.checkpoints.into_iter().next().expect("one");
                 let reason = format!("postgres_refused: {e}");
                 tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
-                refused.push(RejectRecord::new(
+                rejects.push(RejectRecord::new(
                     c.redis_key,
                     reason,
                     c.document.as_bytes(),
                     c.document.len() as u64,
                 ));
+                w.refused += 1;
             }
             Err(e) => {
-                // Everything not yet written goes back, for protection.
+                // Everything not yet written goes back, for protection; the rows refused so far
+                // go with it as rejects.
                 let mut rest = single;
                 rest.checkpoints.extend(pending);
                 rest.rejects = rejects;
-                return Err((e, rest));
+                return (w, Some((e, rest)));
             }
         }
     }
-    w.refused = refused.len() as u64;
-    let mut all_rejects = rejects;
-    all_rejects.extend(refused);
     let rest = Batch {
         checkpoints: Vec::new(),
-        rejects: all_rejects,
+        rejects,
     };
     match write_once(s, run_id, &rest, deadline).await {
         Ok(out) => {
             add(&mut w, out);
-            Ok(w)
+            (w, None)
         }
-        Err(e) => Err((e, rest)),
+        Err(e) => (w, Some((e, rest))),
     }
 }
 

@@ -171,6 +171,26 @@ async fn postgres_down_at_start_protects_the_due_keys_only_and_exits_4() {
     env.set("forever", &doc(None, &["a"]), None).await;
     let pg_down = format!("postgres://u:secret@127.0.0.1:{}/db", closed_port());
 
+    // With protection off, the key is left to the chat service's TTL.
+    let out = env
+        .command()
+        .args([
+            "--connect-timeout",
+            "1s",
+            "--database-url",
+            &pg_down,
+            "run",
+            "--protect-ttl",
+            "0",
+            "--match",
+            &env.pattern(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key("due"))).await;
+    assert!(ttl <= 120_000, "--protect-ttl 0 protects nothing: {ttl}");
+
     let started = Instant::now();
     let out = env
         .command()
@@ -222,13 +242,7 @@ async fn postgres_down_at_start_protects_the_due_keys_only_and_exits_4() {
 async fn postgres_killed_mid_sweep_keeps_committed_batches_protects_the_rest_and_the_next_run_completes()
  {
     let pg = PrivatePg::start();
-    let env = TestEnv::on(
-        "pgkill",
-        &std::env::var("REDIS_URL").unwrap(),
-        &pg.admin_url(),
-    )
-    .await
-    .migrate();
+    let env = TestEnv::with_pg("pgkill", &pg).await;
     env.seed(1000, 120_000).await;
     hold_batch_after(&env.pg, 200, 60.0).await;
 
@@ -260,13 +274,7 @@ async fn postgres_killed_mid_sweep_keeps_committed_batches_protects_the_rest_and
 #[tokio::test]
 async fn postgres_back_within_the_deadline_the_sweep_retries_and_succeeds() {
     let pg = PrivatePg::start();
-    let env = TestEnv::on(
-        "pgbounce",
-        &std::env::var("REDIS_URL").unwrap(),
-        &pg.admin_url(),
-    )
-    .await
-    .migrate();
+    let env = TestEnv::with_pg("pgbounce", &pg).await;
     env.seed(1000, 120_000).await;
     hold_batch_after(&env.pg, 200, 60.0).await;
 
@@ -292,13 +300,7 @@ async fn postgres_back_within_the_deadline_the_sweep_retries_and_succeeds() {
 #[tokio::test]
 async fn redis_killed_mid_sweep_exits_3_and_leaves_postgres_consistent() {
     let mut redis = PrivateRedis::start();
-    let env = TestEnv::on(
-        "rediskill",
-        &redis.url(),
-        &std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap(),
-    )
-    .await
-    .migrate();
+    let env = TestEnv::with_redis("rediskill", &redis).await;
     env.seed(5000, 120_000).await;
     hold_batch_after(&env.pg, 200, 2.0).await;
 
@@ -461,13 +463,7 @@ async fn the_deadline_stops_the_scan_saves_what_was_read_and_exits_5() {
 #[tokio::test]
 async fn a_dropped_redis_connection_is_reopened_and_the_sweep_goes_on() {
     let redis = PrivateRedis::start();
-    let env = TestEnv::on(
-        "redisdrop",
-        &redis.url(),
-        &std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap(),
-    )
-    .await
-    .migrate();
+    let env = TestEnv::with_redis("redisdrop", &redis).await;
     env.seed(3000, 120_000).await;
     hold_batch_after(&env.pg, 200, 1.0).await;
     let child = spawn_run(&env, &["--batch-size", "100", "--scan-count", "100"]);

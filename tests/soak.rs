@@ -136,15 +136,7 @@ fn soak_duration() -> Duration {
 async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
     let duration = soak_duration();
     let pg = Arc::new(PrivatePg::start());
-    let env = Arc::new(
-        TestEnv::on(
-            "soak",
-            &std::env::var("REDIS_URL").expect("REDIS_URL: run through `make test`"),
-            &pg.admin_url(),
-        )
-        .await
-        .migrate(),
-    );
+    let env = Arc::new(TestEnv::with_pg("soak", &pg).await);
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
 

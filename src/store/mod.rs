@@ -402,50 +402,17 @@ impl Store {
         let mut persisted = 0;
         if !write.is_empty() {
             let written: Vec<String> = sqlx::query_scalar(include_str!("upsert_conversations.sql"))
-                .bind(
-                    write
-                        .iter()
-                        .map(|c| c.conversation_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    write
-                        .iter()
-                        .map(|c| c.user_id.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    write
-                        .iter()
-                        .map(|c| c.redis_key.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    write
-                        .iter()
-                        .map(|c| c.document.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    write
-                        .iter()
-                        .map(|c| c.messages.len() as i32)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    write
-                        .iter()
-                        .map(|c| added.get(c.conversation_id.as_str()).copied().unwrap_or(0))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    write
-                        .iter()
-                        .map(|c| c.content_hash.to_vec())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(write.iter().map(|c| c.started_at).collect::<Vec<_>>())
-                .bind(write.iter().map(|c| c.updated_at).collect::<Vec<_>>())
+                .bind(column(&write, |c| c.conversation_id.as_str()))
+                .bind(column(&write, |c| c.user_id.as_deref()))
+                .bind(column(&write, |c| c.redis_key.as_str()))
+                .bind(column(&write, |c| c.document.as_str()))
+                .bind(column(&write, |c| c.messages.len() as i32))
+                .bind(column(&write, |c| {
+                    added.get(c.conversation_id.as_str()).copied().unwrap_or(0)
+                }))
+                .bind(column(&write, |c| c.content_hash.to_vec()))
+                .bind(column(&write, |c| c.started_at))
+                .bind(column(&write, |c| c.updated_at))
                 .bind(run_id)
                 .fetch_all(&mut *tx)
                 .await
@@ -458,31 +425,11 @@ impl Store {
         let rejects = distinct_rejects(&batch.rejects);
         if !rejects.is_empty() {
             sqlx::query(include_str!("insert_rejects.sql"))
-                .bind(
-                    rejects
-                        .iter()
-                        .map(|r| r.redis_key.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rejects
-                        .iter()
-                        .map(|r| r.value_hash.to_vec())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rejects
-                        .iter()
-                        .map(|r| r.reason.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(rejects.iter().map(|r| r.raw.as_slice()).collect::<Vec<_>>())
-                .bind(
-                    rejects
-                        .iter()
-                        .map(|r| r.raw_size as i64)
-                        .collect::<Vec<_>>(),
-                )
+                .bind(column(&rejects, |r| r.redis_key.as_str()))
+                .bind(column(&rejects, |r| r.value_hash.to_vec()))
+                .bind(column(&rejects, |r| r.reason.as_str()))
+                .bind(column(&rejects, |r| r.raw.as_slice()))
+                .bind(column(&rejects, |r| r.raw_size as i64))
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await
@@ -597,7 +544,7 @@ impl<'a> MessageColumns<'a> {
             copy_text(&mut data, self.content[i]);
             data.push('\t');
             match self.created_at[i] {
-                Some(t) => data.push_str(&t.to_rfc3339()),
+                Some(t) => data.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 None => data.push_str("\\N"),
             }
             let _ = writeln!(data, "\t{run}");
@@ -640,6 +587,11 @@ impl<'a> MessageColumns<'a> {
             .await
             .map_err(Error::postgres("insert messages"))
     }
+}
+
+/// One column of a batch, for an `unnest($n::type[])` parameter.
+fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(|r| f(r)).collect()
 }
 
 /// Appends `s` escaped for COPY's text format.

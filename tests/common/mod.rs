@@ -67,6 +67,21 @@ impl TestEnv {
         }
     }
 
+    /// On a Redis of the test's own (one it stops, or whose keyspace must hold only its keys),
+    /// with the shared PostgreSQL; migrated.
+    pub async fn with_redis(name: &str, redis: &servers::PrivateRedis) -> TestEnv {
+        TestEnv::on(name, &redis.url(), &required("SWEEPER_TEST_PG_ADMIN"))
+            .await
+            .migrate()
+    }
+
+    /// On a PostgreSQL of the test's own (one it stops), with the shared Redis; migrated.
+    pub async fn with_pg(name: &str, pg: &servers::PrivatePg) -> TestEnv {
+        TestEnv::on(name, &required("REDIS_URL"), &pg.admin_url())
+            .await
+            .migrate()
+    }
+
     /// Same, with the schema migrated.
     pub async fn migrated(name: &str) -> TestEnv {
         TestEnv::new(name).await.migrate()
