@@ -6,7 +6,9 @@ CARGO   ?= cargo
 SERVERS := tests/servers.sh exec --
 SWEEPER := target/release/sweeper
 
-.PHONY: all build test unit soak bench bench-quick demo demo-steps lint fmt clean
+.PHONY: all build test unit soak bench bench-quick demo demo-steps lint fmt image clean
+
+IMAGE ?= sweeper:dev
 
 DURATION ?= 30m
 
@@ -60,6 +62,10 @@ demo-steps:
 	psql -X -q "$$DATABASE_URL" -c "SELECT conversation_id, user_id, message_count, updated_at, last_run_id FROM conversations ORDER BY updated_at DESC LIMIT 8" \
 	  -c "SELECT conversation_id, seq, role, left(content, 50) AS content FROM messages WHERE conversation_id = (SELECT min(conversation_id) FROM conversations) ORDER BY seq LIMIT 6" \
 	  -c "SELECT id, status, scanned, due, persisted, unchanged, rejected, duration_ms FROM sweep_runs ORDER BY id"
+
+# Needs a Docker engine (none on CI: tests/deploy.rs checks the Dockerfile instead).
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,162 @@
+//! The deploy files as shipped: the Kubernetes manifests keep our own policy (schedule, no overlap,
+//! deadlines under the gap, locked-down pods, URLs from a Secret) and the schedule passes
+//! `sweeper check-schedule`; the Dockerfile names files that exist. No server needed.
+
+use std::path::Path;
+use std::process::Command;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The value of the first `key: value` line (quotes stripped), at any indentation.
+fn value(doc: &str, key: &str) -> String {
+    doc.lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no `{key}:` in the manifest"))
+        .trim()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// The value of the env entry `name`.
+fn env_value(doc: &str, name: &str) -> String {
+    let lines: Vec<&str> = doc.lines().map(str::trim).collect();
+    let at = lines
+        .iter()
+        .position(|l| *l == format!("- name: {name}"))
+        .unwrap_or_else(|| panic!("no env {name}"));
+    lines[at + 1]
+        .strip_prefix("value:")
+        .expect("value line")
+        .trim()
+        .trim_matches('"')
+        .to_string()
+}
+
+fn has(doc: &str, line: &str) -> bool {
+    doc.lines().any(|l| l.trim() == line)
+}
+
+#[test]
+fn the_cronjob_keeps_the_policy() {
+    let doc = read("k8s/cronjob.yaml");
+    assert_eq!(value(&doc, "kind"), "CronJob");
+    assert_eq!(value(&doc, "schedule"), "*/5 * * * *");
+    assert_eq!(value(&doc, "concurrencyPolicy"), "Forbid");
+    assert!(!value(&doc, "timeZone").is_empty());
+    let starting: u64 = value(&doc, "startingDeadlineSeconds").parse().unwrap();
+    let active: u64 = value(&doc, "activeDeadlineSeconds").parse().unwrap();
+    assert!(
+        starting < 300 && active < 300,
+        "deadlines under the 5-minute gap: {starting}, {active}"
+    );
+    assert!(value(&doc, "backoffLimit").parse::<u32>().unwrap() <= 2);
+    assert!(
+        value(&doc, "successfulJobsHistoryLimit")
+            .parse::<u32>()
+            .is_ok()
+    );
+    assert!(value(&doc, "failedJobsHistoryLimit").parse::<u32>().is_ok());
+    for line in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "drop: [\"ALL\"]",
+        "automountServiceAccountToken: false",
+        "restartPolicy: Never",
+    ] {
+        assert!(has(&doc, line), "missing `{line}`");
+    }
+    for key in [
+        "requests:",
+        "limits:",
+        "memory: 256Mi",
+        "secretName: sweeper",
+    ] {
+        assert!(doc.contains(key), "missing `{key}`");
+    }
+    // URLs come from the mounted Secret, never from literal values.
+    assert_eq!(
+        env_value(&doc, "SWEEPER_REDIS_URL_FILE"),
+        "/secrets/redis-url"
+    );
+    assert_eq!(
+        env_value(&doc, "SWEEPER_DATABASE_URL_FILE"),
+        "/secrets/database-url"
+    );
+    assert!(!doc.contains("redis://") && !doc.contains("postgres://"));
+    // The run's own deadline ends it before Kubernetes does, so it saves what it read.
+    let run_deadline = humantime::parse_duration(&env_value(&doc, "SWEEPER_DEADLINE")).unwrap();
+    assert!(
+        run_deadline.as_secs() < active,
+        "--deadline {run_deadline:?} under activeDeadlineSeconds {active}"
+    );
+    assert_eq!(
+        env_value(&doc, "SWEEPER_SCHEDULE"),
+        value(&doc, "schedule"),
+        "the run checks the schedule it runs on"
+    );
+}
+
+#[test]
+fn the_cronjob_schedule_saves_every_key() {
+    let doc = read("k8s/cronjob.yaml");
+    let active: u64 = value(&doc, "activeDeadlineSeconds").parse().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sweeper"))
+        .args(["check-schedule", "--schedule", &value(&doc, "schedule")])
+        .args(["--threshold", &env_value(&doc, "SWEEPER_THRESHOLD")])
+        .args(["--max-runtime", &format!("{active}s")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_migrate_job_and_kustomization_tie_together() {
+    let job = read("k8s/migrate-job.yaml");
+    assert_eq!(value(&job, "kind"), "Job");
+    assert!(job.contains(r#"args: ["migrate""#));
+    assert!(has(&job, "runAsNonRoot: true") && has(&job, "readOnlyRootFilesystem: true"));
+    let kustomization = read("k8s/kustomization.yaml");
+    for file in ["migrate-job.yaml", "cronjob.yaml"] {
+        assert!(
+            kustomization.contains(&format!("- {file}")),
+            "{file} not in the kustomization"
+        );
+        assert!(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("k8s")
+                .join(file)
+                .exists()
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_names_files_that_exist_and_runs_as_non_root() {
+    let doc = read("Dockerfile");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for line in doc
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(root.join(src).exists(), "{line}: {src} does not exist");
+        }
+    }
+    assert!(
+        doc.lines()
+            .any(|l| l.starts_with("USER ") && !l.contains("root") && !l.contains(" 0"))
+    );
+    assert!(doc.contains(r#"ENTRYPOINT ["/usr/local/bin/sweeper"]"#));
+    assert!(doc.contains("--bin sweeper"));
+}
