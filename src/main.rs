@@ -14,7 +14,8 @@ use tracing_subscriber::prelude::*;
 use cli::{Cli, Command, GlobalOpts, LogFormat, Output};
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
-use sweeper::schedule::{self, CronSchedule, Verdict};
+use sweeper::report::StatusReport;
+use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
 use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
@@ -185,73 +186,21 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
 
 /// The last runs, and whether the newest successful one is recent enough.
 async fn status(store: &Store, st: &cli::StatusArgs) -> sweeper::Result<u8> {
-    let runs = store.recent_runs(st.runs).await?;
-    let last_ok = store.last_success().await?;
-    let now = chrono::Utc::now();
-    let age = last_ok.map(|t| (now - t).to_std().unwrap_or_default());
-    let healthy = age.is_some_and(|a| a <= st.max_age);
-    let verdict = match (last_ok, age) {
-        (Some(t), Some(a)) if healthy => format!(
-            "ok: the newest successful sweep finished {} ago ({}), within --max-age {}",
-            humantime::format_duration(std::time::Duration::from_secs(a.as_secs())),
-            t.to_rfc3339(),
-            humantime::format_duration(st.max_age)
-        ),
-        (Some(t), Some(a)) => format!(
-            "ALARM: the newest successful sweep finished {} ago ({}), over --max-age {}: is the schedule still running?",
-            humantime::format_duration(std::time::Duration::from_secs(a.as_secs())),
-            t.to_rfc3339(),
-            humantime::format_duration(st.max_age)
-        ),
-        _ => "ALARM: no sweep has ever succeeded on this database".to_string(),
+    let report = StatusReport {
+        runs: store.recent_runs(st.runs).await?,
+        last_success: store.last_success().await?,
+        now: chrono::Utc::now(),
+        max_age: st.max_age,
     };
-    let text = match st.output {
-        Output::Json => {
-            serde_json::json!({
-                "healthy": healthy,
-                "last_success_at": last_ok.map(|t| t.to_rfc3339()),
-                "last_success_age_ms": age.map(|a| a.as_millis() as u64),
-                "max_age_ms": st.max_age.as_millis() as u64,
-                "runs": runs,
-            })
-            .to_string()
-                + "\n"
-        }
-        Output::Text => {
-            let mut t = format!(
-                "{:>6}  {:<25}  {:<11}  {:>9}  {:>7}  {:>9}  {:>9}  {:>8}  {:>9}  {:>8}\n",
-                "RUN",
-                "STARTED",
-                "STATUS",
-                "SCANNED",
-                "DUE",
-                "PERSISTED",
-                "UNCHANGED",
-                "REJECTED",
-                "PROTECTED",
-                "MS"
-            );
-            for r in &runs {
-                t.push_str(&format!(
-                    "{:>6}  {:<25}  {:<11}  {:>9}  {:>7}  {:>9}  {:>9}  {:>8}  {:>9}  {:>8}\n",
-                    r.id,
-                    r.started_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    r.status,
-                    r.scanned,
-                    r.due,
-                    r.persisted,
-                    r.unchanged,
-                    r.rejected,
-                    r.protected,
-                    r.duration_ms.map_or("-".into(), |d| d.to_string())
-                ));
-            }
-            t + &verdict + "\n"
-        }
-    };
-    print(&text)?;
-    Ok(if healthy { exit::OK } else { exit::OTHER })
+    print(&match st.output {
+        Output::Json => report.to_json() + "\n",
+        Output::Text => report.to_text(),
+    })?;
+    Ok(if report.healthy() {
+        exit::OK
+    } else {
+        exit::OTHER
+    })
 }
 
 /// The largest gap of a schedule over a year from now.
@@ -293,58 +242,15 @@ const YEAR: std::time::Duration = std::time::Duration::from_secs(2 * 366 * 24 * 
 
 fn check_schedule(c: &cli::CheckScheduleArgs) -> sweeper::Result<u8> {
     let (s, gap) = schedule_gap(&c.schedule)?;
-    let v = schedule::verdict(gap.largest, c.threshold, c.max_runtime);
-    let fmt = |d: std::time::Duration| humantime::format_duration(d).to_string();
-    let json = match &v {
-        Verdict::Safe { margin } => serde_json::json!({
-            "schedule": s.text(), "safe": true, "largest_gap_ms": gap.largest.as_millis() as u64,
-            "gap_from": gap.from.to_rfc3339(), "gap_to": gap.to.to_rfc3339(),
-            "threshold_ms": c.threshold.as_millis() as u64, "max_runtime_ms": c.max_runtime.as_millis() as u64,
-            "margin_ms": margin.as_millis() as u64,
-        }),
-        Verdict::Unsafe {
-            short_by,
-            smallest_safe,
-        } => serde_json::json!({
-            "schedule": s.text(), "safe": false, "largest_gap_ms": gap.largest.as_millis() as u64,
-            "gap_from": gap.from.to_rfc3339(), "gap_to": gap.to.to_rfc3339(),
-            "threshold_ms": c.threshold.as_millis() as u64, "max_runtime_ms": c.max_runtime.as_millis() as u64,
-            "short_by_ms": short_by.as_millis() as u64, "smallest_safe_threshold_ms": smallest_safe.as_millis() as u64,
-        }),
-    };
-    let text = match &v {
-        Verdict::Safe { margin } => format!(
-            "safe: `{}` fires at most {} apart (e.g. {} to {}); a key just above the {} threshold at one sweep is read by the next within {} (gap + max runtime {}), {} before it expires\n",
-            s.text(),
-            fmt(gap.largest),
-            gap.from.to_rfc3339(),
-            gap.to.to_rfc3339(),
-            fmt(c.threshold),
-            fmt(gap.largest + c.max_runtime),
-            fmt(c.max_runtime),
-            fmt(*margin)
-        ),
-        Verdict::Unsafe { smallest_safe, .. } => format!(
-            "UNSAFE: `{}` fires {} apart from {} to {}: a key whose TTL is just above {} at the sweep of {} expires at {}, before the sweep of {} has read it (it may run until {}). Smallest safe --threshold: {}\n",
-            s.text(),
-            fmt(gap.largest),
-            gap.from.to_rfc3339(),
-            gap.to.to_rfc3339(),
-            fmt(c.threshold),
-            gap.from.to_rfc3339(),
-            (gap.from + chrono::Duration::from_std(c.threshold).unwrap_or_default()).to_rfc3339(),
-            gap.to.to_rfc3339(),
-            (gap.to + chrono::Duration::from_std(c.max_runtime).unwrap_or_default()).to_rfc3339(),
-            fmt(*smallest_safe)
-        ),
-    };
+    let check = ScheduleCheck::new(&s, gap, c.threshold, c.max_runtime);
     print(&match c.output {
-        Output::Json => json.to_string() + "\n",
-        Output::Text => text,
+        Output::Json => check.to_json() + "\n",
+        Output::Text => check.to_text(),
     })?;
-    Ok(match v {
-        Verdict::Safe { .. } => exit::OK,
-        Verdict::Unsafe { .. } => exit::OTHER,
+    Ok(if check.is_safe() {
+        exit::OK
+    } else {
+        exit::OTHER
     })
 }
 

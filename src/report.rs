@@ -3,9 +3,11 @@
 
 use std::fmt::Write;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::exit;
+use crate::store::RunRecord;
 
 /// How a run ended, as `sweep_runs.status` and the summary's `status` say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,6 +154,105 @@ impl Summary {
 }
 
 /// The due keys, most urgent (least TTL left) first.
+/// What `sweeper status` shows: the last runs, and whether the newest successful one finished
+/// within `max_age` of `now`.
+pub struct StatusReport {
+    pub runs: Vec<RunRecord>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+    pub max_age: std::time::Duration,
+}
+
+impl StatusReport {
+    fn age(&self) -> Option<std::time::Duration> {
+        self.last_success
+            .map(|t| (self.now - t).to_std().unwrap_or_default())
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.age().is_some_and(|a| a <= self.max_age)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "healthy": self.healthy(),
+            "last_success_at": self.last_success.map(|t| t.to_rfc3339()),
+            "last_success_age_ms": self.age().map(|a| a.as_millis() as u64),
+            "max_age_ms": self.max_age.as_millis() as u64,
+            "runs": self.runs,
+        })
+        .to_string()
+    }
+
+    pub fn to_text(&self) -> String {
+        let row = |cols: [&dyn std::fmt::Display; 10]| {
+            format!(
+                "{:>6}  {:<25}  {:<11}  {:>9}  {:>7}  {:>9}  {:>9}  {:>8}  {:>9}  {:>8}\n",
+                cols[0],
+                cols[1],
+                cols[2],
+                cols[3],
+                cols[4],
+                cols[5],
+                cols[6],
+                cols[7],
+                cols[8],
+                cols[9]
+            )
+        };
+        let mut t = row([
+            &"RUN",
+            &"STARTED",
+            &"STATUS",
+            &"SCANNED",
+            &"DUE",
+            &"PERSISTED",
+            &"UNCHANGED",
+            &"REJECTED",
+            &"PROTECTED",
+            &"MS",
+        ]);
+        for r in &self.runs {
+            let started = r
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let ms = r.duration_ms.map_or("-".to_string(), |d| d.to_string());
+            t.push_str(&row([
+                &r.id,
+                &started,
+                &r.status,
+                &r.scanned,
+                &r.due,
+                &r.persisted,
+                &r.unchanged,
+                &r.rejected,
+                &r.protected,
+                &ms,
+            ]));
+        }
+        let fmt = |d: std::time::Duration| {
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+        };
+        let verdict = match (self.last_success, self.age()) {
+            (Some(at), Some(age)) => format!(
+                "{}: the newest successful sweep finished {} ago ({}), {} --max-age {}{}",
+                if self.healthy() { "ok" } else { "ALARM" },
+                fmt(age),
+                at.to_rfc3339(),
+                if self.healthy() { "within" } else { "over" },
+                humantime::format_duration(self.max_age),
+                if self.healthy() {
+                    ""
+                } else {
+                    ": is the schedule still running?"
+                }
+            ),
+            _ => "ALARM: no sweep has ever succeeded on this database".to_string(),
+        };
+        t + &verdict + "\n"
+    }
+}
+
 fn due_table(keys: &[DueKey]) -> String {
     let mut keys: Vec<&DueKey> = keys.iter().collect();
     keys.sort_by_key(|k| k.ttl_ms);

@@ -189,6 +189,89 @@ pub fn verdict(gap: Duration, threshold: Duration, max_runtime: Duration) -> Ver
     }
 }
 
+/// What `sweeper check-schedule` reports: a schedule's largest gap and its verdict.
+pub struct ScheduleCheck {
+    pub schedule: String,
+    pub gap: Gap,
+    pub threshold: Duration,
+    pub max_runtime: Duration,
+    pub verdict: Verdict,
+}
+
+impl ScheduleCheck {
+    pub fn new(
+        s: &CronSchedule,
+        gap: Gap,
+        threshold: Duration,
+        max_runtime: Duration,
+    ) -> ScheduleCheck {
+        let verdict = verdict(gap.largest, threshold, max_runtime);
+        ScheduleCheck {
+            schedule: s.text().to_string(),
+            gap,
+            threshold,
+            max_runtime,
+            verdict,
+        }
+    }
+
+    pub fn is_safe(&self) -> bool {
+        matches!(self.verdict, Verdict::Safe { .. })
+    }
+
+    pub fn to_json(&self) -> String {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut v = serde_json::json!({
+            "schedule": self.schedule, "safe": self.is_safe(), "largest_gap_ms": ms(self.gap.largest),
+            "gap_from": self.gap.from.to_rfc3339(), "gap_to": self.gap.to.to_rfc3339(),
+            "threshold_ms": ms(self.threshold), "max_runtime_ms": ms(self.max_runtime),
+        });
+        match self.verdict {
+            Verdict::Safe { margin } => v["margin_ms"] = ms(margin).into(),
+            Verdict::Unsafe {
+                short_by,
+                smallest_safe,
+            } => {
+                v["short_by_ms"] = ms(short_by).into();
+                v["smallest_safe_threshold_ms"] = ms(smallest_safe).into();
+            }
+        }
+        v.to_string()
+    }
+
+    pub fn to_text(&self) -> String {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let at = |t: DateTime<Utc>, plus: Duration| {
+            (t + chrono::Duration::from_std(plus).unwrap_or_default()).to_rfc3339()
+        };
+        let (s, g) = (&self.schedule, &self.gap);
+        match self.verdict {
+            Verdict::Safe { margin } => format!(
+                "safe: `{s}` fires at most {} apart (e.g. {} to {}); a key just above the {} threshold at one sweep is read by the next within {} (gap + max runtime {}), {} before it expires\n",
+                fmt(g.largest),
+                g.from.to_rfc3339(),
+                g.to.to_rfc3339(),
+                fmt(self.threshold),
+                fmt(g.largest + self.max_runtime),
+                fmt(self.max_runtime),
+                fmt(margin)
+            ),
+            Verdict::Unsafe { smallest_safe, .. } => format!(
+                "UNSAFE: `{s}` fires {} apart from {} to {}: a key whose TTL is just above {} at the sweep of {} expires at {}, before the sweep of {} has read it (it may run until {}). Smallest safe --threshold: {}\n",
+                fmt(g.largest),
+                g.from.to_rfc3339(),
+                g.to.to_rfc3339(),
+                fmt(self.threshold),
+                g.from.to_rfc3339(),
+                at(g.from, self.threshold),
+                g.to.to_rfc3339(),
+                at(g.to, self.max_runtime),
+                fmt(smallest_safe)
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{Datelike, TimeZone, Weekday};
