@@ -132,8 +132,7 @@ impl RunLock {
     }
 }
 
-/// The advisory lock key of sweeps of one pattern (of batch writes with ""): the first 8 bytes of
-/// a SHA-256.
+/// The advisory lock key of sweeps of one pattern: the first 8 bytes of a SHA-256.
 fn lock_key(pattern: &str) -> i64 {
     let h = Sha256::digest(format!("sweeper:{pattern}").as_bytes());
     i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
@@ -192,10 +191,6 @@ impl Store {
             .await
             .map_err(Error::postgres("lock"))?;
         Ok(locked.then_some(RunLock { conn }))
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// Applies the migrations not yet applied; returns the versions it applied.
@@ -376,16 +371,7 @@ impl Store {
         }
         let merged = MessageColumns::of(batch.checkpoints.iter().filter(|c| is_changed(c)));
         if !merged.message_key.is_empty() {
-            added_to.extend(
-                merged
-                    .insert(
-                        include_str!("insert_messages.sql"),
-                        &merged.pos,
-                        run_id,
-                        &mut tx,
-                    )
-                    .await?,
-            );
+            added_to.extend(merged.merge_in(run_id, &mut tx).await?);
             statements += 1;
         }
         let messages_ms = started.elapsed().as_millis() as u64;
@@ -565,19 +551,17 @@ impl<'a> MessageColumns<'a> {
         Ok(rows as usize)
     }
 
-    /// Runs one of the message inserts (`order` is `seq` or `pos`, as the statement expects);
-    /// returns the conversation of each message added.
-    async fn insert(
+    /// Merges the messages of conversations already stored (insert_messages.sql numbers the new
+    /// ones after the stored); returns the conversation of each message added.
+    async fn merge_in(
         &self,
-        sql: &'static str,
-        order: &[i32],
         run_id: Option<i64>,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     ) -> Result<Vec<String>> {
-        sqlx::query_scalar(sql)
+        sqlx::query_scalar(include_str!("insert_messages.sql"))
             .bind(&self.conversation_id)
             .bind(&self.message_key)
-            .bind(order)
+            .bind(&self.pos)
             .bind(&self.message_id)
             .bind(&self.role)
             .bind(&self.content)
