@@ -186,6 +186,30 @@ pub struct RunArgs {
     /// the outage. Must be above --threshold. 0: off.
     #[arg(long, env = "SWEEPER_PROTECT_TTL", default_value = "15m", value_parser = parse_duration)]
     pub protect_ttl: Duration,
+
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// Where the result goes besides stdout.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Results for orchestrators and monitoring")]
+pub struct PublishArgs {
+    /// Also write the JSON summary to this file, whatever happens (e.g. /airflow/xcom/return.json).
+    #[arg(long, env = "SWEEPER_SUMMARY_FILE")]
+    pub summary_file: Option<PathBuf>,
+
+    /// Also write each field of the summary to its own file in this folder (Flyte outputs).
+    #[arg(long, env = "SWEEPER_OUTPUTS_DIR")]
+    pub outputs_dir: Option<PathBuf>,
+
+    /// Write Prometheus metrics to this file, in the node_exporter textfile format (replaced whole).
+    #[arg(long, env = "SWEEPER_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Push Prometheus metrics to this Pushgateway (http://host:9091); a failed push only warns.
+    #[arg(long, env = "SWEEPER_PUSHGATEWAY")]
+    pub pushgateway: Option<String>,
 }
 
 #[derive(Debug, Args)]

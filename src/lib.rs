@@ -14,6 +14,7 @@
 //! - [`store`]: the only code that speaks PostgreSQL: migrations, bulk upserts, rejects, runs.
 //! - [`sweep`]: the pipeline tying them: Redis task -> bounded channel -> Postgres writer.
 //! - [`report`]: the run summary, as text for people or JSON for orchestrators.
+//! - [`publish`]: the summary and metrics in files and on a Pushgateway, for orchestrators.
 //!
 //! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod publish;
 pub mod report;
 pub mod retry;
 pub mod schedule;

@@ -14,6 +14,7 @@ use tracing_subscriber::prelude::*;
 use cli::{Cli, Command, GlobalOpts, LogFormat, Output};
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
+use sweeper::publish::Publish;
 use sweeper::report::StatusReport;
 use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
 use sweeper::shutdown::Shutdown;
@@ -85,72 +86,11 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             Ok(exit::OK)
         }
         Command::Run(r) => {
-            let cfg = SweepConfig {
-                pattern: r.pattern.clone(),
-                threshold: r.threshold,
-                batch_size: r.batch_size as usize,
-                scan_count: r.scan_count as usize,
-                max_value_bytes: r.max_value_bytes,
-                dry_run: r.dry_run,
-                deadline: (!r.deadline.is_zero()).then_some(r.deadline),
-                protect_ttl: r.protect_ttl,
-                writers: r.writers as usize,
-                max_redis_ops_per_sec: r.max_redis_ops_per_sec,
-                ..SweepConfig::default()
-            }
-            .validate()?;
-            if let Some(expr) = &r.schedule {
-                refuse_unsafe_threshold(expr, cfg.threshold, cfg.deadline)?;
-            }
             let shutdown = Shutdown::new();
             shutdown
                 .listen()
                 .map_err(|e| Error::Other(format!("cannot listen for signals: {e}")))?;
-            let redis_url = redis_url(g)?;
-            let source = Source::connect(&redis_url, g.connect_timeout).await?;
-            let store = match r.dry_run {
-                true => None,
-                false => match Store::connect(&database_url(g)?, g.connect_timeout, cfg.writers)
-                    .await
-                {
-                    Ok(store) => Some(store),
-                    Err(e) => return Err(sweep::protect_after(e, &cfg, source, &shutdown).await),
-                },
-            };
-            tracing::info!(
-                redis = %redact_url(&redis_url),
-                pattern = %cfg.pattern,
-                threshold = %humantime::format_duration(cfg.threshold),
-                dry_run = cfg.dry_run,
-                "sweep starting"
-            );
-            let outcome = sweep::run(&cfg, source, store.as_ref(), &shutdown).await?;
-            let summary = &outcome.summary;
-            let c = &summary.counters;
-            tracing::info!(
-                run_id = summary.run_id,
-                status = summary.status.as_str(),
-                scanned = c.scanned,
-                due = c.due,
-                persisted = c.persisted,
-                unchanged = c.unchanged,
-                rejected = c.rejected,
-                no_ttl = c.no_ttl,
-                expired_before_read = c.expired_before_read,
-                protected = c.protected,
-                duration_ms = summary.duration_ms,
-                "sweep finished"
-            );
-            // The summary is printed even for a failed run: orchestrators read its counters.
-            let text = match r.output {
-                Output::Json => summary.to_json() + "\n",
-                Output::Text => summary.to_text(),
-            };
-            print(&text)?;
-            match outcome.error {
-                Some(e) => Err(e),
-                None => Ok(summary.exit_code()),
-            }
+            sweep_and_report(g, r, &shutdown).await
         }
         Command::CheckSchedule(c) => check_schedule(c),
         Command::Status(st) => {
@@ -182,6 +122,115 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// One sweep and everything around it: the settings checked, the servers connected, the summary
+/// printed and published. Returns the exit code of an outcome that is not an error.
+async fn sweep_and_report(
+    g: &GlobalOpts,
+    r: &cli::RunArgs,
+    shutdown: &Shutdown,
+) -> sweeper::Result<u8> {
+    let cfg = run_config(r);
+    let started = std::time::Instant::now();
+    let (outcome, started_sweep) = match prepare(g, r, cfg.clone()) {
+        Ok((cfg, ends)) => {
+            tracing::info!(
+                redis = %redact_url(&ends.redis_url),
+                pattern = %cfg.pattern,
+                threshold = %humantime::format_duration(cfg.threshold),
+                dry_run = cfg.dry_run,
+                "sweep starting"
+            );
+            (sweep::connect_and_run(&cfg, &ends, shutdown).await, true)
+        }
+        Err(e) => (
+            sweep::Outcome::failed(&cfg, e, Default::default(), started.elapsed()),
+            false,
+        ),
+    };
+    let summary = &outcome.summary;
+    let c = &summary.counters;
+    if started_sweep {
+        tracing::info!(
+            run_id = summary.run_id,
+            status = summary.status.as_str(),
+            scanned = c.scanned,
+            due = c.due,
+            persisted = c.persisted,
+            unchanged = c.unchanged,
+            rejected = c.rejected,
+            no_ttl = c.no_ttl,
+            expired_before_read = c.expired_before_read,
+            protected = c.protected,
+            duration_ms = summary.duration_ms,
+            "sweep finished"
+        );
+        // JSON is printed for every run, failed ones included: orchestrators read its counters.
+        // People get the text only when there is more to it than the error line.
+        match r.output {
+            Output::Json => print(&(summary.to_json() + "\n"))?,
+            Output::Text if summary.run_id.is_some() || c.scanned > 0 => print(&summary.to_text())?,
+            Output::Text => {}
+        }
+    }
+    let p = &r.publish;
+    let publish = Publish {
+        summary_file: p.summary_file.clone(),
+        outputs_dir: p.outputs_dir.clone(),
+        metrics_file: p.metrics_file.clone(),
+        pushgateway: p.pushgateway.clone(),
+    };
+    let published = publish
+        .publish(summary, outcome.history.as_ref(), chrono::Utc::now())
+        .await;
+    match (outcome.error, published) {
+        (Some(e), Err(p)) => {
+            tracing::error!(error = %p, "the result could not be published either");
+            Err(e)
+        }
+        (Some(e), Ok(())) => Err(e),
+        (None, Err(p)) => Err(p),
+        (None, Ok(())) => Ok(summary.exit_code()),
+    }
+}
+
+/// The run flags as sweep settings, not yet validated.
+fn run_config(r: &cli::RunArgs) -> SweepConfig {
+    SweepConfig {
+        pattern: r.pattern.clone(),
+        threshold: r.threshold,
+        batch_size: r.batch_size as usize,
+        scan_count: r.scan_count as usize,
+        max_value_bytes: r.max_value_bytes,
+        dry_run: r.dry_run,
+        deadline: (!r.deadline.is_zero()).then_some(r.deadline),
+        protect_ttl: r.protect_ttl,
+        writers: r.writers as usize,
+        max_redis_ops_per_sec: r.max_redis_ops_per_sec,
+        ..SweepConfig::default()
+    }
+}
+
+/// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
+fn prepare(
+    g: &GlobalOpts,
+    r: &cli::RunArgs,
+    cfg: SweepConfig,
+) -> sweeper::Result<(SweepConfig, sweep::Endpoints)> {
+    let cfg = cfg.validate()?;
+    if let Some(expr) = &r.schedule {
+        refuse_unsafe_threshold(expr, cfg.threshold, cfg.deadline)?;
+    }
+    let ends = sweep::Endpoints {
+        redis_url: redis_url(g)?,
+        database_url: match cfg.dry_run {
+            true => None,
+            false => Some(database_url(g)?),
+        },
+        connect_timeout: g.connect_timeout,
+    };
+    Ok((cfg, ends))
 }
 
 /// The last runs, and whether the newest successful one is recent enough.

@@ -6,7 +6,8 @@ use std::fmt::Write;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::error::exit;
+use crate::config::SweepConfig;
+use crate::error::{Error, exit};
 use crate::store::RunRecord;
 
 /// How a run ended, as `sweep_runs.status` and the summary's `status` say it.
@@ -77,6 +78,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<i64>,
     pub status: RunStatus,
+    /// Why the run failed: the line the binary prints on stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// The signal that interrupted the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
@@ -92,6 +96,28 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a sweep that failed before it could read anything but what `counters`
+    /// says (the due keys it protected, when PostgreSQL was the reason).
+    pub fn failed(
+        cfg: &SweepConfig,
+        error: &Error,
+        counters: Counters,
+        duration: std::time::Duration,
+    ) -> Summary {
+        Summary {
+            run_id: None,
+            status: RunStatus::Failed,
+            error: Some(error.to_string()),
+            signal: None,
+            dry_run: cfg.dry_run,
+            pattern: cfg.pattern.clone(),
+            threshold_ms: cfg.threshold.as_millis() as u64,
+            counters,
+            duration_ms: duration.as_millis() as u64,
+            due_keys: None,
+        }
+    }
+
     /// The exit code this outcome gets: 0 ok or skipped, 5 partial, 128 + signal interrupted.
     pub fn exit_code(&self) -> u8 {
         match self.status {
@@ -292,6 +318,7 @@ mod tests {
         Summary {
             run_id: (!dry_run).then_some(7),
             status: RunStatus::Ok,
+            error: None,
             signal: None,
             dry_run,
             pattern: "checkpoint:*".into(),
@@ -367,6 +394,7 @@ mod exit_tests {
         let mut s = Summary {
             run_id: None,
             status: RunStatus::Ok,
+            error: None,
             signal: None,
             dry_run: false,
             pattern: "x*".into(),

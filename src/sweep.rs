@@ -27,7 +27,7 @@ use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
 use crate::shutdown::Shutdown;
 use crate::source::{Source, display_key, fetch_chunks};
-use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
+use crate::store::{Batch, BatchOutcome, RejectRecord, RunHistory, Store};
 
 /// Batches waiting for a writer: Redis reads run this far ahead of the PostgreSQL writes. One
 /// is enough with two writers (PostgreSQL is the slower side); two took 10% more memory at 1M
@@ -59,18 +59,78 @@ enum Stop {
 pub struct Outcome {
     pub summary: Summary,
     pub error: Option<Error>,
+    /// The runs recorded so far, for metrics (None on dry runs or when PostgreSQL is down).
+    pub history: Option<RunHistory>,
+}
+
+/// Where a sweep reads and writes.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub redis_url: String,
+    /// None for a dry run.
+    pub database_url: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+/// Connects and runs one sweep. Always gives a summary: a sweep that could not start is `failed`,
+/// with the error, and counts the due keys it protected when PostgreSQL was the reason.
+pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shutdown) -> Outcome {
+    let started = Instant::now();
+    let failed = |e: Error, c: Counters| Outcome::failed(cfg, e, c, started.elapsed());
+    let source = match Source::connect(&ends.redis_url, ends.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return failed(e, Counters::default()),
+    };
+    let store = match (&ends.database_url, cfg.dry_run) {
+        (Some(url), false) => match Store::connect(url, ends.connect_timeout, cfg.writers).await {
+            Ok(store) => Some(store),
+            Err(e) => {
+                let (e, c) = protect_after(e, cfg, source, shutdown).await;
+                return failed(e, c);
+            }
+        },
+        _ => None,
+    };
+    let mut outcome = run(cfg, source, store.as_ref(), shutdown).await;
+    if let Some(s) = &store {
+        // For metrics: a failure here leaves them out, it does not fail the sweep.
+        outcome.history = s.run_history().await.ok();
+    }
+    outcome
+}
+
+impl Outcome {
+    /// The outcome of a sweep that failed before it could read anything but what `counters` says.
+    pub fn failed(cfg: &SweepConfig, error: Error, counters: Counters, took: Duration) -> Outcome {
+        Outcome {
+            summary: Summary::failed(cfg, &error, counters, took),
+            error: Some(error),
+            history: None,
+        }
+    }
 }
 
 /// Runs one sweep. With `cfg.dry_run`, `store` is not used (and may be None): nothing is written.
-/// An `Err` means the sweep could not start; due keys were protected first when PostgreSQL was
-/// the reason.
 pub async fn run(
     cfg: &SweepConfig,
     source: Source,
     store: Option<&Store>,
     shutdown: &Shutdown,
-) -> Result<Outcome> {
+) -> Outcome {
     let started = Instant::now();
+    match try_run(cfg, source, store, shutdown, started).await {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::failed(cfg, e, Counters::default(), started.elapsed()),
+    }
+}
+
+async fn try_run(
+    cfg: &SweepConfig,
+    source: Source,
+    store: Option<&Store>,
+    shutdown: &Shutdown,
+    started: Instant,
+) -> Result<Outcome> {
     let deadline = cfg.deadline.map(|d| started + d);
     let store = if cfg.dry_run { None } else { store };
     if !cfg.dry_run && store.is_none() {
@@ -87,6 +147,7 @@ pub async fn run(
         threshold_ms: cfg.threshold.as_millis() as u64,
         counters,
         duration_ms: started.elapsed().as_millis() as u64,
+        error: None,
         due_keys,
     };
 
@@ -100,7 +161,10 @@ pub async fn run(
         };
         match setup.await {
             Ok((l, id)) => (lock, run_id) = (l, Some(id)),
-            Err(e) => return Err(protect_after(e, cfg, source, shutdown).await),
+            Err(e) => {
+                let (e, c) = protect_after(e, cfg, source, shutdown).await;
+                return Ok(Outcome::failed(cfg, e, c, started.elapsed()));
+            }
         }
         if lock.is_none() {
             let id = run_id.expect("recorded");
@@ -114,6 +178,7 @@ pub async fn run(
             return Ok(Outcome {
                 summary: summary(RunStatus::Skipped, run_id, c, None),
                 error: None,
+                history: None,
             });
         }
     }
@@ -230,9 +295,12 @@ pub async fn run(
     } else {
         status
     };
+    let mut summary = summary(status, run_id, counters, cfg.dry_run.then_some(due_keys));
+    summary.error = error.as_ref().map(|e| e.to_string());
     Ok(Outcome {
-        summary: summary(status, run_id, counters, cfg.dry_run.then_some(due_keys)),
+        summary,
         error,
+        history: None,
     })
 }
 
@@ -251,9 +319,6 @@ struct Written {
     refused: u64,
 }
 
-/// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
-/// cannot store, an identifier too long for an index), the checkpoints are written one by one and
-/// those it refuses become rejects, so one bad row never blocks the rest. On failure the batch
 /// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
 /// cannot store), the checkpoints are written one by one and those it refuses become rejects, so
 /// one bad row never blocks the rest. Returns what was written, and on failure the error with
@@ -358,31 +423,34 @@ fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {
 
 /// PostgreSQL failed before the sweep could start: scan anyway and raise the TTL of every due key
 /// to `--protect-ttl`, so none expires before a sweep can save it (nothing else changes). Returns
-/// the error, for the caller to report.
-pub async fn protect_after(
+/// the error, for the caller to report, and what the scan counted.
+async fn protect_after(
     error: Error,
     cfg: &SweepConfig,
     source: Source,
     shutdown: &Shutdown,
-) -> Error {
+) -> (Error, Counters) {
     if !matches!(error, Error::Postgres { .. } | Error::NotMigrated { .. })
         || cfg.protect_ttl.is_zero()
         || cfg.dry_run
     {
-        return error;
+        return (error, Counters::default());
     }
     match protect_only(cfg, source, shutdown).await {
-        Ok(c) => tracing::warn!(
-            due = c.due,
-            protected = c.protected,
-            protect_ttl = %humantime::format_duration(cfg.protect_ttl),
-            "PostgreSQL cannot take the sweep: due keys protected until the next sweep"
-        ),
+        Ok(c) => {
+            tracing::warn!(
+                due = c.due,
+                protected = c.protected,
+                protect_ttl = %humantime::format_duration(cfg.protect_ttl),
+                "PostgreSQL cannot take the sweep: due keys protected until the next sweep"
+            );
+            (error, c)
+        }
         Err(e) => {
-            tracing::error!(error = %e, "PostgreSQL cannot take the sweep and the due keys could not be protected")
+            tracing::error!(error = %e, "PostgreSQL cannot take the sweep and the due keys could not be protected");
+            (error, Counters::default())
         }
     }
-    error
 }
 
 /// Scans and raises the TTL of every due key to `--protect-ttl`; reads no value.

@@ -237,11 +237,6 @@ async fn bad_flags_and_urls_are_one_line_and_exit_2() {
 }
 
 /// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn redis_down_is_exit_3_and_one_line_without_the_password() {
     let env = TestEnv::migrated("down").await;

@@ -153,14 +153,6 @@ async fn keys_with_ttl_over(env: &TestEnv, ms: i64) -> usize {
     n
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn postgres_down_at_start_protects_the_due_keys_only_and_exits_4() {
     let env = TestEnv::new("pgdownstart").await;

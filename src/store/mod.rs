@@ -84,6 +84,14 @@ impl RejectRecord {
     }
 }
 
+/// The runs recorded in `sweep_runs`, summed up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunHistory {
+    /// Runs per status (`running` included: a run in progress or one killed before its end).
+    pub by_status: Vec<(String, u64)>,
+    pub last_success: Option<DateTime<Utc>>,
+}
+
 /// A row of `sweep_runs`, as `sweeper status` shows it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RunRecord {
@@ -258,6 +266,21 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(Error::postgres("read runs"))
+    }
+
+    /// How many runs ended with each status, and when the newest `ok` one finished: what the
+    /// metrics export as counters that survive the process.
+    pub async fn run_history(&self) -> Result<RunHistory> {
+        let by_status: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM sweep_runs GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::postgres("read runs"))?;
+        Ok(RunHistory {
+            by_status: by_status.into_iter().map(|(s, n)| (s, n as u64)).collect(),
+            last_success: self.last_success().await?,
+        })
     }
 
     /// Records the start of a run; returns its id.

@@ -235,5 +235,11 @@ pub fn error_line(out: &Output) -> String {
     lines[0].to_string()
 }
 
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 pub const FAR: Option<u64> = Some(3_600_000); // an hour left: not due
 pub const SOON: Option<u64> = Some(120_000); // two minutes left: due
