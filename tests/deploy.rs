@@ -40,9 +40,9 @@ fn has(doc: &str, line: &str) -> bool {
     doc.lines().any(|l| l.trim() == line)
 }
 
-#[test]
-fn the_cronjob_keeps_the_policy() {
-    let doc = read("k8s/cronjob.yaml");
+/// Our policy for a sweeping CronJob (k8s/cronjob.yaml and k8s/cronjob-sharded.yaml alike).
+fn keeps_the_policy(doc: &str) {
+    let doc = doc.to_string();
     assert_eq!(value(&doc, "kind"), "CronJob");
     assert_eq!(value(&doc, "schedule"), "*/5 * * * *");
     assert_eq!(value(&doc, "concurrencyPolicy"), "Forbid");
@@ -102,8 +102,56 @@ fn the_cronjob_keeps_the_policy() {
 }
 
 #[test]
-fn the_cronjob_schedule_saves_every_key() {
-    let doc = read("k8s/cronjob.yaml");
+fn the_cronjob_keeps_the_policy() {
+    keeps_the_policy(&read("k8s/cronjob.yaml"));
+}
+
+#[test]
+fn the_sharded_cronjob_keeps_the_policy_and_runs_one_pod_per_shard() {
+    let doc = read("k8s/cronjob-sharded.yaml");
+    keeps_the_policy(&doc);
+    // Not the unsharded CronJob's name: both may be applied in turn while switching.
+    assert_eq!(value(&doc, "name"), "sweeper-sharded");
+    // An Indexed Job: Kubernetes sets JOB_COMPLETION_INDEX (0..completions) in each pod, which
+    // `--shards N` reads; one pod per shard, all at once, so each shard has the whole deadline.
+    assert_eq!(value(&doc, "completionMode"), "Indexed");
+    let completions: u32 = value(&doc, "completions").parse().unwrap();
+    let parallelism: u32 = value(&doc, "parallelism").parse().unwrap();
+    let args = doc
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("args:"))
+        .expect("args");
+    let args: Vec<String> = args
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|a| a.trim().trim_matches('"').to_string())
+        .collect();
+    assert_eq!(args[0], "run");
+    let at = args
+        .iter()
+        .position(|a| a == "--shards")
+        .expect("--shards in args");
+    let shards: u32 = args[at + 1].parse().unwrap();
+    assert!(shards > 1, "{shards} shards");
+    assert_eq!(completions, shards, "one completion index per shard");
+    assert_eq!(parallelism, shards, "every shard runs at once");
+    // The index comes from Kubernetes, not from a fixed --shard I/N or SWEEPER_SHARD.
+    assert!(!args.iter().any(|a| a == "--shard") && !doc.contains("name: SWEEPER_SHARD"));
+    assert!(!doc.contains("name: JOB_COMPLETION_INDEX"));
+}
+
+#[test]
+fn the_cronjob_schedules_save_every_key() {
+    for file in ["k8s/cronjob.yaml", "k8s/cronjob-sharded.yaml"] {
+        schedule_saves_every_key(&read(file));
+    }
+}
+
+fn schedule_saves_every_key(doc: &str) {
+    let doc = doc.to_string();
     let active: u64 = value(&doc, "activeDeadlineSeconds").parse().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sweeper"))
         .args(["check-schedule", "--schedule", &value(&doc, "schedule")])
@@ -128,7 +176,7 @@ fn the_migrate_job_and_kustomization_tie_together() {
     let kustomization = read("k8s/kustomization.yaml");
     for file in ["migrate-job.yaml", "cronjob.yaml"] {
         assert!(
-            kustomization.contains(&format!("- {file}")),
+            has(&kustomization, &format!("- {file}")),
             "{file} not in the kustomization"
         );
         assert!(
@@ -138,6 +186,16 @@ fn the_migrate_job_and_kustomization_tie_together() {
                 .exists()
         );
     }
+    // The sharded CronJob replaces cronjob.yaml when chosen, never runs beside it: listed both,
+    // the unsharded sweep and the shards would sweep the same keys.
+    assert!(
+        !has(&kustomization, "- cronjob-sharded.yaml"),
+        "the kustomization lists the sharded CronJob too"
+    );
+    assert!(
+        kustomization.contains("cronjob-sharded.yaml"),
+        "the alternative is named"
+    );
 }
 
 #[test]
