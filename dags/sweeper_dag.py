@@ -1,0 +1,134 @@
+"""Airflow DAGs running `sweeper run` every five minutes (Airflow 3.3).
+
+- `sweeper`: a KubernetesPodOperator on the sweeper image, the URLs from the Kubernetes Secret
+  `sweeper` (the one k8s/cronjob.yaml mounts), the JSON summary pushed to XCom through
+  `--summary-file /airflow/xcom/return.json`.
+- `sweeper_local`: for installs without Kubernetes, a BashOperator running the binary on the
+  worker (`SWEEPER_BIN`, default `sweeper` on PATH), with REDIS_URL and DATABASE_URL from the
+  worker's environment; the JSON summary (stdout's last line) goes to XCom.
+
+The schedule, the threshold and the timeouts go together, as in k8s/cronjob.yaml:
+`sweeper check-schedule --schedule '*/5 * * * *' --threshold 10m --max-runtime 270s` passes, and
+each run passes `--schedule` so sweeper itself refuses a threshold the schedule cannot keep.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.secret import Secret
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
+from kubernetes.client import models as k8s
+
+# Shared by both DAGs: the schedule and the limits that make it safe.
+SCHEDULE = "*/5 * * * *"
+THRESHOLD = "10m"
+# sweeper's own deadline: it stops scanning and saves what it read (exit 5, status partial)...
+RUN_DEADLINE = "4m"
+# ...before Airflow kills the task, and both are under the 5-minute gap between runs.
+EXECUTION_TIMEOUT = timedelta(minutes=4, seconds=30)
+# One quick retry, for a failure at start (a server briefly unreachable). A retry that makes the
+# run late only delays the next run (max_active_runs=1, and sweeper's lock skips an overlap).
+RETRIES = 1
+RETRY_DELAY = timedelta(seconds=30)
+
+RUN_ENV = {
+    "SWEEPER_THRESHOLD": THRESHOLD,
+    "SWEEPER_DEADLINE": RUN_DEADLINE,
+    "SWEEPER_SCHEDULE": SCHEDULE,
+    "SWEEPER_LOG_FORMAT": "json",
+}
+
+# The image: `SWEEPER_IMAGE` in the scheduler's environment sets the default, the Airflow Variable
+# `sweeper_image` overrides it per run without a redeploy (read when the task runs, not at parse).
+DEFAULT_IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
+IMAGE = "{{ var.value.get('sweeper_image', '%s') }}" % DEFAULT_IMAGE
+# The Kubernetes namespace holding the Secret `sweeper`.
+NAMESPACE = os.environ.get("SWEEPER_NAMESPACE", "default")
+
+DEFAULT_ARGS = {
+    "owner": "sweeper",
+    "retries": RETRIES,
+    "retry_delay": RETRY_DELAY,
+    "execution_timeout": EXECUTION_TIMEOUT,
+}
+
+
+def _dag(dag_id: str, doc: str) -> DAG:
+    return DAG(
+        dag_id=dag_id,
+        doc_md=doc,
+        schedule=SCHEDULE,
+        start_date=datetime(2026, 1, 1),
+        # Only the latest sweep matters: a missed one is not worth running late.
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["sweeper"],
+    )
+
+
+with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summary in XCom."):
+    KubernetesPodOperator(
+        task_id="sweep",
+        name="sweeper",
+        namespace=NAMESPACE,
+        image=IMAGE,
+        # The image's entrypoint is the binary: these are its arguments. The summary file is what the
+        # xcom sidecar reads; sweeper writes it even for a failed run.
+        arguments=[
+            "run",
+            "--output",
+            "json",
+            "--summary-file",
+            "/airflow/xcom/return.json",
+        ],
+        env_vars=RUN_ENV,
+        # The URLs as env from the Secret k8s/ uses (keys redis-url, database-url): a reference,
+        # so no URL or password is in the DAG or the pod spec.
+        secrets=[
+            Secret("env", "REDIS_URL", "sweeper", "redis-url"),
+            Secret("env", "DATABASE_URL", "sweeper", "database-url"),
+        ],
+        do_xcom_push=True,
+        get_logs=True,
+        on_finish_action="delete_pod",
+        # Kubernetes kills the pod too if the task's timeout somehow did not.
+        active_deadline_seconds=int(EXECUTION_TIMEOUT.total_seconds()),
+        automount_service_account_token=False,
+        # The same locked-down pod as k8s/cronjob.yaml.
+        security_context=k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=65532,
+            run_as_group=65532,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        container_security_context=k8s.V1SecurityContext(
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "250m", "memory": "128Mi"},
+            limits={"cpu": "1", "memory": "256Mi"},
+        ),
+    )
+
+
+with _dag("sweeper_local", "`sweeper run` on the worker (no Kubernetes); the JSON summary in XCom."):
+    BashOperator(
+        task_id="sweep",
+        # `exec`: sweeper's exit status is the task's, and the timeout's SIGTERM reaches it (it then
+        # saves what it read). Never piped: a pipe would report the last command's status instead.
+        bash_command='exec "${SWEEPER_BIN:-sweeper}" run --output json',
+        # The worker's environment (REDIS_URL, DATABASE_URL, SWEEPER_BIN, PATH) plus the run policy.
+        env=RUN_ENV,
+        append_env=True,
+        # Every non-zero exit fails the task: by default exit 99 would mark it skipped.
+        skip_on_exit_code=None,
+        # The last line of output is the JSON summary (logs go to stderr before it).
+        do_xcom_push=True,
+    )
