@@ -89,6 +89,10 @@ pub enum Command {
     Migrate,
     /// Sweep once: save every conversation whose checkpoint TTL is under the threshold.
     Run(RunArgs),
+    /// Sweep on --schedule, for installs with no orchestrator: one sweep at a time, at once on
+    /// start, a firing missed while a sweep ran over swept once; SIGTERM or SIGINT lets the sweep
+    /// in flight finish, then exits 0 (a second signal exits at once).
+    Daemon(RunArgs),
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
     /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the

@@ -18,11 +18,13 @@
 //!
 //! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
-//! [`schedule`] (cron expressions and whether a schedule can lose a key),
+//! [`schedule`] (cron expressions and whether a schedule can lose a key), [`daemon`] (sweeps on a
+//! schedule without an orchestrator),
 //! [`simulate`] (plays the chat service to seed demos, tests and benchmarks).
 
 pub mod checkpoint;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod layout;
 pub mod publish;

@@ -21,7 +21,7 @@ use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
 use sweeper::store::Store;
-use sweeper::sweep;
+use sweeper::{daemon, sweep};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -90,7 +90,30 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             shutdown
                 .listen()
                 .map_err(|e| Error::Other(format!("cannot listen for signals: {e}")))?;
-            sweep_and_report(g, r, &shutdown).await
+            sweep_and_report(r, prepare(g, r), &shutdown).await
+        }
+        Command::Daemon(r) => {
+            let expr = r.schedule.as_deref().ok_or_else(|| {
+                Error::Usage("daemon needs --schedule (or SWEEPER_SCHEDULE)".into())
+            })?;
+            let schedule: CronSchedule = expr
+                .parse()
+                .map_err(|e: String| Error::Usage(format!("--schedule {e}")))?;
+            // Settings errors stop the daemon before it starts, not at every firing.
+            let prepared = prepare(g, r)?;
+            let signals = Shutdown::new();
+            signals
+                .listen()
+                .map_err(|e| Error::Other(format!("cannot listen for signals: {e}")))?;
+            daemon::run(&schedule, &signals, || async {
+                // Not the listening one: the sweep in flight is not cut short by the signal.
+                let prepared = Ok(prepared.clone());
+                if let Err(e) = sweep_and_report(r, prepared, &Shutdown::new()).await {
+                    tracing::error!(exit_code = e.exit_code(), "sweep failed: {e}");
+                }
+            })
+            .await;
+            Ok(exit::OK)
         }
         Command::CheckSchedule(c) => check_schedule(c),
         Command::Status(st) => {
@@ -127,13 +150,12 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
 /// One sweep and everything around it: the settings checked, the servers connected, the summary
 /// printed and published. Returns the exit code of an outcome that is not an error.
 async fn sweep_and_report(
-    g: &GlobalOpts,
     r: &cli::RunArgs,
+    prepared: sweeper::Result<(SweepConfig, sweep::Endpoints)>,
     shutdown: &Shutdown,
 ) -> sweeper::Result<u8> {
-    let cfg = run_config(r);
     let started = std::time::Instant::now();
-    let (outcome, started_sweep) = match prepare(g, r, cfg.clone()) {
+    let (outcome, started_sweep) = match prepared {
         Ok((cfg, ends)) => {
             tracing::info!(
                 redis = %redact_url(&ends.redis_url),
@@ -144,10 +166,11 @@ async fn sweep_and_report(
             );
             (sweep::connect_and_run(&cfg, &ends, shutdown).await, true)
         }
-        Err(e) => (
-            sweep::Outcome::failed(&cfg, e, Default::default(), started.elapsed()),
-            false,
-        ),
+        Err(e) => {
+            let cfg = run_config(r);
+            let outcome = sweep::Outcome::failed(&cfg, e, Default::default(), started.elapsed());
+            (outcome, false)
+        }
     };
     let summary = &outcome.summary;
     let c = &summary.counters;
@@ -213,12 +236,8 @@ fn run_config(r: &cli::RunArgs) -> SweepConfig {
 }
 
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
-fn prepare(
-    g: &GlobalOpts,
-    r: &cli::RunArgs,
-    cfg: SweepConfig,
-) -> sweeper::Result<(SweepConfig, sweep::Endpoints)> {
-    let cfg = cfg.validate()?;
+fn prepare(g: &GlobalOpts, r: &cli::RunArgs) -> sweeper::Result<(SweepConfig, sweep::Endpoints)> {
+    let cfg = run_config(r).validate()?;
     if let Some(expr) = &r.schedule {
         refuse_unsafe_threshold(expr, cfg.threshold, cfg.deadline)?;
     }

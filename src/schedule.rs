@@ -159,6 +159,47 @@ impl CronSchedule {
     }
 }
 
+/// When the next sweep of a daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextSweep {
+    /// When to start it.
+    pub at: DateTime<Utc>,
+    /// The firing it stands for (the next one is looked for after it).
+    pub firing: DateTime<Utc>,
+    /// Firings that passed while the last sweep ran and are dropped: they all run as this one.
+    pub dropped: u64,
+}
+
+impl CronSchedule {
+    /// The sweep after the one of firing `last`, as of `now`: the next firing, or when the last
+    /// sweep ran over one or more firings, now, once (a burst of catch-up sweeps would only
+    /// re-read the same keys). None when the schedule never fires again.
+    pub fn next_sweep(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Option<NextSweep> {
+        let mut firings = self.inner.after(&last);
+        let first = firings.next()?;
+        if first > now {
+            return Some(NextSweep {
+                at: first,
+                firing: first,
+                dropped: 0,
+            });
+        }
+        let (mut firing, mut dropped) = (first, 0);
+        for t in firings.take(MAX_FIRINGS as usize) {
+            if t > now {
+                break;
+            }
+            firing = t;
+            dropped += 1;
+        }
+        Some(NextSweep {
+            at: now,
+            firing,
+            dropped,
+        })
+    }
+}
+
 /// Whether a sweep on a schedule with largest gap `gap`, each running up to `max_runtime`, saves
 /// every key before it expires with `threshold`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +323,27 @@ mod tests {
 
     fn start() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_daemon_sweeps_on_the_next_firing_and_once_for_firings_it_ran_over() {
+        let s: CronSchedule = "*/5 * * * *".parse().unwrap();
+        let at = |m: u32, sec: u32| Utc.with_ymd_and_hms(2026, 1, 1, 0, m, sec).unwrap();
+        // On time: the sweep of 00:00 ended at 00:01:30; the next is 00:05.
+        let n = s.next_sweep(at(0, 0), at(1, 30)).unwrap();
+        assert_eq!((n.at, n.firing, n.dropped), (at(5, 0), at(5, 0), 0));
+        // Ran over one firing (ended 00:07): once, now, standing for 00:05.
+        let n = s.next_sweep(at(0, 0), at(7, 0)).unwrap();
+        assert_eq!((n.at, n.firing, n.dropped), (at(7, 0), at(5, 0), 0));
+        // Ran over three (ended 00:17): still once, standing for 00:15; two dropped.
+        let n = s.next_sweep(at(0, 0), at(17, 0)).unwrap();
+        assert_eq!((n.at, n.firing, n.dropped), (at(17, 0), at(15, 0), 2));
+        // The one after that catch-up sweep is the next regular firing.
+        let n = s.next_sweep(n.firing, at(18, 0)).unwrap();
+        assert_eq!(n.at, at(20, 0));
+        // A firing exactly at `now` is due now.
+        let n = s.next_sweep(at(0, 0), at(5, 0)).unwrap();
+        assert_eq!((n.at, n.dropped), (at(5, 0), 0));
     }
 
     fn gap(expr: &str) -> Gap {

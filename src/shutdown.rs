@@ -4,11 +4,20 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use tokio::sync::Notify;
+
 pub const SIGINT: i32 = 2;
 pub const SIGTERM: i32 = 15;
 
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown(Arc<AtomicI32>);
+pub struct Shutdown(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    signal: AtomicI32,
+    /// Wakes whoever waits for the signal (the daemon between sweeps).
+    notify: Notify,
+}
 
 impl Shutdown {
     pub fn new() -> Shutdown {
@@ -19,12 +28,28 @@ impl Shutdown {
     pub fn trigger(&self, signal: i32) {
         let _ = self
             .0
+            .signal
             .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Returns once a signal has been received.
+    pub async fn wait(&self) {
+        loop {
+            // Registered before the check, so a signal between the two is not missed.
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.signal().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The signal received, if any.
     pub fn signal(&self) -> Option<i32> {
-        match self.0.load(Ordering::SeqCst) {
+        match self.0.signal.load(Ordering::SeqCst) {
             0 => None,
             s => Some(s),
         }
@@ -69,5 +94,23 @@ mod tests {
         s.clone().trigger(SIGTERM);
         s.trigger(SIGINT);
         assert_eq!(s.signal(), Some(SIGTERM));
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_with_the_signal() {
+        let s = Shutdown::new();
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.wait().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        s.trigger(SIGINT);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        // Already signalled: returns at once.
+        s.wait().await;
     }
 }
