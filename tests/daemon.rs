@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 use common::*;
 use serde_json::Value;
 
+/// A row of sweep_runs: id, started_at, finished_at, status.
+type Run = (i64, DateTime<Utc>, Option<DateTime<Utc>>, String);
+
 fn spawn_daemon(env: &TestEnv, schedule: &str) -> Child {
     env.command()
         .args(["daemon", "--schedule", schedule, "--output", "json"])
@@ -84,7 +87,7 @@ async fn the_daemon_sweeps_on_schedule_one_at_a_time_and_stops_on_sigterm() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let runs: Vec<(i64, DateTime<Utc>, Option<DateTime<Utc>>, String)> =
+    let runs: Vec<Run> =
         sqlx::query_as("SELECT id, started_at, finished_at, status FROM sweep_runs ORDER BY id")
             .fetch_all(&env.pg)
             .await
