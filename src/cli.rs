@@ -93,6 +93,10 @@ pub enum Command {
     /// start, a firing missed while a sweep ran over swept once; SIGTERM or SIGINT lets the sweep
     /// in flight finish, then exits 0 (a second signal exits at once).
     Daemon(RunArgs),
+    /// What the keyspace holds, before trusting a sweep: keys matching, types, keys without TTL,
+    /// a histogram of TTL left around the threshold, the largest values, sample keys. Reads no
+    /// value.
+    Inspect(InspectArgs),
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
     /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the
@@ -214,6 +218,37 @@ pub struct PublishArgs {
     /// Push Prometheus metrics to this Pushgateway (http://host:9091); a failed push only warns.
     #[arg(long, env = "SWEEPER_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// SCAN MATCH pattern of checkpoint keys.
+    #[arg(long = "match", env = "SWEEPER_MATCH", default_value = "checkpoint:*")]
+    pub pattern: String,
+
+    /// The threshold a sweep would use: the histogram marks what is under it.
+    #[arg(long, env = "SWEEPER_THRESHOLD", default_value = "10m", value_parser = parse_duration)]
+    pub threshold: Duration,
+
+    /// COUNT hint for each SCAN step.
+    #[arg(long, env = "SWEEPER_SCAN_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub scan_count: u64,
+
+    /// At most this many Redis commands per second. 0: no limit.
+    #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
+    pub max_redis_ops_per_sec: u32,
+
+    /// How many of the largest values to list.
+    #[arg(long, env = "SWEEPER_INSPECT_TOP", default_value_t = 10)]
+    pub top: usize,
+
+    /// How many keys to show, picked at random.
+    #[arg(long, env = "SWEEPER_INSPECT_SAMPLES", default_value_t = 5)]
+    pub samples: usize,
+
+    /// Output format on stdout.
+    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 
 /// What a sweep needs to know. Build it with struct update syntax over `Default` and call
 /// [`SweepConfig::validate`].
@@ -32,6 +33,8 @@ pub struct SweepConfig {
     pub writers: usize,
     /// At most this many Redis commands per second (0: no limit).
     pub max_redis_ops_per_sec: u32,
+    /// Where the scan reports how far it got (hidden unless a person watches a terminal).
+    pub progress: Progress,
 }
 
 impl Default for SweepConfig {
@@ -48,6 +51,7 @@ impl Default for SweepConfig {
             protect_ttl: Duration::from_secs(900),
             writers: 2,
             max_redis_ops_per_sec: 0,
+            progress: Progress::default(),
         }
     }
 }

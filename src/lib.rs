@@ -20,13 +20,16 @@
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
 //! [`schedule`] (cron expressions and whether a schedule can lose a key), [`daemon`] (sweeps on a
 //! schedule without an orchestrator),
-//! [`simulate`] (plays the chat service to seed demos, tests and benchmarks).
+//! [`simulate`] (plays the chat service to seed demos, tests and benchmarks), [`inspect`] (what
+//! the keyspace holds, before trusting a sweep), [`progress`] (a spinner for people at a terminal).
 
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod inspect;
 pub mod layout;
+pub mod progress;
 pub mod publish;
 pub mod report;
 pub mod retry;

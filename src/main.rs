@@ -14,6 +14,8 @@ use tracing_subscriber::prelude::*;
 use cli::{Cli, Command, GlobalOpts, LogFormat, Output};
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
+use sweeper::inspect::{InspectConfig, inspect};
+use sweeper::progress::Progress;
 use sweeper::publish::Publish;
 use sweeper::report::StatusReport;
 use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
@@ -90,7 +92,11 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             shutdown
                 .listen()
                 .map_err(|e| Error::Other(format!("cannot listen for signals: {e}")))?;
-            sweep_and_report(r, prepare(g, r), &shutdown).await
+            let prepared = prepare(g, r).map(|(cfg, ends)| {
+                let progress = Progress::on_terminal();
+                (SweepConfig { progress, ..cfg }, ends)
+            });
+            sweep_and_report(r, prepared, &shutdown).await
         }
         Command::Daemon(r) => {
             let expr = r.schedule.as_deref().ok_or_else(|| {
@@ -116,6 +122,23 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             Ok(exit::OK)
         }
         Command::CheckSchedule(c) => check_schedule(c),
+        Command::Inspect(i) => {
+            let cfg = InspectConfig {
+                pattern: i.pattern.clone(),
+                threshold: i.threshold,
+                scan_count: i.scan_count as usize,
+                top: i.top,
+                samples: i.samples,
+            };
+            let mut source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            source.set_rate_limit(i.max_redis_ops_per_sec);
+            let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
+            print(&match i.output {
+                Output::Json => report.to_json() + "\n",
+                Output::Text => report.to_text(),
+            })?;
+            Ok(exit::OK)
+        }
         Command::Status(st) => {
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             store.ensure_migrated().await?;

@@ -542,6 +542,7 @@ impl Reader {
         tx: mpsc::Sender<ReadBatch>,
     ) -> (Counters, Stop, Option<Error>) {
         let result = self.scan(&mut source, &tx).await;
+        self.cfg.progress.finish();
         if result.is_err() {
             // What was read before Redis failed is still written.
             self.send(&tx).await;
@@ -578,6 +579,9 @@ impl Reader {
                 .await?;
             self.counters.scanned += keys.len() as u64;
             let due = self.select(source, keys).await?;
+            self.cfg
+                .progress
+                .update(self.counters.scanned, self.counters.due + due.len() as u64);
             if self.store_down.load(Ordering::SeqCst) {
                 if self.cfg.protect_ttl.is_zero() {
                     return Ok(Stop::WriterGone);

@@ -1,0 +1,141 @@
+//! `sweeper inspect` on a real Redis: counts, types, the TTL histogram around the threshold, the
+//! largest values and samples; it changes nothing. And the spinner: on a terminal only.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+async fn seed_mixed(env: &TestEnv) {
+    for i in 0..3 {
+        env.set(&format!("due{i}"), &doc(None, &["a"]), SOON).await;
+    }
+    for i in 0..2 {
+        env.set(&format!("later{i}"), &doc(None, &["a"]), Some(20 * 60_000))
+            .await;
+    }
+    env.set("forever", &doc(None, &["a"]), None).await;
+    env.set_raw("big", "x".repeat(100_000), Some(2 * 3_600_000))
+        .await;
+    let () = env
+        .redis_cmd(redis::cmd("HSET").arg(env.key("hash")).arg("f").arg("v"))
+        .await;
+}
+
+#[tokio::test]
+async fn inspect_sums_up_the_keyspace_and_changes_nothing() {
+    let env = TestEnv::new("inspect").await;
+    seed_mixed(&env).await;
+    let out = env
+        .command()
+        .args(["inspect", "--match", &env.pattern(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["keys"], 8, "{r}");
+    assert_eq!(r["types"]["string"], 7);
+    assert_eq!(r["types"]["hash"], 1);
+    assert_eq!(r["due"], 3);
+    assert_eq!(r["no_ttl"], 2, "the plain key and the hash");
+    let bucket = |from_min: u64| {
+        r["ttl_histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["from_ms"] == from_min * 60_000)
+            .unwrap_or_else(|| panic!("no bucket from {from_min}m in {r}"))
+            .clone()
+    };
+    assert_eq!(bucket(1)["keys"], 3);
+    assert_eq!(bucket(1)["due"], true);
+    assert_eq!(bucket(5)["to_ms"], 600_000, "the threshold is a bound");
+    assert_eq!(bucket(15)["keys"], 2);
+    assert_eq!(bucket(15)["due"], false);
+    assert_eq!(bucket(60)["keys"], 1);
+    let total: u64 = r["ttl_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["keys"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 6, "every key with a TTL in one bucket");
+    assert_eq!(r["largest"][0]["key"], env.key("big"));
+    assert_eq!(r["largest"][0]["bytes"], 100_000);
+    assert_eq!(r["samples"].as_array().unwrap().len(), 5);
+    assert!(
+        r["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.as_str().unwrap().starts_with(&env.prefix))
+    );
+
+    // Nothing changed: TTLs as they were, no key persisted anywhere.
+    let pttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key("due0"))).await;
+    assert!(pttl > 100_000 && pttl <= 120_000, "{pttl}");
+    let ttl: i64 = env
+        .redis_cmd(redis::cmd("PTTL").arg(env.key("forever")))
+        .await;
+    assert_eq!(ttl, -1);
+
+    let text = env
+        .command()
+        .args(["inspect", "--match", &env.pattern()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("8 keys match"), "{text}");
+    assert!(text.contains("<- threshold"), "{text}");
+    assert!(text.contains("never saved"), "{text}");
+    assert!(text.contains("3 due now"), "{text}");
+}
+
+#[tokio::test]
+async fn the_spinner_shows_on_a_terminal_only() {
+    let env = TestEnv::new("inspect_tty").await;
+    seed_mixed(&env).await;
+    let bin = env!("CARGO_BIN_EXE_sweeper");
+    let piped = env
+        .command()
+        .args(["inspect", "--match", &env.pattern()])
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    assert!(
+        !stderr(&piped).contains("keys scanned"),
+        "{}",
+        stderr(&piped)
+    );
+
+    // `script` runs the command on a pseudo-terminal and copies what it shows.
+    let shown = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{bin} inspect --match '{}'", env.pattern()),
+            "/dev/null",
+        ])
+        .env("REDIS_URL", &env.redis_url)
+        .output()
+        .expect("script (util-linux) runs");
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let all = String::from_utf8_lossy(&shown.stdout);
+    assert!(all.contains("keys scanned"), "{all}");
+    assert!(all.contains("8 keys match"), "{all}");
+
+    // The same for a sweep (a dry run here).
+    let shown = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{bin} -q run --dry-run --match '{}'", env.pattern()),
+            "/dev/null",
+        ])
+        .env("REDIS_URL", &env.redis_url)
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&shown.stdout);
+    assert!(all.contains("keys scanned, 3 due"), "{all}");
+    assert!(all.contains("dry run: 8 keys"), "{all}");
+}
