@@ -6,7 +6,7 @@ CARGO   ?= cargo
 SERVERS := tests/servers.sh exec --
 SWEEPER := target/release/sweeper
 
-.PHONY: all build test unit soak bench bench-quick demo demo-steps lint fmt image clean
+.PHONY: all build test test-orchestrators unit soak bench bench-quick demo demo-steps lint fmt image clean
 
 IMAGE ?= sweeper:dev
 
@@ -17,8 +17,16 @@ all: build
 build:
 	$(CARGO) build --release --locked
 
+# The Rust tests, then the orchestrator checks (tests/orchestrators/check.sh) on the same servers.
 test:
-	$(SERVERS) $(CARGO) test --locked --lib --bins --tests
+	$(SERVERS) sh -c '$(CARGO) test --locked --lib --bins --tests && tests/orchestrators/check.sh target/debug/sweeper'
+
+# Only the orchestrator checks: the k8s manifests (kubernetes-validate, checkov), the Dockerfile
+# (hadolint), the Airflow DAGs (DagBag; `airflow dags test` for real) and the Flyte workflow
+# (pyflyte package), with tools from cached venvs (built once: about 75s, in parallel).
+test-orchestrators:
+	$(CARGO) build --locked --bin sweeper
+	$(SERVERS) tests/orchestrators/check.sh target/debug/sweeper
 
 # The zero-loss soak test, long: `make soak DURATION=30m` (make test runs it for 60s).
 soak:

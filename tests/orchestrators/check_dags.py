@@ -1,0 +1,88 @@
+"""Airflow's DagBag imports dags/ with no import error, and both DAGs have the policy they must have.
+
+Run with the Airflow venv's python, AIRFLOW_HOME in a temp dir, AIRFLOW__CORE__DAGS_FOLDER=dags and
+AIRFLOW__CORE__LOAD_EXAMPLES=False. Exits 1 with every failed expectation listed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from datetime import timedelta
+
+from airflow.dag_processing.dagbag import DagBag
+
+failures: list[str] = []
+
+
+def expect(cond: bool, what: str) -> None:
+    print(("  ok    " if cond else "  FAIL  ") + what)
+    if not cond:
+        failures.append(what)
+
+
+folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
+bag = DagBag(dag_folder=folder)
+
+expect(not bag.import_errors, f"no import errors in {folder}: {dict(bag.import_errors)}")
+expect(set(bag.dag_ids) == {"sweeper", "sweeper_local"}, f"exactly the two DAGs: {sorted(bag.dag_ids)}")
+# dags/.airflowignore keeps Airflow from importing the Flyte workflow (no flytekit here).
+expect(
+    not any("sweeper_flyte" in str(s.file) for s in bag.dagbag_stats),
+    f"sweeper_flyte.py is ignored: parsed {[str(s.file) for s in bag.dagbag_stats]}",
+)
+
+LIMIT = timedelta(minutes=5)
+for dag_id in ("sweeper", "sweeper_local"):
+    dag = bag.dags.get(dag_id)
+    if dag is None:
+        continue
+    print(f"{dag_id}:")
+    tasks = dag.tasks
+    expect(len(tasks) == 1, f"one task: {[t.task_id for t in tasks]}")
+    task = tasks[0]
+    expect(dag.schedule == "*/5 * * * *", f"schedule {dag.schedule!r}")
+    expect(dag.catchup is False, f"catchup {dag.catchup}")
+    expect(dag.max_active_runs == 1, f"max_active_runs {dag.max_active_runs}")
+    expect(task.retries >= 1, f"retries {task.retries}")
+    expect(task.retry_delay > timedelta(0), f"retry_delay {task.retry_delay}")
+    timeout = task.execution_timeout
+    expect(timeout is not None and timeout < LIMIT, f"execution_timeout {timeout} under the 5-minute gap")
+    expect(task.do_xcom_push is True, "do_xcom_push")
+    env = task.env_vars if dag_id == "sweeper" else task.env
+    env = {e.name: e.value for e in env} if isinstance(env, list) else dict(env or {})
+    expect(env.get("SWEEPER_SCHEDULE") == dag.schedule, f"SWEEPER_SCHEDULE is the DAG's schedule: {env}")
+    expect(env.get("SWEEPER_DEADLINE") == "4m" and timeout is not None and timeout > timedelta(minutes=4),
+           "sweeper's --deadline (4m) ends the run before execution_timeout")
+
+    if dag_id == "sweeper":
+        expect(type(task).__name__ == "KubernetesPodOperator", f"a KubernetesPodOperator: {type(task).__name__}")
+        args = list(task.arguments)
+        joined = " ".join(args)
+        expect(args[:3] == ["run", "--output", "json"], f"arguments {args}")
+        expect("--summary-file /airflow/xcom/return.json" in joined, "--summary-file /airflow/xcom/return.json")
+        expect("sweeper" in task.image and "var.value" in task.image, f"image from the Variable, defaulted: {task.image}")
+        secrets = {(s.deploy_target, s.secret, s.key) for s in task.secrets}
+        expect(secrets == {("REDIS_URL", "sweeper", "redis-url"), ("DATABASE_URL", "sweeper", "database-url")},
+               f"URLs as env from the Secret sweeper: {sorted(secrets)}")
+        expect(not any("://" in str(v) for v in env.values()), "no URL in the pod's env")
+        csc = task.container_security_context
+        expect(csc is not None and csc.read_only_root_filesystem and not csc.allow_privilege_escalation
+               and csc.capabilities.drop == ["ALL"], "locked-down container")
+        psc = task.security_context
+        expect(psc is not None and psc.run_as_non_root, "non-root pod")
+    else:
+        expect(type(task).__name__ == "BashOperator", f"a BashOperator: {type(task).__name__}")
+        cmd = task.bash_command
+        expect("|" not in cmd, f"the command is not piped: {cmd!r}")
+        words = shlex.split(cmd)
+        expect(words[0] == "exec" and "SWEEPER_BIN" in words[1] and words[2:5] == ["run", "--output", "json"],
+               f"execs $SWEEPER_BIN run --output json: {words}")
+        expect(task.skip_on_exit_code is None or not task.skip_on_exit_code, f"no exit code skips: {task.skip_on_exit_code}")
+        expect(task.append_env is True, "the worker's environment is kept (REDIS_URL, DATABASE_URL, PATH)")
+
+if failures:
+    print(f"check_dags: {len(failures)} failed")
+    sys.exit(1)
+print("check_dags: all ok")

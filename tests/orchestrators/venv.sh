@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A cached virtualenv for the orchestrator checks:
+#
+#   tests/orchestrators/venv.sh NAME      # NAME: airflow | flyte | lint
+#
+# prints the path of a venv holding tests/orchestrators/requirements-NAME.txt, building it the first
+# time only: ${SWEEPER_VENV_ROOT:-$HOME/.cache/sweeper/venvs}/NAME-<first 12 hex of a sha256 of the
+# file, the pip version and Python's version>. A changed requirements file gets a new venv (the old
+# one stays until removed by hand). A lock (flock) makes concurrent callers wait for one build
+# instead of racing two. Progress goes to stderr; stdout is only the path.
+set -euo pipefail
+
+die() { printf 'venv: error: %s\n' "$*" >&2; exit 1; }
+
+[ $# -eq 1 ] || die "usage: $0 airflow|flyte|lint"
+here=$(cd "$(dirname "$0")" && pwd)
+req="$here/requirements-$1.txt"
+[ -f "$req" ] || die "no $req"
+
+# The pip that resolved the pinned files; the one a fresh python3 -m venv brings may be years older.
+PIP_VERSION=26.3
+python=${SWEEPER_PYTHON:-python3}
+root=${SWEEPER_VENV_ROOT:-$HOME/.cache/sweeper/venvs}
+hash=$( { cat "$req"; echo "pip==$PIP_VERSION"; "$python" -c 'import sys; print(sys.version_info[:2])'; } \
+  | sha256sum | cut -c1-12)
+venv="$root/$1-$hash"
+
+# A venv is complete once its marker is written, last: an interrupted build is removed and redone.
+if [ ! -f "$venv/.complete" ]; then
+  mkdir -p "$root"
+  exec 9>"$root/.$1-$hash.lock"
+  flock 9
+  # Another caller may have built it while this one waited for the lock.
+  if [ ! -f "$venv/.complete" ]; then
+    rm -rf "$venv"
+    start=$(date +%s)
+    printf 'venv: building %s from %s (once; cached under %s)\n' "$1" "$req" "$root" >&2
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "pip==$PIP_VERSION" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2
+    touch "$venv/.complete"
+    printf 'venv: %s built in %ss\n' "$1" "$(( $(date +%s) - start ))" >&2
+  fi
+  exec 9>&-
+fi
+echo "$venv"
