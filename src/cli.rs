@@ -97,6 +97,9 @@ pub enum Command {
     /// a histogram of TTL left around the threshold, the largest values, sample keys. Reads no
     /// value.
     Inspect(InspectArgs),
+    /// Put a saved conversation back into Redis from PostgreSQL (its newest checkpoint, under its
+    /// key), refusing to overwrite a live key unless --force.
+    Restore(RestoreArgs),
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
     /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the
@@ -245,6 +248,25 @@ pub struct InspectArgs {
     /// How many keys to show, picked at random.
     #[arg(long, env = "SWEEPER_INSPECT_SAMPLES", default_value_t = 5)]
     pub samples: usize,
+
+    /// Output format on stdout.
+    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The conversation id (the key without its prefix).
+    #[arg(long)]
+    pub conversation: String,
+
+    /// TTL of the restored key.
+    #[arg(long, env = "SWEEPER_RESTORE_TTL", default_value = "30m", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// Overwrite the key even when it is live (the chat service's newer state would be lost).
+    #[arg(long)]
+    pub force: bool,
 
     /// Output format on stdout.
     #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]

@@ -21,7 +21,8 @@
 //! [`schedule`] (cron expressions and whether a schedule can lose a key), [`daemon`] (sweeps on a
 //! schedule without an orchestrator),
 //! [`simulate`] (plays the chat service to seed demos, tests and benchmarks), [`inspect`] (what
-//! the keyspace holds, before trusting a sweep), [`progress`] (a spinner for people at a terminal).
+//! the keyspace holds, before trusting a sweep), [`restore`] (a saved conversation back into
+//! Redis), [`progress`] (a spinner for people at a terminal).
 
 pub mod checkpoint;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod layout;
 pub mod progress;
 pub mod publish;
 pub mod report;
+pub mod restore;
 pub mod retry;
 pub mod schedule;
 pub mod select;

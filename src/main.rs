@@ -18,6 +18,7 @@ use sweeper::inspect::{InspectConfig, inspect};
 use sweeper::progress::Progress;
 use sweeper::publish::Publish;
 use sweeper::report::StatusReport;
+use sweeper::restore::restore;
 use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
 use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
@@ -122,6 +123,21 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             Ok(exit::OK)
         }
         Command::CheckSchedule(c) => check_schedule(c),
+        Command::Restore(rs) => {
+            if rs.ttl.is_zero() {
+                return Err(Error::Usage("--ttl must be above 0".into()));
+            }
+            let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
+            store.ensure_migrated().await?;
+            let mut source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
+            tracing::info!(key = %restored.key, "conversation restored");
+            print(&match rs.output {
+                Output::Json => restored.to_json() + "\n",
+                Output::Text => restored.to_text(),
+            })?;
+            Ok(exit::OK)
+        }
         Command::Inspect(i) => {
             let cfg = InspectConfig {
                 pattern: i.pattern.clone(),

@@ -320,6 +320,36 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Writes a checkpoint back with a TTL: only when the key does not exist, unless `replace`.
+    /// Returns whether it was written; when it was not, the TTL the live key has left (ms, -1
+    /// without TTL).
+    pub async fn put_back(
+        &mut self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<std::result::Result<(), i64>> {
+        let mut pipe = redis::pipe();
+        let set = pipe
+            .cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        if !replace {
+            set.arg("NX");
+        }
+        pipe.cmd("PTTL").arg(key);
+        let (written, pttl): (Option<String>, i64) = self.query(&pipe).await?;
+        Ok(match written {
+            Some(_) => Ok(()),
+            None => Err(pttl),
+        })
+    }
+}
+
 /// A key as text for logs and tables: UTF-8 keys as they are, other bytes escaped (`\xff`).
 pub fn display_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {

@@ -84,6 +84,17 @@ impl RejectRecord {
     }
 }
 
+/// A conversation's newest checkpoint, as saved.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SavedCheckpoint {
+    pub redis_key: String,
+    pub document: String,
+    pub checkpoint_messages: i32,
+    /// Messages stored in all: more than the checkpoint holds when the conversation was started
+    /// again after its key expired.
+    pub message_count: i32,
+}
+
 /// The runs recorded in `sweep_runs`, summed up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunHistory {
@@ -281,6 +292,18 @@ impl Store {
             by_status: by_status.into_iter().map(|(s, n)| (s, n as u64)).collect(),
             last_success: self.last_success().await?,
         })
+    }
+
+    /// The newest checkpoint saved for a conversation, as `restore` puts it back.
+    pub async fn saved_checkpoint(&self, conversation_id: &str) -> Result<Option<SavedCheckpoint>> {
+        sqlx::query_as(
+            "SELECT redis_key, checkpoint::text AS document, checkpoint_messages, message_count \
+             FROM conversations WHERE conversation_id = $1",
+        )
+        .bind(conversation_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::postgres("read the conversation"))
     }
 
     /// Records the start of a run; returns its id.
