@@ -100,6 +100,13 @@ pub enum Command {
     /// Put a saved conversation back into Redis from PostgreSQL (its newest checkpoint, under its
     /// key), refusing to overwrite a live key unless --force.
     Restore(RestoreArgs),
+    /// Print shell completions (e.g. `sweeper completions bash > /etc/bash_completion.d/sweeper`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `sweeper man | man -l -`.
+    Man,
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
     /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the

@@ -6,7 +6,7 @@ mod cli;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
@@ -123,6 +123,20 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             Ok(exit::OK)
         }
         Command::CheckSchedule(c) => check_schedule(c),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "sweeper", &mut out);
+            print(&String::from_utf8_lossy(&out))?;
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::Other(format!("cannot render the man page: {e}")))?;
+            print(&String::from_utf8_lossy(&out))?;
+            Ok(exit::OK)
+        }
         Command::Restore(rs) => {
             if rs.ttl.is_zero() {
                 return Err(Error::Usage("--ttl must be above 0".into()));

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -468,4 +469,49 @@ async fn status_shows_the_runs_and_alarms_when_sweeps_stopped() {
         text.lines().nth(1).is_some_and(|l| l.contains(" ok ")),
         "{text}"
     );
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let bin = env!("CARGO_BIN_EXE_sweeper");
+    let out = Command::new(bin)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.contains("restore") && script.contains("--summary-file"));
+    // Bash loads it and registers the completion.
+    let loaded = Command::new("bash")
+        .args(["-c", "source /dev/stdin && complete -p sweeper"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(loaded.status.success(), "{}", stderr(&loaded));
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("_sweeper"));
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+    let out = Command::new(bin).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(man.contains(".TH sweeper 1"), "{man}");
+    for sub in ["daemon", "inspect", "restore", "check\\-schedule"] {
+        assert!(man.contains(sub), "{sub} missing from the man page");
+    }
+    let out = Command::new(bin)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
