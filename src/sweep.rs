@@ -157,6 +157,15 @@ async fn try_run(
             s.ensure_migrated().await?;
             let lock = s.try_lock(&cfg.pattern).await?;
             let id = s.start_run(cfg).await?;
+            if lock.is_some() {
+                let closed = s.close_abandoned_runs(&cfg.pattern, id).await?;
+                if closed > 0 {
+                    tracing::warn!(
+                        runs = closed,
+                        "earlier runs ended without recording it (killed?): marked failed"
+                    );
+                }
+            }
             Ok::<_, Error>((lock, id))
         };
         match setup.await {

@@ -343,6 +343,34 @@ async fn sigkill_at_random_points_then_the_next_run_repairs_everything() {
         3000
     );
     assert_complete(&env, 3000).await;
+    // The killed runs' records were closed by the run after them.
+    assert_eq!(
+        env.count("SELECT count(*) FROM sweep_runs WHERE status = 'running'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn the_record_of_a_killed_run_is_closed_by_the_next_run() {
+    let env = TestEnv::migrated("killed_record").await;
+    env.seed(300, 120_000).await;
+    hold_batch_after(&env.pg, 50, 3.0).await;
+    let child = spawn_run(&env, &["--batch-size", "50", "--scan-count", "50"]);
+    wait_for_held_batch(&env).await;
+    finish(child, Duration::ZERO);
+    let running = "SELECT count(*) FROM sweep_runs WHERE status = 'running'";
+    assert_eq!(env.count(running).await, 1, "the killed run's record");
+    // Its held transaction dies with its connection; then the next run gets the lock.
+    let s = env.run_json(&[]);
+    assert_eq!(s["status"], "ok");
+    assert_eq!(env.count(running).await, 0);
+    let error: String = sqlx::query_scalar("SELECT error FROM sweep_runs WHERE status = 'failed'")
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    assert!(error.contains("killed"), "{error}");
+    assert_complete(&env, 300).await;
 }
 
 async fn signal_finishes_the_batch_in_flight(name: &str, signal: &str, code: i32) {

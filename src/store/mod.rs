@@ -321,6 +321,23 @@ impl Store {
         .map_err(Error::postgres("record run start"))
     }
 
+    /// Marks `failed` the runs of `pattern` still recorded as running: the caller holds the
+    /// pattern's lock, so their processes are gone (killed before they could record their end).
+    /// Returns how many were closed.
+    pub async fn close_abandoned_runs(&self, pattern: &str, current: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE sweep_runs SET status = 'failed', \
+             error = 'ended before recording its end (the process was killed?)' \
+             WHERE status = 'running' AND match_pattern = $1 AND id < $2",
+        )
+        .bind(pattern)
+        .bind(current)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::postgres("close abandoned runs"))?;
+        Ok(done.rows_affected())
+    }
+
     /// Records how a run ended.
     pub async fn finish_run(
         &self,
