@@ -3,7 +3,9 @@
 #
 #   tests/servers.sh exec -- tests/orchestrators/check.sh target/debug/sweeper
 #
-#   k8s          kubernetes-validate --strict (the oldest and newest Kubernetes we claim), checkov
+#   k8s          kubernetes-validate --strict (the oldest and newest Kubernetes we claim), checkov;
+#                the sharded CronJob's pods (its args, env and JOB_COMPLETION_INDEX) run at once
+#                against the servers of tests/servers.sh save every due key once
 #   dockerfile   hadolint
 #   airflow      Airflow's DagBag imports dags/ with the expected policy (check_dags.py); then
 #                `airflow dags test sweeper_local` runs the binary for real against the servers of
@@ -23,15 +25,17 @@ die() { printf 'check: error: %s\n' "$*" >&2; exit 2; }
 
 [ $# -eq 1 ] || die "usage: $0 PATH/TO/sweeper"
 [ -x "$1" ] || die "$1 is not an executable (build it: cargo build --bin sweeper)"
-SWEEPER=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 here=$(cd "$(dirname "$0")" && pwd)
-cd "$here/../.."
 CHECKS=${CHECKS:-k8s dockerfile airflow flyte}
 # No __pycache__ left in dags/ or here by the imports.
 export PYTHONDONTWRITEBYTECODE=1
 
 work=$(mktemp -d /tmp/sweeper-orchestrators.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# A copy: a cargo build running meanwhile replaces target/debug/sweeper under the checks' feet.
+cp "$1" "$work/sweeper"
+SWEEPER=$work/sweeper
+cd "$here/../.."
 
 # The venvs these checks need, built in parallel when missing (each build holds its own lock).
 declare -A VENV
@@ -120,7 +124,8 @@ EOF
 }
 
 # A migrated database and 50 checkpoints under a key prefix of the calling check's own, so no other
-# test's data counts there: fresh_db NAME PREFIX sets DATABASE_URL, SWEEPER_MATCH and SWEEPER_BIN.
+# test's data counts there: fresh_db NAME PREFIX [TTL_SPREAD] sets DATABASE_URL, SWEEPER_MATCH and
+# SWEEPER_BIN.
 fresh_db() {
   [ -n "${REDIS_URL:-}" ] && [ -n "${DATABASE_URL:-}" ] \
     || { echo "REDIS_URL and DATABASE_URL unset: run under tests/servers.sh exec --"; return 1; }
@@ -131,7 +136,19 @@ fresh_db() {
   fi
   export DATABASE_URL SWEEPER_BIN=$SWEEPER SWEEPER_MATCH="$2:checkpoint:*"
   "$SWEEPER" -q migrate
-  "$SWEEPER" -q simulate --conversations 50 --ttl-spread 0s..30m --match-prefix "$2:checkpoint:"
+  "$SWEEPER" -q simulate --conversations 50 --ttl-spread "${3:-0s..30m}" --match-prefix "$2:checkpoint:"
+}
+
+# The sharded CronJob's pods as Kubernetes would start them: its container args and env, all at
+# once, JOB_COMPLETION_INDEX 0..completions-1. Every key due (TTLs 2m to 5m: none expires during
+# the check), so together the shards must save all 50, once each.
+check_k8s_sharded() {
+  fresh_db sharded orch-sharded 2m..5m
+  SWEEPER_TEST_DUE=50 "${VENV[lint]}/bin/python" tests/orchestrators/run_as_declared.py sharded k8s/cronjob-sharded.yaml
+  local stored
+  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM conversations')
+  echo "conversations stored: $stored of 50"
+  [ "$stored" = 50 ]
 }
 
 # The pod's declared arguments against the real binary: the summary file XCom reads is JSON, also
@@ -258,7 +275,10 @@ run() {
 
 for c in $CHECKS; do
   case $c in
-    k8s) run "k8s: kubernetes-validate --strict, checkov" check_k8s ;;
+    k8s)
+      run "k8s: kubernetes-validate --strict, checkov" check_k8s
+      run "k8s: the sharded CronJob's pods, run at once, save every key once" check_k8s_sharded
+      ;;
     dockerfile) run "Dockerfile: hadolint" check_dockerfile ;;
     airflow)
       run "airflow: DagBag imports dags/, both DAGs' policy" check_airflow_dagbag

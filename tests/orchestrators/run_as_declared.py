@@ -7,6 +7,10 @@ into a temp dir, against the servers of tests/servers.sh.
     python run_as_declared.py flyte ARCHIVE.tgz
                                      # Flyte venv: the packaged ContainerTask's command; every
                                      # declared output must be a file of its type under outputs-dir
+    python run_as_declared.py sharded k8s/cronjob-sharded.yaml
+                                     # lint venv (PyYAML): the Indexed Job's pods, all at once, each
+                                     # with its JOB_COMPLETION_INDEX: together they save every due
+                                     # key once, each only its share
 
 Needs SWEEPER_BIN, REDIS_URL, DATABASE_URL (a migrated database) and SWEEPER_MATCH. Exit 1 on failure.
 """
@@ -103,6 +107,44 @@ elif sys.argv[1] == "flyte":
         expect(ok, f"output {name} ({kind}) = {text!r}")
     status = open(os.path.join(outdir, "status")).read() if os.path.exists(os.path.join(outdir, "status")) else None
     expect(status == "ok", f"status {status!r}")
+
+elif sys.argv[1] == "sharded":
+    import yaml
+
+    with open(sys.argv[2]) as f:
+        cronjob = yaml.safe_load(f)
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    container = job["template"]["spec"]["containers"][0]
+    completions = job["completions"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    env = {k: v for k, v in env.items() if not k.endswith("_URL_FILE")}
+    argv = [binary] + container["args"]
+    print(f"  {completions} pods at once: " + " ".join(argv))
+    # Every pod at once, as parallelism: N does: the shards must not skip each other (lock per shard).
+    procs = [
+        subprocess.Popen(argv, env={**os.environ, **env, "JOB_COMPLETION_INDEX": str(i)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(completions)
+    ]
+    summaries = []
+    for i, p in enumerate(procs):
+        out, err = p.communicate(timeout=120)
+        last = out.strip().splitlines()[-1] if out.strip() else ""
+        print(f"  shard {i}: exit {p.returncode}: {last[:300]}")
+        expect(p.returncode == 0, f"shard {i} exit {p.returncode}" + ("" if p.returncode == 0 else f": {err[-1500:]}"))
+        try:
+            summaries.append(json.loads(last))
+        except ValueError:
+            expect(False, f"shard {i} printed its JSON summary")
+    if len(summaries) == completions:
+        expect(all(s["status"] == "ok" for s in summaries), f"every shard ok: {[s['status'] for s in summaries]}")
+        persisted = [s["persisted"] for s in summaries]
+        scanned = [s["scanned"] for s in summaries]
+        total = int(os.environ["SWEEPER_TEST_DUE"])
+        expect(sum(persisted) == total, f"the shards saved {persisted}, {sum(persisted)} in all, of {total} due")
+        expect(all(0 < n < total for n in persisted), f"each shard saved only its share: {persisted}")
+        # Each key is in exactly one shard (scanned counts a shard's own keys, or every key it saw).
+        expect(sum(scanned) in (total, total * completions), f"scanned {scanned}")
 
 if failures:
     print(f"run_as_declared {sys.argv[1]}: {len(failures)} failed")
