@@ -641,17 +641,24 @@ fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
     rows.iter().map(|r| f(r)).collect()
 }
 
-/// Appends `s` escaped for COPY's text format.
+/// Appends `s` escaped for COPY's text format. Runs between the bytes to escape are copied
+/// whole (it was 12% of a sweep's CPU char by char); the escaped bytes are ASCII, so the runs
+/// are whole UTF-8 sequences.
 fn copy_text(out: &mut String, s: &str) {
-    for ch in s.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(escaped);
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
 }
 
 /// Each (key, value) once: an upsert cannot touch the same reject row twice in one statement.
@@ -677,6 +684,16 @@ mod tests {
 
     fn cp(id: &str, doc: &str) -> Checkpoint {
         decode(&format!("checkpoint:{id}"), id, doc.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn copy_text_escapes_what_copy_reads_specially_and_keeps_the_rest() {
+        let mut out = String::new();
+        copy_text(&mut out, "a\\b\tc\nd\re — ünï\\\\");
+        assert_eq!(out, "a\\\\b\\tc\\nd\\re — ünï\\\\\\\\");
+        out.clear();
+        copy_text(&mut out, "plain");
+        assert_eq!(out, "plain");
     }
 
     #[test]
