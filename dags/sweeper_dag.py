@@ -7,7 +7,8 @@
   worker (`SWEEPER_BIN`, default `sweeper` on PATH), with REDIS_URL and DATABASE_URL from the
   worker's environment; the JSON summary (stdout's last line) goes to XCom.
 
-The schedule, the threshold and the timeouts go together, as in k8s/cronjob.yaml:
+The schedule, the threshold and the timeouts (sweeper_policy.py, shared with the Flyte workflow) go
+together, as in k8s/cronjob.yaml:
 `sweeper check-schedule --schedule '*/5 * * * *' --threshold 10m --max-runtime 270s` passes, and
 each run passes `--schedule` so sweeper itself refuses a threshold the schedule cannot keep.
 """
@@ -22,38 +23,33 @@ from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 from kubernetes.client import models as k8s
+from sweeper_policy import (
+    IMAGE,
+    RUN_ENV,
+    SCHEDULE,
+    SECRET,
+    SECRET_DATABASE_URL,
+    SECRET_REDIS_URL,
+    TIMEOUT,
+)
 
-# Shared by both DAGs: the schedule and the limits that make it safe.
-SCHEDULE = "*/5 * * * *"
-THRESHOLD = "10m"
-# sweeper's own deadline: it stops scanning and saves what it read (exit 5, status partial)...
-RUN_DEADLINE = "4m"
-# ...before Airflow kills the task, and both are under the 5-minute gap between runs.
-EXECUTION_TIMEOUT = timedelta(minutes=4, seconds=30)
 # One quick retry, for a failure at start (a server briefly unreachable). A retry that makes the
 # run late only delays the next run (max_active_runs=1, and sweeper's lock skips an overlap).
 RETRIES = 1
 RETRY_DELAY = timedelta(seconds=30)
 
-RUN_ENV = {
-    "SWEEPER_THRESHOLD": THRESHOLD,
-    "SWEEPER_DEADLINE": RUN_DEADLINE,
-    "SWEEPER_SCHEDULE": SCHEDULE,
-    "SWEEPER_LOG_FORMAT": "json",
-}
-
-# The image: `SWEEPER_IMAGE` in the scheduler's environment sets the default, the Airflow Variable
-# `sweeper_image` overrides it per run without a redeploy (read when the task runs, not at parse).
-DEFAULT_IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
-IMAGE = "{{ var.value.get('sweeper_image', '%s') }}" % DEFAULT_IMAGE
-# The Kubernetes namespace holding the Secret `sweeper`.
+# The image: SWEEPER_IMAGE in the scheduler's environment sets the default (sweeper_policy.IMAGE),
+# the Airflow Variable `sweeper_image` overrides it per run without a redeploy (read when the task
+# runs, not at parse).
+IMAGE_TEMPLATE = "{{ var.value.get('sweeper_image', '%s') }}" % IMAGE
+# The Kubernetes namespace of the pod and of the Secret.
 NAMESPACE = os.environ.get("SWEEPER_NAMESPACE", "default")
 
 DEFAULT_ARGS = {
     "owner": "sweeper",
     "retries": RETRIES,
     "retry_delay": RETRY_DELAY,
-    "execution_timeout": EXECUTION_TIMEOUT,
+    "execution_timeout": TIMEOUT,
 }
 
 
@@ -76,7 +72,7 @@ with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summ
         task_id="sweep",
         name="sweeper",
         namespace=NAMESPACE,
-        image=IMAGE,
+        image=IMAGE_TEMPLATE,
         # The image's entrypoint is the binary: these are its arguments. The summary file is what the
         # xcom sidecar reads; sweeper writes it even for a failed run.
         arguments=[
@@ -86,18 +82,18 @@ with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summ
             "--summary-file",
             "/airflow/xcom/return.json",
         ],
-        env_vars=RUN_ENV,
+        env_vars=dict(RUN_ENV),
         # The URLs as env from the Secret k8s/ uses (keys redis-url, database-url): a reference,
         # so no URL or password is in the DAG or the pod spec.
         secrets=[
-            Secret("env", "REDIS_URL", "sweeper", "redis-url"),
-            Secret("env", "DATABASE_URL", "sweeper", "database-url"),
+            Secret("env", "REDIS_URL", SECRET, SECRET_REDIS_URL),
+            Secret("env", "DATABASE_URL", SECRET, SECRET_DATABASE_URL),
         ],
         do_xcom_push=True,
         get_logs=True,
         on_finish_action="delete_pod",
         # Kubernetes kills the pod too if the task's timeout somehow did not.
-        active_deadline_seconds=int(EXECUTION_TIMEOUT.total_seconds()),
+        active_deadline_seconds=int(TIMEOUT.total_seconds()),
         automount_service_account_token=False,
         # The same locked-down pod as k8s/cronjob.yaml.
         security_context=k8s.V1PodSecurityContext(
@@ -125,7 +121,7 @@ with _dag("sweeper_local", "`sweeper run` on the worker (no Kubernetes); the JSO
         # saves what it read). Never piped: a pipe would report the last command's status instead.
         bash_command='exec "${SWEEPER_BIN:-sweeper}" run --output json',
         # The worker's environment (REDIS_URL, DATABASE_URL, SWEEPER_BIN, PATH) plus the run policy.
-        env=RUN_ENV,
+        env=dict(RUN_ENV),
         append_env=True,
         # Every non-zero exit fails the task: by default exit 99 would mark it skipped.
         skip_on_exit_code=None,

@@ -12,9 +12,7 @@ Register: `pyflyte --pkgs dags package --image <image>` then `flytectl register 
 
 from __future__ import annotations
 
-import os
 import typing
-from datetime import timedelta
 
 from flytekit import (
     ContainerTask,
@@ -26,12 +24,19 @@ from flytekit import (
     kwtypes,
     workflow,
 )
+from sweeper_policy import (
+    IMAGE,
+    RUN_ENV,
+    SCHEDULE,
+    SECRET,
+    SECRET_DATABASE_URL,
+    SECRET_REDIS_URL,
+    TIMEOUT,
+)
 
-SCHEDULE = "*/5 * * * *"
-IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
 OUTPUTS_DIR = "/var/outputs"
 # Where Flyte mounts a secret requested as a file: /etc/flyte/secrets/<group>/<key>.
-SECRETS_DIR = "/etc/flyte/secrets/sweeper"
+SECRETS_DIR = f"/etc/flyte/secrets/{SECRET}"
 
 # The outputs are files the binary writes under --outputs-dir, named after the summary's fields.
 SweepOutputs = typing.NamedTuple(
@@ -70,23 +75,19 @@ sweep = ContainerTask(
         rejected=int,
     ),
     environment={
-        # As in k8s/cronjob.yaml: the deadline under the 5-minute gap, the schedule checked.
-        "SWEEPER_THRESHOLD": "10m",
-        "SWEEPER_DEADLINE": "4m",
-        "SWEEPER_SCHEDULE": SCHEDULE,
-        "SWEEPER_LOG_FORMAT": "json",
-        "SWEEPER_REDIS_URL_FILE": f"{SECRETS_DIR}/redis-url",
-        "SWEEPER_DATABASE_URL_FILE": f"{SECRETS_DIR}/database-url",
+        **RUN_ENV,
+        "SWEEPER_REDIS_URL_FILE": f"{SECRETS_DIR}/{SECRET_REDIS_URL}",
+        "SWEEPER_DATABASE_URL_FILE": f"{SECRETS_DIR}/{SECRET_DATABASE_URL}",
     },
     secret_requests=[
-        Secret(group="sweeper", key="redis-url", mount_requirement=Secret.MountType.FILE),
-        Secret(group="sweeper", key="database-url", mount_requirement=Secret.MountType.FILE),
+        Secret(group=SECRET, key=SECRET_REDIS_URL, mount_requirement=Secret.MountType.FILE),
+        Secret(group=SECRET, key=SECRET_DATABASE_URL, mount_requirement=Secret.MountType.FILE),
     ],
     requests=Resources(cpu="250m", mem="128Mi"),
     limits=Resources(cpu="1", mem="256Mi"),
     metadata=TaskMetadata(
         # Under the 5-minute gap, after sweeper's own --deadline (4m) has stopped it.
-        timeout=timedelta(minutes=4, seconds=30),
+        timeout=TIMEOUT,
         # A retry would start when the next scheduled run does: the next run is the retry.
         retries=0,
     ),

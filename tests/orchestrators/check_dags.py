@@ -23,6 +23,10 @@ def expect(cond: bool, what: str) -> None:
 
 
 folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
+# Airflow's DAG processor and task runner put the DAG folder (bundle) on sys.path, so the DAG file
+# imports sweeper_policy.py beside it; a bare DagBag does not (`airflow dags test` below runs the
+# real way).
+sys.path.append(folder)
 bag = DagBag(dag_folder=folder)
 
 expect(not bag.import_errors, f"no import errors in {folder}: {dict(bag.import_errors)}")

@@ -50,6 +50,8 @@ tmp = tempfile.mkdtemp(prefix="sweeper-declared-")
 if sys.argv[1] == "kpo":
     from airflow.dag_processing.dagbag import DagBag
 
+    # On sys.path as Airflow puts it there, for sweeper_policy.py (see check_dags.py).
+    sys.path.append(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     task = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).dags["sweeper"].get_task("sweep")
     xcom_file = "/airflow/xcom/return.json"
     expect(xcom_file in task.arguments, f"the pod writes {xcom_file}")

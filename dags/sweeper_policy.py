@@ -1,0 +1,30 @@
+"""The sweep's policy, shared by the Airflow DAGs (sweeper_dag.py) and the Flyte workflow
+(sweeper_flyte.py), written once. The same values are in k8s/cronjob.yaml (tests/deploy.rs checks
+those). Together they pass `sweeper check-schedule --schedule '*/5 * * * *' --threshold 10m
+--max-runtime 270s`. Plain Python: no orchestrator is imported here.
+"""
+
+import os
+from datetime import timedelta
+
+SCHEDULE = "*/5 * * * *"
+THRESHOLD = "10m"
+# sweeper's own deadline: it stops scanning and saves what it read (exit 5, status partial)...
+RUN_DEADLINE = "4m"
+# ...before the orchestrator kills the task, and both are under the 5-minute gap between runs.
+TIMEOUT = timedelta(minutes=4, seconds=30)
+
+# The environment of every sweep: the run checks the schedule it is started on.
+RUN_ENV = {
+    "SWEEPER_THRESHOLD": THRESHOLD,
+    "SWEEPER_DEADLINE": RUN_DEADLINE,
+    "SWEEPER_SCHEDULE": SCHEDULE,
+    "SWEEPER_LOG_FORMAT": "json",
+}
+
+# The image (`SWEEPER_IMAGE` where the DAGs are parsed or the workflow is packaged overrides it).
+IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
+# The Kubernetes Secret holding the URLs, and its keys (as in k8s/).
+SECRET = "sweeper"
+SECRET_REDIS_URL = "redis-url"
+SECRET_DATABASE_URL = "database-url"
