@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sweeper::config::{parse_duration, parse_size};
+use sweeper::layout::Layout;
 use sweeper::simulate::{parse_count_range, parse_ttl_range};
 
 const EXIT_CODES: &str = "\
@@ -75,6 +76,27 @@ pub struct GlobalOpts {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Auto,
+    Json,
+    Hash,
+    List,
+    Rejson,
+}
+
+impl From<Format> for Layout {
+    fn from(f: Format) -> Layout {
+        match f {
+            Format::Auto => Layout::Auto,
+            Format::Json => Layout::Json,
+            Format::Hash => Layout::Hash,
+            Format::List => Layout::List,
+            Format::Rejson => Layout::ReJson,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +190,12 @@ pub struct RunArgs {
     /// Summary format on stdout.
     #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
     pub output: Output,
+
+    /// How checkpoints are stored in Redis: json (a string holding the document), hash (its
+    /// fields, `messages` a JSON array string), list (message JSON objects, newest last), rejson
+    /// (a RedisJSON document), or auto (each key by its TYPE). A key of another type is rejected.
+    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
+    pub format: Format,
 
     /// Conversations per PostgreSQL transaction.
     #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -324,6 +352,7 @@ mod tests {
         assert_eq!(r.batch_size, 1000);
         assert_eq!(r.max_value_bytes, 16 << 20);
         assert!(!r.dry_run);
+        assert_eq!(r.format, Format::Json);
         assert_eq!(cli.global.connect_timeout, Duration::from_secs(10));
     }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::progress::Progress;
 
 /// What a sweep needs to know. Build it with struct update syntax over `Default` and call
@@ -35,6 +36,8 @@ pub struct SweepConfig {
     pub max_redis_ops_per_sec: u32,
     /// Where the scan reports how far it got (hidden unless a person watches a terminal).
     pub progress: Progress,
+    /// How checkpoints are stored in Redis.
+    pub layout: Layout,
 }
 
 impl Default for SweepConfig {
@@ -52,6 +55,7 @@ impl Default for SweepConfig {
             writers: 2,
             max_redis_ops_per_sec: 0,
             progress: Progress::default(),
+            layout: Layout::Json,
         }
     }
 }

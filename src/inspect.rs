@@ -224,7 +224,7 @@ pub async fn inspect(
                 report.ttl_histogram[bucket_of(&bounds, ms)].keys += 1;
             }
             let kind = match probe {
-                Probe::Read { size } | Probe::Sample { size } => {
+                Probe::Read { size, .. } | Probe::Sample { size, .. } => {
                     report.string_bytes += size;
                     largest.offer(size, key, ttl_ms);
                     "string".to_string()

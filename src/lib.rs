@@ -8,7 +8,8 @@
 //! Data flows one way, one module per step:
 //!
 //! - [`source`]: the only code that speaks Redis: SCAN pages, pipelined PTTLs, pipelined reads.
-//! - [`layout`]: how a checkpoint is stored in Redis (a JSON string today) and read back.
+//! - [`layout`]: how a checkpoint is stored in Redis (JSON string, hash, list, RedisJSON) and read
+//!   back as one JSON document.
 //! - [`select`]: which keys are due, from their TTL alone. Pure.
 //! - [`checkpoint`]: the checkpoint document, decoded and validated, or rejected with a reason. Pure.
 //! - [`store`]: the only code that speaks PostgreSQL: migrations, bulk upserts, rejects, runs.

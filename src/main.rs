@@ -284,6 +284,7 @@ fn run_config(r: &cli::RunArgs) -> SweepConfig {
         protect_ttl: r.protect_ttl,
         writers: r.writers as usize,
         max_redis_ops_per_sec: r.max_redis_ops_per_sec,
+        layout: r.format.into(),
         ..SweepConfig::default()
     }
 }

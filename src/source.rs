@@ -204,7 +204,8 @@ impl Source {
             return Ok(Vec::new());
         }
         let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks((self.max_pipeline / Layout::PROBE_REPLIES).max(1)) {
+        let replies_each = layout.probe_replies();
+        for chunk in keys.chunks((self.max_pipeline / replies_each).max(1)) {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for k in chunk {
@@ -213,7 +214,7 @@ impl Source {
             let replies: Vec<Value> = self.query(&pipe).await?;
             out.extend(
                 replies
-                    .chunks(Layout::PROBE_REPLIES)
+                    .chunks(replies_each)
                     .map(|r| layout.probe_result(r, max_value_bytes)),
             );
         }
@@ -222,18 +223,13 @@ impl Source {
 
     /// Fetches probed keys in one pipeline. Keep the sizes of one call within a memory budget
     /// (see [`fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
-    pub async fn fetch(
-        &mut self,
-        layout: Layout,
-        keys: &[Vec<u8>],
-        probes: &[Probe],
-    ) -> Result<Vec<Fetched>> {
+    pub async fn fetch(&mut self, keys: &[Vec<u8>], probes: &[Probe]) -> Result<Vec<Fetched>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let queued: Vec<bool> = keys
             .iter()
             .zip(probes)
-            .map(|(k, p)| layout.queue_fetch(&mut pipe, k, p))
+            .map(|(k, p)| Layout::queue_fetch(&mut pipe, k, p))
             .collect();
         let mut replies = if queued.iter().any(|q| *q) {
             self.query::<Vec<Value>>(&pipe).await?.into_iter()
@@ -243,7 +239,7 @@ impl Source {
         Ok(probes
             .iter()
             .zip(queued)
-            .map(|(p, q)| layout.fetched(p.clone(), if q { replies.next() } else { None }))
+            .map(|(p, q)| Layout::fetched(p.clone(), if q { replies.next() } else { None }))
             .collect())
     }
 
@@ -257,7 +253,7 @@ impl Source {
         let probes = self.probe(layout, keys, max_value_bytes).await?;
         let mut out = Vec::with_capacity(keys.len());
         for r in fetch_chunks(&probes, self.max_pipeline) {
-            out.extend(self.fetch(layout, &keys[r.clone()], &probes[r]).await?);
+            out.extend(self.fetch(&keys[r.clone()], &probes[r]).await?);
         }
         Ok(out)
     }
@@ -271,7 +267,7 @@ pub fn fetch_chunks(probes: &[Probe], max_keys: usize) -> Vec<std::ops::Range<us
     let (mut start, mut bytes) = (0, 0u64);
     for (i, p) in probes.iter().enumerate() {
         let size = match p {
-            Probe::Read { size } => *size,
+            Probe::Read { size, .. } => *size,
             _ => 0,
         };
         if i > start && (bytes + size > FETCH_BUDGET_BYTES || i - start >= max_keys) {
@@ -367,7 +363,10 @@ mod tests {
         let mb = 1024 * 1024;
         let probes: Vec<Probe> = [10, 10, 10, 10, 40, 1, 1]
             .iter()
-            .map(|m| Probe::Read { size: m * mb })
+            .map(|m| Probe::Read {
+                layout: Layout::Json,
+                size: m * mb,
+            })
             .chain([Probe::Gone, Probe::WrongType("hash".into())])
             .collect();
         let chunks = fetch_chunks(&probes, usize::MAX);
@@ -377,7 +376,7 @@ mod tests {
             let total: u64 = probes[c.clone()]
                 .iter()
                 .map(|p| match p {
-                    Probe::Read { size } => *size,
+                    Probe::Read { size, .. } => *size,
                     _ => 0,
                 })
                 .sum();

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::checkpoint::{self, Reject};
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
-use crate::layout::{Fetched, Layout};
+use crate::layout::Fetched;
 use crate::report::{Counters, DueKey, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
@@ -647,7 +647,7 @@ impl Reader {
         due: Vec<(Vec<u8>, u64)>,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<bool> {
-        let layout = Layout::JsonString;
+        let layout = self.cfg.layout;
         for chunk in due.chunks(self.cfg.batch_size) {
             let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
             let probes = source
@@ -655,7 +655,7 @@ impl Reader {
                 .await?;
             for run in fetch_chunks(&probes, source.max_pipeline()) {
                 let fetched = source
-                    .fetch(layout, &keys[run.clone()], &probes[run.clone()])
+                    .fetch(&keys[run.clone()], &probes[run.clone()])
                     .await?;
                 for ((key, ttl_ms), f) in chunk[run].iter().cloned().zip(fetched) {
                     self.take(key, ttl_ms, f);
@@ -675,7 +675,18 @@ impl Reader {
         let shown = display_key(&key);
         let (decoded, value, size) = match fetched {
             Fetched::Gone => return self.expired(&key),
-            Fetched::WrongType(t) => (Err(Reject::WrongType(t.clone())), t.into_bytes(), 0),
+            Fetched::WrongType(found) => (
+                Err(Reject::WrongType {
+                    expected: self.cfg.layout.expected(),
+                    found: found.clone(),
+                }),
+                found.into_bytes(),
+                0,
+            ),
+            Fetched::Invalid { reject, raw } => {
+                let size = raw.len() as u64;
+                (Err(reject), raw, size)
+            }
             Fetched::TooLarge { size, sample } => (
                 Err(Reject::TooLarge {
                     size,

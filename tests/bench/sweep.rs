@@ -245,7 +245,7 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             .map(|(k, _)| k)
             .collect();
         let values = source
-            .read(sweeper::layout::Layout::JsonString, &due, 16 << 20)
+            .read(sweeper::layout::Layout::Json, &due, 16 << 20)
             .await
             .unwrap();
         for (k, v) in due.iter().zip(values) {

@@ -162,10 +162,18 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (modules, TLS, ACL), kept for restarts.
+    args: Vec<String>,
 }
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
+        PrivateRedis::try_start(&[]).unwrap()
+    }
+
+    /// A server started with extra arguments; Err with its log when it does not come up (a
+    /// module that cannot load, say).
+    pub fn try_start(args: &[&str]) -> Result<PrivateRedis, String> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sweeper-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -173,13 +181,19 @@ impl PrivateRedis {
             port,
             dir,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
-        r.up();
-        r
+        r.try_up()?;
+        Ok(r)
     }
 
     pub fn up(&mut self) {
-        let child = Command::new("redis-server")
+        self.try_up().unwrap()
+    }
+
+    fn try_up(&mut self) -> Result<(), String> {
+        let log = self.dir.join("redis.log");
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -192,11 +206,30 @@ impl PrivateRedis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let last: Vec<&str> = log.lines().rev().take(3).collect();
+                return Err(format!(
+                    "redis-server exited ({status}): {}",
+                    last.join(" | ")
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                return Err(format!("Redis on port {} did not come up", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.child = Some(child);
-        wait_for_port(self.port, true, "Redis");
+        Ok(())
     }
 
     /// SIGKILL: the server and every key in it are gone.
