@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sweeper::config::{parse_duration, parse_size};
 use sweeper::layout::Layout;
+use sweeper::shard::Shard;
 use sweeper::simulate::{parse_count_range, parse_ttl_range};
 
 const EXIT_CODES: &str = "\
@@ -197,6 +198,15 @@ pub struct RunArgs {
     #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
     pub format: Format,
 
+    /// Sweep only shard I of N (from 0: 0/3, 1/3, 2/3): N workers split the keys by hash slot,
+    /// with no overlap and no gap; each takes its own lock and records its own run.
+    #[arg(long, env = "SWEEPER_SHARD", value_parser = Shard::parse, conflicts_with = "shards")]
+    pub shard: Option<Shard>,
+
+    /// Sweep one of N shards, the one JOB_COMPLETION_INDEX names (set by Kubernetes Indexed Jobs).
+    #[arg(long, env = "SWEEPER_SHARDS", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub shards: Option<u32>,
+
     /// Conversations per PostgreSQL transaction.
     #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
@@ -371,5 +381,12 @@ mod tests {
         assert!(Cli::try_parse_from(["sweeper", "run", "--threshold", "soon"]).is_err());
         assert!(Cli::try_parse_from(["sweeper", "run", "--batch-size", "0"]).is_err());
         assert!(Cli::try_parse_from(["sweeper", "run", "--output", "yaml"]).is_err());
+        for bad in ["3/3", "x", "3/0", "-1/3"] {
+            assert!(Cli::try_parse_from(["sweeper", "run", "--shard", bad]).is_err());
+        }
+        assert!(
+            Cli::try_parse_from(["sweeper", "run", "--shard", "0/3", "--shards", "3"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["sweeper", "run", "--shards", "0"]).is_err());
     }
 }

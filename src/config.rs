@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::progress::Progress;
+use crate::shard::Shard;
 
 /// What a sweep needs to know. Build it with struct update syntax over `Default` and call
 /// [`SweepConfig::validate`].
@@ -38,6 +39,8 @@ pub struct SweepConfig {
     pub progress: Progress,
     /// How checkpoints are stored in Redis.
     pub layout: Layout,
+    /// Sweep only the keys of this shard (None: every key).
+    pub shard: Option<Shard>,
 }
 
 impl Default for SweepConfig {
@@ -56,6 +59,7 @@ impl Default for SweepConfig {
             max_redis_ops_per_sec: 0,
             progress: Progress::default(),
             layout: Layout::Json,
+            shard: None,
         }
     }
 }

@@ -20,7 +20,7 @@
 //! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
 //! [`schedule`] (cron expressions and whether a schedule can lose a key), [`daemon`] (sweeps on a
-//! schedule without an orchestrator),
+//! schedule without an orchestrator), [`shard`] (which keys a worker of a sharded sweep owns),
 //! [`simulate`] (plays the chat service to seed demos, tests and benchmarks), [`inspect`] (what
 //! the keyspace holds, before trusting a sweep), [`restore`] (a saved conversation back into
 //! Redis), [`progress`] (a spinner for people at a terminal).
@@ -38,6 +38,7 @@ pub mod restore;
 pub mod retry;
 pub mod schedule;
 pub mod select;
+pub mod shard;
 pub mod shutdown;
 pub mod simulate;
 pub mod source;

@@ -20,6 +20,7 @@ use sweeper::publish::Publish;
 use sweeper::report::StatusReport;
 use sweeper::restore::restore;
 use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
+use sweeper::shard::Shard;
 use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
@@ -213,6 +214,7 @@ async fn sweep_and_report(
             tracing::info!(
                 redis = %redact_url(&ends.redis_url),
                 pattern = %cfg.pattern,
+                shard = cfg.shard.map(|s| s.to_string()),
                 threshold = %humantime::format_duration(cfg.threshold),
                 dry_run = cfg.dry_run,
                 "sweep starting"
@@ -285,13 +287,23 @@ fn run_config(r: &cli::RunArgs) -> SweepConfig {
         writers: r.writers as usize,
         max_redis_ops_per_sec: r.max_redis_ops_per_sec,
         layout: r.format.into(),
+        shard: r.shard,
         ..SweepConfig::default()
     }
 }
 
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
 fn prepare(g: &GlobalOpts, r: &cli::RunArgs) -> sweeper::Result<(SweepConfig, sweep::Endpoints)> {
-    let cfg = run_config(r).validate()?;
+    let mut cfg = run_config(r).validate()?;
+    if let Some(n) = r.shards {
+        let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+            Error::Usage(format!(
+                "--shards {n} takes the shard from JOB_COMPLETION_INDEX (set by Kubernetes Indexed Jobs), which is not set; use --shard I/{n} elsewhere"
+            ))
+        })?;
+        cfg.shard =
+            Some(Shard::of_job(n, &index).map_err(|e| Error::Usage(format!("--shards: {e}")))?);
+    }
     if let Some(expr) = &r.schedule {
         refuse_unsafe_threshold(expr, cfg.threshold, cfg.deadline)?;
     }

@@ -144,6 +144,7 @@ async fn try_run(
         signal: shutdown.signal(),
         dry_run: cfg.dry_run,
         pattern: cfg.pattern.clone(),
+        shard: cfg.shard.map(|s| s.to_string()),
         threshold_ms: cfg.threshold.as_millis() as u64,
         counters,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -155,7 +156,7 @@ async fn try_run(
     if let Some(s) = store {
         let setup = async {
             s.ensure_migrated().await?;
-            let lock = s.try_lock(&cfg.pattern).await?;
+            let lock = s.try_lock(&cfg.pattern, cfg.shard).await?;
             let id = s.start_run(cfg).await?;
             if lock.is_some() {
                 let closed = s.close_abandoned_runs(&cfg.pattern, id).await?;
@@ -583,9 +584,13 @@ impl Reader {
                 self.send(tx).await;
                 return Ok(stop);
             }
-            let (next, keys) = source
+            let (next, mut keys) = source
                 .scan_page(cursor, &self.cfg.pattern, self.cfg.scan_count)
                 .await?;
+            // A shard counts and reads only its own keys: N shards add up to one whole sweep.
+            if let Some(shard) = self.cfg.shard {
+                keys.retain(|k| shard.owns(k));
+            }
             self.counters.scanned += keys.len() as u64;
             let due = self.select(source, keys).await?;
             self.cfg
