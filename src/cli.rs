@@ -33,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
-    /// Redis holding the checkpoints (redis://[user:password@]host:port/db).
+    /// Redis holding the checkpoints (redis://[user:password@]host:port/db; rediss:// for TLS).
     #[arg(
         long,
         env = "REDIS_URL",
@@ -47,8 +47,36 @@ pub struct GlobalOpts {
     #[arg(long, env = "SWEEPER_REDIS_URL_FILE", global = true)]
     pub redis_url_file: Option<PathBuf>,
 
+    /// PEM CA certificate to verify a rediss:// Redis with (default: the system's trust store).
+    #[arg(long, env = "SWEEPER_REDIS_CA", global = true)]
+    pub redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a rediss:// Redis that requires one (with --redis-key).
+    #[arg(
+        long,
+        env = "SWEEPER_REDIS_CERT",
+        global = true,
+        requires = "redis_key"
+    )]
+    pub redis_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-cert.
+    #[arg(
+        long,
+        env = "SWEEPER_REDIS_KEY",
+        global = true,
+        requires = "redis_cert"
+    )]
+    pub redis_key: Option<PathBuf>,
+
+    /// Accept any certificate from a rediss:// Redis: encrypted, not authenticated. Development
+    /// only; every run warns.
+    #[arg(long, env = "SWEEPER_REDIS_INSECURE", global = true)]
+    pub redis_insecure: bool,
+
     /// PostgreSQL receiving the conversations (postgres://user:password@host:port/db). Needed by
-    /// `migrate` and by every run but a dry run.
+    /// `migrate` and by every run but a dry run. TLS in the URL:
+    /// ?sslmode=verify-full&sslrootcert=/path/ca.crt.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 

@@ -17,7 +17,7 @@
 //! - [`report`]: the run summary, as text for people or JSON for orchestrators.
 //! - [`publish`]: the summary and metrics in files and on a Pushgateway, for orchestrators.
 //!
-//! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
+//! Around them: [`tls`] (certificates for `rediss://`), [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
 //! [`schedule`] (cron expressions and whether a schedule can lose a key), [`daemon`] (sweeps on a
 //! schedule without an orchestrator), [`shard`] (which keys a worker of a sharded sweep owns),
@@ -44,5 +44,6 @@ pub mod simulate;
 pub mod source;
 pub mod store;
 pub mod sweep;
+pub mod tls;
 
 pub use error::{Error, Result};

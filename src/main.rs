@@ -25,6 +25,7 @@ use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
 use sweeper::store::Store;
+use sweeper::tls::RedisTls;
 use sweeper::{daemon, sweep};
 
 fn main() -> ExitCode {
@@ -144,7 +145,8 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             }
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             store.ensure_migrated().await?;
-            let mut source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            let mut source =
+                Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
             let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
             tracing::info!(key = %restored.key, "conversation restored");
             print(&match rs.output {
@@ -161,7 +163,8 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 top: i.top,
                 samples: i.samples,
             };
-            let mut source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            let mut source =
+                Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
             source.set_rate_limit(i.max_redis_ops_per_sec);
             let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
             print(&match i.output {
@@ -176,7 +179,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             status(&store, st).await
         }
         Command::Simulate(s) => {
-            let source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            let source = Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
             let cfg = SimulateConfig {
                 conversations: s.conversations,
                 prefix: s.match_prefix.clone(),
@@ -309,6 +312,7 @@ fn prepare(g: &GlobalOpts, r: &cli::RunArgs) -> sweeper::Result<(SweepConfig, sw
     }
     let ends = sweep::Endpoints {
         redis_url: redis_url(g)?,
+        redis_tls: redis_tls(g),
         database_url: match cfg.dry_run {
             true => None,
             false => Some(database_url(g)?),
@@ -392,6 +396,15 @@ fn redis_url(g: &GlobalOpts) -> sweeper::Result<String> {
     match &g.redis_url_file {
         Some(path) => read_secret(path, "--redis-url-file"),
         None => Ok(g.redis_url.clone()),
+    }
+}
+
+fn redis_tls(g: &GlobalOpts) -> RedisTls {
+    RedisTls {
+        ca: g.redis_ca.clone(),
+        cert: g.redis_cert.clone(),
+        key: g.redis_key.clone(),
+        insecure: g.redis_insecure,
     }
 }
 

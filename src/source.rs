@@ -10,6 +10,7 @@ use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::layout::{Fetched, Layout, Probe};
 use crate::retry::{self, Backoff};
+use crate::tls::RedisTls;
 
 /// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
 /// even when a page holds many large checkpoints.
@@ -41,10 +42,9 @@ struct Throttle {
 
 impl Source {
     /// Connects, failing within `timeout` when Redis is down.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Source> {
+    pub async fn connect(url: &str, tls: &RedisTls, timeout: Duration) -> Result<Source> {
         let shown = redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Usage(format!("invalid --redis-url {shown}: {e}")))?;
+        let client = tls.client(url)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             // A single pipeline of large values can legitimately take a while.

@@ -28,6 +28,7 @@ use crate::select::{Ttl, classify};
 use crate::shutdown::Shutdown;
 use crate::source::{Source, display_key, fetch_chunks};
 use crate::store::{Batch, BatchOutcome, RejectRecord, RunHistory, Store};
+use crate::tls::RedisTls;
 
 /// Batches waiting for a writer: Redis reads run this far ahead of the PostgreSQL writes. One
 /// is enough with two writers (PostgreSQL is the slower side); two took 10% more memory at 1M
@@ -67,6 +68,7 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub redis_url: String,
+    pub redis_tls: RedisTls,
     /// None for a dry run.
     pub database_url: Option<String>,
     pub connect_timeout: Duration,
@@ -77,7 +79,8 @@ pub struct Endpoints {
 pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shutdown) -> Outcome {
     let started = Instant::now();
     let failed = |e: Error, c: Counters| Outcome::failed(cfg, e, c, started.elapsed());
-    let source = match Source::connect(&ends.redis_url, ends.connect_timeout).await {
+    let source = match Source::connect(&ends.redis_url, &ends.redis_tls, ends.connect_timeout).await
+    {
         Ok(s) => s,
         Err(e) => return failed(e, Counters::default()),
     };

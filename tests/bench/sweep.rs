@@ -223,7 +223,7 @@ fn csv(field: &str) -> String {
 
 /// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
 async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
-    let mut source = Source::connect(&env.redis_url, Duration::from_secs(5))
+    let mut source = Source::connect(&env.redis_url, &Default::default(), Duration::from_secs(5))
         .await
         .unwrap();
     let conv_path = env.dir.join("conversations.csv");
@@ -409,7 +409,7 @@ async fn bench_size(
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let pg = reset(env).await;
-    let source = Source::connect(&env.redis_url, Duration::from_secs(5))
+    let source = Source::connect(&env.redis_url, &Default::default(), Duration::from_secs(5))
         .await
         .unwrap();
     let load = Instant::now();

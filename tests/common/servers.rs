@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -42,6 +42,8 @@ pub struct PrivatePg {
     bin: PathBuf,
     pub port: u16,
     root: bool,
+    /// Extra server options (`-c ssl=on ...`), for the next `up`.
+    pub options: String,
 }
 
 impl PrivatePg {
@@ -67,6 +69,7 @@ impl PrivatePg {
             bin,
             port: free_port(),
             root,
+            options: String::new(),
         };
         let data = pg.dir.join("data");
         let out = pg
@@ -106,9 +109,10 @@ impl PrivatePg {
     /// Starts (or starts again) the server.
     pub fn up(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.options
         );
         let out = self
             .pg_tool("pg_ctl")
@@ -139,6 +143,28 @@ impl PrivatePg {
             .stderr(Stdio::null())
             .status();
         wait_for_port(self.port, false, "PostgreSQL");
+    }
+
+    /// The data directory (configuration files, and certificates the server reads).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Writes a file into the data directory, owned by the server's user with mode 0600 (as
+    /// PostgreSQL wants its private key).
+    pub fn write_private(&self, name: &str, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.root {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
     }
 
     pub fn admin_url(&self) -> String {
