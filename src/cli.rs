@@ -47,6 +47,11 @@ pub struct GlobalOpts {
     #[arg(long, env = "SWEEPER_REDIS_URL_FILE", global = true)]
     pub redis_url_file: Option<PathBuf>,
 
+    /// --redis-url names nodes of a Redis Cluster (one, or several comma-separated seeds): sweep
+    /// every primary, each key read from the node owning its slot.
+    #[arg(long, env = "SWEEPER_REDIS_CLUSTER", global = true)]
+    pub redis_cluster: bool,
+
     /// PEM CA certificate to verify a rediss:// Redis with (default: the system's trust store).
     #[arg(long, env = "SWEEPER_REDIS_CA", global = true)]
     pub redis_ca: Option<PathBuf>,

@@ -7,7 +7,9 @@
 //! # Layout
 //! Data flows one way, one module per step:
 //!
-//! - [`source`]: the only code that speaks Redis: SCAN pages, pipelined PTTLs, pipelined reads.
+//! - [`source`] and [`cluster`]: the only code that speaks Redis: one node's connection and SCAN
+//!   pages; the node or cluster primaries a sweep reads, per-key pipelines (PTTL, probe, fetch)
+//!   routed to each key's owner, MOVED and ASK followed.
 //! - [`layout`]: how a checkpoint is stored in Redis (JSON string, hash, list, RedisJSON) and read
 //!   back as one JSON document.
 //! - [`select`]: which keys are due, from their TTL alone. Pure.
@@ -26,6 +28,7 @@
 //! Redis), [`progress`] (a spinner for people at a terminal).
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod error;

@@ -12,6 +12,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use cli::{Cli, Command, GlobalOpts, LogFormat, Output};
+use sweeper::cluster::Nodes;
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
 use sweeper::inspect::{InspectConfig, inspect};
@@ -143,6 +144,11 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             if rs.ttl.is_zero() {
                 return Err(Error::Usage("--ttl must be above 0".into()));
             }
+            if g.redis_cluster {
+                return Err(Error::Usage(
+                    "restore writes to one node: it does not take --redis-cluster".into(),
+                ));
+            }
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             store.ensure_migrated().await?;
             let mut source =
@@ -163,8 +169,13 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 top: i.top,
                 samples: i.samples,
             };
-            let mut source =
-                Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
+            let mut source = Nodes::connect(
+                &redis_url(g)?,
+                &redis_tls(g),
+                g.connect_timeout,
+                g.redis_cluster,
+            )
+            .await?;
             source.set_rate_limit(i.max_redis_ops_per_sec);
             let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
             print(&match i.output {
@@ -179,6 +190,11 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             status(&store, st).await
         }
         Command::Simulate(s) => {
+            if g.redis_cluster {
+                return Err(Error::Usage(
+                    "simulate writes to one node: it does not take --redis-cluster".into(),
+                ));
+            }
             let source = Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
             let cfg = SimulateConfig {
                 conversations: s.conversations,
@@ -313,6 +329,7 @@ fn prepare(g: &GlobalOpts, r: &cli::RunArgs) -> sweeper::Result<(SweepConfig, sw
     let ends = sweep::Endpoints {
         redis_url: redis_url(g)?,
         redis_tls: redis_tls(g),
+        redis_cluster: g.redis_cluster,
         database_url: match cfg.dry_run {
             true => None,
             false => Some(database_url(g)?),

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::checkpoint::{self, Reject};
+use crate::cluster::Nodes;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::layout::Fetched;
@@ -26,7 +27,7 @@ use crate::report::{Counters, DueKey, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
 use crate::shutdown::Shutdown;
-use crate::source::{Source, display_key, fetch_chunks};
+use crate::source::{display_key, fetch_chunks};
 use crate::store::{Batch, BatchOutcome, RejectRecord, RunHistory, Store};
 use crate::tls::RedisTls;
 
@@ -69,6 +70,8 @@ pub struct Outcome {
 pub struct Endpoints {
     pub redis_url: String,
     pub redis_tls: RedisTls,
+    /// `redis_url` names nodes of a Redis Cluster (comma-separated seeds): sweep every primary.
+    pub redis_cluster: bool,
     /// None for a dry run.
     pub database_url: Option<String>,
     pub connect_timeout: Duration,
@@ -79,7 +82,13 @@ pub struct Endpoints {
 pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shutdown) -> Outcome {
     let started = Instant::now();
     let failed = |e: Error, c: Counters| Outcome::failed(cfg, e, c, started.elapsed());
-    let source = match Source::connect(&ends.redis_url, &ends.redis_tls, ends.connect_timeout).await
+    let source = match Nodes::connect(
+        &ends.redis_url,
+        &ends.redis_tls,
+        ends.connect_timeout,
+        ends.redis_cluster,
+    )
+    .await
     {
         Ok(s) => s,
         Err(e) => return failed(e, Counters::default()),
@@ -116,7 +125,7 @@ impl Outcome {
 /// Runs one sweep. With `cfg.dry_run`, `store` is not used (and may be None): nothing is written.
 pub async fn run(
     cfg: &SweepConfig,
-    source: Source,
+    source: Nodes,
     store: Option<&Store>,
     shutdown: &Shutdown,
 ) -> Outcome {
@@ -129,7 +138,7 @@ pub async fn run(
 
 async fn try_run(
     cfg: &SweepConfig,
-    source: Source,
+    source: Nodes,
     store: Option<&Store>,
     shutdown: &Shutdown,
     started: Instant,
@@ -440,7 +449,7 @@ fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {
 async fn protect_after(
     error: Error,
     cfg: &SweepConfig,
-    source: Source,
+    source: Nodes,
     shutdown: &Shutdown,
 ) -> (Error, Counters) {
     if !matches!(error, Error::Postgres { .. } | Error::NotMigrated { .. })
@@ -467,7 +476,7 @@ async fn protect_after(
 }
 
 /// Scans and raises the TTL of every due key to `--protect-ttl`; reads no value.
-async fn protect_only(cfg: &SweepConfig, source: Source, shutdown: &Shutdown) -> Result<Counters> {
+async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> Result<Counters> {
     let deadline = cfg.deadline.map(|d| Instant::now() + d);
     let store_down = Arc::new(AtomicBool::new(true));
     let (tx, _rx) = mpsc::channel::<ReadBatch>(1);
@@ -484,7 +493,7 @@ async fn protect_only(cfg: &SweepConfig, source: Source, shutdown: &Shutdown) ->
 
 /// Raises the TTL of `keys` to `--protect-ttl`; returns how many were raised. A failure here is
 /// logged: the sweep is already failing for a better reason.
-async fn protect(source: &mut Source, keys: &[Vec<u8>], cfg: &SweepConfig) -> u64 {
+async fn protect(source: &mut Nodes, keys: &[Vec<u8>], cfg: &SweepConfig) -> u64 {
     if cfg.protect_ttl.is_zero() || keys.is_empty() {
         return 0;
     }
@@ -551,7 +560,7 @@ impl Reader {
     /// stopped it early, if one did.
     async fn run(
         mut self,
-        mut source: Source,
+        mut source: Nodes,
         tx: mpsc::Sender<ReadBatch>,
     ) -> (Counters, Stop, Option<Error>) {
         let result = self.scan(&mut source, &tx).await;
@@ -580,15 +589,32 @@ impl Reader {
         None
     }
 
-    async fn scan(&mut self, source: &mut Source, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
+    /// Scans every primary in turn (one node, or each primary of a cluster).
+    async fn scan(&mut self, source: &mut Nodes, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
+        for node in 0..source.primaries() {
+            if let Some(stop) = self.scan_node(source, node, tx).await? {
+                return Ok(stop);
+            }
+        }
+        self.send(tx).await;
+        Ok(Stop::Done)
+    }
+
+    /// Scans one node to the end; Some when the sweep must stop early.
+    async fn scan_node(
+        &mut self,
+        source: &mut Nodes,
+        node: usize,
+        tx: &mpsc::Sender<ReadBatch>,
+    ) -> Result<Option<Stop>> {
         let mut cursor = 0;
         loop {
             if let Some(stop) = self.should_stop() {
                 self.send(tx).await;
-                return Ok(stop);
+                return Ok(Some(stop));
             }
             let (next, mut keys) = source
-                .scan_page(cursor, &self.cfg.pattern, self.cfg.scan_count)
+                .scan_page(node, cursor, &self.cfg.pattern, self.cfg.scan_count)
                 .await?;
             // A shard counts and reads only its own keys: N shards add up to one whole sweep.
             if let Some(shard) = self.cfg.shard {
@@ -601,27 +627,25 @@ impl Reader {
                 .update(self.counters.scanned, self.counters.due + due.len() as u64);
             if self.store_down.load(Ordering::SeqCst) {
                 if self.cfg.protect_ttl.is_zero() {
-                    return Ok(Stop::WriterGone);
+                    return Ok(Some(Stop::WriterGone));
                 }
                 let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
                 self.counters.due += keys.len() as u64;
                 self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
             } else if !self.read_due(source, due, tx).await? {
-                return Ok(Stop::WriterGone);
+                return Ok(Some(Stop::WriterGone));
             }
             if next == 0 {
-                break;
+                return Ok(None);
             }
             cursor = next;
         }
-        self.send(tx).await;
-        Ok(Stop::Done)
     }
 
     /// PTTLs of a page; returns the due keys (once each) with their TTL left.
     async fn select(
         &mut self,
-        source: &mut Source,
+        source: &mut Nodes,
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, u64)>> {
         let pttls = source.pttls(&keys).await?;
@@ -651,7 +675,7 @@ impl Reader {
     /// bytes. False when the writer has stopped.
     async fn read_due(
         &mut self,
-        source: &mut Source,
+        source: &mut Nodes,
         due: Vec<(Vec<u8>, u64)>,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<bool> {

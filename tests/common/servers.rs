@@ -278,3 +278,80 @@ impl Drop for PrivateRedis {
         let _ = std::fs::remove_dir_all(Path::new(&self.dir));
     }
 }
+
+/// A Redis Cluster of `n` primaries (no replicas) on loopback, each node a [`PrivateRedis`] with
+/// an append-only file, so a node killed and started again comes back with its keys.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateCluster {
+    pub fn start(n: usize) -> PrivateCluster {
+        let nodes: Vec<PrivateRedis> = (0..n)
+            .map(|_| {
+                // The cluster bus gets a port of its own (the default, port + 10000, may be taken
+                // or out of range).
+                let bus = free_port().to_string();
+                PrivateRedis::try_start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    &bus,
+                    "--appendonly",
+                    "yes",
+                ])
+                .expect("a cluster node")
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = PrivateCluster { nodes };
+        c.wait_ok();
+        c
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        let start = Instant::now();
+        loop {
+            let ok = self.nodes.iter().all(|r| {
+                Command::new("redis-cli")
+                    .args(["-p", &r.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every node's URL, comma-separated (seeds for `--redis-cluster`).
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(|r| r.url()).collect();
+        urls.join(",")
+    }
+}
