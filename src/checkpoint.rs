@@ -52,7 +52,11 @@ pub struct Message {
 pub enum Reject {
     KeyNotUtf8,
     EmptyConversationId,
-    WrongType(String),
+    /// A key of another Redis type than the layout reads.
+    WrongType {
+        found: String,
+        expected: &'static str,
+    },
     TooLarge {
         size: u64,
         limit: u64,
@@ -84,7 +88,9 @@ impl fmt::Display for Reject {
                     "empty_conversation_id: nothing follows the pattern's prefix"
                 )
             }
-            Reject::WrongType(t) => write!(f, "wrong_type: a Redis {t}, not a string"),
+            Reject::WrongType { found, expected } => {
+                write!(f, "wrong_type: a Redis {found}, not a {expected}")
+            }
             Reject::TooLarge { size, limit } => {
                 write!(f, "too_large: {size} bytes, over --max-value-bytes {limit}")
             }

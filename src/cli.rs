@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sweeper::config::{parse_duration, parse_size};
+use sweeper::layout::Layout;
+use sweeper::shard::Shard;
 use sweeper::simulate::{parse_count_range, parse_ttl_range};
 
 const EXIT_CODES: &str = "\
@@ -31,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
-    /// Redis holding the checkpoints (redis://[user:password@]host:port/db).
+    /// Redis holding the checkpoints (redis://[user:password@]host:port/db; rediss:// for TLS).
     #[arg(
         long,
         env = "REDIS_URL",
@@ -45,8 +47,41 @@ pub struct GlobalOpts {
     #[arg(long, env = "SWEEPER_REDIS_URL_FILE", global = true)]
     pub redis_url_file: Option<PathBuf>,
 
+    /// --redis-url names nodes of a Redis Cluster (one, or several comma-separated seeds): sweep
+    /// every primary, each key read from the node owning its slot.
+    #[arg(long, env = "SWEEPER_REDIS_CLUSTER", global = true)]
+    pub redis_cluster: bool,
+
+    /// PEM CA certificate to verify a rediss:// Redis with (default: the system's trust store).
+    #[arg(long, env = "SWEEPER_REDIS_CA", global = true)]
+    pub redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a rediss:// Redis that requires one (with --redis-key).
+    #[arg(
+        long,
+        env = "SWEEPER_REDIS_CERT",
+        global = true,
+        requires = "redis_key"
+    )]
+    pub redis_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-cert.
+    #[arg(
+        long,
+        env = "SWEEPER_REDIS_KEY",
+        global = true,
+        requires = "redis_cert"
+    )]
+    pub redis_key: Option<PathBuf>,
+
+    /// Accept any certificate from a rediss:// Redis: encrypted, not authenticated. Development
+    /// only; every run warns.
+    #[arg(long, env = "SWEEPER_REDIS_INSECURE", global = true)]
+    pub redis_insecure: bool,
+
     /// PostgreSQL receiving the conversations (postgres://user:password@host:port/db). Needed by
-    /// `migrate` and by every run but a dry run.
+    /// `migrate` and by every run but a dry run. TLS in the URL:
+    /// ?sslmode=verify-full&sslrootcert=/path/ca.crt.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -75,6 +110,27 @@ pub struct GlobalOpts {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Auto,
+    Json,
+    Hash,
+    List,
+    Rejson,
+}
+
+impl From<Format> for Layout {
+    fn from(f: Format) -> Layout {
+        match f {
+            Format::Auto => Layout::Auto,
+            Format::Json => Layout::Json,
+            Format::Hash => Layout::Hash,
+            Format::List => Layout::List,
+            Format::Rejson => Layout::ReJson,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +224,21 @@ pub struct RunArgs {
     /// Summary format on stdout.
     #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
     pub output: Output,
+
+    /// How checkpoints are stored in Redis: json (a string holding the document), hash (its
+    /// fields, `messages` a JSON array string), list (message JSON objects, newest last), rejson
+    /// (a RedisJSON document), or auto (each key by its TYPE). A key of another type is rejected.
+    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// Sweep only shard I of N (from 0: 0/3, 1/3, 2/3): N workers split the keys by hash slot,
+    /// with no overlap and no gap; each takes its own lock and records its own run.
+    #[arg(long, env = "SWEEPER_SHARD", value_parser = Shard::parse, conflicts_with = "shards")]
+    pub shard: Option<Shard>,
+
+    /// Sweep one of N shards, the one JOB_COMPLETION_INDEX names (set by Kubernetes Indexed Jobs).
+    #[arg(long, env = "SWEEPER_SHARDS", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub shards: Option<u32>,
 
     /// Conversations per PostgreSQL transaction.
     #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -324,6 +395,7 @@ mod tests {
         assert_eq!(r.batch_size, 1000);
         assert_eq!(r.max_value_bytes, 16 << 20);
         assert!(!r.dry_run);
+        assert_eq!(r.format, Format::Json);
         assert_eq!(cli.global.connect_timeout, Duration::from_secs(10));
     }
 
@@ -342,5 +414,12 @@ mod tests {
         assert!(Cli::try_parse_from(["sweeper", "run", "--threshold", "soon"]).is_err());
         assert!(Cli::try_parse_from(["sweeper", "run", "--batch-size", "0"]).is_err());
         assert!(Cli::try_parse_from(["sweeper", "run", "--output", "yaml"]).is_err());
+        for bad in ["3/3", "x", "3/0", "-1/3"] {
+            assert!(Cli::try_parse_from(["sweeper", "run", "--shard", bad]).is_err());
+        }
+        assert!(
+            Cli::try_parse_from(["sweeper", "run", "--shard", "0/3", "--shards", "3"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["sweeper", "run", "--shards", "0"]).is_err());
     }
 }

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::progress::Progress;
+use crate::shard::Shard;
 
 /// What a sweep needs to know. Build it with struct update syntax over `Default` and call
 /// [`SweepConfig::validate`].
@@ -35,6 +37,10 @@ pub struct SweepConfig {
     pub max_redis_ops_per_sec: u32,
     /// Where the scan reports how far it got (hidden unless a person watches a terminal).
     pub progress: Progress,
+    /// How checkpoints are stored in Redis.
+    pub layout: Layout,
+    /// Sweep only the keys of this shard (None: every key).
+    pub shard: Option<Shard>,
 }
 
 impl Default for SweepConfig {
@@ -52,6 +58,8 @@ impl Default for SweepConfig {
             writers: 2,
             max_redis_ops_per_sec: 0,
             progress: Progress::default(),
+            layout: Layout::Json,
+            shard: None,
         }
     }
 }

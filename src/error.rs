@@ -62,7 +62,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Redis { source, .. } => {
-                source.is_io_error()
+                (source.is_io_error() && !is_tls_refusal(source))
                     || source.is_connection_dropped()
                     || source.is_connection_refusal()
                     || source.is_timeout()
@@ -127,6 +127,20 @@ impl Error {
             Error::Other(_) => exit::OTHER,
         }
     }
+}
+
+/// A TLS handshake refused for good (a certificate not trusted, or one the server required and
+/// did not get): no retry can change it. rustls reports these as I/O errors, told apart here by
+/// rustls's own wording, as the redis crate does not expose the rustls error.
+fn is_tls_refusal(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer is incompatible",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 impl From<&Error> for ExitCode {

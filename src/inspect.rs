@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cluster::Nodes;
 use crate::error::Result;
 use crate::layout::{Layout, Probe};
 use crate::progress::Progress;
 use crate::select::{Ttl, classify};
-use crate::source::{Source, display_key};
+use crate::source::display_key;
 
 #[derive(Debug, Clone)]
 pub struct InspectConfig {
@@ -164,7 +165,7 @@ impl Sample {
 
 /// Scans the keys matching the pattern and sums them up.
 pub async fn inspect(
-    source: &mut Source,
+    source: &mut Nodes,
     cfg: &InspectConfig,
     progress: &Progress,
 ) -> Result<InspectReport> {
@@ -195,54 +196,57 @@ pub async fn inspect(
         seen: 0,
         keys: Vec::new(),
     };
-    let mut cursor = 0;
-    loop {
-        let (next, keys) = source
-            .scan_page(cursor, &cfg.pattern, cfg.scan_count)
-            .await?;
-        report.keys += keys.len() as u64;
-        let pttls = source.pttls(&keys).await?;
-        // Every size is wanted, however large: the limit only decides what a sweep would read.
-        let probes = source.probe(Layout::default(), &keys, u64::MAX).await?;
-        for ((key, pttl), probe) in keys.iter().zip(pttls).zip(probes) {
-            let ttl_ms = match classify(pttl, cfg.threshold) {
-                Ttl::Gone => {
-                    report.gone += 1;
-                    continue;
+    // Every primary in turn (one node, or each primary of a cluster).
+    for node in 0..source.primaries() {
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = source
+                .scan_page(node, cursor, &cfg.pattern, cfg.scan_count)
+                .await?;
+            report.keys += keys.len() as u64;
+            let pttls = source.pttls(&keys).await?;
+            // Every size is wanted, however large: the limit only decides what a sweep would read.
+            let probes = source.probe(Layout::default(), &keys, u64::MAX).await?;
+            for ((key, pttl), probe) in keys.iter().zip(pttls).zip(probes) {
+                let ttl_ms = match classify(pttl, cfg.threshold) {
+                    Ttl::Gone => {
+                        report.gone += 1;
+                        continue;
+                    }
+                    Ttl::NoTtl => {
+                        report.no_ttl += 1;
+                        None
+                    }
+                    Ttl::Due { ttl_ms } => {
+                        report.due += 1;
+                        Some(ttl_ms)
+                    }
+                    Ttl::NotDue => Some(pttl as u64),
+                };
+                if let Some(ms) = ttl_ms {
+                    report.ttl_histogram[bucket_of(&bounds, ms)].keys += 1;
                 }
-                Ttl::NoTtl => {
-                    report.no_ttl += 1;
-                    None
-                }
-                Ttl::Due { ttl_ms } => {
-                    report.due += 1;
-                    Some(ttl_ms)
-                }
-                Ttl::NotDue => Some(pttl as u64),
-            };
-            if let Some(ms) = ttl_ms {
-                report.ttl_histogram[bucket_of(&bounds, ms)].keys += 1;
+                let kind = match probe {
+                    Probe::Read { size, .. } | Probe::Sample { size, .. } => {
+                        report.string_bytes += size;
+                        largest.offer(size, key, ttl_ms);
+                        "string".to_string()
+                    }
+                    Probe::WrongType(t) => t,
+                    Probe::Gone => {
+                        report.gone += 1;
+                        continue;
+                    }
+                };
+                *report.types.entry(kind).or_default() += 1;
+                sample.offer(key);
             }
-            let kind = match probe {
-                Probe::Read { size } | Probe::Sample { size } => {
-                    report.string_bytes += size;
-                    largest.offer(size, key, ttl_ms);
-                    "string".to_string()
-                }
-                Probe::WrongType(t) => t,
-                Probe::Gone => {
-                    report.gone += 1;
-                    continue;
-                }
-            };
-            *report.types.entry(kind).or_default() += 1;
-            sample.offer(key);
+            progress.update(report.keys, report.due);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        progress.update(report.keys, report.due);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     progress.finish();
     report.largest = largest.into_sorted();

@@ -2,28 +2,50 @@
 //!
 //! Reading is two pipelined phases per page of due keys, so that a huge or foreign value is never
 //! pulled whole: a *probe* (type and size of each key), then a *fetch* of what the probe allowed.
-//! Other layouts (hashes, lists, RedisJSON) plug in here as new [`Layout`] variants.
+//! Every layout is turned here into the same JSON document, which [`crate::checkpoint`] decodes:
+//!
+//! - `json`: a string holding the document (`SET checkpoint:{id} '{...}'`);
+//! - `hash`: the document's fields as hash fields; `messages` (a JSON array) and any field holding
+//!   a JSON object or array are parsed, every other field is a string;
+//! - `list`: one message JSON object per element, newest last; the document is `{"messages": [...]}`;
+//! - `rejson`: a RedisJSON document (`JSON.SET`), read with `JSON.GET`;
+//! - `auto`: any of these, decided per key by its Redis TYPE.
+//!
+//! None of the commands used (TYPE, STRLEN, MEMORY USAGE, GET, GETRANGE, HGETALL, HKEYS, LRANGE,
+//! JSON.GET, JSON.OBJKEYS) touches a key's TTL.
+
+use std::collections::BTreeMap;
 
 use redis::{Pipeline, Value};
+
+use crate::checkpoint::Reject;
 
 /// How much of a rejected value is kept for inspection in `sweep_rejects.raw`.
 pub const REJECT_SAMPLE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
-    /// A Redis string holding the JSON document (`SET checkpoint:{id} '{...}'`).
+    /// Whichever of the others the key's TYPE says.
+    Auto,
+    /// A Redis string holding the JSON document.
     #[default]
-    JsonString,
+    Json,
+    /// A Redis hash of the document's fields.
+    Hash,
+    /// A Redis list of message JSON objects, newest last.
+    List,
+    /// A RedisJSON document.
+    ReJson,
 }
 
 /// What the probe learnt of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// Readable, `size` bytes.
-    Read { size: u64 },
-    /// Over the size limit: only its first bytes are fetched, as a sample for the reject.
-    Sample { size: u64 },
-    /// Of another Redis type: nothing to fetch.
+    /// Readable as `layout` (never `Auto`), `size` bytes.
+    Read { layout: Layout, size: u64 },
+    /// Over the size limit: only a sample is fetched, for the reject.
+    Sample { layout: Layout, size: u64 },
+    /// Of another Redis type (the one named): nothing to fetch.
     WrongType(String),
     /// Expired or deleted since its TTL was read.
     Gone,
@@ -32,88 +54,300 @@ pub enum Probe {
 /// What the fetch gave for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
+    /// The JSON document, for [`crate::checkpoint::decode`].
     Value(Vec<u8>),
-    TooLarge { size: u64, sample: Vec<u8> },
+    TooLarge {
+        size: u64,
+        sample: Vec<u8>,
+    },
+    /// Of another Redis type (the one named).
     WrongType(String),
+    /// Read, but its parts do not make a document (a hash field or list element that is not
+    /// JSON); `raw` is what was read, for the reject.
+    Invalid {
+        reject: Reject,
+        raw: Vec<u8>,
+    },
     Gone,
 }
 
 impl Layout {
-    /// Queues the probe commands for one key; [`Layout::PROBE_REPLIES`] replies each.
-    pub fn queue_probe(self, pipe: &mut Pipeline, key: &[u8]) {
-        match self {
-            Layout::JsonString => {
-                pipe.cmd("TYPE").arg(key).cmd("STRLEN").arg(key);
-            }
+    /// The layout a key of this Redis TYPE has.
+    fn of_type(redis_type: &str) -> Option<Layout> {
+        match redis_type {
+            "string" => Some(Layout::Json),
+            "hash" => Some(Layout::Hash),
+            "list" => Some(Layout::List),
+            "ReJSON-RL" => Some(Layout::ReJson),
+            _ => None,
         }
     }
 
-    pub const PROBE_REPLIES: usize = 2;
-
-    /// Reads the probe's replies for one key (`PROBE_REPLIES` of them).
-    pub fn probe_result(self, replies: &[Value], max_value_bytes: u64) -> Probe {
+    /// What a key must be, for wrong-type rejects: "a Redis set, not {expected}".
+    pub fn expected(self) -> &'static str {
         match self {
-            Layout::JsonString => {
-                let kind = match &replies[0] {
-                    Value::SimpleString(s) => s.as_str(),
-                    Value::Okay => "string",
-                    _ => "unknown",
-                };
-                match kind {
-                    "none" => Probe::Gone,
-                    "string" => {
-                        let size = match replies[1] {
-                            Value::Int(n) => n.max(0) as u64,
-                            _ => 0,
-                        };
-                        if size > max_value_bytes {
-                            Probe::Sample { size }
-                        } else {
-                            Probe::Read { size }
-                        }
-                    }
-                    other => Probe::WrongType(other.to_string()),
-                }
-            }
+            Layout::Auto => "string, hash, list or RedisJSON document",
+            Layout::Json => "string",
+            Layout::Hash => "hash",
+            Layout::List => "list",
+            Layout::ReJson => "RedisJSON document",
+        }
+    }
+
+    /// Replies the probe of one key gets.
+    pub fn probe_replies(self) -> usize {
+        match self {
+            Layout::Auto => 3,
+            _ => 2,
+        }
+    }
+
+    /// Queues the probe commands for one key ([`Layout::probe_replies`] replies): its TYPE and
+    /// its size (STRLEN for a string: exact and cheap; MEMORY USAGE for the others, the only
+    /// size Redis gives of a whole hash, list or RedisJSON document).
+    pub fn queue_probe(self, pipe: &mut Pipeline, key: &[u8]) {
+        pipe.cmd("TYPE").arg(key);
+        if matches!(self, Layout::Json | Layout::Auto) {
+            pipe.cmd("STRLEN").arg(key);
+        }
+        if self != Layout::Json {
+            pipe.cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0);
+        }
+    }
+
+    /// Reads the probe's replies for one key.
+    pub fn probe_result(self, replies: &[Value], max_value_bytes: u64) -> Probe {
+        let kind = match &replies[0] {
+            Value::SimpleString(s) => s.as_str(),
+            Value::Okay => "string",
+            _ => "unknown",
+        };
+        if kind == "none" {
+            return Probe::Gone;
+        }
+        let layout = match (self, Layout::of_type(kind)) {
+            (Layout::Auto, Some(l)) => l,
+            (l, Some(k)) if l == k => l,
+            _ => return Probe::WrongType(kind.to_string()),
+        };
+        // STRLEN is the second reply; MEMORY USAGE the last.
+        let size_reply = match layout {
+            Layout::Json => &replies[1],
+            _ => &replies[replies.len() - 1],
+        };
+        let size = match size_reply {
+            Value::Int(n) => (*n).max(0) as u64,
+            // MEMORY USAGE of a key gone in between.
+            _ => return Probe::Gone,
+        };
+        if size > max_value_bytes {
+            Probe::Sample { layout, size }
+        } else {
+            Probe::Read { layout, size }
         }
     }
 
     /// Queues the one fetch command for a probed key, or nothing when there is nothing to fetch.
-    pub fn queue_fetch(self, pipe: &mut Pipeline, key: &[u8], probe: &Probe) -> bool {
-        match (self, probe) {
-            (Layout::JsonString, Probe::Read { .. }) => {
-                pipe.cmd("GET").arg(key);
-                true
-            }
-            (Layout::JsonString, Probe::Sample { .. }) => {
-                pipe.cmd("GETRANGE")
+    pub fn queue_fetch(pipe: &mut Pipeline, key: &[u8], probe: &Probe) -> bool {
+        match probe {
+            Probe::Read { layout, .. } => match layout {
+                Layout::Json => pipe.cmd("GET").arg(key),
+                Layout::Hash => pipe.cmd("HGETALL").arg(key),
+                Layout::List => pipe.cmd("LRANGE").arg(key).arg(0).arg(-1),
+                Layout::ReJson | Layout::Auto => pipe.cmd("JSON.GET").arg(key),
+            },
+            // Samples that stay small whatever the value's size: its first bytes; a hash's field
+            // names; a list's first (oldest) message; a RedisJSON document's top-level keys.
+            Probe::Sample { layout, .. } => match layout {
+                Layout::Json => pipe
+                    .cmd("GETRANGE")
                     .arg(key)
                     .arg(0)
-                    .arg(REJECT_SAMPLE_BYTES - 1);
-                true
-            }
-            (_, Probe::WrongType(_) | Probe::Gone) => false,
-        }
+                    .arg(REJECT_SAMPLE_BYTES - 1),
+                Layout::Hash => pipe.cmd("HKEYS").arg(key),
+                Layout::List => pipe.cmd("LRANGE").arg(key).arg(0).arg(0),
+                Layout::ReJson | Layout::Auto => pipe.cmd("JSON.OBJKEYS").arg(key),
+            },
+            Probe::WrongType(_) | Probe::Gone => return false,
+        };
+        true
     }
 
     /// Turns a probe and its fetch reply (if one was queued) into what the sweep decodes.
-    pub fn fetched(self, probe: Probe, reply: Option<Value>) -> Fetched {
+    pub fn fetched(probe: Probe, reply: Option<Value>) -> Fetched {
         match (probe, reply) {
             (Probe::WrongType(t), _) => Fetched::WrongType(t),
             (Probe::Gone, _) => Fetched::Gone,
-            (Probe::Read { .. }, Some(Value::BulkString(b))) => Fetched::Value(b),
-            (Probe::Sample { size }, Some(Value::BulkString(b))) => {
-                Fetched::TooLarge { size, sample: b }
-            }
-            // Nil: the key expired between probe and fetch. A server error (WRONGTYPE): the key was
-            // replaced by another type in between; the next sweep sees it as such.
+            // The key was replaced by another type between probe and fetch; the next sweep
+            // sees which.
             (Probe::Read { .. } | Probe::Sample { .. }, Some(Value::ServerError(e)))
                 if e.code() == "WRONGTYPE" =>
             {
-                Fetched::WrongType("non-string".into())
+                Fetched::WrongType("value of another type".into())
             }
-            (Probe::Read { .. } | Probe::Sample { .. }, _) => Fetched::Gone,
+            (Probe::Read { layout, .. }, Some(v)) => match layout {
+                Layout::Json | Layout::ReJson | Layout::Auto => match v {
+                    Value::BulkString(b) => Fetched::Value(b),
+                    _ => Fetched::Gone,
+                },
+                Layout::Hash => match pairs(v) {
+                    Some(p) if !p.is_empty() => hash_document(p),
+                    _ => Fetched::Gone,
+                },
+                Layout::List => match items(v) {
+                    Some(i) if !i.is_empty() => list_document(i),
+                    _ => Fetched::Gone,
+                },
+            },
+            (Probe::Sample { size, layout }, Some(v)) => {
+                let mut sample = match (layout, v) {
+                    (Layout::Json, Value::BulkString(b)) => b,
+                    (_, v) => match items(v) {
+                        Some(i) if !i.is_empty() => match layout {
+                            Layout::List => i.into_iter().next().unwrap_or_default(),
+                            _ => lossy_json_array(&i),
+                        },
+                        _ => return Fetched::Gone,
+                    },
+                };
+                sample.truncate(REJECT_SAMPLE_BYTES as usize);
+                Fetched::TooLarge { size, sample }
+            }
+            // Nil: the key expired between probe and fetch.
+            (Probe::Read { .. } | Probe::Sample { .. }, None) => Fetched::Gone,
         }
+    }
+}
+
+/// The elements of an array reply (bulk strings; a nested array, as JSON.OBJKEYS may give, is
+/// flattened).
+fn items(v: Value) -> Option<Vec<Vec<u8>>> {
+    match v {
+        Value::Array(a) => Some(
+            a.into_iter()
+                .flat_map(|x| match x {
+                    Value::BulkString(b) => vec![b],
+                    Value::SimpleString(s) => vec![s.into_bytes()],
+                    Value::Array(_) => items(x).unwrap_or_default(),
+                    _ => Vec::new(),
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Field-value pairs of an HGETALL reply (an array in RESP2, a map in RESP3).
+fn pairs(v: Value) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let bytes = |v: Value| match v {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        _ => Vec::new(),
+    };
+    match v {
+        Value::Map(m) => Some(m.into_iter().map(|(k, v)| (bytes(k), bytes(v))).collect()),
+        Value::Array(_) => {
+            let flat = items(v)?;
+            let mut it = flat.into_iter();
+            let mut out = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// `["a","b"]` from byte strings, invalid UTF-8 replaced: what a reject shows of a hash or list.
+fn lossy_json_array(items: &[Vec<u8>]) -> Vec<u8> {
+    let strings: Vec<String> = items
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    serde_json::to_vec(&strings).expect("strings serialize")
+}
+
+fn utf8(b: &[u8]) -> Result<&str, Reject> {
+    std::str::from_utf8(b).map_err(|e| Reject::NotUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })
+}
+
+/// The document of a hash: its fields, with `messages` and any field holding a JSON object or
+/// array parsed, the others kept as strings. Fields are sorted by name, so the same hash always
+/// gives the same document (and content hash), whatever order Redis returns them in. Only a
+/// `messages` field that is not JSON makes the hash invalid.
+pub fn hash_document(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Fetched {
+    let build = |fields: &[(Vec<u8>, Vec<u8>)]| -> Result<Vec<u8>, Reject> {
+        let mut doc = BTreeMap::new();
+        for (name, value) in fields {
+            let name = utf8(name)?;
+            let text = utf8(value)?;
+            let v = if name == "messages" {
+                serde_json::from_str(text)
+                    .map_err(|e| Reject::NotJson(format!("hash field `messages`: {e}")))?
+            } else {
+                structured(text).unwrap_or_else(|| serde_json::Value::String(text.to_string()))
+            };
+            doc.insert(name.to_string(), v);
+        }
+        Ok(serde_json::to_vec(&doc).expect("a JSON value serializes"))
+    };
+    match build(&fields) {
+        Ok(doc) => Fetched::Value(doc),
+        Err(reject) => {
+            let mut shown = serde_json::Map::new();
+            for (k, v) in &fields {
+                shown.insert(
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned().into(),
+                );
+            }
+            Fetched::Invalid {
+                reject,
+                raw: serde_json::to_vec(&shown).expect("strings serialize"),
+            }
+        }
+    }
+}
+
+/// A field holding a JSON object or array, parsed; None for anything else (kept as a string).
+fn structured(text: &str) -> Option<serde_json::Value> {
+    if !text.trim_start().starts_with(['{', '[']) {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .filter(|v| v.is_object() || v.is_array())
+}
+
+/// The document of a list of message JSON objects, oldest first: `{"messages": [...]}`.
+pub fn list_document(elements: Vec<Vec<u8>>) -> Fetched {
+    let build = |elements: &[Vec<u8>]| -> Result<Vec<u8>, Reject> {
+        let mut messages = Vec::with_capacity(elements.len());
+        for (i, e) in elements.iter().enumerate() {
+            let text = utf8(e)?;
+            messages.push(
+                serde_json::from_str::<serde_json::Value>(text)
+                    .map_err(|err| Reject::NotJson(format!("list element {i}: {err}")))?,
+            );
+        }
+        Ok(
+            serde_json::to_vec(&serde_json::json!({ "messages": messages }))
+                .expect("a JSON value serializes"),
+        )
+    };
+    match build(&elements) {
+        Ok(doc) => Fetched::Value(doc),
+        Err(reject) => Fetched::Invalid {
+            reject,
+            raw: lossy_json_array(&elements),
+        },
     }
 }
 
@@ -121,36 +355,120 @@ impl Layout {
 mod tests {
     use super::*;
 
-    fn probe(kind: &str, len: i64) -> Probe {
-        Layout::JsonString.probe_result(&[Value::SimpleString(kind.into()), Value::Int(len)], 100)
+    fn probe(layout: Layout, kind: &str, len: i64) -> Probe {
+        let mut replies = vec![Value::SimpleString(kind.into())];
+        replies.extend(std::iter::repeat_n(
+            Value::Int(len),
+            layout.probe_replies() - 1,
+        ));
+        layout.probe_result(&replies, 100)
+    }
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
     }
 
     #[test]
     fn probe_sorts_keys_by_type_and_size() {
-        assert_eq!(probe("string", 100), Probe::Read { size: 100 });
-        assert_eq!(probe("string", 101), Probe::Sample { size: 101 });
-        assert_eq!(probe("hash", 0), Probe::WrongType("hash".into()));
-        assert_eq!(probe("none", 0), Probe::Gone);
+        let json = Layout::Json;
+        assert_eq!(
+            probe(json, "string", 100),
+            Probe::Read {
+                layout: json,
+                size: 100
+            }
+        );
+        assert_eq!(
+            probe(json, "string", 101),
+            Probe::Sample {
+                layout: json,
+                size: 101
+            }
+        );
+        assert_eq!(probe(json, "hash", 0), Probe::WrongType("hash".into()));
+        assert_eq!(probe(json, "none", 0), Probe::Gone);
+        assert_eq!(
+            probe(Layout::Hash, "hash", 5),
+            Probe::Read {
+                layout: Layout::Hash,
+                size: 5
+            }
+        );
+        assert_eq!(
+            probe(Layout::Hash, "string", 5),
+            Probe::WrongType("string".into())
+        );
+        // MEMORY USAGE of a key deleted between TYPE and it.
+        assert_eq!(
+            Layout::List.probe_result(&[Value::SimpleString("list".into()), Value::Nil], 100),
+            Probe::Gone
+        );
+    }
+
+    #[test]
+    fn auto_decides_by_type() {
+        for (kind, layout) in [
+            ("string", Layout::Json),
+            ("hash", Layout::Hash),
+            ("list", Layout::List),
+            ("ReJSON-RL", Layout::ReJson),
+        ] {
+            assert_eq!(
+                probe(Layout::Auto, kind, 7),
+                Probe::Read { layout, size: 7 },
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            probe(Layout::Auto, "zset", 7),
+            Probe::WrongType("zset".into())
+        );
+        // A string's size is its STRLEN, not its MEMORY USAGE.
+        let replies = [
+            Value::SimpleString("string".into()),
+            Value::Int(3),
+            Value::Int(500),
+        ];
+        assert_eq!(
+            Layout::Auto.probe_result(&replies, 100),
+            Probe::Read {
+                layout: Layout::Json,
+                size: 3
+            }
+        );
     }
 
     #[test]
     fn fetch_replies_become_values_samples_or_gone() {
-        let l = Layout::JsonString;
+        let read = |layout| Probe::Read { layout, size: 2 };
         assert_eq!(
-            l.fetched(
-                Probe::Read { size: 2 },
-                Some(Value::BulkString(b"{}".to_vec()))
-            ),
+            Layout::fetched(read(Layout::Json), Some(bulk("{}"))),
             Fetched::Value(b"{}".to_vec())
         );
         assert_eq!(
-            l.fetched(Probe::Read { size: 2 }, Some(Value::Nil)),
+            Layout::fetched(read(Layout::ReJson), Some(bulk("{}"))),
+            Fetched::Value(b"{}".to_vec())
+        );
+        assert_eq!(
+            Layout::fetched(read(Layout::Json), Some(Value::Nil)),
+            Fetched::Gone
+        );
+        // HGETALL and LRANGE of a key gone in between: empty.
+        assert_eq!(
+            Layout::fetched(read(Layout::Hash), Some(Value::Array(vec![]))),
             Fetched::Gone
         );
         assert_eq!(
-            l.fetched(
-                Probe::Sample { size: 9 },
-                Some(Value::BulkString(b"abc".to_vec()))
+            Layout::fetched(read(Layout::List), Some(Value::Array(vec![]))),
+            Fetched::Gone
+        );
+        assert_eq!(
+            Layout::fetched(
+                Probe::Sample {
+                    layout: Layout::Json,
+                    size: 9
+                },
+                Some(bulk("abc"))
             ),
             Fetched::TooLarge {
                 size: 9,
@@ -158,11 +476,102 @@ mod tests {
             }
         );
         assert_eq!(
-            l.fetched(Probe::WrongType("list".into()), None),
-            Fetched::WrongType("list".into())
+            Layout::fetched(
+                Probe::Sample {
+                    layout: Layout::Hash,
+                    size: 9
+                },
+                Some(Value::Array(vec![bulk("messages"), bulk("user_id")]))
+            ),
+            Fetched::TooLarge {
+                size: 9,
+                sample: br#"["messages","user_id"]"#.to_vec()
+            }
+        );
+        assert_eq!(
+            Layout::fetched(Probe::WrongType("set".into()), None),
+            Fetched::WrongType("set".into())
         );
         let mut pipe = redis::pipe();
-        assert!(!l.queue_fetch(&mut pipe, b"k", &Probe::Gone));
-        assert!(l.queue_fetch(&mut pipe, b"k", &Probe::Read { size: 1 }));
+        assert!(!Layout::queue_fetch(&mut pipe, b"k", &Probe::Gone));
+        assert!(Layout::queue_fetch(&mut pipe, b"k", &read(Layout::List)));
+    }
+
+    #[test]
+    fn a_hash_becomes_a_document_with_sorted_fields() {
+        let h = |pairs: &[(&str, &str)]| {
+            hash_document(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .collect(),
+            )
+        };
+        let got = h(&[
+            ("user_id", "u-1"),
+            ("messages", r#"[{"role":"user","content":"hi"}]"#),
+            ("metadata", r#"{"channel":"web"}"#),
+            ("note", "[not json"),
+        ]);
+        // Text that only looks like JSON stays text.
+        let Fetched::Value(doc) = got else {
+            panic!("{got:?}")
+        };
+        assert!(
+            String::from_utf8(doc)
+                .unwrap()
+                .contains(r#""note":"[not json""#)
+        );
+        let got = h(&[
+            ("user_id", "u-1"),
+            ("messages", r#"[{"role":"user","content":"hi"}]"#),
+            ("metadata", r#"{"channel":"web"}"#),
+            ("started_at", "2026-11-22T10:00:00Z"),
+        ]);
+        let same = h(&[
+            ("started_at", "2026-11-22T10:00:00Z"),
+            ("metadata", r#"{"channel":"web"}"#),
+            ("messages", r#"[{"role":"user","content":"hi"}]"#),
+            ("user_id", "u-1"),
+        ]);
+        assert_eq!(got, same, "field order does not matter");
+        let Fetched::Value(doc) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            String::from_utf8(doc).unwrap(),
+            r#"{"messages":[{"content":"hi","role":"user"}],"metadata":{"channel":"web"},"started_at":"2026-11-22T10:00:00Z","user_id":"u-1"}"#
+        );
+        let bad = h(&[("messages", "not json")]);
+        assert!(
+            matches!(&bad, Fetched::Invalid { reject: Reject::NotJson(e), raw } if e.starts_with("hash field `messages`") && raw == br#"{"messages":"not json"}"#),
+            "{bad:?}"
+        );
+        let bin = hash_document(vec![(b"messages".to_vec(), vec![0xff])]);
+        assert!(matches!(
+            bin,
+            Fetched::Invalid {
+                reject: Reject::NotUtf8 { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_list_becomes_the_messages_of_a_document() {
+        let l =
+            |items: &[&str]| list_document(items.iter().map(|i| i.as_bytes().to_vec()).collect());
+        assert_eq!(
+            l(&[r#"{"role":"user","content":"a"}"#, r#"{"role":"assistant","content":"b"}"#]),
+            Fetched::Value(
+                br#"{"messages":[{"content":"a","role":"user"},{"content":"b","role":"assistant"}]}"#
+                    .to_vec()
+            )
+        );
+        let bad = l(&[r#"{"role":"user","content":"a"}"#, "oops"]);
+        assert!(
+            matches!(&bad, Fetched::Invalid { reject: Reject::NotJson(e), .. } if e.starts_with("list element 1")),
+            "{bad:?}"
+        );
     }
 }

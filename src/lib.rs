@@ -7,8 +7,11 @@
 //! # Layout
 //! Data flows one way, one module per step:
 //!
-//! - [`source`]: the only code that speaks Redis: SCAN pages, pipelined PTTLs, pipelined reads.
-//! - [`layout`]: how a checkpoint is stored in Redis (a JSON string today) and read back.
+//! - [`source`] and [`cluster`]: the only code that speaks Redis: one node's connection and SCAN
+//!   pages; the node or cluster primaries a sweep reads, per-key pipelines (PTTL, probe, fetch)
+//!   routed to each key's owner, MOVED and ASK followed.
+//! - [`layout`]: how a checkpoint is stored in Redis (JSON string, hash, list, RedisJSON) and read
+//!   back as one JSON document.
 //! - [`select`]: which keys are due, from their TTL alone. Pure.
 //! - [`checkpoint`]: the checkpoint document, decoded and validated, or rejected with a reason. Pure.
 //! - [`store`]: the only code that speaks PostgreSQL: migrations, bulk upserts, rejects, runs.
@@ -16,15 +19,16 @@
 //! - [`report`]: the run summary, as text for people or JSON for orchestrators.
 //! - [`publish`]: the summary and metrics in files and on a Pushgateway, for orchestrators.
 //!
-//! Around them: [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
+//! Around them: [`tls`] (certificates for `rediss://`), [`config`] (validated settings, no I/O), [`error`] (typed errors, what is
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
 //! [`schedule`] (cron expressions and whether a schedule can lose a key), [`daemon`] (sweeps on a
-//! schedule without an orchestrator),
+//! schedule without an orchestrator), [`shard`] (which keys a worker of a sharded sweep owns),
 //! [`simulate`] (plays the chat service to seed demos, tests and benchmarks), [`inspect`] (what
 //! the keyspace holds, before trusting a sweep), [`restore`] (a saved conversation back into
 //! Redis), [`progress`] (a spinner for people at a terminal).
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod error;
@@ -37,10 +41,12 @@ pub mod restore;
 pub mod retry;
 pub mod schedule;
 pub mod select;
+pub mod shard;
 pub mod shutdown;
 pub mod simulate;
 pub mod source;
 pub mod store;
 pub mod sweep;
+pub mod tls;
 
 pub use error::{Error, Result};

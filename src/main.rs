@@ -12,6 +12,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use cli::{Cli, Command, GlobalOpts, LogFormat, Output};
+use sweeper::cluster::Nodes;
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
 use sweeper::inspect::{InspectConfig, inspect};
@@ -20,10 +21,12 @@ use sweeper::publish::Publish;
 use sweeper::report::StatusReport;
 use sweeper::restore::restore;
 use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
+use sweeper::shard::Shard;
 use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
 use sweeper::store::Store;
+use sweeper::tls::RedisTls;
 use sweeper::{daemon, sweep};
 
 fn main() -> ExitCode {
@@ -141,9 +144,15 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             if rs.ttl.is_zero() {
                 return Err(Error::Usage("--ttl must be above 0".into()));
             }
+            if g.redis_cluster {
+                return Err(Error::Usage(
+                    "restore writes to one node: it does not take --redis-cluster".into(),
+                ));
+            }
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             store.ensure_migrated().await?;
-            let mut source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            let mut source =
+                Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
             let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
             tracing::info!(key = %restored.key, "conversation restored");
             print(&match rs.output {
@@ -160,7 +169,13 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 top: i.top,
                 samples: i.samples,
             };
-            let mut source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            let mut source = Nodes::connect(
+                &redis_url(g)?,
+                &redis_tls(g),
+                g.connect_timeout,
+                g.redis_cluster,
+            )
+            .await?;
             source.set_rate_limit(i.max_redis_ops_per_sec);
             let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
             print(&match i.output {
@@ -175,7 +190,12 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             status(&store, st).await
         }
         Command::Simulate(s) => {
-            let source = Source::connect(&redis_url(g)?, g.connect_timeout).await?;
+            if g.redis_cluster {
+                return Err(Error::Usage(
+                    "simulate writes to one node: it does not take --redis-cluster".into(),
+                ));
+            }
+            let source = Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
             let cfg = SimulateConfig {
                 conversations: s.conversations,
                 prefix: s.match_prefix.clone(),
@@ -213,6 +233,7 @@ async fn sweep_and_report(
             tracing::info!(
                 redis = %redact_url(&ends.redis_url),
                 pattern = %cfg.pattern,
+                shard = cfg.shard.map(|s| s.to_string()),
                 threshold = %humantime::format_duration(cfg.threshold),
                 dry_run = cfg.dry_run,
                 "sweep starting"
@@ -284,18 +305,31 @@ fn run_config(r: &cli::RunArgs) -> SweepConfig {
         protect_ttl: r.protect_ttl,
         writers: r.writers as usize,
         max_redis_ops_per_sec: r.max_redis_ops_per_sec,
+        layout: r.format.into(),
+        shard: r.shard,
         ..SweepConfig::default()
     }
 }
 
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
 fn prepare(g: &GlobalOpts, r: &cli::RunArgs) -> sweeper::Result<(SweepConfig, sweep::Endpoints)> {
-    let cfg = run_config(r).validate()?;
+    let mut cfg = run_config(r).validate()?;
+    if let Some(n) = r.shards {
+        let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+            Error::Usage(format!(
+                "--shards {n} takes the shard from JOB_COMPLETION_INDEX (set by Kubernetes Indexed Jobs), which is not set; use --shard I/{n} elsewhere"
+            ))
+        })?;
+        cfg.shard =
+            Some(Shard::of_job(n, &index).map_err(|e| Error::Usage(format!("--shards: {e}")))?);
+    }
     if let Some(expr) = &r.schedule {
         refuse_unsafe_threshold(expr, cfg.threshold, cfg.deadline)?;
     }
     let ends = sweep::Endpoints {
         redis_url: redis_url(g)?,
+        redis_tls: redis_tls(g),
+        redis_cluster: g.redis_cluster,
         database_url: match cfg.dry_run {
             true => None,
             false => Some(database_url(g)?),
@@ -379,6 +413,15 @@ fn redis_url(g: &GlobalOpts) -> sweeper::Result<String> {
     match &g.redis_url_file {
         Some(path) => read_secret(path, "--redis-url-file"),
         None => Ok(g.redis_url.clone()),
+    }
+}
+
+fn redis_tls(g: &GlobalOpts) -> RedisTls {
+    RedisTls {
+        ca: g.redis_ca.clone(),
+        cert: g.redis_cert.clone(),
+        key: g.redis_key.clone(),
+        insecure: g.redis_insecure,
     }
 }
 

@@ -87,6 +87,9 @@ pub struct Summary {
     pub dry_run: bool,
     #[serde(rename = "match")]
     pub pattern: String,
+    /// The shard swept (`I/N`), when the sweep was sharded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub threshold_ms: u64,
     #[serde(flatten)]
     pub counters: Counters,
@@ -111,6 +114,7 @@ impl Summary {
             signal: None,
             dry_run: cfg.dry_run,
             pattern: cfg.pattern.clone(),
+            shard: cfg.shard.map(|s| s.to_string()),
             threshold_ms: cfg.threshold.as_millis() as u64,
             counters,
             duration_ms: duration.as_millis() as u64,
@@ -140,13 +144,16 @@ impl Summary {
         }
         let threshold =
             humantime::format_duration(std::time::Duration::from_millis(self.threshold_ms));
+        let scope = match &self.shard {
+            Some(shard) => format!("{:?} (shard {shard})", self.pattern),
+            None => format!("{:?}", self.pattern),
+        };
         if self.dry_run {
             let _ = writeln!(
                 out,
-                "dry run: {} keys matching {:?} scanned, {} due (TTL under {threshold}): {} would be saved, {} rejected; \
+                "dry run: {} keys matching {scope} scanned, {} due (TTL under {threshold}): {} would be saved, {} rejected; \
                  {} not due, {} without TTL, {} expired before read; nothing was written ({} ms)",
                 c.scanned,
-                self.pattern,
                 c.due,
                 c.due - c.rejected,
                 c.rejected,
@@ -159,11 +166,10 @@ impl Summary {
             let run = self.run_id.map_or(String::new(), |id| format!(" {id}"));
             let _ = writeln!(
                 out,
-                "sweep{run} {}: {} keys matching {:?} scanned, {} due (TTL under {threshold}): {} persisted, \
+                "sweep{run} {}: {} keys matching {scope} scanned, {} due (TTL under {threshold}): {} persisted, \
                  {} unchanged, {} rejected, {} messages added; {} not due, {} without TTL, {} expired before read ({} ms)",
                 self.status.as_str(),
                 c.scanned,
-                self.pattern,
                 c.due,
                 c.persisted,
                 c.unchanged,
@@ -322,6 +328,7 @@ mod tests {
             signal: None,
             dry_run,
             pattern: "checkpoint:*".into(),
+            shard: None,
             threshold_ms: 600_000,
             counters: Counters {
                 scanned: 10,
@@ -398,6 +405,7 @@ mod exit_tests {
             signal: None,
             dry_run: false,
             pattern: "x*".into(),
+            shard: None,
             threshold_ms: 1,
             counters: Counters::default(),
             duration_ms: 0,

@@ -1,5 +1,6 @@
-//! The only code that speaks Redis: SCAN pages, pipelined PTTLs, pipelined reads. It never writes
-//! (a sweep changes nothing in Redis) and never uses KEYS.
+//! One Redis node's connection: retries, throttling, SCAN pages. With [`crate::cluster`] (which
+//! routes per-key commands to the node owning each key), the only code that speaks Redis. It
+//! never writes values (only TTLs, to protect keys) and never uses KEYS.
 
 use std::time::{Duration, Instant};
 
@@ -8,8 +9,9 @@ use redis::{AsyncConnectionConfig, Value};
 
 use crate::config::redact_url;
 use crate::error::{Error, Result};
-use crate::layout::{Fetched, Layout, Probe};
+use crate::layout::Probe;
 use crate::retry::{self, Backoff};
+use crate::tls::RedisTls;
 
 /// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
 /// even when a page holds many large checkpoints.
@@ -41,10 +43,9 @@ struct Throttle {
 
 impl Source {
     /// Connects, failing within `timeout` when Redis is down.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Source> {
+    pub async fn connect(url: &str, tls: &RedisTls, timeout: Duration) -> Result<Source> {
         let shown = redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Usage(format!("invalid --redis-url {shown}: {e}")))?;
+        let client = tls.client(url)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             // A single pipeline of large values can legitimately take a while.
@@ -114,7 +115,10 @@ impl Source {
     /// replies (of pipelines with `ignore_errors`) are data for the caller; any other server
     /// error (LOADING, MASTERDOWN, NOPERM, ...) fails the whole pipeline, so that it is retried
     /// or ends the run, never mistaken for a bad or vanished key.
-    async fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Result<T> {
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
         if let Some(t) = &mut self.throttle {
             let now = Instant::now();
             let start = t.next.max(now);
@@ -176,90 +180,31 @@ impl Source {
         Ok(page)
     }
 
-    /// PTTL of every key, in one pipeline: milliseconds left, -1 without TTL, -2 gone.
-    pub async fn pttls(&mut self, keys: &[Vec<u8>]) -> Result<Vec<i64>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(self.max_pipeline) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("PTTL").arg(k);
-            }
-            out.extend(self.query::<Vec<i64>>(&pipe).await?);
-        }
-        Ok(out)
-    }
-
-    /// The type and size of each key, in one pipeline: what may be fetched, and how much memory
-    /// it takes.
-    pub async fn probe(
-        &mut self,
-        layout: Layout,
-        keys: &[Vec<u8>],
-        max_value_bytes: u64,
-    ) -> Result<Vec<Probe>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks((self.max_pipeline / Layout::PROBE_REPLIES).max(1)) {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for k in chunk {
-                layout.queue_probe(&mut pipe, k);
-            }
-            let replies: Vec<Value> = self.query(&pipe).await?;
-            out.extend(
-                replies
-                    .chunks(Layout::PROBE_REPLIES)
-                    .map(|r| layout.probe_result(r, max_value_bytes)),
-            );
-        }
-        Ok(out)
-    }
-
-    /// Fetches probed keys in one pipeline. Keep the sizes of one call within a memory budget
-    /// (see [`fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
-    pub async fn fetch(
-        &mut self,
-        layout: Layout,
-        keys: &[Vec<u8>],
-        probes: &[Probe],
-    ) -> Result<Vec<Fetched>> {
+    /// The slot map of the cluster this node belongs to (`CLUSTER SLOTS`).
+    pub async fn cluster_slots(&mut self) -> Result<Vec<crate::cluster::SlotRange>> {
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let queued: Vec<bool> = keys
-            .iter()
-            .zip(probes)
-            .map(|(k, p)| layout.queue_fetch(&mut pipe, k, p))
-            .collect();
-        let mut replies = if queued.iter().any(|q| *q) {
-            self.query::<Vec<Value>>(&pipe).await?.into_iter()
-        } else {
-            Vec::new().into_iter()
-        };
-        Ok(probes
-            .iter()
-            .zip(queued)
-            .map(|(p, q)| layout.fetched(p.clone(), if q { replies.next() } else { None }))
-            .collect())
+        pipe.cmd("CLUSTER").arg("SLOTS");
+        let (reply,): (Value,) = self.query(&pipe).await?;
+        let asked = self.client.get_connection_info().addr().to_string();
+        crate::cluster::parse_cluster_slots(&reply, &asked).ok_or_else(|| Error::Redis {
+            url: self.url.clone(),
+            source: redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "CLUSTER SLOTS",
+                format!("{reply:?}"),
+            )),
+        })
     }
 
-    /// Probes and fetches in one go (for callers that hold few keys at a time).
-    pub async fn read(
-        &mut self,
-        layout: Layout,
-        keys: &[Vec<u8>],
-        max_value_bytes: u64,
-    ) -> Result<Vec<Fetched>> {
-        let probes = self.probe(layout, keys, max_value_bytes).await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for r in fetch_chunks(&probes, self.max_pipeline) {
-            out.extend(self.fetch(layout, &keys[r.clone()], &probes[r]).await?);
-        }
-        Ok(out)
+    /// Whether this node is part of a cluster (`INFO cluster`). A node that will not say (an ACL
+    /// without INFO) is taken as a single node. Not counted as a round trip of the sweep.
+    pub async fn is_cluster_node(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let info: redis::RedisResult<String> = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await;
+        info.is_ok_and(|i| i.contains("cluster_enabled:1"))
     }
 }
 
@@ -271,7 +216,7 @@ pub fn fetch_chunks(probes: &[Probe], max_keys: usize) -> Vec<std::ops::Range<us
     let (mut start, mut bytes) = (0, 0u64);
     for (i, p) in probes.iter().enumerate() {
         let size = match p {
-            Probe::Read { size } => *size,
+            Probe::Read { size, .. } => *size,
             _ => 0,
         };
         if i > start && (bytes + size > FETCH_BUDGET_BYTES || i - start >= max_keys) {
@@ -286,37 +231,17 @@ pub fn fetch_chunks(probes: &[Probe], max_keys: usize) -> Vec<std::ops::Range<us
     out
 }
 
-/// The first server error in a reply other than WRONGTYPE (which is a per-key answer).
+/// The first server error in a reply other than the per-key answers: WRONGTYPE, and the MOVED
+/// and ASK of a cluster in resharding (followed by [`crate::cluster`]).
 fn first_server_error(v: &Value) -> Option<redis::ServerError> {
+    let per_key = |e: &redis::ServerError| matches!(e.code(), "WRONGTYPE" | "MOVED" | "ASK");
     match v {
-        Value::ServerError(e) if e.code() != "WRONGTYPE" => Some(e.clone()),
+        Value::ServerError(e) if !per_key(e) => Some(e.clone()),
         Value::Array(items) => items.iter().find_map(|i| match i {
-            Value::ServerError(e) if e.code() != "WRONGTYPE" => Some(e.clone()),
+            Value::ServerError(e) if !per_key(e) => Some(e.clone()),
             _ => None,
         }),
         _ => None,
-    }
-}
-
-impl Source {
-    /// Raises the TTL of `keys` to `ttl`, never lowering it (PEXPIRE GT: a key without TTL or
-    /// with more left is untouched). Returns how many keys were raised.
-    pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<u64> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("PEXPIRE")
-                .arg(k)
-                .arg(ttl.as_millis() as u64)
-                .arg("GT");
-        }
-        let replies: Vec<Value> = self.query(&pipe).await?;
-        Ok(replies
-            .iter()
-            .filter(|v| matches!(v, Value::Int(1)))
-            .count() as u64)
     }
 }
 
@@ -361,13 +286,17 @@ pub fn display_key(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::Layout;
 
     #[test]
     fn fetch_chunks_stay_within_the_budget() {
         let mb = 1024 * 1024;
         let probes: Vec<Probe> = [10, 10, 10, 10, 40, 1, 1]
             .iter()
-            .map(|m| Probe::Read { size: m * mb })
+            .map(|m| Probe::Read {
+                layout: Layout::Json,
+                size: m * mb,
+            })
             .chain([Probe::Gone, Probe::WrongType("hash".into())])
             .collect();
         let chunks = fetch_chunks(&probes, usize::MAX);
@@ -377,7 +306,7 @@ mod tests {
             let total: u64 = probes[c.clone()]
                 .iter()
                 .map(|p| match p {
-                    Probe::Read { size } => *size,
+                    Probe::Read { size, .. } => *size,
                     _ => 0,
                 })
                 .sum();

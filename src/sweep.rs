@@ -19,15 +19,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::checkpoint::{self, Reject};
+use crate::cluster::Nodes;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
-use crate::layout::{Fetched, Layout};
+use crate::layout::Fetched;
 use crate::report::{Counters, DueKey, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
 use crate::shutdown::Shutdown;
-use crate::source::{Source, display_key, fetch_chunks};
+use crate::source::{display_key, fetch_chunks};
 use crate::store::{Batch, BatchOutcome, RejectRecord, RunHistory, Store};
+use crate::tls::RedisTls;
 
 /// Batches waiting for a writer: Redis reads run this far ahead of the PostgreSQL writes. One
 /// is enough with two writers (PostgreSQL is the slower side); two took 10% more memory at 1M
@@ -67,6 +69,9 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub redis_url: String,
+    pub redis_tls: RedisTls,
+    /// `redis_url` names nodes of a Redis Cluster (comma-separated seeds): sweep every primary.
+    pub redis_cluster: bool,
     /// None for a dry run.
     pub database_url: Option<String>,
     pub connect_timeout: Duration,
@@ -77,7 +82,14 @@ pub struct Endpoints {
 pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shutdown) -> Outcome {
     let started = Instant::now();
     let failed = |e: Error, c: Counters| Outcome::failed(cfg, e, c, started.elapsed());
-    let source = match Source::connect(&ends.redis_url, ends.connect_timeout).await {
+    let source = match Nodes::connect(
+        &ends.redis_url,
+        &ends.redis_tls,
+        ends.connect_timeout,
+        ends.redis_cluster,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => return failed(e, Counters::default()),
     };
@@ -113,7 +125,7 @@ impl Outcome {
 /// Runs one sweep. With `cfg.dry_run`, `store` is not used (and may be None): nothing is written.
 pub async fn run(
     cfg: &SweepConfig,
-    source: Source,
+    source: Nodes,
     store: Option<&Store>,
     shutdown: &Shutdown,
 ) -> Outcome {
@@ -126,7 +138,7 @@ pub async fn run(
 
 async fn try_run(
     cfg: &SweepConfig,
-    source: Source,
+    source: Nodes,
     store: Option<&Store>,
     shutdown: &Shutdown,
     started: Instant,
@@ -144,6 +156,7 @@ async fn try_run(
         signal: shutdown.signal(),
         dry_run: cfg.dry_run,
         pattern: cfg.pattern.clone(),
+        shard: cfg.shard.map(|s| s.to_string()),
         threshold_ms: cfg.threshold.as_millis() as u64,
         counters,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -155,7 +168,7 @@ async fn try_run(
     if let Some(s) = store {
         let setup = async {
             s.ensure_migrated().await?;
-            let lock = s.try_lock(&cfg.pattern).await?;
+            let lock = s.try_lock(&cfg.pattern, cfg.shard).await?;
             let id = s.start_run(cfg).await?;
             if lock.is_some() {
                 let closed = s.close_abandoned_runs(&cfg.pattern, id).await?;
@@ -436,7 +449,7 @@ fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {
 async fn protect_after(
     error: Error,
     cfg: &SweepConfig,
-    source: Source,
+    source: Nodes,
     shutdown: &Shutdown,
 ) -> (Error, Counters) {
     if !matches!(error, Error::Postgres { .. } | Error::NotMigrated { .. })
@@ -463,7 +476,7 @@ async fn protect_after(
 }
 
 /// Scans and raises the TTL of every due key to `--protect-ttl`; reads no value.
-async fn protect_only(cfg: &SweepConfig, source: Source, shutdown: &Shutdown) -> Result<Counters> {
+async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> Result<Counters> {
     let deadline = cfg.deadline.map(|d| Instant::now() + d);
     let store_down = Arc::new(AtomicBool::new(true));
     let (tx, _rx) = mpsc::channel::<ReadBatch>(1);
@@ -480,7 +493,7 @@ async fn protect_only(cfg: &SweepConfig, source: Source, shutdown: &Shutdown) ->
 
 /// Raises the TTL of `keys` to `--protect-ttl`; returns how many were raised. A failure here is
 /// logged: the sweep is already failing for a better reason.
-async fn protect(source: &mut Source, keys: &[Vec<u8>], cfg: &SweepConfig) -> u64 {
+async fn protect(source: &mut Nodes, keys: &[Vec<u8>], cfg: &SweepConfig) -> u64 {
     if cfg.protect_ttl.is_zero() || keys.is_empty() {
         return 0;
     }
@@ -547,7 +560,7 @@ impl Reader {
     /// stopped it early, if one did.
     async fn run(
         mut self,
-        mut source: Source,
+        mut source: Nodes,
         tx: mpsc::Sender<ReadBatch>,
     ) -> (Counters, Stop, Option<Error>) {
         let result = self.scan(&mut source, &tx).await;
@@ -576,16 +589,37 @@ impl Reader {
         None
     }
 
-    async fn scan(&mut self, source: &mut Source, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
+    /// Scans every primary in turn (one node, or each primary of a cluster).
+    async fn scan(&mut self, source: &mut Nodes, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
+        for node in 0..source.primaries() {
+            if let Some(stop) = self.scan_node(source, node, tx).await? {
+                return Ok(stop);
+            }
+        }
+        self.send(tx).await;
+        Ok(Stop::Done)
+    }
+
+    /// Scans one node to the end; Some when the sweep must stop early.
+    async fn scan_node(
+        &mut self,
+        source: &mut Nodes,
+        node: usize,
+        tx: &mpsc::Sender<ReadBatch>,
+    ) -> Result<Option<Stop>> {
         let mut cursor = 0;
         loop {
             if let Some(stop) = self.should_stop() {
                 self.send(tx).await;
-                return Ok(stop);
+                return Ok(Some(stop));
             }
-            let (next, keys) = source
-                .scan_page(cursor, &self.cfg.pattern, self.cfg.scan_count)
+            let (next, mut keys) = source
+                .scan_page(node, cursor, &self.cfg.pattern, self.cfg.scan_count)
                 .await?;
+            // A shard counts and reads only its own keys: N shards add up to one whole sweep.
+            if let Some(shard) = self.cfg.shard {
+                keys.retain(|k| shard.owns(k));
+            }
             self.counters.scanned += keys.len() as u64;
             let due = self.select(source, keys).await?;
             self.cfg
@@ -593,27 +627,25 @@ impl Reader {
                 .update(self.counters.scanned, self.counters.due + due.len() as u64);
             if self.store_down.load(Ordering::SeqCst) {
                 if self.cfg.protect_ttl.is_zero() {
-                    return Ok(Stop::WriterGone);
+                    return Ok(Some(Stop::WriterGone));
                 }
                 let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
                 self.counters.due += keys.len() as u64;
                 self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
             } else if !self.read_due(source, due, tx).await? {
-                return Ok(Stop::WriterGone);
+                return Ok(Some(Stop::WriterGone));
             }
             if next == 0 {
-                break;
+                return Ok(None);
             }
             cursor = next;
         }
-        self.send(tx).await;
-        Ok(Stop::Done)
     }
 
     /// PTTLs of a page; returns the due keys (once each) with their TTL left.
     async fn select(
         &mut self,
-        source: &mut Source,
+        source: &mut Nodes,
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, u64)>> {
         let pttls = source.pttls(&keys).await?;
@@ -643,11 +675,11 @@ impl Reader {
     /// bytes. False when the writer has stopped.
     async fn read_due(
         &mut self,
-        source: &mut Source,
+        source: &mut Nodes,
         due: Vec<(Vec<u8>, u64)>,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<bool> {
-        let layout = Layout::JsonString;
+        let layout = self.cfg.layout;
         for chunk in due.chunks(self.cfg.batch_size) {
             let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
             let probes = source
@@ -655,7 +687,7 @@ impl Reader {
                 .await?;
             for run in fetch_chunks(&probes, source.max_pipeline()) {
                 let fetched = source
-                    .fetch(layout, &keys[run.clone()], &probes[run.clone()])
+                    .fetch(&keys[run.clone()], &probes[run.clone()])
                     .await?;
                 for ((key, ttl_ms), f) in chunk[run].iter().cloned().zip(fetched) {
                     self.take(key, ttl_ms, f);
@@ -675,7 +707,18 @@ impl Reader {
         let shown = display_key(&key);
         let (decoded, value, size) = match fetched {
             Fetched::Gone => return self.expired(&key),
-            Fetched::WrongType(t) => (Err(Reject::WrongType(t.clone())), t.into_bytes(), 0),
+            Fetched::WrongType(found) => (
+                Err(Reject::WrongType {
+                    expected: self.cfg.layout.expected(),
+                    found: found.clone(),
+                }),
+                found.into_bytes(),
+                0,
+            ),
+            Fetched::Invalid { reject, raw } => {
+                let size = raw.len() as u64;
+                (Err(reject), raw, size)
+            }
             Fetched::TooLarge { size, sample } => (
                 Err(Reject::TooLarge {
                     size,

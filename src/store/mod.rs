@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::layout::REJECT_SAMPLE_BYTES;
 use crate::report::{Counters, RunStatus};
 use crate::retry;
+use crate::shard::Shard;
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
@@ -151,9 +152,15 @@ impl RunLock {
     }
 }
 
-/// The advisory lock key of sweeps of one pattern: the first 8 bytes of a SHA-256.
-fn lock_key(pattern: &str) -> i64 {
-    let h = Sha256::digest(format!("sweeper:{pattern}").as_bytes());
+/// The advisory lock key of sweeps of one pattern (and shard): the first 8 bytes of a SHA-256.
+/// An unsharded sweep keeps the key it always had, so binaries of before and after sharding
+/// exclude each other.
+fn lock_key(pattern: &str, shard: Option<Shard>) -> i64 {
+    let name = match shard {
+        None => format!("sweeper:{pattern}"),
+        Some(s) => format!("sweeper:{pattern}\0shard {s}"),
+    };
+    let h = Sha256::digest(name.as_bytes());
     i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
@@ -196,8 +203,8 @@ impl Store {
     /// Takes the lock of sweeps of `pattern` on this database, or None when another sweep holds
     /// it. The lock is a session-level advisory lock on a connection of its own: it is released
     /// by [`RunLock::release`], or by PostgreSQL when the process dies.
-    pub async fn try_lock(&self, pattern: &str) -> Result<Option<RunLock>> {
-        let key = lock_key(pattern);
+    pub async fn try_lock(&self, pattern: &str, shard: Option<Shard>) -> Result<Option<RunLock>> {
+        let key = lock_key(pattern, shard);
         let mut conn = self
             .pool
             .acquire()
@@ -309,13 +316,15 @@ impl Store {
     /// Records the start of a run; returns its id.
     pub async fn start_run(&self, cfg: &SweepConfig) -> Result<i64> {
         sqlx::query_scalar(
-            "INSERT INTO sweep_runs (match_pattern, threshold_ms, host, version) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO sweep_runs (match_pattern, threshold_ms, host, version, shard_index, shard_count) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(&cfg.pattern)
         .bind(cfg.threshold.as_millis() as i64)
         .bind(hostname())
         .bind(env!("CARGO_PKG_VERSION"))
+        .bind(cfg.shard.map(|s| s.index as i32))
+        .bind(cfg.shard.map(|s| s.count as i32))
         .fetch_one(&self.pool)
         .await
         .map_err(Error::postgres("record run start"))
@@ -694,6 +703,21 @@ mod tests {
         out.clear();
         copy_text(&mut out, "plain");
         assert_eq!(out, "plain");
+    }
+
+    #[test]
+    fn each_shard_of_a_pattern_has_its_own_lock() {
+        let s = |i, n| Some(Shard::new(i, n).unwrap());
+        let keys = [
+            lock_key("checkpoint:*", None),
+            lock_key("checkpoint:*", s(0, 1)),
+            lock_key("checkpoint:*", s(0, 3)),
+            lock_key("checkpoint:*", s(1, 3)),
+            lock_key("other:*", s(1, 3)),
+        ];
+        let distinct: HashSet<i64> = keys.iter().copied().collect();
+        assert_eq!(distinct.len(), keys.len());
+        assert_eq!(keys[3], lock_key("checkpoint:*", s(1, 3)), "stable");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 use sweeper::checkpoint::{conversation_id, decode};
+use sweeper::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
 use sweeper::simulate::{SimulateConfig, simulate};
 use sweeper::source::Source;
@@ -223,9 +224,14 @@ fn csv(field: &str) -> String {
 
 /// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
 async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
-    let mut source = Source::connect(&env.redis_url, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let mut source = Nodes::connect(
+        &env.redis_url,
+        &Default::default(),
+        Duration::from_secs(5),
+        false,
+    )
+    .await
+    .unwrap();
     let conv_path = env.dir.join("conversations.csv");
     let msg_path = env.dir.join("messages.csv");
     let mut conv = std::io::BufWriter::new(std::fs::File::create(&conv_path).unwrap());
@@ -234,7 +240,7 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
     let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(String::new(), |t| t.to_rfc3339());
     loop {
         let (next, keys) = source
-            .scan_page(cursor, &format!("{PREFIX}*"), 1000)
+            .scan_page(0, cursor, &format!("{PREFIX}*"), 1000)
             .await
             .unwrap();
         let ttls = source.pttls(&keys).await.unwrap();
@@ -245,7 +251,7 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             .map(|(k, _)| k)
             .collect();
         let values = source
-            .read(sweeper::layout::Layout::JsonString, &due, 16 << 20)
+            .read(sweeper::layout::Layout::Json, &due, 16 << 20)
             .await
             .unwrap();
         for (k, v) in due.iter().zip(values) {
@@ -409,7 +415,7 @@ async fn bench_size(
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let pg = reset(env).await;
-    let source = Source::connect(&env.redis_url, Duration::from_secs(5))
+    let source = Source::connect(&env.redis_url, &Default::default(), Duration::from_secs(5))
         .await
         .unwrap();
     let load = Instant::now();

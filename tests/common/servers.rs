@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -42,6 +42,8 @@ pub struct PrivatePg {
     bin: PathBuf,
     pub port: u16,
     root: bool,
+    /// Extra server options (`-c ssl=on ...`), for the next `up`.
+    pub options: String,
 }
 
 impl PrivatePg {
@@ -67,6 +69,7 @@ impl PrivatePg {
             bin,
             port: free_port(),
             root,
+            options: String::new(),
         };
         let data = pg.dir.join("data");
         let out = pg
@@ -106,9 +109,10 @@ impl PrivatePg {
     /// Starts (or starts again) the server.
     pub fn up(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.options
         );
         let out = self
             .pg_tool("pg_ctl")
@@ -141,6 +145,28 @@ impl PrivatePg {
         wait_for_port(self.port, false, "PostgreSQL");
     }
 
+    /// The data directory (configuration files, and certificates the server reads).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Writes a file into the data directory, owned by the server's user with mode 0600 (as
+    /// PostgreSQL wants its private key).
+    pub fn write_private(&self, name: &str, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.root {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -162,10 +188,18 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (modules, TLS, ACL), kept for restarts.
+    args: Vec<String>,
 }
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
+        PrivateRedis::try_start(&[]).unwrap()
+    }
+
+    /// A server started with extra arguments; Err with its log when it does not come up (a
+    /// module that cannot load, say).
+    pub fn try_start(args: &[&str]) -> Result<PrivateRedis, String> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sweeper-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -173,13 +207,19 @@ impl PrivateRedis {
             port,
             dir,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
-        r.up();
-        r
+        r.try_up()?;
+        Ok(r)
     }
 
     pub fn up(&mut self) {
-        let child = Command::new("redis-server")
+        self.try_up().unwrap()
+    }
+
+    fn try_up(&mut self) -> Result<(), String> {
+        let log = self.dir.join("redis.log");
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -192,11 +232,30 @@ impl PrivateRedis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let last: Vec<&str> = log.lines().rev().take(3).collect();
+                return Err(format!(
+                    "redis-server exited ({status}): {}",
+                    last.join(" | ")
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                return Err(format!("Redis on port {} did not come up", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.child = Some(child);
-        wait_for_port(self.port, true, "Redis");
+        Ok(())
     }
 
     /// SIGKILL: the server and every key in it are gone.
@@ -217,5 +276,82 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(Path::new(&self.dir));
+    }
+}
+
+/// A Redis Cluster of `n` primaries (no replicas) on loopback, each node a [`PrivateRedis`] with
+/// an append-only file, so a node killed and started again comes back with its keys.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateCluster {
+    pub fn start(n: usize) -> PrivateCluster {
+        let nodes: Vec<PrivateRedis> = (0..n)
+            .map(|_| {
+                // The cluster bus gets a port of its own (the default, port + 10000, may be taken
+                // or out of range).
+                let bus = free_port().to_string();
+                PrivateRedis::try_start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    &bus,
+                    "--appendonly",
+                    "yes",
+                ])
+                .expect("a cluster node")
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = PrivateCluster { nodes };
+        c.wait_ok();
+        c
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        let start = Instant::now();
+        loop {
+            let ok = self.nodes.iter().all(|r| {
+                Command::new("redis-cli")
+                    .args(["-p", &r.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every node's URL, comma-separated (seeds for `--redis-cluster`).
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(|r| r.url()).collect();
+        urls.join(",")
     }
 }

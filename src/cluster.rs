@@ -1,0 +1,584 @@
+//! The Redis a sweep reads: one node, or every primary of a Redis Cluster (`--redis-cluster`).
+//! With [`crate::source`] (one node's connection), the only code that speaks Redis.
+//!
+//! On a cluster the primaries are discovered with `CLUSTER SLOTS` from the first seed URL that
+//! answers; each is SCANned in turn (replicas never: each key is seen once), and every per-key
+//! command goes to the node owning the key's slot. During resharding a slot may move between
+//! SCAN and the reads: a `MOVED` reply is followed to the new owner (and the slot map refreshed
+//! for the next pages), an `ASK` reply to the importing node with `ASKING`. A single node is the
+//! same with one node owning every slot, so the sweep has one code path.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use redis::{Cmd, Value};
+
+use crate::config::redact_url;
+use crate::error::{Error, Result};
+use crate::layout::{Fetched, Layout, Probe};
+use crate::shard::{SLOTS, key_slot};
+use crate::source::{Source, fetch_chunks};
+use crate::tls::RedisTls;
+
+/// Redirections followed for one key before the read fails (a slot moving back and forth).
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Clone)]
+struct Node {
+    /// `host:port`, as the cluster names it.
+    addr: String,
+    source: Source,
+}
+
+/// One node, or the primaries of a cluster, with the slot map routing keys to them.
+#[derive(Clone)]
+pub struct Nodes {
+    /// The URL nodes' URLs are made from (scheme, user, password, database): the seed's.
+    seed_url: String,
+    tls: RedisTls,
+    timeout: Duration,
+    nodes: Vec<Node>,
+    /// `nodes[..primaries]` are SCANned; nodes met later through redirections only serve reads.
+    primaries: usize,
+    /// Slot -> index in `nodes`; empty for a single node (it owns every slot).
+    owner: Vec<u16>,
+    deadline: Option<Instant>,
+    ops_per_sec: u32,
+}
+
+/// Where a key's reply says to go instead.
+#[derive(Debug, PartialEq, Eq)]
+enum Redirect {
+    Moved(String),
+    Ask(String),
+}
+
+impl Nodes {
+    /// Connects to `urls`: one node, or with `cluster`, any nodes of a cluster (comma-separated
+    /// seeds, tried in turn) from which every primary is found and connected.
+    pub async fn connect(
+        urls: &str,
+        tls: &RedisTls,
+        timeout: Duration,
+        cluster: bool,
+    ) -> Result<Nodes> {
+        let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        if !cluster {
+            if seeds.len() > 1 {
+                return Err(Error::Usage(
+                    "several Redis URLs are seeds of a cluster: add --redis-cluster".into(),
+                ));
+            }
+            let source = Source::connect(urls, tls, timeout).await?;
+            if source.is_cluster_node().await {
+                return Err(Error::Usage(format!(
+                    "Redis at {} is a cluster node: sweep the cluster with --redis-cluster (alone it would sweep this node's keys only)",
+                    redact_url(urls)
+                )));
+            }
+            return Ok(Nodes {
+                seed_url: urls.to_string(),
+                tls: tls.clone(),
+                timeout,
+                nodes: vec![Node {
+                    addr: host_port(urls),
+                    source,
+                }],
+                primaries: 1,
+                owner: Vec::new(),
+                deadline: None,
+                ops_per_sec: 0,
+            });
+        }
+        let mut last = None;
+        for seed in &seeds {
+            let attempt = async {
+                let mut source = Source::connect(seed, tls, timeout).await?;
+                let slots = source.cluster_slots().await?;
+                Ok::<_, Error>((source, slots))
+            };
+            match attempt.await {
+                Ok((source, slots)) => {
+                    let mut nodes = Nodes {
+                        seed_url: seed.to_string(),
+                        tls: tls.clone(),
+                        timeout,
+                        nodes: vec![Node {
+                            addr: host_port(seed),
+                            source,
+                        }],
+                        primaries: 0,
+                        owner: Vec::new(),
+                        deadline: None,
+                        ops_per_sec: 0,
+                    };
+                    nodes.set_topology(slots).await?;
+                    return Ok(nodes);
+                }
+                Err(e) => {
+                    tracing::warn!(seed = %redact_url(seed), error = %e, "cluster seed unusable");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Usage("--redis-url is empty".into())))
+    }
+
+    /// Takes a `CLUSTER SLOTS` map: connects every primary (sorted by address, scanned in that
+    /// order) and routes each slot to its owner.
+    async fn set_topology(&mut self, slots: Vec<SlotRange>) -> Result<()> {
+        let mut owner = vec![u16::MAX; SLOTS as usize];
+        let mut addrs: Vec<&str> = slots.iter().map(|s| s.addr.as_str()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        // Primaries first, in address order; connections to other nodes are kept after them.
+        let mut ordered = Vec::with_capacity(self.nodes.len().max(addrs.len()));
+        for addr in &addrs {
+            let i = self.node(addr).await?;
+            ordered.push(self.nodes[i].clone());
+        }
+        let primaries = ordered.len();
+        for n in &self.nodes {
+            if !addrs.contains(&n.addr.as_str()) {
+                ordered.push(n.clone());
+            }
+        }
+        self.nodes = ordered;
+        if self.primaries == 0 {
+            self.primaries = primaries;
+        }
+        for s in &slots {
+            let i = self
+                .nodes
+                .iter()
+                .position(|n| n.addr == s.addr)
+                .expect("connected") as u16;
+            for slot in s.start..=s.end.min(SLOTS as u16 - 1) {
+                owner[slot as usize] = i;
+            }
+        }
+        if let Some(slot) = owner.iter().position(|o| *o == u16::MAX) {
+            return Err(Error::Redis {
+                url: redact_url(&self.seed_url),
+                source: client_error(format!(
+                    "the cluster does not cover every slot (slot {slot} has no primary): is it created and healthy?"
+                )),
+            });
+        }
+        self.owner = owner;
+        Ok(())
+    }
+
+    /// Reads the slot map again from a primary that answers (after a MOVED).
+    async fn refresh(&mut self) -> Result<()> {
+        let mut last = None;
+        for i in 0..self.primaries {
+            match self.nodes[i].source.cluster_slots().await {
+                Ok(slots) => return self.set_topology(slots).await,
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("a cluster has primaries"))
+    }
+
+    /// The index of the node at `addr`, connected now if it is new.
+    async fn node(&mut self, addr: &str) -> Result<usize> {
+        if let Some(i) = self.nodes.iter().position(|n| n.addr == addr) {
+            return Ok(i);
+        }
+        let url = node_url(&self.seed_url, addr)?;
+        let mut source = Source::connect(&url, &self.tls, self.timeout).await?;
+        source.set_deadline(self.deadline);
+        source.set_rate_limit(self.ops_per_sec);
+        self.nodes.push(Node {
+            addr: addr.to_string(),
+            source,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn owner_of(&self, key: &[u8]) -> usize {
+        match self.owner.is_empty() {
+            true => 0,
+            false => self.owner[key_slot(key) as usize] as usize,
+        }
+    }
+
+    /// The nodes to SCAN: the primaries.
+    pub fn primaries(&self) -> usize {
+        self.primaries
+    }
+
+    /// Retries give up rather than pause past this instant.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+        for n in &mut self.nodes {
+            n.source.set_deadline(deadline);
+        }
+    }
+
+    /// At most `ops_per_sec` commands per second to each node (0: no limit).
+    pub fn set_rate_limit(&mut self, ops_per_sec: u32) {
+        self.ops_per_sec = ops_per_sec;
+        for n in &mut self.nodes {
+            n.source.set_rate_limit(ops_per_sec);
+        }
+    }
+
+    /// Pipelines sent so far, to every node.
+    pub fn round_trips(&self) -> u64 {
+        self.nodes.iter().map(|n| n.source.round_trips()).sum()
+    }
+
+    /// Commands per pipeline at most.
+    pub fn max_pipeline(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.source.max_pipeline())
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
+    /// One SCAN step on primary `node`.
+    pub async fn scan_page(
+        &mut self,
+        node: usize,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        self.nodes[node]
+            .source
+            .scan_page(cursor, pattern, count)
+            .await
+    }
+
+    /// Sends each key's commands to the node owning it, following redirections; returns each
+    /// key's replies. Keys with no command get none.
+    async fn per_key(
+        &mut self,
+        keys: &[Vec<u8>],
+        cmds: impl Fn(usize) -> Vec<Cmd>,
+    ) -> Result<Vec<Vec<Value>>> {
+        let mut out = vec![Vec::new(); keys.len()];
+        // (key index, where to send it: None for the slot's owner, or a node and ASKING).
+        let mut pending: Vec<(usize, Option<(String, bool)>)> =
+            (0..keys.len()).map(|i| (i, None)).collect();
+        let mut moved = false;
+        for _ in 0..=MAX_REDIRECTS {
+            if pending.is_empty() {
+                break;
+            }
+            let mut groups: BTreeMap<(usize, bool), Vec<usize>> = BTreeMap::new();
+            for (i, to) in std::mem::take(&mut pending) {
+                let (node, asking) = match to {
+                    None => (self.owner_of(&keys[i]), false),
+                    Some((addr, asking)) => (self.node(&addr).await?, asking),
+                };
+                groups.entry((node, asking)).or_default().push(i);
+            }
+            for ((node, asking), idx) in groups {
+                let max = self.nodes[node].source.max_pipeline();
+                let mut start = 0;
+                while start < idx.len() {
+                    // A run of keys whose commands fit in one pipeline (at least one key).
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    let mut counts = Vec::new();
+                    let mut end = start;
+                    while end < idx.len() && (end == start || pipe.len() < max) {
+                        let cs = cmds(idx[end]);
+                        counts.push(cs.len());
+                        for c in cs {
+                            if asking {
+                                pipe.cmd("ASKING");
+                            }
+                            pipe.add_command(c);
+                        }
+                        end += 1;
+                    }
+                    let mut replies = match pipe.is_empty() {
+                        true => Vec::new().into_iter(),
+                        false => self.nodes[node]
+                            .source
+                            .query::<Vec<Value>>(&pipe)
+                            .await?
+                            .into_iter(),
+                    };
+                    for (&i, n) in idx[start..end].iter().zip(counts) {
+                        let mut mine = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            if asking {
+                                replies.next();
+                            }
+                            mine.push(replies.next().unwrap_or(Value::Nil));
+                        }
+                        match redirect(&mine) {
+                            Some(Redirect::Moved(addr)) => {
+                                moved = true;
+                                pending.push((i, Some((addr, false))));
+                            }
+                            Some(Redirect::Ask(addr)) => pending.push((i, Some((addr, true)))),
+                            None => out[i] = mine,
+                        }
+                    }
+                    start = end;
+                }
+            }
+        }
+        if let Some((i, _)) = pending.first() {
+            return Err(Error::Redis {
+                url: redact_url(&self.seed_url),
+                source: client_error(format!(
+                    "key {} still redirected after {MAX_REDIRECTS} hops",
+                    crate::source::display_key(&keys[*i])
+                )),
+            });
+        }
+        if moved {
+            // Slots have moved: later pages go straight to their new owners.
+            self.refresh().await?;
+        }
+        Ok(out)
+    }
+
+    /// PTTL of every key: milliseconds left, -1 without TTL, -2 gone.
+    pub async fn pttls(&mut self, keys: &[Vec<u8>]) -> Result<Vec<i64>> {
+        let replies = self
+            .per_key(keys, |i| {
+                let mut c = redis::cmd("PTTL");
+                c.arg(&keys[i]);
+                vec![c]
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r.first() {
+                Some(Value::Int(n)) => *n,
+                _ => -2,
+            })
+            .collect())
+    }
+
+    /// The type and size of each key: what may be fetched, and how much memory it takes.
+    pub async fn probe(
+        &mut self,
+        layout: Layout,
+        keys: &[Vec<u8>],
+        max_value_bytes: u64,
+    ) -> Result<Vec<Probe>> {
+        let replies = self
+            .per_key(keys, |i| {
+                let mut pipe = redis::pipe();
+                layout.queue_probe(&mut pipe, &keys[i]);
+                pipe.cmd_iter().cloned().collect()
+            })
+            .await?;
+        Ok(replies
+            .iter()
+            .map(|r| layout.probe_result(r, max_value_bytes))
+            .collect())
+    }
+
+    /// Fetches probed keys. Keep the sizes of one call within a memory budget (see
+    /// [`fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
+    pub async fn fetch(&mut self, keys: &[Vec<u8>], probes: &[Probe]) -> Result<Vec<Fetched>> {
+        let replies = self
+            .per_key(keys, |i| {
+                let mut pipe = redis::pipe();
+                Layout::queue_fetch(&mut pipe, &keys[i], &probes[i]);
+                pipe.cmd_iter().cloned().collect()
+            })
+            .await?;
+        Ok(probes
+            .iter()
+            .zip(replies)
+            .map(|(p, r)| Layout::fetched(p.clone(), r.into_iter().next()))
+            .collect())
+    }
+
+    /// Probes and fetches in one go (for callers that hold few keys at a time).
+    pub async fn read(
+        &mut self,
+        layout: Layout,
+        keys: &[Vec<u8>],
+        max_value_bytes: u64,
+    ) -> Result<Vec<Fetched>> {
+        let probes = self.probe(layout, keys, max_value_bytes).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for r in fetch_chunks(&probes, self.max_pipeline()) {
+            out.extend(self.fetch(&keys[r.clone()], &probes[r]).await?);
+        }
+        Ok(out)
+    }
+
+    /// Raises the TTL of `keys` to `ttl`, never lowering it (PEXPIRE GT: a key without TTL or
+    /// with more left is untouched). Returns how many keys were raised.
+    pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<u64> {
+        let replies = self
+            .per_key(keys, |i| {
+                let mut c = redis::cmd("PEXPIRE");
+                c.arg(&keys[i]).arg(ttl.as_millis() as u64).arg("GT");
+                vec![c]
+            })
+            .await?;
+        Ok(replies
+            .iter()
+            .filter(|r| matches!(r.first(), Some(Value::Int(1))))
+            .count() as u64)
+    }
+}
+
+/// One range of `CLUSTER SLOTS`: slots `start..=end` served by the primary at `addr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+    pub addr: String,
+}
+
+/// Parses a `CLUSTER SLOTS` reply: `[[start, end, [ip, port, id, ...], replica...], ...]`. The
+/// first node of a range is its primary; an empty or `?` ip means the node we asked.
+pub fn parse_cluster_slots(reply: &Value, asked: &str) -> Option<Vec<SlotRange>> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let Value::Array(items) = r else { return None };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+            (items.first(), items.get(1), items.get(2))
+        else {
+            return None;
+        };
+        let host = match primary.first()? {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            _ => return None,
+        };
+        let host = match host.as_str() {
+            "" | "?" => asked_host.to_string(),
+            _ => host,
+        };
+        let Some(Value::Int(port)) = primary.get(1) else {
+            return None;
+        };
+        out.push(SlotRange {
+            start: u16::try_from(*start).ok()?,
+            end: u16::try_from(*end).ok()?,
+            addr: format!("{host}:{port}"),
+        });
+    }
+    Some(out)
+}
+
+/// A MOVED or ASK among one key's replies.
+fn redirect(replies: &[Value]) -> Option<Redirect> {
+    replies.iter().find_map(|v| match v {
+        Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK") => {
+            // "MOVED 3999 127.0.0.1:6381": the code, the slot, the address.
+            let addr = e.details()?.split_whitespace().nth(1)?.to_string();
+            Some(match e.code() {
+                "MOVED" => Redirect::Moved(addr),
+                _ => Redirect::Ask(addr),
+            })
+        }
+        _ => None,
+    })
+}
+
+/// `host:port` of a URL, as the cluster names nodes.
+fn host_port(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or("127.0.0.1"),
+            u.port().unwrap_or(6379)
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// The URL of the node at `addr`: the seed's, with another host and port (same scheme,
+/// credentials and TLS).
+fn node_url(seed: &str, addr: &str) -> Result<String> {
+    let bad = || Error::Usage(format!("invalid --redis-url {}", redact_url(seed)));
+    let mut u = url::Url::parse(seed).map_err(|_| bad())?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    u.set_host(Some(host)).map_err(|_| bad())?;
+    u.set_port(Some(port)).map_err(|_| bad())?;
+    Ok(u.to_string())
+}
+
+fn client_error(detail: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "cluster", detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn cluster_slots_give_each_range_its_primary() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7001), bulk("id1")]),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7004), bulk("id4")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                Value::Array(vec![bulk(""), Value::Int(7002), bulk("id2")]),
+            ]),
+        ]);
+        assert_eq!(
+            parse_cluster_slots(&reply, "10.0.0.9:7002").unwrap(),
+            vec![
+                SlotRange {
+                    start: 0,
+                    end: 5460,
+                    addr: "127.0.0.1:7001".into()
+                },
+                SlotRange {
+                    start: 5461,
+                    end: 16383,
+                    addr: "10.0.0.9:7002".into()
+                },
+            ]
+        );
+        assert!(parse_cluster_slots(&Value::Nil, "x:1").is_none());
+    }
+
+    #[test]
+    fn redirections_are_read_from_error_replies() {
+        // As the server sends them.
+        let parse = |wire: &str| redis::parse_redis_value(wire.as_bytes()).unwrap();
+        assert_eq!(
+            redirect(&[parse("-MOVED 3999 127.0.0.1:6381\r\n")]),
+            Some(Redirect::Moved("127.0.0.1:6381".into()))
+        );
+        assert_eq!(
+            redirect(&[Value::Int(1), parse("-ASK 3999 127.0.0.1:6382\r\n")]),
+            Some(Redirect::Ask("127.0.0.1:6382".into()))
+        );
+        assert_eq!(redirect(&[parse("-WRONGTYPE no\r\n")]), None);
+        assert_eq!(redirect(&[]), None);
+    }
+
+    #[test]
+    fn node_urls_keep_the_seeds_scheme_and_credentials() {
+        assert_eq!(
+            node_url("rediss://sweeper:pw@10.0.0.1:7000/0", "10.0.0.2:7001").unwrap(),
+            "rediss://sweeper:pw@10.0.0.2:7001/0"
+        );
+        assert_eq!(host_port("redis://127.0.0.1:7000/"), "127.0.0.1:7000");
+    }
+}

@@ -1,0 +1,350 @@
+//! `--redis-cluster` on a real 3-primary Redis Cluster on loopback: every due key persisted
+//! exactly once; a primary killed mid-sweep fails the run (exit 3) and the next run, after the
+//! node is back, loses nothing; a slot caught half-migrated is read through MOVED and ASK.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::servers::PrivateCluster;
+use common::*;
+use serde_json::Value;
+use sweeper::shard::key_slot;
+
+const KEYS: usize = 30_000;
+const DUE: usize = KEYS / 2;
+
+async fn conn(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Slot -> port of the node owning it.
+async fn slot_owners(cluster: &PrivateCluster) -> Vec<u16> {
+    let reply: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn(cluster.nodes[0].port).await)
+        .await
+        .unwrap();
+    let ranges = sweeper::cluster::parse_cluster_slots(&reply, "127.0.0.1:0").unwrap();
+    let mut owner = vec![0u16; 16384];
+    for r in ranges {
+        let port: u16 = r.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        for s in r.start..=r.end {
+            owner[s as usize] = port;
+        }
+    }
+    owner
+}
+
+/// Writes `ids` (three messages each) to the nodes owning them, pipelined per node.
+async fn seed(cluster: &PrivateCluster, env: &TestEnv, ids: &[String], ttl_ms: u64) {
+    let owner = slot_owners(cluster).await;
+    let mut by_node: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for id in ids {
+        let key = env.key(id);
+        by_node
+            .entry(owner[key_slot(key.as_bytes()) as usize])
+            .or_default()
+            .push(key);
+    }
+    let value = doc(Some("2026-11-22T10:00:00Z"), &["m1", "m2", "m3"]).to_string();
+    for (port, keys) in by_node {
+        let mut c = conn(port).await;
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(&value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut c).await.unwrap();
+        }
+    }
+}
+
+/// 30k keys spread over every slot: the first half due, the second not.
+async fn seed_30k(cluster: &PrivateCluster, env: &TestEnv) {
+    let ids: Vec<String> = (0..KEYS).map(|i| format!("c{i:05}")).collect();
+    seed(cluster, env, &ids[..DUE], 120_000).await;
+    seed(cluster, env, &ids[DUE..], 3_600_000).await;
+}
+
+fn cluster_run(env: &TestEnv, urls: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = env.command();
+    cmd.env("REDIS_URL", urls)
+        .env("SWEEPER_REDIS_CLUSTER", "true")
+        .args(["run", "--output", "json", "--match", &env.pattern()])
+        .args(args);
+    cmd.output().unwrap()
+}
+
+fn summary(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not a summary ({e}): {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
+}
+
+/// Every due key stored once, with its three messages, and nothing else.
+async fn all_due_stored_once(env: &TestEnv) {
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversations").await,
+        DUE as i64
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversations WHERE conversation_id >= 'c15000'")
+            .await,
+        0
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM messages").await,
+        3 * DUE as i64
+    );
+}
+
+#[tokio::test]
+async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
+    let cluster = PrivateCluster::start(3);
+    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
+    let env = TestEnv::on("cluster", &cluster.nodes[0].url(), &admin)
+        .await
+        .migrate();
+    seed_30k(&cluster, &env).await;
+
+    // One seed is enough: the primaries are discovered.
+    let out = cluster_run(&env, &cluster.nodes[1].url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["scanned"].as_u64(),
+            s["due"].as_u64(),
+            s["persisted"].as_u64()
+        ),
+        (Some(KEYS as u64), Some(DUE as u64), Some(DUE as u64)),
+        "{s}"
+    );
+    all_due_stored_once(&env).await;
+    let s = summary(&cluster_run(&env, &cluster.urls(), &[]));
+    assert_eq!(
+        (s["persisted"].as_u64(), s["unchanged"].as_u64()),
+        (Some(0), Some(DUE as u64)),
+        "{s}"
+    );
+
+    // Three shards of the cluster add up to the whole.
+    let mut sharded = TestEnv::on("cluster_shards", &cluster.nodes[0].url(), &admin)
+        .await
+        .migrate();
+    sharded.prefix = env.prefix.clone();
+    let mut persisted = 0;
+    for i in 0..3 {
+        let out = cluster_run(&sharded, &cluster.urls(), &["--shard", &format!("{i}/3")]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        persisted += summary(&out)["persisted"].as_u64().unwrap();
+    }
+    assert_eq!(persisted, DUE as u64);
+    all_due_stored_once(&sharded).await;
+
+    // A cluster node swept as a single node would be a third of the keys: refused.
+    let out = env.sweeper(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(error_line(&out).contains("--redis-cluster"));
+}
+
+#[tokio::test]
+async fn a_primary_killed_mid_sweep_fails_the_run_and_the_next_run_loses_nothing() {
+    let mut cluster = PrivateCluster::start(3);
+    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
+    let env = TestEnv::on("cluster_kill", &cluster.nodes[0].url(), &admin)
+        .await
+        .migrate();
+    seed_30k(&cluster, &env).await;
+
+    // Primaries are swept in address order: kill the last one while the sweep, slowed down,
+    // is still on the first ones.
+    let mut order: Vec<usize> = (0..3).collect();
+    order.sort_by_key(|&i| format!("127.0.0.1:{}", cluster.nodes[i].port));
+    let last = order[2];
+    let mut cmd = env.command();
+    let child = cmd
+        .env("REDIS_URL", cluster.urls())
+        .args([
+            "--redis-cluster",
+            "run",
+            "--output",
+            "json",
+            "--match",
+            &env.pattern(),
+        ])
+        .args(["--max-redis-ops-per-sec", "20000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.nodes[last].kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.starts_with("sweeper: error: Redis at redis://127.0.0.1:"),
+        "{line}"
+    );
+    let first = summary(&out);
+    assert_eq!(first["status"], "failed", "{first}");
+    let saved_first = first["persisted"].as_u64().unwrap();
+    assert!(
+        saved_first > 0 && saved_first < DUE as u64,
+        "the batches read before the failure are saved: {first}"
+    );
+
+    cluster.nodes[last].up();
+    cluster.wait_ok();
+    let out = cluster_run(&env, &cluster.urls(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = summary(&out);
+    // Exactly once: what the first run saved is unchanged now, the rest is saved now.
+    assert_eq!(second["unchanged"].as_u64(), Some(saved_first), "{second}");
+    assert_eq!(
+        saved_first + second["persisted"].as_u64().unwrap(),
+        DUE as u64,
+        "{second}"
+    );
+    all_due_stored_once(&env).await;
+}
+
+#[tokio::test]
+async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
+    let cluster = PrivateCluster::start(3);
+    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
+    let env = TestEnv::on("cluster_ask", &cluster.nodes[0].url(), &admin)
+        .await
+        .migrate();
+    // 40 keys in one slot (a hash tag), and 200 elsewhere.
+    let tagged: Vec<String> = (0..40).map(|i| format!("{{conv}}{i:02}")).collect();
+    let others: Vec<String> = (0..200).map(|i| format!("o{i:03}")).collect();
+    seed(&cluster, &env, &tagged, 120_000).await;
+    seed(&cluster, &env, &others, 120_000).await;
+
+    // Move the slot from its owner to another node, and stop halfway: half its keys on each
+    // side, the source MIGRATING, the target IMPORTING.
+    let slot = key_slot(env.key(&tagged[0]).as_bytes());
+    let owner = slot_owners(&cluster).await[slot as usize];
+    let target = cluster
+        .nodes
+        .iter()
+        .map(|r| r.port)
+        .find(|p| *p != owner)
+        .unwrap();
+    let id = |port| async move {
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut conn(port).await)
+            .await
+            .unwrap();
+        id
+    };
+    let (owner_id, target_id) = (id(owner).await, id(target).await);
+    let () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("IMPORTING")
+        .arg(&owner_id)
+        .query_async(&mut conn(target).await)
+        .await
+        .unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("MIGRATING")
+        .arg(&target_id)
+        .query_async(&mut conn(owner).await)
+        .await
+        .unwrap();
+    let moved: Vec<String> = tagged[..20].iter().map(|id| env.key(id)).collect();
+    let _: redis::Value = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(target)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&moved)
+        .query_async(&mut conn(owner).await)
+        .await
+        .unwrap();
+
+    // A reader that learnt the slot map now, before the migration ends.
+    let mut nodes = sweeper::cluster::Nodes::connect(
+        &cluster.urls(),
+        &Default::default(),
+        Duration::from_secs(5),
+        true,
+    )
+    .await
+    .unwrap();
+    let out = cluster_run(&env, &cluster.urls(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["scanned"].as_u64(),
+            s["persisted"].as_u64(),
+            s["expired_before_read"].as_u64()
+        ),
+        (Some(240), Some(240), Some(0)),
+        "{s}"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 240);
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 720);
+
+    // The migration ends: the slot belongs to the target. The reader's map is stale: its reads
+    // get MOVED, follow it, and refresh the map, so the next reads go straight to the target.
+    let rest: Vec<String> = tagged[20..].iter().map(|id| env.key(id)).collect();
+    let _: redis::Value = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(target)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&rest)
+        .query_async(&mut conn(owner).await)
+        .await
+        .unwrap();
+    for r in &cluster.nodes {
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&target_id)
+            .query_async(&mut conn(r.port).await)
+            .await
+            .unwrap();
+    }
+    let keys: Vec<Vec<u8>> = tagged.iter().map(|id| env.key(id).into_bytes()).collect();
+    let before = nodes.round_trips();
+    let ttls = nodes.pttls(&keys).await.unwrap();
+    assert!(ttls.iter().all(|t| *t > 0), "{ttls:?}");
+    let followed = nodes.round_trips() - before;
+    assert!(
+        followed >= 3,
+        "PTTL, MOVED followed, map refreshed: {followed}"
+    );
+    let before = nodes.round_trips();
+    assert!(nodes.pttls(&keys).await.unwrap().iter().all(|t| *t > 0));
+    assert_eq!(nodes.round_trips() - before, 1, "straight to the new owner");
+}
