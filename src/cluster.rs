@@ -380,6 +380,31 @@ impl Nodes {
             .collect())
     }
 
+    /// Probes keys of a layout that [reads inline](Layout::reads_inline), reading the small
+    /// values in the same round trip: each key's probe, and its value when that came whole.
+    pub async fn probe_inline(
+        &mut self,
+        keys: &[Vec<u8>],
+        max_value_bytes: u64,
+    ) -> Result<Vec<(Probe, Option<Fetched>)>> {
+        let replies = self
+            .per_key(keys, |i| {
+                let mut pipe = redis::pipe();
+                Layout::queue_probe_inline(&mut pipe, &keys[i]);
+                pipe.cmd_iter().cloned().collect()
+            })
+            .await?;
+        Ok(replies
+            .iter()
+            .map(|r| Layout::probe_inline_result(r, max_value_bytes))
+            .collect())
+    }
+
+    /// Whether commands are rate-limited (`--max-redis-ops-per-sec`).
+    pub fn throttled(&self) -> bool {
+        self.ops_per_sec > 0
+    }
+
     /// Fetches probed keys. Keep the sizes of one call within a memory budget (see
     /// [`fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
     pub async fn fetch(&mut self, keys: &[Vec<u8>], probes: &[Probe]) -> Result<Vec<Fetched>> {

@@ -23,6 +23,11 @@ use crate::checkpoint::Reject;
 /// How much of a rejected value is kept for inspection in `sweep_rejects.raw`.
 pub const REJECT_SAMPLE_BYTES: u64 = 64 * 1024;
 
+/// String values up to this size are read along with their probe: a checkpoint is typically a few
+/// KB, and reading it in the probe's round trip saves one of the three a page of due keys takes.
+/// A pipeline of them holds at most this much per key.
+pub const INLINE_BYTES: u64 = REJECT_SAMPLE_BYTES;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
     /// Whichever of the others the key's TYPE says.
@@ -117,6 +122,52 @@ impl Layout {
                 .arg("SAMPLES")
                 .arg(0);
         }
+    }
+
+    /// Whether values of this layout are read with their probe, in the same round trip, when
+    /// they are small (see [`INLINE_BYTES`]).
+    pub fn reads_inline(self) -> bool {
+        self == Layout::Json
+    }
+
+    /// Queues the probe of one key followed by a read of its first [`INLINE_BYTES`] (3 replies):
+    /// TYPE, STRLEN, GETRANGE. GETRANGE never reads more than that, whatever the value's size.
+    pub fn queue_probe_inline(pipe: &mut Pipeline, key: &[u8]) {
+        Layout::Json.queue_probe(pipe, key);
+        pipe.cmd("GETRANGE").arg(key).arg(0).arg(INLINE_BYTES - 1);
+    }
+
+    /// Reads the replies of [`Layout::queue_probe_inline`]: the probe, and what it fetched when
+    /// that is all there is to fetch (None: the value is larger than the inline read, or changed
+    /// between the commands, and is fetched the usual way).
+    pub fn probe_inline_result(
+        replies: &[Value],
+        max_value_bytes: u64,
+    ) -> (Probe, Option<Fetched>) {
+        let probe = Layout::Json.probe_result(&replies[..2], max_value_bytes);
+        let read = match &replies[2] {
+            Value::BulkString(b) => Some(b),
+            _ => None,
+        };
+        let fetched = match (&probe, read) {
+            (Probe::Read { size, .. }, Some(b))
+                if b.len() as u64 == *size && *size <= INLINE_BYTES =>
+            {
+                Some(Fetched::Value(b.clone()))
+            }
+            (Probe::Sample { size, .. }, Some(b)) => {
+                let mut sample = b.clone();
+                sample.truncate(REJECT_SAMPLE_BYTES as usize);
+                Some(Fetched::TooLarge {
+                    size: *size,
+                    sample,
+                })
+            }
+            (Probe::WrongType(t), _) => Some(Fetched::WrongType(t.clone())),
+            (Probe::Gone, _) => Some(Fetched::Gone),
+            _ => None,
+        };
+        (probe, fetched)
     }
 
     /// Reads the probe's replies for one key.
@@ -403,6 +454,56 @@ mod tests {
             Layout::List.probe_result(&[Value::SimpleString("list".into()), Value::Nil], 100),
             Probe::Gone
         );
+    }
+
+    #[test]
+    fn small_values_come_whole_with_their_probe_and_the_rest_is_fetched_after() {
+        let inline = |kind: &str, strlen: i64, read: Value, max: u64| {
+            Layout::probe_inline_result(
+                &[Value::SimpleString(kind.into()), Value::Int(strlen), read],
+                max,
+            )
+        };
+        let json = Layout::Json;
+        // Whole: the read is as long as STRLEN said.
+        let (p, f) = inline("string", 5, bulk("{\"a\"}"), 100);
+        assert_eq!(
+            p,
+            Probe::Read {
+                layout: json,
+                size: 5
+            }
+        );
+        assert_eq!(f, Some(Fetched::Value(b"{\"a\"}".to_vec())));
+        // Changed between STRLEN and GETRANGE: fetched again.
+        assert_eq!(inline("string", 6, bulk("{\"a\"}"), 100).1, None);
+        // Larger than the inline read, under the limit: fetched after.
+        let big = INLINE_BYTES as i64 + 1;
+        let first = bulk(&"x".repeat(INLINE_BYTES as usize));
+        let (p, f) = inline("string", big, first.clone(), u64::MAX);
+        assert_eq!(
+            p,
+            Probe::Read {
+                layout: json,
+                size: big as u64
+            }
+        );
+        assert_eq!(f, None);
+        // Over the limit: what was read is the reject's sample, at most REJECT_SAMPLE_BYTES.
+        let (_, f) = inline("string", big, first, 10);
+        match f {
+            Some(Fetched::TooLarge { size, sample }) => {
+                assert_eq!(size, big as u64);
+                assert_eq!(sample.len() as u64, REJECT_SAMPLE_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another type (GETRANGE's WRONGTYPE ignored), or gone.
+        assert_eq!(
+            inline("hash", 0, Value::Nil, 100).1,
+            Some(Fetched::WrongType("hash".into()))
+        );
+        assert_eq!(inline("none", 0, bulk(""), 100).1, Some(Fetched::Gone));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::checkpoint::{self, Reject};
 use crate::cluster::Nodes;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
-use crate::layout::Fetched;
+use crate::layout::{Fetched, Probe};
 use crate::report::{Counters, DueKey, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
@@ -531,6 +531,8 @@ struct Reader {
     hasher: RandomState,
     current: ReadBatch,
     current_bytes: usize,
+    /// Round trips of the handles that SCAN ahead.
+    scan_round_trips: u64,
 }
 
 impl Reader {
@@ -553,6 +555,7 @@ impl Reader {
                 due_keys: Vec::new(),
             },
             current_bytes: 0,
+            scan_round_trips: 0,
         }
     }
 
@@ -569,7 +572,7 @@ impl Reader {
             // What was read before Redis failed is still written.
             self.send(&tx).await;
         }
-        self.counters.redis_round_trips = source.round_trips();
+        self.counters.redis_round_trips = source.round_trips() + self.scan_round_trips;
         match result {
             Ok(stop) => (self.counters, stop, None),
             Err(e) => (self.counters, Stop::Done, Some(e)),
@@ -600,46 +603,86 @@ impl Reader {
         Ok(Stop::Done)
     }
 
-    /// Scans one node to the end; Some when the sweep must stop early.
+    /// Scans one node to the end; Some when the sweep must stop early. The next page's SCAN
+    /// runs on a second handle while this page is read, so SCAN's round trip is off the critical
+    /// path (not under a throttle: there, being gentle beats being fast).
     async fn scan_node(
         &mut self,
         source: &mut Nodes,
         node: usize,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<Option<Stop>> {
-        let mut cursor = 0;
+        let mut scanner = source.clone();
+        let before = scanner.round_trips();
+        let result = self.scan_pages(source, &mut scanner, node, tx).await;
+        self.scan_round_trips += scanner.round_trips() - before;
+        result
+    }
+
+    async fn scan_pages(
+        &mut self,
+        source: &mut Nodes,
+        scanner: &mut Nodes,
+        node: usize,
+        tx: &mpsc::Sender<ReadBatch>,
+    ) -> Result<Option<Stop>> {
+        let (pattern, count) = (self.cfg.pattern.clone(), self.cfg.scan_count);
+        let mut page = scanner.scan_page(node, 0, &pattern, count).await?;
         loop {
             if let Some(stop) = self.should_stop() {
                 self.send(tx).await;
                 return Ok(Some(stop));
             }
-            let (next, mut keys) = source
-                .scan_page(node, cursor, &self.cfg.pattern, self.cfg.scan_count)
-                .await?;
-            // A shard counts and reads only its own keys: N shards add up to one whole sweep.
-            if let Some(shard) = self.cfg.shard {
-                keys.retain(|k| shard.owns(k));
+            let (next, keys) = page;
+            if next == 0 {
+                return self.page(source, keys, tx).await;
             }
-            self.counters.scanned += keys.len() as u64;
-            let due = self.select(source, keys).await?;
-            self.cfg
-                .progress
-                .update(self.counters.scanned, self.counters.due + due.len() as u64);
-            if self.store_down.load(Ordering::SeqCst) {
-                if self.cfg.protect_ttl.is_zero() {
-                    return Ok(Some(Stop::WriterGone));
+            let (read, scanned) = if source.throttled() {
+                let read = self.page(source, keys, tx).await;
+                if !matches!(read, Ok(None)) {
+                    return read;
                 }
-                let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
-                self.counters.due += keys.len() as u64;
-                self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
-            } else if !self.read_due(source, due, tx).await? {
+                (read, scanner.scan_page(node, next, &pattern, count).await)
+            } else {
+                tokio::join!(
+                    self.page(source, keys, tx),
+                    scanner.scan_page(node, next, &pattern, count)
+                )
+            };
+            if let Some(stop) = read? {
+                return Ok(Some(stop));
+            }
+            page = scanned?;
+        }
+    }
+
+    /// Selects, reads and batches one page of keys; Some when the sweep must stop early.
+    async fn page(
+        &mut self,
+        source: &mut Nodes,
+        mut keys: Vec<Vec<u8>>,
+        tx: &mpsc::Sender<ReadBatch>,
+    ) -> Result<Option<Stop>> {
+        // A shard counts and reads only its own keys: N shards add up to one whole sweep.
+        if let Some(shard) = self.cfg.shard {
+            keys.retain(|k| shard.owns(k));
+        }
+        self.counters.scanned += keys.len() as u64;
+        let due = self.select(source, keys).await?;
+        self.cfg
+            .progress
+            .update(self.counters.scanned, self.counters.due + due.len() as u64);
+        if self.store_down.load(Ordering::SeqCst) {
+            if self.cfg.protect_ttl.is_zero() {
                 return Ok(Some(Stop::WriterGone));
             }
-            if next == 0 {
-                return Ok(None);
-            }
-            cursor = next;
+            let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
+            self.counters.due += keys.len() as u64;
+            self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
+        } else if !self.read_due(source, due, tx).await? {
+            return Ok(Some(Stop::WriterGone));
         }
+        Ok(None)
     }
 
     /// PTTLs of a page; returns the due keys (once each) with their TTL left.
@@ -680,26 +723,60 @@ impl Reader {
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<bool> {
         let layout = self.cfg.layout;
+        let max = self.cfg.max_value_bytes;
         for chunk in due.chunks(self.cfg.batch_size) {
             let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
-            let probes = source
-                .probe(layout, &keys, self.cfg.max_value_bytes)
-                .await?;
-            for run in fetch_chunks(&probes, source.max_pipeline()) {
-                let fetched = source
-                    .fetch(&keys[run.clone()], &probes[run.clone()])
-                    .await?;
-                for ((key, ttl_ms), f) in chunk[run].iter().cloned().zip(fetched) {
-                    self.take(key, ttl_ms, f);
-                    let full = self.current.batch.len() >= self.cfg.batch_size
-                        || self.current_bytes >= BATCH_BYTES;
-                    if full && !self.send(tx).await {
+            // Small values come with their probe; the others are fetched after it, in runs of
+            // bounded bytes.
+            let (probes, inline): (Vec<Probe>, Vec<Option<Fetched>>) = match layout.reads_inline() {
+                true => source.probe_inline(&keys, max).await?.into_iter().unzip(),
+                false => {
+                    let probes = source.probe(layout, &keys, max).await?;
+                    let none = vec![None; probes.len()];
+                    (probes, none)
+                }
+            };
+            let mut rest = Vec::new();
+            for (i, f) in inline.into_iter().enumerate() {
+                match f {
+                    Some(f) => {
+                        let (key, ttl_ms) = chunk[i].clone();
+                        if !self.take_and_send(key, ttl_ms, f, tx).await {
+                            return Ok(false);
+                        }
+                    }
+                    None => rest.push(i),
+                }
+            }
+            let rest_probes: Vec<Probe> = rest.iter().map(|&i| probes[i].clone()).collect();
+            for run in fetch_chunks(&rest_probes, source.max_pipeline()) {
+                let idx = &rest[run.clone()];
+                let run_keys: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].clone()).collect();
+                let fetched = source.fetch(&run_keys, &rest_probes[run]).await?;
+                for (&i, f) in idx.iter().zip(fetched) {
+                    let (key, ttl_ms) = chunk[i].clone();
+                    if !self.take_and_send(key, ttl_ms, f, tx).await {
                         return Ok(false);
                     }
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Takes one fetched value and sends the batch if that filled it; false when the writer has
+    /// stopped.
+    async fn take_and_send(
+        &mut self,
+        key: Vec<u8>,
+        ttl_ms: u64,
+        fetched: Fetched,
+        tx: &mpsc::Sender<ReadBatch>,
+    ) -> bool {
+        self.take(key, ttl_ms, fetched);
+        let full =
+            self.current.batch.len() >= self.cfg.batch_size || self.current_bytes >= BATCH_BYTES;
+        !full || self.send(tx).await
     }
 
     /// Decodes one fetched value into the current batch, as a checkpoint or a reject.
