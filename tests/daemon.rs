@@ -13,6 +13,18 @@ use serde_json::Value;
 /// A row of sweep_runs: id, started_at, finished_at, status.
 type Run = (i64, DateTime<Utc>, Option<DateTime<Utc>>, String);
 
+/// The daemon, killed if the test fails before it stops it (it would sweep on forever).
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn spawn_daemon(env: &TestEnv, schedule: &str) -> Child {
     env.command()
         .args(["daemon", "--schedule", schedule, "--output", "json"])
@@ -54,7 +66,7 @@ async fn the_daemon_sweeps_on_schedule_one_at_a_time_and_stops_on_sigterm() {
     .await
     .unwrap();
 
-    let daemon = spawn_daemon(&env, "* * * * * *");
+    let mut daemon = Daemon(Some(spawn_daemon(&env, "* * * * * *")));
     let finished = "SELECT count(*) FROM sweep_runs WHERE status = 'ok'";
     wait_until(&env, finished, 6, Duration::from_secs(30)).await;
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 3);
@@ -68,17 +80,17 @@ async fn the_daemon_sweeps_on_schedule_one_at_a_time_and_stops_on_sigterm() {
     )
     .await;
 
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let child = daemon.0.as_mut().unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let start = Instant::now();
-    let mut daemon = daemon;
-    while daemon.try_wait().unwrap().is_none() {
+    while child.try_wait().unwrap().is_none() {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "the daemon did not stop"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = daemon.wait_with_output().unwrap();
+    let out = daemon.0.take().unwrap().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     // One JSON summary per sweep, every sweep recorded and ended.
