@@ -240,8 +240,9 @@ pub struct RunArgs {
     #[arg(long, env = "SWEEPER_SHARDS", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub shards: Option<u32>,
 
-    /// Conversations per PostgreSQL transaction.
-    #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Conversations per PostgreSQL transaction. Memory follows it (about 4 batches are in
+    /// flight); 500 was as fast as 1000 with 40% less memory.
+    #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
 
     /// COUNT hint for each SCAN step (keys examined per round trip).
@@ -392,7 +393,7 @@ mod tests {
         };
         assert_eq!(r.pattern, "checkpoint:*");
         assert_eq!(r.threshold, Duration::from_secs(600));
-        assert_eq!(r.batch_size, 1000);
+        assert_eq!(r.batch_size, 500);
         assert_eq!(r.max_value_bytes, 16 << 20);
         assert!(!r.dry_run);
         assert_eq!(r.format, Format::Json);

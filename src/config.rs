@@ -49,7 +49,7 @@ impl Default for SweepConfig {
             pattern: "checkpoint:*".into(),
             prefix: "checkpoint:".into(),
             threshold: Duration::from_secs(600),
-            batch_size: 1000,
+            batch_size: 500,
             scan_count: 1000,
             max_value_bytes: 16 << 20,
             dry_run: false,
