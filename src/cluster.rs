@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use redis::{Cmd, Value};
+use redis::{Pipeline, Value};
 
 use crate::config::redact_url;
 use crate::error::{Error, Result};
@@ -258,7 +258,7 @@ impl Nodes {
     async fn per_key(
         &mut self,
         keys: &[Vec<u8>],
-        cmds: impl Fn(usize) -> Vec<Cmd>,
+        queue: impl Fn(&mut Pipeline, usize),
     ) -> Result<Vec<Vec<Value>>> {
         let mut out = vec![Vec::new(); keys.len()];
         // (key index, where to send it: None for the slot's owner, or a node and ASKING).
@@ -287,13 +287,19 @@ impl Nodes {
                     let mut counts = Vec::new();
                     let mut end = start;
                     while end < idx.len() && (end == start || pipe.len() < max) {
-                        let cs = cmds(idx[end]);
-                        counts.push(cs.len());
-                        for c in cs {
-                            if asking {
+                        if asking {
+                            // ASKING goes before each command of the key (it holds for one).
+                            let mut own = redis::pipe();
+                            queue(&mut own, idx[end]);
+                            counts.push(own.len());
+                            for c in own.cmd_iter() {
                                 pipe.cmd("ASKING");
+                                pipe.add_command(c.clone());
                             }
-                            pipe.add_command(c);
+                        } else {
+                            let before = pipe.len();
+                            queue(&mut pipe, idx[end]);
+                            counts.push(pipe.len() - before);
                         }
                         end += 1;
                     }
@@ -345,10 +351,8 @@ impl Nodes {
     /// PTTL of every key: milliseconds left, -1 without TTL, -2 gone.
     pub async fn pttls(&mut self, keys: &[Vec<u8>]) -> Result<Vec<i64>> {
         let replies = self
-            .per_key(keys, |i| {
-                let mut c = redis::cmd("PTTL");
-                c.arg(&keys[i]);
-                vec![c]
+            .per_key(keys, |pipe, i| {
+                pipe.cmd("PTTL").arg(&keys[i]);
             })
             .await?;
         Ok(replies
@@ -368,11 +372,7 @@ impl Nodes {
         max_value_bytes: u64,
     ) -> Result<Vec<Probe>> {
         let replies = self
-            .per_key(keys, |i| {
-                let mut pipe = redis::pipe();
-                layout.queue_probe(&mut pipe, &keys[i]);
-                pipe.cmd_iter().cloned().collect()
-            })
+            .per_key(keys, |pipe, i| layout.queue_probe(pipe, &keys[i]))
             .await?;
         Ok(replies
             .iter()
@@ -388,11 +388,7 @@ impl Nodes {
         max_value_bytes: u64,
     ) -> Result<Vec<(Probe, Option<Fetched>)>> {
         let replies = self
-            .per_key(keys, |i| {
-                let mut pipe = redis::pipe();
-                Layout::queue_probe_inline(&mut pipe, &keys[i]);
-                pipe.cmd_iter().cloned().collect()
-            })
+            .per_key(keys, |pipe, i| Layout::queue_probe_inline(pipe, &keys[i]))
             .await?;
         Ok(replies
             .iter()
@@ -409,10 +405,8 @@ impl Nodes {
     /// [`fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
     pub async fn fetch(&mut self, keys: &[Vec<u8>], probes: &[Probe]) -> Result<Vec<Fetched>> {
         let replies = self
-            .per_key(keys, |i| {
-                let mut pipe = redis::pipe();
-                Layout::queue_fetch(&mut pipe, &keys[i], &probes[i]);
-                pipe.cmd_iter().cloned().collect()
+            .per_key(keys, |pipe, i| {
+                Layout::queue_fetch(pipe, &keys[i], &probes[i]);
             })
             .await?;
         Ok(probes
@@ -441,10 +435,11 @@ impl Nodes {
     /// with more left is untouched). Returns how many keys were raised.
     pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<u64> {
         let replies = self
-            .per_key(keys, |i| {
-                let mut c = redis::cmd("PEXPIRE");
-                c.arg(&keys[i]).arg(ttl.as_millis() as u64).arg("GT");
-                vec![c]
+            .per_key(keys, |pipe, i| {
+                pipe.cmd("PEXPIRE")
+                    .arg(&keys[i])
+                    .arg(ttl.as_millis() as u64)
+                    .arg("GT");
             })
             .await?;
         Ok(replies

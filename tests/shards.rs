@@ -172,3 +172,25 @@ async fn bad_shards_are_usage_errors() {
     );
     assert_eq!(env.count("SELECT count(*) FROM sweep_runs").await, 0);
 }
+
+#[tokio::test]
+async fn status_alarms_until_every_shard_has_succeeded() {
+    let env = TestEnv::migrated("shards_status").await;
+    env.seed(30, 120_000).await;
+    let status = || {
+        let out = env.sweeper(&["status", "--max-age", "15m", "--output", "json"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), report)
+    };
+    for i in 0..2 {
+        env.run_json(&["--shard", &format!("{i}/3")]);
+    }
+    // Two shards of three: a third of the keys never swept.
+    let (code, report) = status();
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["runs"][0]["shard_index"], 1, "{report}");
+    assert_eq!(report["runs"][0]["shard_count"], 3, "{report}");
+    env.run_json(&["--shard", "2/3"]);
+    let (code, report) = status();
+    assert_eq!(code, Some(0), "{report}");
+}

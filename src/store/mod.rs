@@ -119,6 +119,11 @@ pub struct RunRecord {
     pub protected: i64,
     pub duration_ms: Option<i64>,
     pub error: Option<String>,
+    /// The shard a sharded run swept (`shard_index` of `shard_count`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_index: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<i32>,
 }
 
 /// What a batch changed.
@@ -270,7 +275,7 @@ impl Store {
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRecord>> {
         sqlx::query_as(
             "SELECT id, started_at, finished_at, status, scanned, due, persisted, unchanged, rejected, \
-             protected, duration_ms, error FROM sweep_runs ORDER BY id DESC LIMIT $1",
+             protected, duration_ms, error, shard_index, shard_count FROM sweep_runs ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -278,12 +283,25 @@ impl Store {
         .map_err(Error::postgres("read runs"))
     }
 
-    /// When the newest run with status `ok` finished, if any did.
+    /// When the whole keyspace was last swept successfully: the newest `ok` run, if any.
+    ///
+    /// With sharded runs, the keyspace is swept once every shard of a count has: a sharding's
+    /// success is when the last of its shards last succeeded, and a shard that stopped
+    /// succeeding holds it back (so `status` alarms although the other shards run fine).
     pub async fn last_success(&self) -> Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar("SELECT max(finished_at) FROM sweep_runs WHERE status = 'ok'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Error::postgres("read runs"))
+        sqlx::query_scalar(
+            "WITH shards AS ( \
+                 SELECT shard_count, shard_index, max(finished_at) AS last FROM sweep_runs \
+                 WHERE status = 'ok' AND shard_count IS NOT NULL GROUP BY shard_count, shard_index), \
+             covered AS ( \
+                 SELECT min(last) AS at FROM shards GROUP BY shard_count HAVING count(*) = shard_count) \
+             SELECT greatest( \
+                 (SELECT max(finished_at) FROM sweep_runs WHERE status = 'ok' AND shard_count IS NULL), \
+                 (SELECT max(at) FROM covered))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(Error::postgres("read runs"))
     }
 
     /// How many runs ended with each status, and when the newest `ok` one finished: what the
