@@ -498,6 +498,24 @@ async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> 
     }
 }
 
+/// Every key of the LangGraph threads of due `checkpoint_latest:` keys (a key whose thread
+/// cannot be read stands for itself), for protection.
+async fn thread_keys(
+    source: &mut Nodes,
+    latest: Vec<Vec<u8>>,
+    prefix: &str,
+) -> Result<Vec<Vec<u8>>> {
+    let read = read_threads(source, &latest, prefix).await?;
+    Ok(latest
+        .into_iter()
+        .zip(read)
+        .flat_map(|(key, r)| match r {
+            ThreadRead::Thread(t) => t.keys,
+            _ => vec![key],
+        })
+        .collect())
+}
+
 /// Raises the TTL of `keys` to `--protect-ttl`; returns how many were raised. A failure here is
 /// logged: the sweep is already failing for a better reason.
 async fn protect(source: &mut Nodes, keys: &[Vec<u8>], cfg: &SweepConfig) -> u64 {
@@ -683,8 +701,12 @@ impl Reader {
             if self.cfg.protect_ttl.is_zero() {
                 return Ok(Some(Stop::WriterGone));
             }
-            let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
+            let mut keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
             self.counters.due += keys.len() as u64;
+            if self.cfg.layout == Layout::LangGraph {
+                // A thread lives in all its keys: each is raised, not only the latest.
+                keys = thread_keys(source, keys, &self.cfg.prefix).await?;
+            }
             self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
         } else if !self.read_due(source, due, tx).await? {
             return Ok(Some(Stop::WriterGone));

@@ -149,7 +149,8 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // 30 minutes left: not due under the default 10m.
+    // 30 minutes left: not due under the default 10m (nor under 31m once protected to 45m:
+    // the due sweeps below use 46m).
     let s = sweep(&env, &[]);
     assert_eq!(
         (s["scanned"].as_u64(), s["due"].as_u64()),
@@ -157,9 +158,33 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
         "{s}"
     );
 
+    // PostgreSQL down: every key of every due thread outlives the outage, not only the latest.
+    let down = format!("postgres://postgres@127.0.0.1:{}/x", closed_port());
+    let out = env
+        .command()
+        .env("DATABASE_URL", &down)
+        .args([
+            "run",
+            "--format",
+            "langgraph",
+            "--threshold",
+            "31m",
+            "--protect-ttl",
+            "45m",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let keys: Vec<String> = env.redis_cmd(redis::cmd("KEYS").arg("checkpoint*")).await;
+    for k in &keys {
+        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(k)).await;
+        assert!(ttl > 40 * 60_000, "{k} not protected: {ttl}ms left");
+    }
+    assert!(keys.len() > 40, "{keys:?}");
+
     let latest = "checkpoint_latest:t-1:__empty__";
     let before: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
-    let due = ["--threshold", "31m", "--protect-ttl", "40m"];
+    let due = ["--threshold", "46m", "--protect-ttl", "50m"];
     let s = sweep(&env, &due);
     assert_eq!(
         (
@@ -176,7 +201,7 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
         "a sweep refreshed a TTL: {before} -> {after}"
     );
     let written = rows(&env.pg).await;
-    // 1+2+3+1 turns: 3 checkpoints per turn; a blob per message list and input per version.
+    // 1+2+3+1 turns: 3 checkpoints per turn.
     assert_eq!(written[0], 21, "{written:?}");
 
     // Re-sweeping changes nothing.
