@@ -119,6 +119,7 @@ pub enum Format {
     Hash,
     List,
     Rejson,
+    Langgraph,
 }
 
 impl From<Format> for Layout {
@@ -129,6 +130,7 @@ impl From<Format> for Layout {
             Format::Hash => Layout::Hash,
             Format::List => Layout::List,
             Format::Rejson => Layout::ReJson,
+            Format::Langgraph => Layout::LangGraph,
         }
     }
 }
@@ -142,7 +144,7 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update the PostgreSQL schema (idempotent: safe to run before every deploy).
-    Migrate,
+    Migrate(MigrateArgs),
     /// Sweep once: save every conversation whose checkpoint TTL is under the threshold.
     Run(RunArgs),
     /// Sweep on --schedule, for installs with no orchestrator: one sweep at a time, at once on
@@ -208,6 +210,14 @@ pub struct CheckScheduleArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// With langgraph, also create LangGraph's PostgresSaver tables (checkpoints,
+    /// checkpoint_blobs, checkpoint_writes, checkpoint_migrations) exactly as its `setup()` does.
+    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     /// SCAN MATCH pattern of checkpoint keys; the conversation id is what follows its literal prefix.
     #[arg(long = "match", env = "SWEEPER_MATCH", default_value = "checkpoint:*")]
@@ -228,6 +238,8 @@ pub struct RunArgs {
     /// How checkpoints are stored in Redis: json (a string holding the document), hash (its
     /// fields, `messages` a JSON array string), list (message JSON objects, newest last), rejson
     /// (a RedisJSON document), or auto (each key by its TYPE). A key of another type is rejected.
+    /// langgraph: a LangGraph app's threads (langgraph-checkpoint-redis) into LangGraph's own
+    /// PostgresSaver tables; --match then names the `checkpoint_latest:*` keys (the default).
     #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
     pub format: Format,
 

@@ -255,7 +255,7 @@ impl Nodes {
 
     /// Sends each key's commands to the node owning it, following redirections; returns each
     /// key's replies. Keys with no command get none.
-    async fn per_key(
+    pub(crate) async fn per_key(
         &mut self,
         keys: &[Vec<u8>],
         queue: impl Fn(&mut Pipeline, usize),

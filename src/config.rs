@@ -70,6 +70,14 @@ impl SweepConfig {
             return Err(Error::Usage("--match must not be empty".into()));
         }
         self.prefix = literal_prefix(&self.pattern).to_string();
+        if self.layout == Layout::LangGraph
+            && crate::langgraph::read::indexes(&self.prefix).is_none()
+        {
+            return Err(Error::Usage(format!(
+                "--format langgraph sweeps a LangGraph app's `{{prefix}}_latest:*` keys (`checkpoint_latest:*` by default), not --match {}",
+                self.pattern
+            )));
+        }
         if self.threshold.is_zero() {
             return Err(Error::Usage(
                 "--threshold must be above zero: with 0 no key is ever due".into(),

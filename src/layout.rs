@@ -41,6 +41,9 @@ pub enum Layout {
     List,
     /// A RedisJSON document.
     ReJson,
+    /// A LangGraph thread, as langgraph-checkpoint-redis keeps it: due by its
+    /// `checkpoint_latest:` key, read whole by [`crate::langgraph::read`], not probed here.
+    LangGraph,
 }
 
 /// What the probe learnt of one key.
@@ -96,6 +99,7 @@ impl Layout {
             Layout::Hash => "hash",
             Layout::List => "list",
             Layout::ReJson => "RedisJSON document",
+            Layout::LangGraph => "string naming a LangGraph checkpoint",
         }
     }
 
@@ -209,7 +213,7 @@ impl Layout {
                 Layout::Json => pipe.cmd("GET").arg(key),
                 Layout::Hash => pipe.cmd("HGETALL").arg(key),
                 Layout::List => pipe.cmd("LRANGE").arg(key).arg(0).arg(-1),
-                Layout::ReJson | Layout::Auto => pipe.cmd("JSON.GET").arg(key),
+                Layout::ReJson | Layout::Auto | Layout::LangGraph => pipe.cmd("JSON.GET").arg(key),
             },
             // Samples that stay small whatever the value's size: its first bytes; a hash's field
             // names; a list's first (oldest) message; a RedisJSON document's top-level keys.
@@ -221,7 +225,9 @@ impl Layout {
                     .arg(REJECT_SAMPLE_BYTES - 1),
                 Layout::Hash => pipe.cmd("HKEYS").arg(key),
                 Layout::List => pipe.cmd("LRANGE").arg(key).arg(0).arg(0),
-                Layout::ReJson | Layout::Auto => pipe.cmd("JSON.OBJKEYS").arg(key),
+                Layout::ReJson | Layout::Auto | Layout::LangGraph => {
+                    pipe.cmd("JSON.OBJKEYS").arg(key)
+                }
             },
             Probe::WrongType(_) | Probe::Gone => return false,
         };
@@ -241,7 +247,7 @@ impl Layout {
                 Fetched::WrongType("value of another type".into())
             }
             (Probe::Read { layout, .. }, Some(v)) => match layout {
-                Layout::Json | Layout::ReJson | Layout::Auto => match v {
+                Layout::Json | Layout::ReJson | Layout::Auto | Layout::LangGraph => match v {
                     Value::BulkString(b) => Fetched::Value(b),
                     _ => Fetched::Gone,
                 },

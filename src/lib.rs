@@ -15,6 +15,9 @@
 //! - [`select`]: which keys are due, from their TTL alone. Pure.
 //! - [`checkpoint`]: the checkpoint document, decoded and validated, or rejected with a reason. Pure.
 //! - [`store`]: the only code that speaks PostgreSQL: migrations, bulk upserts, rejects, runs.
+//! - [`langgraph`]: `--format langgraph`: a LangGraph app's threads, read whole from
+//!   langgraph-checkpoint-redis's keys ([`langgraph::read`]) and written into LangGraph's own
+//!   PostgresSaver tables ([`langgraph::store`]), through the same sweep.
 //! - [`sweep`]: the pipeline tying them: Redis task -> bounded channel -> Postgres writer.
 //! - [`report`]: the run summary, as text for people or JSON for orchestrators.
 //! - [`publish`]: the summary and metrics in files and on a Pushgateway, for orchestrators.
@@ -33,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod inspect;
+pub mod langgraph;
 pub mod layout;
 pub mod progress;
 pub mod publish;

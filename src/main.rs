@@ -80,7 +80,7 @@ fn fail(global: &GlobalOpts, err: &Error) -> ExitCode {
 async fn execute(cli: &Cli) -> sweeper::Result<u8> {
     let g = &cli.global;
     match &cli.command {
-        Command::Migrate => {
+        Command::Migrate(m) => {
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             let applied = store.migrate().await?;
             let version = store.schema_version().await?.unwrap_or(0);
@@ -89,6 +89,15 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 "schema at version {version} ({} migration(s) applied now)",
                 applied.len()
             );
+            if m.format == cli::Format::Langgraph {
+                let applied = store.migrate_langgraph().await?;
+                tracing::info!(?applied, "LangGraph migrations applied");
+                println!(
+                    "LangGraph PostgresSaver tables at version {} ({} migration(s) applied now)",
+                    sweeper::langgraph::store::needed(),
+                    applied.len()
+                );
+            }
             Ok(exit::OK)
         }
         Command::Run(r) => {
@@ -294,8 +303,13 @@ async fn sweep_and_report(
 
 /// The run flags as sweep settings, not yet validated.
 fn run_config(r: &cli::RunArgs) -> SweepConfig {
+    // LangGraph threads are due by their `checkpoint_latest:` keys: the default --match follows.
+    let pattern = match (r.format, r.pattern.as_str()) {
+        (cli::Format::Langgraph, "checkpoint:*") => "checkpoint_latest:*".to_string(),
+        (_, p) => p.to_string(),
+    };
     SweepConfig {
-        pattern: r.pattern.clone(),
+        pattern,
         threshold: r.threshold,
         batch_size: r.batch_size as usize,
         scan_count: r.scan_count as usize,
@@ -325,6 +339,11 @@ fn prepare(g: &GlobalOpts, r: &cli::RunArgs) -> sweeper::Result<(SweepConfig, sw
     }
     if let Some(expr) = &r.schedule {
         refuse_unsafe_threshold(expr, cfg.threshold, cfg.deadline)?;
+    }
+    if cfg.layout == sweeper::layout::Layout::LangGraph && g.redis_cluster {
+        return Err(Error::Usage(
+            "--format langgraph finds a thread's checkpoints with RediSearch, which answers for one node: it does not take --redis-cluster".into(),
+        ));
     }
     let ends = sweep::Endpoints {
         redis_url: redis_url(g)?,

@@ -22,7 +22,8 @@ use crate::checkpoint::{self, Reject};
 use crate::cluster::Nodes;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
-use crate::layout::{Fetched, Probe};
+use crate::langgraph::read::{ThreadRead, read_threads};
+use crate::layout::{Fetched, Layout, Probe};
 use crate::report::{Counters, DueKey, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
@@ -168,6 +169,9 @@ async fn try_run(
     if let Some(s) = store {
         let setup = async {
             s.ensure_migrated().await?;
+            if cfg.layout == Layout::LangGraph {
+                s.ensure_langgraph().await?;
+            }
             let lock = s.try_lock(&cfg.pattern, cfg.shard).await?;
             let id = s.start_run(cfg).await?;
             if lock.is_some() {
@@ -232,10 +236,7 @@ async fn try_run(
                     }
                     Err(e) => {
                         let keys = in_flight.remove(&e.id()).unwrap_or_default();
-                        let batch = Batch {
-                            checkpoints: Vec::new(),
-                            rejects: Vec::new(),
-                        };
+                        let batch = Batch::default();
                         counters.protected += protect(&mut protector, &keys, cfg).await;
                         (Written::default(), Some((Error::Other(format!("a batch writer failed: {e}")), batch)))
                     }
@@ -363,7 +364,10 @@ async fn write(
             add(&mut w, out);
             return (w, None);
         }
-        Err(e) if e.is_data_error() && !batch.checkpoints.is_empty() => {
+        // (Threads are not split: a LangGraph sweep's batch holds no checkpoints.)
+        Err(e)
+            if e.is_data_error() && !batch.checkpoints.is_empty() && batch.threads.is_empty() =>
+        {
             tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
         }
         Err(e) => return (w, Some((e, batch))),
@@ -371,12 +375,13 @@ async fn write(
     let Batch {
         checkpoints,
         mut rejects,
+        ..
     } = batch;
     let mut pending: std::collections::VecDeque<_> = checkpoints.into();
     while let Some(c) = pending.pop_front() {
         let single = Batch {
             checkpoints: vec![c],
-            rejects: Vec::new(),
+            ..Batch::default()
         };
         match write_once(s, run_id, &single, deadline).await {
             Ok(out) => add(&mut w, out),
@@ -403,8 +408,8 @@ async fn write(
         }
     }
     let rest = Batch {
-        checkpoints: Vec::new(),
         rejects,
+        ..Batch::default()
     };
     match write_once(s, run_id, &rest, deadline).await {
         Ok(out) => {
@@ -436,10 +441,12 @@ async fn write_once(
 }
 
 fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {
+    let threads = batch.threads.iter().flat_map(|t| t.keys.iter().cloned());
     batch
         .checkpoints
         .iter()
         .map(|c| c.redis_key.clone().into_bytes())
+        .chain(threads)
         .collect()
 }
 
@@ -489,6 +496,24 @@ async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> 
         Some(e) => Err(e),
         None => Ok(counters),
     }
+}
+
+/// Every key of the LangGraph threads of due `checkpoint_latest:` keys (a key whose thread
+/// cannot be read stands for itself), for protection.
+async fn thread_keys(
+    source: &mut Nodes,
+    latest: Vec<Vec<u8>>,
+    prefix: &str,
+) -> Result<Vec<Vec<u8>>> {
+    let read = read_threads(source, &latest, prefix).await?;
+    Ok(latest
+        .into_iter()
+        .zip(read)
+        .flat_map(|(key, r)| match r {
+            ThreadRead::Thread(t) => t.keys,
+            _ => vec![key],
+        })
+        .collect())
 }
 
 /// Raises the TTL of `keys` to `--protect-ttl`; returns how many were raised. A failure here is
@@ -676,8 +701,12 @@ impl Reader {
             if self.cfg.protect_ttl.is_zero() {
                 return Ok(Some(Stop::WriterGone));
             }
-            let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
+            let mut keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
             self.counters.due += keys.len() as u64;
+            if self.cfg.layout == Layout::LangGraph {
+                // A thread lives in all its keys: each is raised, not only the latest.
+                keys = thread_keys(source, keys, &self.cfg.prefix).await?;
+            }
             self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
         } else if !self.read_due(source, due, tx).await? {
             return Ok(Some(Stop::WriterGone));
@@ -724,6 +753,9 @@ impl Reader {
     ) -> Result<bool> {
         let layout = self.cfg.layout;
         let max = self.cfg.max_value_bytes;
+        if layout == Layout::LangGraph {
+            return self.read_threads(source, due, tx).await;
+        }
         for chunk in due.chunks(self.cfg.batch_size) {
             let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
             // Small values come with their probe; the others are fetched after it, in runs of
@@ -762,6 +794,64 @@ impl Reader {
             }
         }
         Ok(true)
+    }
+
+    /// `--format langgraph`: reads the threads of due `checkpoint_latest:` keys whole, sending
+    /// each batch as it fills. False when the writer has stopped.
+    async fn read_threads(
+        &mut self,
+        source: &mut Nodes,
+        due: Vec<(Vec<u8>, u64)>,
+        tx: &mpsc::Sender<ReadBatch>,
+    ) -> Result<bool> {
+        for chunk in due.chunks(self.cfg.batch_size) {
+            let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
+            let read = read_threads(source, &keys, &self.cfg.prefix).await?;
+            for ((key, ttl_ms), r) in chunk.iter().zip(read) {
+                self.take_thread(key, *ttl_ms, r);
+                let full = self.current.batch.len() >= self.cfg.batch_size
+                    || self.current_bytes >= BATCH_BYTES;
+                if full && !self.send(tx).await {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// One thread read into the current batch, as a thread or a reject.
+    fn take_thread(&mut self, key: &[u8], ttl_ms: u64, read: ThreadRead) {
+        let (shown, bytes, checkpoints, reject) = match read {
+            ThreadRead::Gone { .. } => return self.expired(key),
+            ThreadRead::Thread(t) => {
+                let out = (t.latest_key.clone(), t.bytes as u64, t.checkpoints.len());
+                self.current_bytes += t.bytes;
+                self.current.batch.threads.push(t);
+                (out.0, out.1, Some(out.2), None)
+            }
+            ThreadRead::Rejected { key, reason, raw } => {
+                self.counters.rejected += 1;
+                tracing::warn!(key = %key, %reason, "LangGraph thread rejected: set aside in sweep_rejects");
+                let size = raw.len() as u64;
+                let why = reason.to_string();
+                self.current
+                    .batch
+                    .rejects
+                    .push(RejectRecord::new(key.clone(), reason, &raw, size));
+                (key, size, None, Some(why))
+            }
+        };
+        self.counters.due += 1;
+        if self.cfg.dry_run {
+            // `messages` shows a thread's checkpoints.
+            self.current.due_keys.push(DueKey {
+                key: shown,
+                ttl_ms,
+                bytes,
+                messages: checkpoints,
+                reject,
+            });
+        }
     }
 
     /// Takes one fetched value and sends the batch if that filled it; false when the writer has

@@ -189,7 +189,7 @@ async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts(
             decode("checkpoint:c", "c", old.as_bytes()).unwrap(),
             decode("checkpoint:c", "c", new.as_bytes()).unwrap(),
         ],
-        rejects: vec![],
+        ..Batch::default()
     };
     let out = store.write_batch(None, &batch).await.unwrap();
     assert_eq!(out.persisted, 1);

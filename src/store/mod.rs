@@ -28,11 +28,13 @@ static MIGRATOR: Migrator = sqlx::migrate!();
 pub struct Batch {
     pub checkpoints: Vec<Checkpoint>,
     pub rejects: Vec<RejectRecord>,
+    /// LangGraph threads (`--format langgraph`), written to LangGraph's own tables.
+    pub threads: Vec<crate::langgraph::Thread>,
 }
 
 impl Batch {
     pub fn len(&self) -> usize {
-        self.checkpoints.len() + self.rejects.len()
+        self.checkpoints.len() + self.rejects.len() + self.threads.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -239,6 +241,27 @@ impl Store {
             .map(|m| m.version)
             .filter(|v| before.is_none_or(|b| *v > b))
             .collect())
+    }
+
+    /// Creates LangGraph's PostgresSaver tables as its `setup()` does; returns the versions
+    /// applied.
+    pub async fn migrate_langgraph(&self) -> Result<Vec<i64>> {
+        crate::langgraph::store::migrate(&self.pool).await
+    }
+
+    /// Fails with [`Error::NotMigrated`] unless LangGraph's tables are fully set up.
+    pub async fn ensure_langgraph(&self) -> Result<()> {
+        let needed = crate::langgraph::store::needed();
+        match crate::langgraph::store::version(&self.pool).await? {
+            Some(v) if v >= needed => Ok(()),
+            found => Err(Error::NotMigrated {
+                found: format!(
+                    "LangGraph tables at {}: `sweeper migrate --format langgraph` or PostgresSaver.setup() creates them",
+                    found.map_or("none".into(), |v| format!("version {v}"))
+                ),
+                needed,
+            }),
+        }
     }
 
     /// The newest migration applied, or None on a database never migrated.
@@ -512,8 +535,12 @@ impl Store {
                 .map_err(Error::postgres("record rejects"))?;
             statements += 1;
         }
+        let threads = crate::langgraph::store::write(&mut tx, &batch.threads).await?;
+        statements += threads.statements;
         tx.commit().await.map_err(Error::postgres("commit batch"))?;
         tracing::debug!(
+            threads = batch.threads.len(),
+            thread_rows = threads.rows,
             conversations = rows.len(),
             unchanged = rows.len() - write.len(),
             new_messages = fresh.message_key.len(),
@@ -525,8 +552,8 @@ impl Store {
         );
 
         Ok(BatchOutcome {
-            persisted: persisted as u64,
-            unchanged: (rows.len() - persisted) as u64,
+            persisted: persisted as u64 + threads.persisted,
+            unchanged: (rows.len() - persisted) as u64 + threads.unchanged,
             messages_added: added_to.len() as u64,
             rejects: batch.rejects.len() as u64,
             statements,

@@ -1,0 +1,321 @@
+//! LangGraph threads (`--format langgraph`): a LangGraph app's checkpoints, as
+//! `langgraph-checkpoint-redis` 0.5 keeps them in Redis, saved into the tables of LangGraph's own
+//! `PostgresSaver` (`langgraph-checkpoint-postgres` 3.x), so that saver resumes a thread as if it
+//! had been there all along.
+//!
+//! What RedisSaver writes (seen from a real graph; tests/langgraph/proof.py runs one), every key
+//! with the TTL the app configured, refreshed on each write:
+//!
+//! - `checkpoint:{thread}:{ns}:{checkpoint_id}`: a RedisJSON document per checkpoint:
+//!   `thread_id`, `checkpoint_ns` (`__empty__` for the root graph's ""), `checkpoint_id`,
+//!   `parent_checkpoint_id` ("" for none), `checkpoint` (LangGraph's checkpoint, channel values
+//!   inline as JSON, LangChain messages in their `{"lc": 1, "type": "constructor", ...}` form,
+//!   plus `type` and `pending_sends` of its own), `metadata` (a JSON *string*), `step`, `source`...
+//! - `checkpoint_write:{thread}:{ns}:{checkpoint_id}:{task_id}:{idx}`: a pending write, as
+//!   RedisJSON: `task_id`, `task_path`, `idx`, `channel`, `type` and `blob` (the serializer's
+//!   bytes, base64);
+//! - `checkpoint_latest:{thread}:{ns}`: a string naming the newest checkpoint's key; its TTL is
+//!   the newest checkpoint's. This is the key a sweep SCANs: a thread (with its namespace) is due
+//!   when it is.
+//!
+//! RediSearch indexes both document kinds (indexes `checkpoint` and `checkpoint_write`, which
+//! RedisSaver's `setup()` creates): a due thread's documents are found with `FT.SEARCH` on its
+//! `thread_id` and `checkpoint_ns` tags, so no key of another thread is read, and nothing read
+//! refreshes a TTL (GET, JSON.GET and FT.SEARCH do not).
+//!
+//! What PostgresSaver reads back: `checkpoints` (one row per checkpoint; `checkpoint` JSONB holds
+//! only the primitive channel values, `metadata` JSONB), `checkpoint_blobs` (the other channel
+//! values, one row per channel and version, as (type, bytes) of LangGraph's serializer) and
+//! `checkpoint_writes`. Channel values go to blobs as type `json` (the value's JSON, LangChain's
+//! constructor form included), which LangGraph's `JsonPlusSerializer` reads back; pending writes
+//! keep the (type, bytes) RedisSaver stored. The pure conversion is here; [`read`] speaks Redis
+//! and [`store`] PostgreSQL.
+
+pub mod read;
+pub mod store;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use crate::checkpoint::Reject;
+
+/// What RedisSaver writes for the root graph's namespace, "" in PostgreSQL.
+const EMPTY_NS: &str = "__empty__";
+
+/// One LangGraph thread (one namespace of it), read whole from Redis.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Thread {
+    /// The `checkpoint_latest:` key that made it due.
+    pub latest_key: String,
+    pub thread_id: String,
+    /// "" for the root graph.
+    pub checkpoint_ns: String,
+    pub checkpoints: Vec<CheckpointRow>,
+    pub blobs: Vec<BlobRow>,
+    pub writes: Vec<WriteRow>,
+    /// Every key read (the latest key, checkpoints, writes): what is protected when PostgreSQL
+    /// cannot take the thread.
+    pub keys: Vec<Vec<u8>>,
+    /// Bytes read, for batch sizing.
+    pub bytes: usize,
+}
+
+/// A row of `checkpoints`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRow {
+    pub checkpoint_id: String,
+    pub parent_checkpoint_id: Option<String>,
+    /// JSON text of the `checkpoint` column: primitive channel values only.
+    pub checkpoint: String,
+    /// JSON text of the `metadata` column.
+    pub metadata: String,
+}
+
+/// A row of `checkpoint_blobs`: a channel's value at one version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobRow {
+    pub channel: String,
+    pub version: String,
+    pub kind: String,
+    pub blob: Option<Vec<u8>>,
+}
+
+/// A row of `checkpoint_writes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteRow {
+    pub checkpoint_id: String,
+    pub task_id: String,
+    pub task_path: String,
+    pub idx: i32,
+    pub channel: String,
+    pub kind: String,
+    pub blob: Vec<u8>,
+}
+
+/// The PostgreSQL namespace of a RedisSaver one.
+pub fn pg_namespace(redis_ns: &str) -> String {
+    if redis_ns == EMPTY_NS {
+        String::new()
+    } else {
+        redis_ns.to_string()
+    }
+}
+
+fn field<'a>(doc: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, Reject> {
+    doc.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Reject::BadField {
+            field: name,
+            problem: "is missing or not a string".into(),
+        })
+}
+
+fn object(raw: &[u8]) -> Result<Map<String, Value>, Reject> {
+    let text = std::str::from_utf8(raw).map_err(|e| Reject::NotUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    // PostgreSQL's JSONB refuses \u0000 in a string: the whole thread would fail its batch.
+    if text.contains("\\u0000") {
+        return Err(Reject::NulCharacter);
+    }
+    match serde_json::from_str::<Value>(text).map_err(|e| Reject::NotJson(e.to_string()))? {
+        Value::Object(m) => Ok(m),
+        _ => Err(Reject::NotObject("non-object")),
+    }
+}
+
+/// Whether PostgresSaver keeps a channel value inline in the checkpoint (None, str, int, float,
+/// bool in Python) rather than in `checkpoint_blobs`.
+fn is_primitive(v: &Value) -> bool {
+    !matches!(v, Value::Array(_) | Value::Object(_))
+}
+
+/// A RedisSaver checkpoint document as PostgresSaver's rows: the checkpoint (its primitive
+/// channel values inline, RedisSaver's own fields dropped) and a blob per other channel value.
+pub fn checkpoint_rows(raw: &[u8]) -> Result<(CheckpointRow, Vec<BlobRow>), Reject> {
+    let doc = object(raw)?;
+    let checkpoint_id = field(&doc, "checkpoint_id")?.to_string();
+    let parent = doc
+        .get("parent_checkpoint_id")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string);
+    let Some(Value::Object(checkpoint)) = doc.get("checkpoint") else {
+        return Err(Reject::BadField {
+            field: "checkpoint",
+            problem: "is missing or not an object".into(),
+        });
+    };
+    let mut checkpoint = checkpoint.clone();
+    // RedisSaver's additions: the serializer's type tag, and sends that PostgresSaver keeps as
+    // writes (a v4 checkpoint has none).
+    checkpoint.remove("type");
+    checkpoint.remove("pending_sends");
+    let versions = checkpoint
+        .get("channel_versions")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut blobs = Vec::new();
+    if let Some(Value::Object(values)) = checkpoint.get_mut("channel_values") {
+        let channels: Vec<String> = values
+            .iter()
+            .filter(|(_, v)| !is_primitive(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for channel in channels {
+            let value = values.remove(&channel).expect("listed");
+            // PostgresSaver stores a value under the version it was written at; one without a
+            // version is not read back by it either.
+            let Some(version) = versions.get(&channel) else {
+                continue;
+            };
+            let version = match version {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            blobs.push(BlobRow {
+                channel,
+                version,
+                kind: "json".into(),
+                blob: Some(serde_json::to_vec(&value).expect("a JSON value serializes")),
+            });
+        }
+    }
+    let metadata = match doc.get("metadata") {
+        Some(Value::String(s)) => {
+            let m: Value =
+                serde_json::from_str(s).map_err(|e| Reject::NotJson(format!("`metadata`: {e}")))?;
+            m.to_string()
+        }
+        Some(m @ Value::Object(_)) => m.to_string(),
+        _ => "{}".into(),
+    };
+    Ok((
+        CheckpointRow {
+            checkpoint_id,
+            parent_checkpoint_id: parent,
+            checkpoint: Value::Object(checkpoint).to_string(),
+            metadata,
+        },
+        blobs,
+    ))
+}
+
+/// A RedisSaver pending-write document as a `checkpoint_writes` row.
+pub fn write_row(raw: &[u8]) -> Result<WriteRow, Reject> {
+    let doc = object(raw)?;
+    let idx = doc
+        .get("idx")
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .and_then(|i| i32::try_from(i).ok())
+        .ok_or_else(|| Reject::BadField {
+            field: "idx",
+            problem: "is missing or not an integer".into(),
+        })?;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(field(&doc, "blob")?)
+        .map_err(|e| Reject::BadField {
+            field: "blob",
+            problem: format!("is not base64: {e}"),
+        })?;
+    Ok(WriteRow {
+        checkpoint_id: field(&doc, "checkpoint_id")?.to_string(),
+        task_id: field(&doc, "task_id")?.to_string(),
+        task_path: doc
+            .get("task_path")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        idx,
+        channel: field(&doc, "channel")?.to_string(),
+        kind: field(&doc, "type")?.to_string(),
+        blob,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint document as RedisSaver 0.5.2 wrote it (from tests/langgraph/proof.py's graph).
+    const CHECKPOINT: &str = r#"{"thread_id":"t1","run_id":"","checkpoint_ns":"__empty__","checkpoint_id":"1f1e7229-3d05-62f1-8001-05b88bc3d3d6","parent_checkpoint_id":"1f1e7229-3cf9-603e-8000-1cd620f5d5a7","checkpoint_ts":1795427112002.36,"checkpoint":{"type":"json","v":4,"ts":"2026-11-23T09:45:12.000369+00:00","id":"1f1e7229-3d05-62f1-8001-05b88bc3d3d6","channel_values":{"messages":[{"lc":1,"type":"constructor","id":["langchain","schema","messages","HumanMessage"],"kwargs":{"content":"hi","type":"human","id":"h1"}}],"turns":1,"branch:to:bot":null},"channel_versions":{"__start__":"00000000000000000000000000000002.0.36948121233050757","messages":"00000000000000000000000000000003.0.08742255681817179","turns":"00000000000000000000000000000003.0.08742255681817179"},"versions_seen":{"__input__":{}},"updated_channels":["messages","turns"],"pending_sends":[]},"metadata":"{\"source\":\"loop\",\"step\":1,\"parents\":{}}","has_writes":false,"source":"loop","step":1}"#;
+
+    #[test]
+    fn a_checkpoint_keeps_primitives_inline_and_the_rest_as_json_blobs() {
+        let (row, blobs) = checkpoint_rows(CHECKPOINT.as_bytes()).unwrap();
+        assert_eq!(row.checkpoint_id, "1f1e7229-3d05-62f1-8001-05b88bc3d3d6");
+        assert_eq!(
+            row.parent_checkpoint_id.as_deref(),
+            Some("1f1e7229-3cf9-603e-8000-1cd620f5d5a7")
+        );
+        let cp: Value = serde_json::from_str(&row.checkpoint).unwrap();
+        assert_eq!(
+            cp["channel_values"],
+            serde_json::json!({"turns": 1, "branch:to:bot": null})
+        );
+        assert!(cp.get("type").is_none() && cp.get("pending_sends").is_none());
+        assert_eq!(cp["v"], 4);
+        let md: Value = serde_json::from_str(&row.metadata).unwrap();
+        assert_eq!(
+            md,
+            serde_json::json!({"source": "loop", "step": 1, "parents": {}})
+        );
+        assert_eq!(blobs.len(), 1);
+        assert_eq!(blobs[0].channel, "messages");
+        assert_eq!(
+            blobs[0].version,
+            "00000000000000000000000000000003.0.08742255681817179"
+        );
+        assert_eq!(blobs[0].kind, "json");
+        let v: Value = serde_json::from_slice(blobs[0].blob.as_ref().unwrap()).unwrap();
+        assert_eq!(v[0]["kwargs"]["content"], "hi");
+    }
+
+    #[test]
+    fn the_first_checkpoint_has_no_parent_and_the_root_namespace_is_empty() {
+        let doc = CHECKPOINT.replace(
+            r#""parent_checkpoint_id":"1f1e7229-3cf9-603e-8000-1cd620f5d5a7""#,
+            r#""parent_checkpoint_id":"""#,
+        );
+        let (row, _) = checkpoint_rows(doc.as_bytes()).unwrap();
+        assert_eq!(row.parent_checkpoint_id, None);
+        assert_eq!(pg_namespace("__empty__"), "");
+        assert_eq!(pg_namespace("sub:1"), "sub:1");
+    }
+
+    #[test]
+    fn a_pending_write_keeps_its_serialized_bytes() {
+        let w = write_row(br#"{"thread_id":"t1","checkpoint_ns":"__empty__","checkpoint_id":"c1","task_id":"k","task_path":"~__pregel_pull, bot","idx":1,"channel":"turns","type":"json","blob":"MQ=="}"#).unwrap();
+        assert_eq!(
+            (w.idx, w.kind.as_str(), w.blob.as_slice()),
+            (1, "json", &b"1"[..])
+        );
+        assert_eq!(w.task_path, "~__pregel_pull, bot");
+        let null = write_row(br#"{"checkpoint_id":"c1","task_id":"k","idx":-1,"channel":"__error__","type":"null","blob":""}"#).unwrap();
+        assert_eq!((null.idx, null.blob.len()), (-1, 0));
+    }
+
+    #[test]
+    fn broken_documents_are_rejected_with_a_reason() {
+        assert!(matches!(
+            checkpoint_rows(b"{}"),
+            Err(Reject::BadField {
+                field: "checkpoint_id",
+                ..
+            })
+        ));
+        assert!(matches!(checkpoint_rows(b"[1]"), Err(Reject::NotObject(_))));
+        assert!(matches!(
+            checkpoint_rows(br#"{"checkpoint_id":"a","checkpoint":{"x":"\u0000"}}"#),
+            Err(Reject::NulCharacter)
+        ));
+        assert!(matches!(
+            write_row(br#"{"checkpoint_id":"c","task_id":"k","idx":0,"channel":"m","type":"json","blob":"@@"}"#),
+            Err(Reject::BadField { field: "blob", .. })
+        ));
+    }
+}

@@ -1,0 +1,368 @@
+//! Reads due LangGraph threads from Redis, whole: from each due `checkpoint_latest:` key to every
+//! checkpoint and pending write of its thread and namespace. Three pipelined round trips per
+//! batch of threads (GET the latest keys; JSON.GET their documents' thread and namespace;
+//! FT.SEARCH both indexes), more only for a thread with over [`PAGE`] documents. None of these
+//! commands touches a TTL.
+
+use redis::Value;
+
+use super::{Thread, checkpoint_rows, pg_namespace, write_row};
+use crate::checkpoint::Reject;
+use crate::cluster::Nodes;
+use crate::error::Result;
+use crate::source::display_key;
+
+/// Documents asked of FT.SEARCH at a time.
+pub const PAGE: usize = 1000;
+
+/// A key and its JSON document, as FT.SEARCH gives them.
+type Doc = (Vec<u8>, Vec<u8>);
+
+/// What reading one due latest key gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ThreadRead {
+    Thread(Thread),
+    /// Set aside: `raw` is what was read, for `sweep_rejects`.
+    Rejected {
+        key: String,
+        reason: Reject,
+        raw: Vec<u8>,
+    },
+    /// Expired (or deleted) between its TTL and its read.
+    Gone {
+        key: String,
+    },
+}
+
+/// The RediSearch index names of RedisSaver's checkpoints and writes, from the literal prefix of
+/// the latest keys' pattern: `checkpoint_latest:` gives `checkpoint` and `checkpoint_write`.
+pub fn indexes(latest_prefix: &str) -> Option<(String, String)> {
+    let base = latest_prefix.strip_suffix("_latest:")?;
+    (!base.is_empty()).then(|| (base.to_string(), format!("{base}_write")))
+}
+
+/// A TAG query value: every character but letters, digits and `_` escaped, as RediSearch needs.
+pub fn escape_tag(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if !(c.is_alphanumeric() || c == '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// An FT.SEARCH reply (RESP2): the total, then each key and its fields (`$`: the JSON document).
+fn search_docs(reply: &Value) -> Option<(usize, Vec<Doc>)> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let total = match items.first()? {
+        Value::Int(n) => *n as usize,
+        _ => return None,
+    };
+    let mut docs = Vec::new();
+    let mut it = items[1..].iter();
+    while let (Some(key), Some(fields)) = (it.next(), it.next()) {
+        let key = bytes(key)?.to_vec();
+        let Value::Array(fields) = fields else {
+            return None;
+        };
+        let doc = fields
+            .chunks(2)
+            .find(|f| f.len() == 2 && bytes(&f[0]) == Some(b"$"))
+            .and_then(|f| bytes(&f[1]))?;
+        docs.push((key, doc.to_vec()));
+    }
+    Some((total, docs))
+}
+
+fn search(index: &str, query: &str, offset: usize) -> redis::Cmd {
+    let mut c = redis::cmd("FT.SEARCH");
+    c.arg(index)
+        .arg(query)
+        .arg("LIMIT")
+        .arg(offset)
+        .arg(PAGE)
+        .arg("DIALECT")
+        .arg(2);
+    c
+}
+
+/// Reads the threads of `latest_keys` (due `checkpoint_latest:` keys), one result per key.
+pub async fn read_threads(
+    source: &mut Nodes,
+    latest_keys: &[Vec<u8>],
+    latest_prefix: &str,
+) -> Result<Vec<ThreadRead>> {
+    let (cp_index, write_index) = indexes(latest_prefix).unwrap_or_default();
+    let mut out: Vec<Option<ThreadRead>> = vec![None; latest_keys.len()];
+    let shown: Vec<String> = latest_keys.iter().map(|k| display_key(k)).collect();
+    let reject = |i: usize, reason: Reject, raw: &[u8]| {
+        Some(ThreadRead::Rejected {
+            key: shown[i].clone(),
+            reason,
+            raw: raw.to_vec(),
+        })
+    };
+
+    // 1. The newest checkpoint's key, from each latest key.
+    let replies = source
+        .per_key(latest_keys, |i| {
+            let mut c = redis::cmd("GET");
+            c.arg(&latest_keys[i]);
+            vec![c]
+        })
+        .await?;
+    let mut newest: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (i, r) in replies.iter().enumerate() {
+        match r.first() {
+            Some(Value::Nil) | None => {
+                out[i] = Some(ThreadRead::Gone {
+                    key: shown[i].clone(),
+                })
+            }
+            Some(Value::ServerError(_)) => {
+                out[i] = reject(
+                    i,
+                    Reject::WrongType {
+                        found: "non-string".into(),
+                        expected: "string naming a LangGraph checkpoint",
+                    },
+                    b"",
+                )
+            }
+            Some(v) => newest.push((i, bytes(v).unwrap_or_default().to_vec())),
+        }
+    }
+
+    // 2. Its thread and namespace, as RedisSaver stored them (a key's parts can hold `:`).
+    let keys: Vec<Vec<u8>> = newest.iter().map(|(_, k)| k.clone()).collect();
+    let replies = source
+        .per_key(&keys, |j| {
+            let mut c = redis::cmd("JSON.GET");
+            c.arg(&keys[j]).arg("$.thread_id").arg("$.checkpoint_ns");
+            vec![c]
+        })
+        .await?;
+    let mut threads: Vec<(usize, String, String)> = Vec::new();
+    for ((i, key), r) in newest.iter().zip(&replies) {
+        let parsed = r
+            .first()
+            .and_then(bytes)
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+        match (r.first(), parsed) {
+            (Some(Value::Nil) | None, _) => {
+                out[*i] = Some(ThreadRead::Gone {
+                    key: shown[*i].clone(),
+                })
+            }
+            (_, Some(v)) => {
+                let s = |p: &str| v[p][0].as_str().map(str::to_string);
+                match (s("$.thread_id"), s("$.checkpoint_ns")) {
+                    (Some(t), Some(ns)) => threads.push((*i, t, ns)),
+                    _ => {
+                        out[*i] = reject(
+                            *i,
+                            Reject::BadField {
+                                field: "thread_id",
+                                problem: "or checkpoint_ns missing from the newest checkpoint"
+                                    .into(),
+                            },
+                            key,
+                        )
+                    }
+                }
+            }
+            (Some(_), None) => {
+                out[*i] = reject(
+                    *i,
+                    Reject::WrongType {
+                        found: "non-JSON value".into(),
+                        expected: "RedisJSON checkpoint",
+                    },
+                    key,
+                )
+            }
+        }
+    }
+
+    // 3. Every checkpoint and write of each thread, paged when there are many.
+    let queries: Vec<String> = threads
+        .iter()
+        .map(|(_, t, ns)| {
+            format!(
+                "@thread_id:{{{}}} @checkpoint_ns:{{{}}}",
+                escape_tag(t),
+                escape_tag(ns)
+            )
+        })
+        .collect();
+    let route: Vec<Vec<u8>> = threads
+        .iter()
+        .map(|(i, _, _)| latest_keys[*i].clone())
+        .collect();
+    let mut docs: Vec<[Vec<Doc>; 2]> = vec![Default::default(); threads.len()];
+    let mut pending: Vec<(usize, usize, usize)> = (0..threads.len())
+        .flat_map(|j| [(j, 0, 0), (j, 1, 0)])
+        .collect();
+    while !pending.is_empty() {
+        let keys: Vec<Vec<u8>> = pending.iter().map(|(j, _, _)| route[*j].clone()).collect();
+        let replies = source
+            .per_key(&keys, |p| {
+                let (j, which, offset) = pending[p];
+                let index = if which == 0 { &cp_index } else { &write_index };
+                vec![search(index, &queries[j], offset)]
+            })
+            .await?;
+        let mut next = Vec::new();
+        for ((j, which, offset), r) in pending.iter().zip(replies) {
+            let Some((total, found)) = r.first().and_then(search_docs) else {
+                let why = match r.first() {
+                    Some(Value::ServerError(e)) => format!("FT.SEARCH: {e:?}"),
+                    _ => "FT.SEARCH gave no documents".into(),
+                };
+                return Err(crate::Error::Other(format!(
+                    "reading LangGraph thread {} (are RedisSaver's indexes `{cp_index}` and `{write_index}` there?): {why}",
+                    threads[*j].1
+                )));
+            };
+            let got = found.len();
+            docs[*j][*which].extend(found);
+            if got > 0 && offset + got < total {
+                next.push((*j, *which, offset + got));
+            }
+        }
+        pending = next;
+    }
+
+    for ((i, thread_id, ns), [cps, writes]) in threads.into_iter().zip(docs) {
+        out[i] = Some(assemble(
+            &shown[i],
+            &latest_keys[i],
+            thread_id,
+            &ns,
+            cps,
+            writes,
+        ));
+    }
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or(ThreadRead::Gone {
+                key: shown[i].clone(),
+            })
+        })
+        .collect())
+}
+
+/// One thread's rows from its documents; the first document that is not LangGraph's rejects the
+/// whole thread (half a thread would resume wrong).
+fn assemble(
+    shown: &str,
+    latest_key: &[u8],
+    thread_id: String,
+    redis_ns: &str,
+    checkpoints: Vec<Doc>,
+    writes: Vec<Doc>,
+) -> ThreadRead {
+    let mut t = Thread {
+        latest_key: shown.to_string(),
+        thread_id,
+        checkpoint_ns: pg_namespace(redis_ns),
+        keys: vec![latest_key.to_vec()],
+        ..Thread::default()
+    };
+    if checkpoints.is_empty() {
+        return ThreadRead::Gone {
+            key: shown.to_string(),
+        };
+    }
+    for (key, doc) in checkpoints {
+        t.bytes += doc.len();
+        match checkpoint_rows(&doc) {
+            Ok((row, blobs)) => {
+                t.checkpoints.push(row);
+                t.blobs.extend(blobs);
+            }
+            Err(reason) => return rejected(&key, reason, doc),
+        }
+        t.keys.push(key);
+    }
+    for (key, doc) in writes {
+        t.bytes += doc.len();
+        match write_row(&doc) {
+            Ok(w) => t.writes.push(w),
+            Err(reason) => return rejected(&key, reason, doc),
+        }
+        t.keys.push(key);
+    }
+    // Stable order: the same thread read twice gives the same rows.
+    t.checkpoints
+        .sort_by(|a, b| a.checkpoint_id.cmp(&b.checkpoint_id));
+    t.blobs
+        .sort_by(|a, b| (&a.channel, &a.version).cmp(&(&b.channel, &b.version)));
+    t.blobs
+        .dedup_by(|a, b| a.channel == b.channel && a.version == b.version);
+    t.writes.sort_by(|a, b| {
+        (&a.checkpoint_id, &a.task_id, a.idx).cmp(&(&b.checkpoint_id, &b.task_id, b.idx))
+    });
+    ThreadRead::Thread(t)
+}
+
+fn rejected(key: &[u8], reason: Reject, raw: Vec<u8>) -> ThreadRead {
+    ThreadRead::Rejected {
+        key: display_key(key),
+        reason,
+        raw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_names_come_from_the_latest_keys_prefix() {
+        assert_eq!(
+            indexes("checkpoint_latest:"),
+            Some(("checkpoint".into(), "checkpoint_write".into()))
+        );
+        assert_eq!(
+            indexes("app_latest:"),
+            Some(("app".into(), "app_write".into()))
+        );
+        assert_eq!(indexes("checkpoint:"), None);
+    }
+
+    #[test]
+    fn tag_values_are_escaped() {
+        assert_eq!(escape_tag("t1"), "t1");
+        assert_eq!(escape_tag("a-b:c d{}"), "a\\-b\\:c\\ d\\{\\}");
+        assert_eq!(escape_tag("__empty__"), "__empty__");
+    }
+
+    #[test]
+    fn search_replies_give_keys_and_documents() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            Value::Int(3),
+            b("checkpoint:a"),
+            Value::Array(vec![b("$"), b("{}")]),
+        ]);
+        let (total, docs) = search_docs(&reply).unwrap();
+        assert_eq!(total, 3);
+        assert_eq!(docs, vec![(b"checkpoint:a".to_vec(), b"{}".to_vec())]);
+        assert!(search_docs(&Value::Nil).is_none());
+    }
+}

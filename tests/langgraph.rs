@@ -1,0 +1,273 @@
+//! `--format langgraph` against the real LangGraph client: a chatbot graph on RedisSaver
+//! (langgraph-checkpoint-redis 0.5.2, on a Redis Stack server), swept, then read and continued by
+//! PostgresSaver (langgraph-checkpoint-postgres 3.2.0); and the tables `sweeper migrate --format
+//! langgraph` creates against those of `PostgresSaver.setup()`. tests/langgraph/setup.sh provides
+//! the venv and the server (cached); without them the tests skip, saying why.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::servers::free_port;
+use common::*;
+use sqlx::PgPool;
+
+/// What tests/langgraph/setup.sh printed, or why it could not.
+fn harness() -> Result<HashMap<String, String>, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/langgraph/setup.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("setup.sh failed").to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+fn python(h: &HashMap<String, String>) -> PathBuf {
+    Path::new(&h["venv"]).join("bin/python")
+}
+
+fn proof(h: &HashMap<String, String>, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/langgraph/proof.py");
+    let out = Command::new(python(h))
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run proof.py");
+    assert!(
+        out.status.success(),
+        "proof.py {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A Redis Stack server of the test's own (stopped on drop), or the one LANGGRAPH_REDIS_URL names.
+struct Stack {
+    child: Option<Child>,
+    url: String,
+}
+
+impl Stack {
+    fn start(h: &HashMap<String, String>) -> Stack {
+        if let Some(url) = h.get("redis_url") {
+            return Stack {
+                child: None,
+                url: url.clone(),
+            };
+        }
+        let port = free_port();
+        let mut cmd = Command::new(&h["redis_server"]);
+        cmd.env("LD_LIBRARY_PATH", &h["ld_library_path"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        for m in h["redis_modules"].split(':') {
+            cmd.args(["--loadmodule", m]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Redis Stack server");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "Redis Stack did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Stack {
+            child: Some(child),
+            url: format!("redis://127.0.0.1:{port}/"),
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sweep(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    let out = env
+        .command()
+        .args(["run", "--format", "langgraph", "--output", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sweep failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn rows(pg: &PgPool) -> Vec<i64> {
+    let mut out = Vec::new();
+    for t in ["checkpoints", "checkpoint_blobs", "checkpoint_writes"] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+            .fetch_one(pg)
+            .await
+            .unwrap();
+        out.push(n);
+    }
+    out
+}
+
+#[tokio::test]
+async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
+    let h = match harness() {
+        Ok(h) => h,
+        Err(why) => {
+            return skip("postgres_saver_resumes_the_threads_redis_saver_wrote", &why);
+        }
+    };
+    let stack = Stack::start(&h);
+    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").expect("run through `make test`");
+    let env = TestEnv::on("langgraph", &stack.url, &admin).await;
+    let state = std::env::temp_dir().join(format!("sweeper-langgraph-{}.json", std::process::id()));
+    // Four threads of one to three turns, TTL 30 minutes.
+    proof(&h, &["write", &stack.url, state.to_str().unwrap()]);
+
+    let out = env
+        .command()
+        .args(["migrate", "--format", "langgraph"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // 30 minutes left: not due under the default 10m (nor under 31m once protected to 45m:
+    // the due sweeps below use 46m).
+    let s = sweep(&env, &[]);
+    assert_eq!(
+        (s["scanned"].as_u64(), s["due"].as_u64()),
+        (Some(4), Some(0)),
+        "{s}"
+    );
+
+    // PostgreSQL down: every key of every due thread outlives the outage, not only the latest.
+    let down = format!("postgres://postgres@127.0.0.1:{}/x", closed_port());
+    let out = env
+        .command()
+        .env("DATABASE_URL", &down)
+        .args([
+            "run",
+            "--format",
+            "langgraph",
+            "--threshold",
+            "31m",
+            "--protect-ttl",
+            "45m",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let keys: Vec<String> = env.redis_cmd(redis::cmd("KEYS").arg("checkpoint*")).await;
+    for k in &keys {
+        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(k)).await;
+        assert!(ttl > 40 * 60_000, "{k} not protected: {ttl}ms left");
+    }
+    assert!(keys.len() > 40, "{keys:?}");
+
+    let latest = "checkpoint_latest:t-1:__empty__";
+    let before: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
+    let due = ["--threshold", "46m", "--protect-ttl", "50m"];
+    let s = sweep(&env, &due);
+    assert_eq!(
+        (
+            s["due"].as_u64(),
+            s["persisted"].as_u64(),
+            s["rejected"].as_u64()
+        ),
+        (Some(4), Some(4), Some(0)),
+        "{s}"
+    );
+    let after: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
+    assert!(
+        after > 0 && after <= before,
+        "a sweep refreshed a TTL: {before} -> {after}"
+    );
+    let written = rows(&env.pg).await;
+    // 1+2+3+1 turns: 3 checkpoints per turn.
+    assert_eq!(written[0], 21, "{written:?}");
+
+    // Re-sweeping changes nothing.
+    let s = sweep(&env, &due);
+    assert_eq!(
+        (s["persisted"].as_u64(), s["unchanged"].as_u64()),
+        (Some(0), Some(4)),
+        "{s}"
+    );
+    assert_eq!(rows(&env.pg).await, written);
+
+    // PostgresSaver: same state, checkpoint ids, history; and the conversation goes on.
+    proof(&h, &["check", &env.database_url, state.to_str().unwrap()]);
+    let _ = std::fs::remove_file(state);
+}
+
+/// The schema of a database, as text that two schemas can be compared by.
+async fn schema(pg: &PgPool) -> Vec<String> {
+    let mut out: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', table_name, column_name, data_type, is_nullable, column_default, ordinal_position) \
+         FROM information_schema.columns WHERE table_schema = 'public' AND table_name LIKE 'checkpoint%' \
+         ORDER BY table_name, column_name",
+    )
+    .fetch_all(pg)
+    .await
+    .unwrap();
+    let more: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename LIKE 'checkpoint%' \
+         UNION ALL SELECT 'migration ' || v FROM checkpoint_migrations ORDER BY 1",
+    )
+    .fetch_all(pg)
+    .await
+    .unwrap();
+    out.extend(more);
+    out
+}
+
+#[tokio::test]
+async fn migrate_creates_the_tables_postgres_saver_setup_creates() {
+    let h = match harness() {
+        Ok(h) => h,
+        Err(why) => {
+            return skip(
+                "migrate_creates_the_tables_postgres_saver_setup_creates",
+                &why,
+            );
+        }
+    };
+    let redis = std::env::var("REDIS_URL").expect("run through `make test`");
+    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").expect("run through `make test`");
+    let by_langgraph = TestEnv::on("lg_setup", &redis, &admin).await;
+    let by_sweeper = TestEnv::on("lg_migrate", &redis, &admin).await;
+    proof(&h, &["setup", &by_langgraph.database_url]);
+    for _ in 0..2 {
+        // Twice: idempotent.
+        let out = by_sweeper
+            .command()
+            .args(["migrate", "--format", "langgraph"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let want = schema(&by_langgraph.pg).await;
+    assert!(want.len() > 25, "{want:?}");
+    assert_eq!(schema(&by_sweeper.pg).await, want);
+    // And setup() on sweeper's tables finds nothing to do.
+    proof(&h, &["setup", &by_sweeper.database_url]);
+    assert_eq!(schema(&by_sweeper.pg).await, want);
+}
