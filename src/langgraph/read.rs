@@ -117,10 +117,8 @@ pub async fn read_threads(
 
     // 1. The newest checkpoint's key, from each latest key.
     let replies = source
-        .per_key(latest_keys, |i| {
-            let mut c = redis::cmd("GET");
-            c.arg(&latest_keys[i]);
-            vec![c]
+        .per_key(latest_keys, |pipe, i| {
+            pipe.cmd("GET").arg(&latest_keys[i]);
         })
         .await?;
     let mut newest: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -148,10 +146,11 @@ pub async fn read_threads(
     // 2. Its thread and namespace, as RedisSaver stored them (a key's parts can hold `:`).
     let keys: Vec<Vec<u8>> = newest.iter().map(|(_, k)| k.clone()).collect();
     let replies = source
-        .per_key(&keys, |j| {
-            let mut c = redis::cmd("JSON.GET");
-            c.arg(&keys[j]).arg("$.thread_id").arg("$.checkpoint_ns");
-            vec![c]
+        .per_key(&keys, |pipe, j| {
+            pipe.cmd("JSON.GET")
+                .arg(&keys[j])
+                .arg("$.thread_id")
+                .arg("$.checkpoint_ns");
         })
         .await?;
     let mut threads: Vec<(usize, String, String)> = Vec::new();
@@ -218,10 +217,10 @@ pub async fn read_threads(
     while !pending.is_empty() {
         let keys: Vec<Vec<u8>> = pending.iter().map(|(j, _, _)| route[*j].clone()).collect();
         let replies = source
-            .per_key(&keys, |p| {
+            .per_key(&keys, |pipe, p| {
                 let (j, which, offset) = pending[p];
                 let index = if which == 0 { &cp_index } else { &write_index };
-                vec![search(index, &queries[j], offset)]
+                pipe.add_command(search(index, &queries[j], offset));
             })
             .await?;
         let mut next = Vec::new();
