@@ -5,6 +5,8 @@
 CARGO   ?= cargo
 SERVERS := tests/servers.sh exec --
 SWEEPER := target/release/sweeper
+# The test build of the binary, wherever CARGO_TARGET_DIR puts it.
+DEBUG_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/sweeper
 
 .PHONY: all build test test-orchestrators unit soak bench bench-quick demo demo-steps lint fmt image clean
 
@@ -19,14 +21,14 @@ build:
 
 # The Rust tests, then the orchestrator checks (tests/orchestrators/check.sh) on the same servers.
 test:
-	$(SERVERS) sh -c '$(CARGO) test --locked --lib --bins --tests && tests/orchestrators/check.sh target/debug/sweeper'
+	$(SERVERS) sh -c '$(CARGO) test --locked --lib --bins --tests && tests/orchestrators/check.sh $(DEBUG_BIN)'
 
 # Only the orchestrator checks: the k8s manifests (kubernetes-validate, checkov), the Dockerfile
 # (hadolint), the Airflow DAGs (DagBag; `airflow dags test` for real) and the Flyte workflow
 # (pyflyte package), with tools from cached venvs (built once: about 75s, in parallel).
 test-orchestrators:
 	$(CARGO) build --locked --bin sweeper
-	$(SERVERS) tests/orchestrators/check.sh target/debug/sweeper
+	$(SERVERS) tests/orchestrators/check.sh $(DEBUG_BIN)
 
 # The zero-loss soak test, long: `make soak DURATION=30m` (make test runs it for 60s).
 soak:
