@@ -164,10 +164,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
             let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
             tracing::info!(key = %restored.key, "conversation restored");
-            print(&match rs.output {
-                Output::Json => restored.to_json() + "\n",
-                Output::Text => restored.to_text(),
-            })?;
+            emit(rs.output, || restored.to_json(), || restored.to_text())?;
             Ok(exit::OK)
         }
         Command::Inspect(i) => {
@@ -187,10 +184,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             .await?;
             source.set_rate_limit(i.max_redis_ops_per_sec);
             let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
-            print(&match i.output {
-                Output::Json => report.to_json() + "\n",
-                Output::Text => report.to_text(),
-            })?;
+            emit(i.output, || report.to_json(), || report.to_text())?;
             Ok(exit::OK)
         }
         Command::Status(st) => {
@@ -366,10 +360,7 @@ async fn status(store: &Store, st: &cli::StatusArgs) -> sweeper::Result<u8> {
         now: chrono::Utc::now(),
         max_age: st.max_age,
     };
-    print(&match st.output {
-        Output::Json => report.to_json() + "\n",
-        Output::Text => report.to_text(),
-    })?;
+    emit(st.output, || report.to_json(), || report.to_text())?;
     Ok(if report.healthy() {
         exit::OK
     } else {
@@ -417,10 +408,7 @@ const YEAR: std::time::Duration = std::time::Duration::from_secs(2 * 366 * 24 * 
 fn check_schedule(c: &cli::CheckScheduleArgs) -> sweeper::Result<u8> {
     let (s, gap) = schedule_gap(&c.schedule)?;
     let check = ScheduleCheck::new(&s, gap, c.threshold, c.max_runtime);
-    print(&match c.output {
-        Output::Json => check.to_json() + "\n",
-        Output::Text => check.to_text(),
-    })?;
+    emit(c.output, || check.to_json(), || check.to_text())?;
     Ok(if check.is_safe() {
         exit::OK
     } else {
@@ -463,6 +451,18 @@ fn read_secret(path: &std::path::Path, flag: &str) -> sweeper::Result<String> {
         return Err(Error::Usage(format!("{flag} {} is empty", path.display())));
     }
     Ok(url.to_string())
+}
+
+/// Prints a report on stdout as `--output` asks: text for people, or one line of JSON.
+fn emit(
+    output: Output,
+    json: impl FnOnce() -> String,
+    text: impl FnOnce() -> String,
+) -> sweeper::Result<()> {
+    print(&match output {
+        Output::Json => json() + "\n",
+        Output::Text => text(),
+    })
 }
 
 fn print(text: &str) -> sweeper::Result<()> {
