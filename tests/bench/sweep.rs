@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -554,6 +556,26 @@ async fn bench_size(
 
     eprintln!("bench: {keys} keys: live traffic");
     let (get0, set0) = redis_benchmark_p99(env);
+    // The raw limit of this figure: on a small machine Redis, redis-benchmark and the sweeper
+    // share the cores, so part of any rise is only CPU contention. A busy loop on one core that
+    // sends Redis nothing shows how much.
+    let spinning = Arc::new(AtomicBool::new(true));
+    let spin = {
+        let spinning = spinning.clone();
+        std::thread::spawn(move || {
+            while spinning.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let (get_busy, set_busy) = redis_benchmark_p99(env);
+    spinning.store(false, Ordering::Relaxed);
+    spin.join().unwrap();
+    notes.push(format!(
+        "{keys} keys: redis-benchmark p99 GET {get0:.2} -> {get_busy:.2} ms ({:.2}x), SET {set0:.2} -> {set_busy:.2} ms ({:.2}x) while a busy loop holds one core and sends Redis nothing (CPU contention alone)",
+        get_busy / get0.max(0.001),
+        set_busy / set0.max(0.001),
+    ));
     for (label, extra) in [
         ("default settings", None),
         ("--max-redis-ops-per-sec 100000", Some("100000")),
