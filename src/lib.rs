@@ -14,11 +14,14 @@
 //!   back as one JSON document.
 //! - [`select`]: which keys are due, from their TTL alone. Pure.
 //! - [`checkpoint`]: the checkpoint document, decoded and validated, or rejected with a reason. Pure.
+//! - [`decode`]: the decode stage of a sweep: values read become batches of checkpoints and
+//!   rejects, on a task of its own so decoding overlaps the Redis round trips.
 //! - [`store`]: the only code that speaks PostgreSQL: migrations, bulk upserts, rejects, runs.
 //! - [`langgraph`]: `--format langgraph`: a LangGraph app's threads, read whole from
 //!   langgraph-checkpoint-redis's keys ([`langgraph::read`]) and written into LangGraph's own
 //!   PostgresSaver tables ([`langgraph::store`]), through the same sweep.
-//! - [`sweep`]: the pipeline tying them: Redis task -> bounded channel -> Postgres writer.
+//! - [`sweep`]: the pipeline tying them: Redis task -> decode task -> bounded channel -> Postgres
+//!   writers.
 //! - [`report`]: the run summary, as text for people or JSON for orchestrators.
 //! - [`publish`]: the summary and metrics in files and on a Pushgateway, for orchestrators.
 //!
@@ -34,6 +37,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod decode;
 pub mod error;
 pub mod inspect;
 pub mod langgraph;

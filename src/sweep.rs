@@ -1,7 +1,8 @@
 //! One sweep: Redis -> selection -> decoding -> PostgreSQL -> report.
 //!
-//! A reader task scans Redis, selects the due keys by TTL, reads and decodes them, and sends
-//! batches through a bounded channel to the writer, which upserts each batch in one transaction.
+//! A reader task scans Redis, selects the due keys by TTL and reads them; a decode task
+//! ([`crate::decode`]) turns the values into batches and sends them through a bounded channel to the
+//! writers, which upsert each batch in one transaction.
 //! Reading the next batch overlaps with writing the last, and memory is bounded by the batch size
 //! and the channel depth, not by the number of keys.
 //!
@@ -18,13 +19,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::checkpoint::{self, Reject};
 use crate::cluster::Nodes;
 use crate::config::SweepConfig;
+use crate::decode::{Decoder, Read, ReadBatch};
 use crate::error::{Error, Result};
 use crate::langgraph::read::{ThreadRead, read_threads};
 use crate::layout::{Fetched, Layout, Probe};
-use crate::report::{Counters, DueKey, RunStatus, Summary};
+use crate::report::{Counters, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
 use crate::shutdown::Shutdown;
@@ -37,14 +38,9 @@ use crate::tls::RedisTls;
 /// keys and no less time.
 const CHANNEL_DEPTH: usize = 1;
 
-/// A batch is also sent once its checkpoints hold this many bytes, whatever their number.
-const BATCH_BYTES: usize = 32 * 1024 * 1024;
-
-struct ReadBatch {
-    batch: Batch,
-    /// Filled on dry runs only: what the table shows.
-    due_keys: Vec<DueKey>,
-}
+/// Chunks of values read from Redis waiting for the decode stage: the reader runs this far ahead
+/// of decoding.
+const READS_DEPTH: usize = 2;
 
 /// Why the reader stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,8 +211,10 @@ async fn try_run(
     source.set_deadline(deadline);
     source.set_rate_limit(cfg.max_redis_ops_per_sec);
     let mut protector = source.clone();
+    let (reads_tx, reads_rx) = mpsc::channel::<Vec<Read>>(READS_DEPTH);
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down.clone());
-    let reader = tokio::spawn(reader.run(source, tx));
+    let reader = tokio::spawn(reader.run(source, reads_tx));
+    let decoder = tokio::spawn(Decoder::new(cfg.clone()).run(reads_rx, tx));
 
     let mut counters = Counters::default();
     let mut due_keys = Vec::new();
@@ -282,6 +280,10 @@ async fn try_run(
         .await
         .map_err(|e| Error::Other(format!("the Redis reader task failed: {e}")))?;
     counters.merge_read(&read_counters);
+    let decoded = decoder
+        .await
+        .map_err(|e| Error::Other(format!("the decode task failed: {e}")))?;
+    counters.merge_read(&decoded);
 
     // A write error comes first: it is why the reader switched to protecting.
     let error = write_error.or(read_error);
@@ -486,7 +488,7 @@ async fn protect_after(
 async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> Result<Counters> {
     let deadline = cfg.deadline.map(|d| Instant::now() + d);
     let store_down = Arc::new(AtomicBool::new(true));
-    let (tx, _rx) = mpsc::channel::<ReadBatch>(1);
+    let (tx, _rx) = mpsc::channel::<Vec<Read>>(1);
     let mut source = source;
     source.set_deadline(deadline);
     source.set_rate_limit(cfg.max_redis_ops_per_sec);
@@ -554,8 +556,8 @@ struct Reader {
     /// Hashes of due keys already handled: SCAN may return a key twice.
     seen: HashSet<u64>,
     hasher: RandomState,
-    current: ReadBatch,
-    current_bytes: usize,
+    /// Due keys selected so far, for the progress line.
+    selected: u64,
     /// Round trips of the handles that SCAN ahead.
     scan_round_trips: u64,
 }
@@ -575,11 +577,7 @@ impl Reader {
             counters: Counters::default(),
             seen: HashSet::new(),
             hasher: RandomState::new(),
-            current: ReadBatch {
-                batch: Batch::default(),
-                due_keys: Vec::new(),
-            },
-            current_bytes: 0,
+            selected: 0,
             scan_round_trips: 0,
         }
     }
@@ -589,14 +587,12 @@ impl Reader {
     async fn run(
         mut self,
         mut source: Nodes,
-        tx: mpsc::Sender<ReadBatch>,
+        tx: mpsc::Sender<Vec<Read>>,
     ) -> (Counters, Stop, Option<Error>) {
+        // What was read before Redis failed is still written: the decode stage sends its last
+        // batch when this sender is dropped.
         let result = self.scan(&mut source, &tx).await;
         self.cfg.progress.finish();
-        if result.is_err() {
-            // What was read before Redis failed is still written.
-            self.send(&tx).await;
-        }
         self.counters.redis_round_trips = source.round_trips() + self.scan_round_trips;
         match result {
             Ok(stop) => (self.counters, stop, None),
@@ -618,13 +614,12 @@ impl Reader {
     }
 
     /// Scans every primary in turn (one node, or each primary of a cluster).
-    async fn scan(&mut self, source: &mut Nodes, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
+    async fn scan(&mut self, source: &mut Nodes, tx: &mpsc::Sender<Vec<Read>>) -> Result<Stop> {
         for node in 0..source.primaries() {
             if let Some(stop) = self.scan_node(source, node, tx).await? {
                 return Ok(stop);
             }
         }
-        self.send(tx).await;
         Ok(Stop::Done)
     }
 
@@ -635,7 +630,7 @@ impl Reader {
         &mut self,
         source: &mut Nodes,
         node: usize,
-        tx: &mpsc::Sender<ReadBatch>,
+        tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         let mut scanner = source.clone();
         let before = scanner.round_trips();
@@ -649,13 +644,12 @@ impl Reader {
         source: &mut Nodes,
         scanner: &mut Nodes,
         node: usize,
-        tx: &mpsc::Sender<ReadBatch>,
+        tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         let (pattern, count) = (self.cfg.pattern.clone(), self.cfg.scan_count);
         let mut page = scanner.scan_page(node, 0, &pattern, count).await?;
         loop {
             if let Some(stop) = self.should_stop() {
-                self.send(tx).await;
                 return Ok(Some(stop));
             }
             let (next, keys) = page;
@@ -686,7 +680,7 @@ impl Reader {
         &mut self,
         source: &mut Nodes,
         mut keys: Vec<Vec<u8>>,
-        tx: &mpsc::Sender<ReadBatch>,
+        tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         // A shard counts and reads only its own keys: N shards add up to one whole sweep.
         if let Some(shard) = self.cfg.shard {
@@ -694,9 +688,10 @@ impl Reader {
         }
         self.counters.scanned += keys.len() as u64;
         let due = self.select(source, keys).await?;
+        self.selected += due.len() as u64;
         self.cfg
             .progress
-            .update(self.counters.scanned, self.counters.due + due.len() as u64);
+            .update(self.counters.scanned, self.selected);
         if self.store_down.load(Ordering::SeqCst) {
             if self.cfg.protect_ttl.is_zero() {
                 return Ok(Some(Stop::WriterGone));
@@ -742,14 +737,15 @@ impl Reader {
         tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
     }
 
-    /// Reads and decodes the due keys, sending each batch as it fills (at most `batch_size`
-    /// checkpoints, so a page full of due keys is split). Values are fetched in runs of bounded
-    /// bytes. False when the writer has stopped.
+    /// Reads the due keys' values and hands them to the decode stage, a run at a time (at most
+    /// `batch_size` keys probed at once; values too large to come with the probe are fetched
+    /// after it in runs of bounded bytes). False when the decode stage has stopped (the writers
+    /// have gone).
     async fn read_due(
         &mut self,
         source: &mut Nodes,
         due: Vec<(Vec<u8>, u64)>,
-        tx: &mpsc::Sender<ReadBatch>,
+        tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<bool> {
         let layout = self.cfg.layout;
         let max = self.cfg.max_value_bytes;
@@ -769,49 +765,23 @@ impl Reader {
                 }
             };
             let mut rest = Vec::new();
+            let mut read = Vec::new();
             for (i, f) in inline.into_iter().enumerate() {
                 match f {
-                    Some(f) => {
-                        let (key, ttl_ms) = chunk[i].clone();
-                        if !self.take_and_send(key, ttl_ms, f, tx).await {
-                            return Ok(false);
-                        }
-                    }
+                    Some(fetched) => read.push(value(&chunk[i], fetched)),
                     None => rest.push(i),
                 }
+            }
+            if !read.is_empty() && tx.send(read).await.is_err() {
+                return Ok(false);
             }
             let rest_probes: Vec<Probe> = rest.iter().map(|&i| probes[i].clone()).collect();
             for run in fetch_chunks(&rest_probes, source.max_pipeline()) {
                 let idx = &rest[run.clone()];
                 let run_keys: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].clone()).collect();
                 let fetched = source.fetch(&run_keys, &rest_probes[run]).await?;
-                for (&i, f) in idx.iter().zip(fetched) {
-                    let (key, ttl_ms) = chunk[i].clone();
-                    if !self.take_and_send(key, ttl_ms, f, tx).await {
-                        return Ok(false);
-                    }
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// `--format langgraph`: reads the threads of due `checkpoint_latest:` keys whole, sending
-    /// each batch as it fills. False when the writer has stopped.
-    async fn read_threads(
-        &mut self,
-        source: &mut Nodes,
-        due: Vec<(Vec<u8>, u64)>,
-        tx: &mpsc::Sender<ReadBatch>,
-    ) -> Result<bool> {
-        for chunk in due.chunks(self.cfg.batch_size) {
-            let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
-            let read = read_threads(source, &keys, &self.cfg.prefix).await?;
-            for ((key, ttl_ms), r) in chunk.iter().zip(read) {
-                self.take_thread(key, *ttl_ms, r);
-                let full = self.current.batch.len() >= self.cfg.batch_size
-                    || self.current_bytes >= BATCH_BYTES;
-                if full && !self.send(tx).await {
+                let read = idx.iter().zip(fetched).map(|(&i, f)| value(&chunk[i], f));
+                if tx.send(read.collect()).await.is_err() {
                     return Ok(false);
                 }
             }
@@ -819,205 +789,37 @@ impl Reader {
         Ok(true)
     }
 
-    /// One thread read into the current batch, as a thread or a reject.
-    fn take_thread(&mut self, key: &[u8], ttl_ms: u64, read: ThreadRead) {
-        let (shown, bytes, checkpoints, reject) = match read {
-            ThreadRead::Gone { .. } => return self.expired(key),
-            ThreadRead::Thread(t) => {
-                let out = (t.latest_key.clone(), t.bytes as u64, t.checkpoints.len());
-                self.current_bytes += t.bytes;
-                self.current.batch.threads.push(t);
-                (out.0, out.1, Some(out.2), None)
-            }
-            ThreadRead::Rejected { key, reason, raw } => {
-                self.counters.rejected += 1;
-                tracing::warn!(key = %key, %reason, "LangGraph thread rejected: set aside in sweep_rejects");
-                let size = raw.len() as u64;
-                let why = reason.to_string();
-                self.current
-                    .batch
-                    .rejects
-                    .push(RejectRecord::new(key.clone(), reason, &raw, size));
-                (key, size, None, Some(why))
-            }
-        };
-        self.counters.due += 1;
-        if self.cfg.dry_run {
-            // `messages` shows a thread's checkpoints.
-            self.current.due_keys.push(DueKey {
-                key: shown,
-                ttl_ms,
-                bytes,
-                messages: checkpoints,
-                reject,
-            });
-        }
-    }
-
-    /// Takes one fetched value and sends the batch if that filled it; false when the writer has
-    /// stopped.
-    async fn take_and_send(
+    /// `--format langgraph`: reads the threads of due `checkpoint_latest:` keys whole. False when
+    /// the decode stage has stopped.
+    async fn read_threads(
         &mut self,
-        key: Vec<u8>,
-        ttl_ms: u64,
-        fetched: Fetched,
-        tx: &mpsc::Sender<ReadBatch>,
-    ) -> bool {
-        self.take(key, ttl_ms, fetched);
-        let full =
-            self.current.batch.len() >= self.cfg.batch_size || self.current_bytes >= BATCH_BYTES;
-        !full || self.send(tx).await
-    }
-
-    /// Decodes one fetched value into the current batch, as a checkpoint or a reject.
-    fn take(&mut self, key: Vec<u8>, ttl_ms: u64, fetched: Fetched) {
-        let shown = display_key(&key);
-        let (decoded, value, size) = match fetched {
-            Fetched::Gone => return self.expired(&key),
-            Fetched::WrongType(found) => (
-                Err(Reject::WrongType {
-                    expected: self.cfg.layout.expected(),
-                    found: found.clone(),
-                }),
-                found.into_bytes(),
-                0,
-            ),
-            Fetched::Invalid { reject, raw } => {
-                let size = raw.len() as u64;
-                (Err(reject), raw, size)
-            }
-            Fetched::TooLarge { size, sample } => (
-                Err(Reject::TooLarge {
-                    size,
-                    limit: self.cfg.max_value_bytes,
-                }),
-                sample,
-                size,
-            ),
-            Fetched::Value(v) => {
-                let decoded = match std::str::from_utf8(&key) {
-                    Err(_) => Err(Reject::KeyNotUtf8),
-                    Ok(k) => checkpoint::conversation_id(k, &self.cfg.prefix)
-                        .and_then(|id| checkpoint::decode(k, id, &v)),
-                };
-                let size = v.len() as u64;
-                (decoded, v, size)
-            }
-        };
-        self.counters.due += 1;
-        let messages = decoded.as_ref().ok().map(|c| c.messages.len());
-        if self.cfg.dry_run {
-            self.current.due_keys.push(DueKey {
-                key: shown.clone(),
-                ttl_ms,
-                bytes: size,
-                messages,
-                reject: decoded.as_ref().err().map(|r| r.to_string()),
-            });
-        }
-        match decoded {
-            Ok(c) => {
-                self.current_bytes += c.document.len();
-                self.current.batch.checkpoints.push(c);
-            }
-            Err(reason) => {
-                self.counters.rejected += 1;
-                tracing::warn!(key = %shown, %reason, "checkpoint rejected: set aside in sweep_rejects");
-                self.current
-                    .batch
-                    .rejects
-                    .push(RejectRecord::new(shown, reason, &value, size));
+        source: &mut Nodes,
+        due: Vec<(Vec<u8>, u64)>,
+        tx: &mpsc::Sender<Vec<Read>>,
+    ) -> Result<bool> {
+        for chunk in due.chunks(self.cfg.batch_size) {
+            let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
+            let threads = read_threads(source, &keys, &self.cfg.prefix).await?;
+            let read = chunk
+                .iter()
+                .zip(threads)
+                .map(|((key, ttl_ms), read)| Read::Thread {
+                    key: key.clone(),
+                    ttl_ms: *ttl_ms,
+                    read,
+                });
+            if tx.send(read.collect()).await.is_err() {
+                return Ok(false);
             }
         }
-    }
-
-    /// Sends the current batch; false when the writer has stopped.
-    async fn send(&mut self, tx: &mpsc::Sender<ReadBatch>) -> bool {
-        if self.current.batch.is_empty() && self.current.due_keys.is_empty() {
-            return true;
-        }
-        let full = std::mem::replace(
-            &mut self.current,
-            ReadBatch {
-                batch: Batch::default(),
-                due_keys: Vec::new(),
-            },
-        );
-        self.current_bytes = 0;
-        tx.send(full).await.is_ok()
+        Ok(true)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reader(dry_run: bool) -> Reader {
-        let cfg = SweepConfig {
-            batch_size: 10,
-            max_value_bytes: 100,
-            dry_run,
-            ..SweepConfig::default()
-        }
-        .validate()
-        .unwrap();
-        Reader::new(cfg, Shutdown::new(), None, Arc::new(AtomicBool::new(false)))
-    }
-
-    #[test]
-    fn a_key_gone_before_its_value_was_read_is_counted_not_saved() {
-        let mut r = reader(false);
-        r.take(b"checkpoint:a".to_vec(), 5, Fetched::Gone);
-        assert_eq!(r.counters.expired_before_read, 1);
-        assert_eq!(r.counters.due, 0);
-        assert!(r.current.batch.is_empty());
-    }
-
-    #[test]
-    fn values_become_checkpoints_or_rejects() {
-        let mut r = reader(true);
-        r.take(
-            b"checkpoint:a".to_vec(),
-            5,
-            Fetched::Value(br#"{"messages": []}"#.to_vec()),
-        );
-        r.take(
-            b"checkpoint:b".to_vec(),
-            6,
-            Fetched::WrongType("hash".into()),
-        );
-        r.take(
-            b"checkpoint:c".to_vec(),
-            7,
-            Fetched::TooLarge {
-                size: 500,
-                sample: b"{".to_vec(),
-            },
-        );
-        r.take(
-            b"checkpoint:".to_vec(),
-            8,
-            Fetched::Value(br#"{"messages": []}"#.to_vec()),
-        );
-        assert_eq!(r.counters.due, 4);
-        assert_eq!(r.counters.rejected, 3);
-        assert_eq!(r.current.batch.checkpoints.len(), 1);
-        assert_eq!(r.current.batch.checkpoints[0].conversation_id, "a");
-        let reasons: Vec<&str> = r
-            .current
-            .batch
-            .rejects
-            .iter()
-            .map(|x| x.reason.split(':').next().unwrap())
-            .collect();
-        assert_eq!(
-            reasons,
-            ["wrong_type", "too_large", "empty_conversation_id"]
-        );
-        assert_eq!(r.current.batch.rejects[1].raw_size, 500);
-        // A dry run lists every due key, rejected or not.
-        assert_eq!(r.current.due_keys.len(), 4);
-        assert_eq!(r.current.due_keys[0].messages, Some(0));
-        assert!(r.current.due_keys[1].reject.is_some());
+fn value((key, ttl_ms): &(Vec<u8>, u64), fetched: Fetched) -> Read {
+    Read::Value {
+        key: key.clone(),
+        ttl_ms: *ttl_ms,
+        fetched,
     }
 }

@@ -1,0 +1,330 @@
+//! The decode stage of a sweep: values read from Redis become batches of checkpoints and rejects
+//! for the writers.
+//!
+//! It runs as its own task between the Redis reader and the PostgreSQL writers, so decoding (half
+//! of the sweeper's CPU in a dry run) overlaps the reader's round trips instead of waiting between
+//! them. The channels on both sides are bounded: memory stays bounded by the batch size.
+
+use tokio::sync::mpsc;
+
+use crate::checkpoint::{self, Reject};
+use crate::config::SweepConfig;
+use crate::langgraph::read::ThreadRead;
+use crate::layout::Fetched;
+use crate::report::{Counters, DueKey};
+use crate::source::display_key;
+use crate::store::{Batch, RejectRecord};
+
+/// A batch is also sent once its checkpoints hold this many bytes, whatever their number.
+const BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// One due key as the reader read it.
+pub(crate) enum Read {
+    /// A checkpoint's value (or why there is none).
+    Value {
+        key: Vec<u8>,
+        ttl_ms: u64,
+        fetched: Fetched,
+    },
+    /// `--format langgraph`: a thread, read whole.
+    Thread {
+        key: Vec<u8>,
+        ttl_ms: u64,
+        read: ThreadRead,
+    },
+}
+
+/// What the writers receive.
+pub(crate) struct ReadBatch {
+    pub batch: Batch,
+    /// Filled on dry runs only: what the table shows.
+    pub due_keys: Vec<DueKey>,
+}
+
+impl ReadBatch {
+    fn new() -> ReadBatch {
+        ReadBatch {
+            batch: Batch::default(),
+            due_keys: Vec::new(),
+        }
+    }
+}
+
+pub(crate) struct Decoder {
+    cfg: SweepConfig,
+    /// `due`, `rejected` and `expired_before_read` of the keys decoded here.
+    counters: Counters,
+    current: ReadBatch,
+    current_bytes: usize,
+}
+
+impl Decoder {
+    pub fn new(cfg: SweepConfig) -> Decoder {
+        Decoder {
+            cfg,
+            counters: Counters::default(),
+            current: ReadBatch::new(),
+            current_bytes: 0,
+        }
+    }
+
+    /// Decodes what the reader sends until it is done, sending each batch as it fills and the
+    /// last one at the end. Returns early when the writers have gone (the reader sees this
+    /// stage gone in turn).
+    pub async fn run(
+        mut self,
+        mut reads: mpsc::Receiver<Vec<Read>>,
+        tx: mpsc::Sender<ReadBatch>,
+    ) -> Counters {
+        while let Some(chunk) = reads.recv().await {
+            for read in chunk {
+                self.take(read);
+                let full = self.current.batch.len() >= self.cfg.batch_size
+                    || self.current_bytes >= BATCH_BYTES;
+                if full && !self.send(&tx).await {
+                    return self.counters;
+                }
+            }
+        }
+        self.send(&tx).await;
+        self.counters
+    }
+
+    fn take(&mut self, read: Read) {
+        match read {
+            Read::Value {
+                key,
+                ttl_ms,
+                fetched,
+            } => self.take_value(key, ttl_ms, fetched),
+            Read::Thread { key, ttl_ms, read } => self.take_thread(&key, ttl_ms, read),
+        }
+    }
+
+    fn expired(&mut self, key: &[u8]) {
+        self.counters.expired_before_read += 1;
+        tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
+    }
+
+    /// Decodes one fetched value into the current batch, as a checkpoint or a reject.
+    fn take_value(&mut self, key: Vec<u8>, ttl_ms: u64, fetched: Fetched) {
+        let shown = display_key(&key);
+        let (decoded, value, size) = match fetched {
+            Fetched::Gone => return self.expired(&key),
+            Fetched::WrongType(found) => (
+                Err(Reject::WrongType {
+                    expected: self.cfg.layout.expected(),
+                    found: found.clone(),
+                }),
+                found.into_bytes(),
+                0,
+            ),
+            Fetched::Invalid { reject, raw } => {
+                let size = raw.len() as u64;
+                (Err(reject), raw, size)
+            }
+            Fetched::TooLarge { size, sample } => (
+                Err(Reject::TooLarge {
+                    size,
+                    limit: self.cfg.max_value_bytes,
+                }),
+                sample,
+                size,
+            ),
+            Fetched::Value(v) => {
+                let decoded = match std::str::from_utf8(&key) {
+                    Err(_) => Err(Reject::KeyNotUtf8),
+                    Ok(k) => checkpoint::conversation_id(k, &self.cfg.prefix)
+                        .and_then(|id| checkpoint::decode(k, id, &v)),
+                };
+                let size = v.len() as u64;
+                (decoded, v, size)
+            }
+        };
+        self.counters.due += 1;
+        let messages = decoded.as_ref().ok().map(|c| c.messages.len());
+        if self.cfg.dry_run {
+            self.current.due_keys.push(DueKey {
+                key: shown.clone(),
+                ttl_ms,
+                bytes: size,
+                messages,
+                reject: decoded.as_ref().err().map(|r| r.to_string()),
+            });
+        }
+        match decoded {
+            Ok(c) => {
+                self.current_bytes += c.document.len();
+                self.current.batch.checkpoints.push(c);
+            }
+            Err(reason) => {
+                self.counters.rejected += 1;
+                tracing::warn!(key = %shown, %reason, "checkpoint rejected: set aside in sweep_rejects");
+                self.current
+                    .batch
+                    .rejects
+                    .push(RejectRecord::new(shown, reason, &value, size));
+            }
+        }
+    }
+
+    /// One thread read into the current batch, as a thread or a reject.
+    fn take_thread(&mut self, key: &[u8], ttl_ms: u64, read: ThreadRead) {
+        let (shown, bytes, checkpoints, reject) = match read {
+            ThreadRead::Gone { .. } => return self.expired(key),
+            ThreadRead::Thread(t) => {
+                let out = (t.latest_key.clone(), t.bytes as u64, t.checkpoints.len());
+                self.current_bytes += t.bytes;
+                self.current.batch.threads.push(t);
+                (out.0, out.1, Some(out.2), None)
+            }
+            ThreadRead::Rejected { key, reason, raw } => {
+                self.counters.rejected += 1;
+                tracing::warn!(key = %key, %reason, "LangGraph thread rejected: set aside in sweep_rejects");
+                let size = raw.len() as u64;
+                let why = reason.to_string();
+                self.current
+                    .batch
+                    .rejects
+                    .push(RejectRecord::new(key.clone(), reason, &raw, size));
+                (key, size, None, Some(why))
+            }
+        };
+        self.counters.due += 1;
+        if self.cfg.dry_run {
+            // `messages` shows a thread's checkpoints.
+            self.current.due_keys.push(DueKey {
+                key: shown,
+                ttl_ms,
+                bytes,
+                messages: checkpoints,
+                reject,
+            });
+        }
+    }
+
+    /// Sends the current batch; false when the writers have gone.
+    async fn send(&mut self, tx: &mpsc::Sender<ReadBatch>) -> bool {
+        if self.current.batch.is_empty() && self.current.due_keys.is_empty() {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.current, ReadBatch::new());
+        self.current_bytes = 0;
+        tx.send(full).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SweepConfig;
+
+    fn decoder(dry_run: bool) -> Decoder {
+        let cfg = SweepConfig {
+            batch_size: 10,
+            max_value_bytes: 100,
+            dry_run,
+            ..SweepConfig::default()
+        }
+        .validate()
+        .unwrap();
+        Decoder::new(cfg)
+    }
+
+    #[test]
+    fn a_key_gone_before_its_value_was_read_is_counted_not_saved() {
+        let mut r = decoder(false);
+        r.take_value(b"checkpoint:a".to_vec(), 5, Fetched::Gone);
+        assert_eq!(r.counters.expired_before_read, 1);
+        assert_eq!(r.counters.due, 0);
+        assert!(r.current.batch.is_empty());
+    }
+
+    #[test]
+    fn values_become_checkpoints_or_rejects() {
+        let mut r = decoder(true);
+        r.take_value(
+            b"checkpoint:a".to_vec(),
+            5,
+            Fetched::Value(br#"{"messages": []}"#.to_vec()),
+        );
+        r.take_value(
+            b"checkpoint:b".to_vec(),
+            6,
+            Fetched::WrongType("hash".into()),
+        );
+        r.take_value(
+            b"checkpoint:c".to_vec(),
+            7,
+            Fetched::TooLarge {
+                size: 500,
+                sample: b"{".to_vec(),
+            },
+        );
+        r.take_value(
+            b"checkpoint:".to_vec(),
+            8,
+            Fetched::Value(br#"{"messages": []}"#.to_vec()),
+        );
+        assert_eq!(r.counters.due, 4);
+        assert_eq!(r.counters.rejected, 3);
+        assert_eq!(r.current.batch.checkpoints.len(), 1);
+        assert_eq!(r.current.batch.checkpoints[0].conversation_id, "a");
+        let reasons: Vec<&str> = r
+            .current
+            .batch
+            .rejects
+            .iter()
+            .map(|x| x.reason.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            reasons,
+            ["wrong_type", "too_large", "empty_conversation_id"]
+        );
+        assert_eq!(r.current.batch.rejects[1].raw_size, 500);
+        // A dry run lists every due key, rejected or not.
+        assert_eq!(r.current.due_keys.len(), 4);
+        assert_eq!(r.current.due_keys[0].messages, Some(0));
+        assert!(r.current.due_keys[1].reject.is_some());
+    }
+
+    fn values(ids: std::ops::Range<usize>) -> Vec<Read> {
+        ids.map(|i| Read::Value {
+            key: format!("checkpoint:c{i}").into_bytes(),
+            ttl_ms: 1,
+            fetched: Fetched::Value(br#"{"messages": []}"#.to_vec()),
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn batches_fill_to_the_batch_size_and_the_rest_goes_when_reading_ends() {
+        let (reads_tx, reads_rx) = mpsc::channel(2);
+        let (tx, mut rx) = mpsc::channel(10);
+        let task = tokio::spawn(decoder(false).run(reads_rx, tx));
+        reads_tx.send(values(0..15)).await.unwrap();
+        reads_tx.send(values(15..23)).await.unwrap();
+        drop(reads_tx);
+        let counters = task.await.unwrap();
+        let sizes: Vec<usize> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|b| b.batch.len())
+            .collect();
+        assert_eq!(sizes, [10, 10, 3]);
+        assert_eq!(counters.due, 23);
+    }
+
+    #[tokio::test]
+    async fn decoding_stops_when_the_writers_have_gone_and_the_reader_sees_it() {
+        let (reads_tx, reads_rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(10);
+        drop(rx);
+        let task = tokio::spawn(decoder(false).run(reads_rx, tx));
+        reads_tx.send(values(0..15)).await.unwrap();
+        let counters = task.await.unwrap();
+        assert_eq!(
+            counters.due, 10,
+            "stopped at the first batch it could not send"
+        );
+        assert!(reads_tx.send(values(15..16)).await.is_err());
+    }
+}
