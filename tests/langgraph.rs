@@ -139,8 +139,15 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
     let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").expect("run through `make test`");
     let env = TestEnv::on("langgraph", &stack.url, &admin).await;
     let state = std::env::temp_dir().join(format!("sweeper-langgraph-{}.json", std::process::id()));
-    // Four threads of one to three turns, TTL 30 minutes.
+    // Four chat threads of one to three turns, a fan-out (v4 and v3) and a subgraph, TTL 30m.
     proof(&h, &["write", &stack.url, state.to_str().unwrap()]);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    // Threads by namespace (a subgraph's is one more), and checkpoints, as RedisSaver left them.
+    let (threads, checkpoints) = (
+        saved["counts"]["latest"].as_u64().unwrap(),
+        saved["counts"]["checkpoints"].as_u64().unwrap(),
+    );
+    assert_eq!(threads, 8, "{saved}");
 
     let out = env
         .command()
@@ -154,7 +161,7 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
     let s = sweep(&env, &[]);
     assert_eq!(
         (s["scanned"].as_u64(), s["due"].as_u64()),
-        (Some(4), Some(0)),
+        (Some(threads), Some(0)),
         "{s}"
     );
 
@@ -192,7 +199,7 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
             s["persisted"].as_u64(),
             s["rejected"].as_u64()
         ),
-        (Some(4), Some(4), Some(0)),
+        (Some(threads), Some(threads), Some(0)),
         "{s}"
     );
     let after: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
@@ -201,14 +208,13 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
         "a sweep refreshed a TTL: {before} -> {after}"
     );
     let written = rows(&env.pg).await;
-    // 1+2+3+1 turns: 3 checkpoints per turn.
-    assert_eq!(written[0], 21, "{written:?}");
+    assert_eq!(written[0], checkpoints as i64, "{written:?}");
 
     // Re-sweeping changes nothing.
     let s = sweep(&env, &due);
     assert_eq!(
         (s["persisted"].as_u64(), s["unchanged"].as_u64()),
-        (Some(0), Some(4)),
+        (Some(0), Some(threads)),
         "{s}"
     );
     assert_eq!(rows(&env.pg).await, written);
