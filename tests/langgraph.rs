@@ -115,6 +115,21 @@ fn sweep(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Every key of the Redis Stack, with SCAN.
+async fn all_keys(env: &TestEnv) -> Vec<String> {
+    let (mut cursor, mut keys) = (0u64, Vec::new());
+    loop {
+        let (next, page): (u64, Vec<String>) = env
+            .redis_cmd(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
+            .await;
+        keys.extend(page);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
 async fn rows(pg: &PgPool) -> Vec<i64> {
     let mut out = Vec::new();
     for t in ["checkpoints", "checkpoint_blobs", "checkpoint_writes"] {
@@ -182,12 +197,18 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    let keys: Vec<String> = env.redis_cmd(redis::cmd("KEYS").arg("checkpoint*")).await;
+    // Every key RedisSaver wrote (the stack holds nothing else): checkpoints, writes, latest
+    // keys and the write registries (write_keys_zset:).
+    let keys = all_keys(&env).await;
     for k in &keys {
         let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(k)).await;
         assert!(ttl > 40 * 60_000, "{k} not protected: {ttl}ms left");
     }
-    assert!(keys.len() > 40, "{keys:?}");
+    let zsets = keys
+        .iter()
+        .filter(|k| k.starts_with("write_keys_zset:"))
+        .count();
+    assert!(keys.len() > 80 && zsets > 10, "{keys:?}");
 
     let latest = "checkpoint_latest:t-1:__empty__";
     let before: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;

@@ -14,6 +14,9 @@
 //! - `checkpoint_write:{thread}:{ns}:{checkpoint_id}:{task_id}:{idx}`: a pending write, as
 //!   RedisJSON: `task_id`, `task_path`, `idx`, `channel`, `type` and `blob` (the serializer's
 //!   bytes, base64);
+//! - `write_keys_zset:{thread}:{ns}:{checkpoint_id}`: a sorted set of that checkpoint's write
+//!   keys, RedisSaver's fast path to them. Not read (FT.SEARCH finds every write), but protected
+//!   with the thread;
 //! - `checkpoint_latest:{thread}:{ns}`: a string naming the newest checkpoint's key; its TTL is
 //!   the newest checkpoint's. This is the key a sweep SCANs: a thread (with its namespace) is due
 //!   when it is.
@@ -53,8 +56,8 @@ pub struct Thread {
     pub checkpoints: Vec<CheckpointRow>,
     pub blobs: Vec<BlobRow>,
     pub writes: Vec<WriteRow>,
-    /// Every key read (the latest key, checkpoints, writes): what is protected when PostgreSQL
-    /// cannot take the thread.
+    /// Every key of the thread (the latest key, checkpoints, their write registries, writes):
+    /// what is protected when PostgreSQL cannot take the thread.
     pub keys: Vec<Vec<u8>>,
     /// Bytes read, for batch sizing.
     pub bytes: usize,
