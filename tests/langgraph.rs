@@ -162,7 +162,8 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
         saved["counts"]["latest"].as_u64().unwrap(),
         saved["counts"]["checkpoints"].as_u64().unwrap(),
     );
-    assert_eq!(threads, 8, "{saved}");
+    assert_eq!(threads, 9, "{saved}");
+    let refused_keys = saved["counts"]["refused_keys"].as_u64().unwrap();
 
     let out = env
         .command()
@@ -213,16 +214,48 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
     let latest = "checkpoint_latest:t-1:__empty__";
     let before: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
     let due = ["--threshold", "46m", "--protect-ttl", "50m"];
-    let s = sweep(&env, &due);
+    let out = env
+        .command()
+        .args(["run", "--format", "langgraph", "--output", "json"])
+        .args(due)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sweep failed: {}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // All but the thread PostgreSQL refuses (its batch with them): that one is set aside.
     assert_eq!(
         (
+            s["status"].as_str(),
             s["due"].as_u64(),
             s["persisted"].as_u64(),
             s["rejected"].as_u64()
         ),
-        (Some(threads), Some(threads), Some(0)),
+        (Some("ok"), Some(threads), Some(threads - 1), Some(1)),
         "{s}"
     );
+    assert!(
+        stderr(&out).contains("LangGraph thread rejected") && stderr(&out).contains("t-nul"),
+        "{}",
+        stderr(&out)
+    );
+    let (reason, raw): (String, Vec<u8>) =
+        sqlx::query_as("SELECT reason, raw FROM sweep_rejects WHERE redis_key = $1")
+            .bind("checkpoint_latest:t-nul:__empty__")
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+    assert!(reason.starts_with("postgres_refused"), "{reason}");
+    assert!(String::from_utf8_lossy(&raw).contains("nul\\u0000here"));
+    let none: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM checkpoints WHERE thread_id = 't-nul'")
+            .fetch_one(&env.pg)
+            .await
+            .unwrap();
+    assert_eq!(none, 0);
+    // Its keys are left in Redis, for inspection.
+    let left = all_keys(&env).await;
+    let left = left.iter().filter(|k| k.contains(":t-nul:")).count();
+    assert_eq!(left as u64, refused_keys);
     let after: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
     assert!(
         after > 0 && after <= before,
@@ -234,8 +267,12 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
     // Re-sweeping changes nothing.
     let s = sweep(&env, &due);
     assert_eq!(
-        (s["persisted"].as_u64(), s["unchanged"].as_u64()),
-        (Some(0), Some(threads)),
+        (
+            s["persisted"].as_u64(),
+            s["unchanged"].as_u64(),
+            s["rejected"].as_u64()
+        ),
+        (Some(0), Some(threads - 1), Some(1)),
         "{s}"
     );
     assert_eq!(rows(&env.pg).await, written);

@@ -2,7 +2,8 @@
 
     proof.py write REDIS_URL STATE.json   # graphs on RedisSaver (TTL 30 min): a chatbot over 4
                                           # threads, a fan-out (Send) stopped half done, the same
-                                          # as a v3 checkpoint, a subgraph stopped half done
+                                          # as a v3 checkpoint, a subgraph stopped half done,
+                                          # a thread holding a NUL PostgreSQL refuses
     proof.py check PG_URL STATE.json      # PostgresSaver on what `sweeper run --format langgraph` wrote
     proof.py setup PG_URL                 # PostgresSaver.setup(), for the schema comparison
 
@@ -127,6 +128,23 @@ def nested(saver):
     return g.compile(checkpointer=saver)
 
 
+# --- a thread PostgreSQL refuses: a string channel value (kept inline, in the `checkpoint` JSONB)
+# holding a NUL, which RedisJSON stores and JSONB does not.
+class Note(TypedDict):
+    note: str
+
+
+def noted(saver):
+    g = StateGraph(Note)
+    g.add_node("keep", lambda s: {"note": s["note"] + "!"})
+    g.add_edge(START, "keep")
+    g.add_edge("keep", END)
+    return g.compile(checkpointer=saver)
+
+
+REFUSED = "t-nul"
+
+
 def canon(v):
     """Values as comparable JSON: messages by (type, content, id), anything else by repr (a Send
     read back as a dict would show)."""
@@ -232,12 +250,17 @@ def write(url, out):
         others["sub"] = {n: state_of(app, saver, {"configurable": {"thread_id": "sub", "checkpoint_ns": n}}) for n in ns}
         assert others["sub"][""]["tasks"][0][3] == {"log": ["step1"]}, others["sub"]
 
+        noted(saver).invoke({"note": "nul\x00here"}, cfg(REFUSED))
+
         import redis
 
         r = redis.Redis.from_url(url)
+        count = lambda match: sum(1 for _ in r.scan_iter(match, count=1000))
         counts = {
-            "latest": sum(1 for _ in r.scan_iter("checkpoint_latest:*", count=1000)),
-            "checkpoints": sum(1 for _ in r.scan_iter("checkpoint:*", count=1000)),
+            "latest": count("checkpoint_latest:*"),
+            # What PostgreSQL takes: all but the refused thread's.
+            "checkpoints": count("checkpoint:*") - count(f"checkpoint:{REFUSED}:*"),
+            "refused_keys": count(f"*:{REFUSED}:*"),
         }
     json.dump({"chat": state, "others": others, "counts": counts}, open(out, "w"), indent=1)
 
