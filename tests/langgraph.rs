@@ -214,6 +214,50 @@ async fn postgres_saver_resumes_the_threads_redis_saver_wrote() {
     let latest = "checkpoint_latest:t-1:__empty__";
     let before: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
     let due = ["--threshold", "46m", "--protect-ttl", "50m"];
+
+    // A dry run lists every due thread (by its latest key, with its checkpoints) and writes
+    // nothing: no LangGraph row, no reject, no run, no TTL raised.
+    let runs = env.count("SELECT count(*) FROM sweep_runs").await;
+    let mut want: Vec<String> = all_keys(&env)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("checkpoint_latest:"))
+        .collect();
+    want.sort();
+    let dry = sweep(&env, &[&due[..], &["--dry-run"]].concat());
+    let mut listed: Vec<String> = dry["due_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert!(k["messages"].as_u64().unwrap() >= 1, "{k}");
+            k["key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, want, "{dry}");
+    assert_eq!(dry["due"].as_u64(), Some(threads), "{dry}");
+    let text = env
+        .command()
+        .args(["run", "--format", "langgraph", "--dry-run"])
+        .args(due)
+        .output()
+        .unwrap();
+    assert!(text.status.success(), "{}", stderr(&text));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        want.iter().all(|k| text.contains(k.as_str())) && text.contains("nothing was written"),
+        "{text}"
+    );
+    assert_eq!(rows(&env.pg).await, vec![0, 0, 0]);
+    assert_eq!(env.count("SELECT count(*) FROM sweep_rejects").await, 0);
+    assert_eq!(env.count("SELECT count(*) FROM sweep_runs").await, runs);
+    let after: i64 = env.redis_cmd(redis::cmd("PTTL").arg(latest)).await;
+    assert!(
+        after <= before,
+        "a dry run raised a TTL: {before} -> {after}"
+    );
+
     let out = env
         .command()
         .args(["run", "--format", "langgraph", "--output", "json"])
@@ -334,4 +378,24 @@ async fn migrate_creates_the_tables_postgres_saver_setup_creates() {
     // And setup() on sweeper's tables finds nothing to do.
     proof(&h, &["setup", &by_sweeper.database_url]);
     assert_eq!(schema(&by_sweeper.pg).await, want);
+}
+
+#[tokio::test]
+async fn langgraph_on_a_redis_cluster_is_refused_as_a_usage_error() {
+    let env = TestEnv::new("lg_cluster").await;
+    for extra in [&[][..], &["--dry-run"]] {
+        let out = env
+            .command()
+            .args(["--redis-cluster", "run", "--format", "langgraph"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let line = error_line(&out);
+        assert!(
+            line.contains("--format langgraph") && line.contains("--redis-cluster"),
+            "{line}"
+        );
+        assert!(out.stdout.is_empty());
+    }
 }
