@@ -338,14 +338,14 @@ struct Written {
     unchanged: u64,
     messages_added: u64,
     statements: u64,
-    /// Checkpoints PostgreSQL refused one by one, recorded as rejects.
+    /// Checkpoints (or LangGraph threads) PostgreSQL refused one by one, recorded as rejects.
     refused: u64,
 }
 
 /// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
-/// cannot store), the checkpoints are written one by one and those it refuses become rejects, so
-/// one bad row never blocks the rest. Returns what was written, and on failure the error with
-/// what was not (for protection).
+/// cannot store), its checkpoints (or LangGraph threads: a thread is written whole or not at all)
+/// are written one by one and those it refuses become rejects, so one bad row never blocks the
+/// rest. Returns what was written, and on failure the error with what was not (for protection).
 async fn write(
     s: &Store,
     run_id: Option<i64>,
@@ -364,9 +364,9 @@ async fn write(
             add(&mut w, out);
             return (w, None);
         }
-        // (Threads are not split: a LangGraph sweep's batch holds no checkpoints.)
         Err(e)
-            if e.is_data_error() && !batch.checkpoints.is_empty() && batch.threads.is_empty() =>
+            if e.is_data_error()
+                && (!batch.checkpoints.is_empty() || !batch.threads.is_empty()) =>
         {
             tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
         }
@@ -374,34 +374,34 @@ async fn write(
     }
     let Batch {
         checkpoints,
+        threads,
         mut rejects,
-        ..
     } = batch;
-    let mut pending: std::collections::VecDeque<_> = checkpoints.into();
-    while let Some(c) = pending.pop_front() {
-        let single = Batch {
-            checkpoints: vec![c],
-            ..Batch::default()
-        };
-        match write_once(s, run_id, &single, deadline).await {
+    let single = |c, t| Batch {
+        checkpoints: Vec::from_iter(c),
+        threads: Vec::from_iter(t),
+        ..Batch::default()
+    };
+    let mut pending: std::collections::VecDeque<Batch> = checkpoints
+        .into_iter()
+        .map(|c| single(Some(c), None))
+        .chain(threads.into_iter().map(|t| single(None, Some(t))))
+        .collect();
+    while let Some(one) = pending.pop_front() {
+        match write_once(s, run_id, &one, deadline).await {
             Ok(out) => add(&mut w, out),
             Err(e) if e.is_data_error() => {
-                let c = single.checkpoints.into_iter().next().expect("one");
-                let reason = format!("postgres_refused: {e}");
-                tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
-                rejects.push(RejectRecord::new(
-                    c.redis_key,
-                    reason,
-                    c.document.as_bytes(),
-                    c.document.len() as u64,
-                ));
+                rejects.push(refused(one, &format!("postgres_refused: {e}")));
                 w.refused += 1;
             }
             Err(e) => {
                 // Everything not yet written goes back, for protection; the rows refused so far
                 // go with it as rejects.
-                let mut rest = single;
-                rest.checkpoints.extend(pending);
+                let mut rest = one;
+                for b in pending {
+                    rest.checkpoints.extend(b.checkpoints);
+                    rest.threads.extend(b.threads);
+                }
                 rest.rejects = rejects;
                 return (w, Some((e, rest)));
             }
@@ -418,6 +418,29 @@ async fn write(
         }
         Err(e) => (w, Some((e, rest))),
     }
+}
+
+/// The reject of a checkpoint or thread PostgreSQL refused on its own; its keys stay in Redis.
+fn refused(one: Batch, reason: &str) -> RejectRecord {
+    if let Some(t) = one.threads.into_iter().next() {
+        tracing::warn!(key = %t.latest_key, thread_id = %t.thread_id, checkpoint_ns = %t.checkpoint_ns, %reason,
+            "LangGraph thread rejected: set aside in sweep_rejects, its keys left in Redis");
+        let raw = t.inspection();
+        let size = raw.len() as u64;
+        return RejectRecord::new(t.latest_key, reason, &raw, size);
+    }
+    let c = one
+        .checkpoints
+        .into_iter()
+        .next()
+        .expect("one checkpoint or thread");
+    tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
+    RejectRecord::new(
+        c.redis_key,
+        reason,
+        c.document.as_bytes(),
+        c.document.len() as u64,
+    )
 }
 
 /// One batch, one transaction, retried on transient errors; a write that hangs is abandoned.
