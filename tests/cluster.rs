@@ -1,6 +1,7 @@
 //! `--redis-cluster` on a real 3-primary Redis Cluster on loopback: every due key persisted
 //! exactly once; a primary killed mid-sweep fails the run (exit 3) and the next run, after the
-//! node is back, loses nothing; a slot caught half-migrated is read through MOVED and ASK.
+//! node is back, loses nothing; a slot caught half-migrated is read through MOVED and ASK; N
+//! shards add up to one run, each reading only the primaries and slots it owns.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use common::servers::PrivateCluster;
 use common::*;
 use serde_json::Value;
-use sweeper::shard::key_slot;
+use sweeper::shard::{Shard, key_slot};
 
 const KEYS: usize = 30_000;
 const DUE: usize = KEYS / 2;
@@ -71,6 +72,27 @@ async fn seed(cluster: &PrivateCluster, env: &TestEnv, ids: &[String], ttl_ms: u
     }
 }
 
+/// Calls of each command on the node since its statistics were reset (`INFO commandstats`).
+async fn calls(port: u16) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn(port).await)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
 /// 30k keys spread over every slot: the first half due, the second not.
 async fn seed_30k(cluster: &PrivateCluster, env: &TestEnv) {
     let ids: Vec<String> = (0..KEYS).map(|i| format!("c{i:05}")).collect();
@@ -122,6 +144,11 @@ async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
         .await
         .migrate();
     seed_30k(&cluster, &env).await;
+    // Keys of another pattern, in slots of every shard: never counted, never read.
+    let noise = TestEnv::on("cluster_noise", &cluster.nodes[0].url(), &admin).await;
+    let ids: Vec<String> = (0..300).map(|i| format!("n{i:03}")).collect();
+    seed(&cluster, &noise, &ids, 120_000).await;
+    let owner = slot_owners(&cluster).await;
 
     // One seed is enough: the primaries are discovered.
     let out = cluster_run(&env, &cluster.nodes[1].url(), &[]);
@@ -144,19 +171,68 @@ async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
         "{s}"
     );
 
-    // Three shards of the cluster add up to the whole.
-    let mut sharded = TestEnv::on("cluster_shards", &cluster.nodes[0].url(), &admin)
+    // Shards of the cluster add up to the whole, each reading only its primaries and slots.
+    for n in [1u32, 3, 8] {
+        let mut sharded = TestEnv::on(
+            &format!("cluster_shards{n}"),
+            &cluster.nodes[0].url(),
+            &admin,
+        )
         .await
         .migrate();
-    sharded.prefix = env.prefix.clone();
-    let mut persisted = 0;
-    for i in 0..3 {
-        let out = cluster_run(&sharded, &cluster.urls(), &["--shard", &format!("{i}/3")]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        persisted += summary(&out)["persisted"].as_u64().unwrap();
+        sharded.prefix = env.prefix.clone();
+        let (mut scanned, mut persisted) = (0, 0);
+        for i in 0..n {
+            let shard = Shard::new(i, n).unwrap();
+            for r in &cluster.nodes {
+                let () = redis::cmd("CONFIG")
+                    .arg("RESETSTAT")
+                    .query_async(&mut conn(r.port).await)
+                    .await
+                    .unwrap();
+            }
+            let out = cluster_run(&sharded, &cluster.urls(), &["--shard", &shard.to_string()]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let s = summary(&out);
+            scanned += s["scanned"].as_u64().unwrap();
+            persisted += s["persisted"].as_u64().unwrap();
+            for r in &cluster.nodes {
+                let calls = calls(r.port).await;
+                let held: Vec<u32> = (0..16384u32)
+                    .filter(|s| owner[*s as usize] == r.port)
+                    .collect();
+                let mine = held.iter().filter(|s| shard.slots().contains(s)).count();
+                let what = format!("shard {shard}, node {}: {calls:?}", r.port);
+                let scans = calls.get("scan").copied().unwrap_or(0);
+                let slot_reads = calls.get("cluster|getkeysinslot").copied().unwrap_or(0);
+                if mine == 0 {
+                    // Not one key command: only the connection's PING (and the seed's CLUSTER SLOTS).
+                    assert!(
+                        calls
+                            .keys()
+                            .all(|c| ["ping", "cluster|slots", "info", "config|resetstat"]
+                                .contains(&c.as_str())),
+                        "{what}"
+                    );
+                } else if mine == held.len() {
+                    assert!(scans > 0 && slot_reads == 0, "SCANned whole: {what}");
+                } else {
+                    assert!(scans == 0 && slot_reads > 0, "read by slot: {what}");
+                    assert_eq!(
+                        calls.get("cluster|countkeysinslot").copied(),
+                        Some(mine as u64),
+                        "each slot of the shard counted once: {what}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            (scanned, persisted),
+            (KEYS as u64, DUE as u64),
+            "{n} shards"
+        );
+        all_due_stored_once(&sharded).await;
     }
-    assert_eq!(persisted, DUE as u64);
-    all_due_stored_once(&sharded).await;
 
     // A cluster node swept as a single node would be a third of the keys: refused.
     let out = env.sweeper(&["run"]);
