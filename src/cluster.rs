@@ -6,7 +6,9 @@
 //! command goes to the node owning the key's slot. During resharding a slot may move between
 //! SCAN and the reads: a `MOVED` reply is followed to the new owner (and the slot map refreshed
 //! for the next pages), an `ASK` reply to the importing node with `ASKING`. A single node is the
-//! same with one node owning every slot, so the sweep has one code path.
+//! same with one node owning every slot, so the sweep has one code path. A sweep writes no
+//! values (only TTLs, to protect keys); `simulate` and `restore` write theirs through the same
+//! routing ([`Nodes::set_all`], [`Nodes::put_back`]), so they work on a cluster too.
 //!
 //! A shard of a sharded sweep ([`Nodes::walks`]) reads only the primaries owning slots of its
 //! range, and within each only its own slots:
@@ -633,6 +635,51 @@ impl Nodes {
             .iter()
             .filter(|r| matches!(r.first(), Some(Value::Int(1))))
             .count() as u64)
+    }
+}
+
+impl Nodes {
+    /// Writes values with their TTLs, each to the node owning its key (`simulate`). `entries`
+    /// are key, value, TTL in milliseconds.
+    pub async fn set_all(&mut self, entries: &[(Vec<u8>, String, u64)]) -> Result<()> {
+        let keys: Vec<Vec<u8>> = entries.iter().map(|(k, _, _)| k.clone()).collect();
+        self.per_key(&keys, |pipe, i| {
+            let (key, value, ttl_ms) = &entries[i];
+            pipe.cmd("SET").arg(key).arg(value).arg("PX").arg(*ttl_ms);
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Writes a checkpoint back with a TTL (`restore`): only when the key does not exist,
+    /// unless `replace`. Returns whether it was written; when it was not, the TTL the live key
+    /// has left (ms, -1 without TTL).
+    pub async fn put_back(
+        &mut self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<std::result::Result<(), i64>> {
+        let keys = [key.as_bytes().to_vec()];
+        let replies = self
+            .per_key(&keys, |pipe, _| {
+                let set = pipe
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64);
+                if !replace {
+                    set.arg("NX");
+                }
+                pipe.cmd("PTTL").arg(key);
+            })
+            .await?;
+        Ok(match replies[0].as_slice() {
+            [Value::Nil, Value::Int(pttl)] => Err(*pttl),
+            _ => Ok(()),
+        })
     }
 }
 

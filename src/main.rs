@@ -24,7 +24,6 @@ use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
 use sweeper::shard::Shard;
 use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
-use sweeper::source::Source;
 use sweeper::store::Store;
 use sweeper::tls::RedisTls;
 use sweeper::{daemon, sweep};
@@ -153,15 +152,15 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             if rs.ttl.is_zero() {
                 return Err(Error::Usage("--ttl must be above 0".into()));
             }
-            if g.redis_cluster {
-                return Err(Error::Usage(
-                    "restore writes to one node: it does not take --redis-cluster".into(),
-                ));
-            }
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             store.ensure_migrated().await?;
-            let mut source =
-                Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
+            let mut source = Nodes::connect(
+                &redis_url(g)?,
+                &redis_tls(g),
+                g.connect_timeout,
+                g.redis_cluster,
+            )
+            .await?;
             let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
             tracing::info!(key = %restored.key, "conversation restored");
             emit(rs.output, || restored.to_json(), || restored.to_text())?;
@@ -193,12 +192,13 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             status(&store, st).await
         }
         Command::Simulate(s) => {
-            if g.redis_cluster {
-                return Err(Error::Usage(
-                    "simulate writes to one node: it does not take --redis-cluster".into(),
-                ));
-            }
-            let source = Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
+            let mut source = Nodes::connect(
+                &redis_url(g)?,
+                &redis_tls(g),
+                g.connect_timeout,
+                g.redis_cluster,
+            )
+            .await?;
             let cfg = SimulateConfig {
                 conversations: s.conversations,
                 prefix: s.match_prefix.clone(),
@@ -208,7 +208,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 messages_max: s.messages.1,
                 seed: s.seed,
             };
-            let report = simulate(&source, &cfg).await?;
+            let report = simulate(&mut source, &cfg).await?;
             print(&format!(
                 "wrote {} checkpoints under {}* ({} messages, {} bytes), TTLs {} to {}\n",
                 report.written,

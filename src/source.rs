@@ -1,6 +1,6 @@
 //! One Redis node's connection: retries, throttling, SCAN pages. With [`crate::cluster`] (which
 //! routes per-key commands to the node owning each key), the only code that speaks Redis. It
-//! never writes values (only TTLs, to protect keys) and never uses KEYS.
+//! never uses KEYS.
 
 use std::time::{Duration, Instant};
 
@@ -99,11 +99,6 @@ impl Source {
     /// Commands per pipeline at most (fetches are split to it too).
     pub fn max_pipeline(&self) -> usize {
         self.max_pipeline
-    }
-
-    /// The connection, for the simulator that plays the chat service.
-    pub fn connection(&self) -> MultiplexedConnection {
-        self.conn.clone()
     }
 
     /// Pipelines sent so far (each SCAN, PTTL batch, probe and fetch is one).
@@ -242,36 +237,6 @@ fn first_server_error(v: &Value) -> Option<redis::ServerError> {
             _ => None,
         }),
         _ => None,
-    }
-}
-
-impl Source {
-    /// Writes a checkpoint back with a TTL: only when the key does not exist, unless `replace`.
-    /// Returns whether it was written; when it was not, the TTL the live key has left (ms, -1
-    /// without TTL).
-    pub async fn put_back(
-        &mut self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-        replace: bool,
-    ) -> Result<std::result::Result<(), i64>> {
-        let mut pipe = redis::pipe();
-        let set = pipe
-            .cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(ttl.as_millis() as u64);
-        if !replace {
-            set.arg("NX");
-        }
-        pipe.cmd("PTTL").arg(key);
-        let (written, pttl): (Option<String>, i64) = self.query(&pipe).await?;
-        Ok(match written {
-            Some(_) => Ok(()),
-            None => Err(pttl),
-        })
     }
 }
 

@@ -383,3 +383,88 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     assert!(nodes.pttls(&keys).await.unwrap().iter().all(|t| *t > 0));
     assert_eq!(nodes.round_trips() - before, 1, "straight to the new owner");
 }
+
+#[tokio::test]
+async fn simulate_and_restore_write_each_key_to_the_node_owning_it() {
+    let cluster = PrivateCluster::start(3);
+    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
+    let env = TestEnv::on("cluster_write", &cluster.nodes[0].url(), &admin)
+        .await
+        .migrate();
+    // Through one seed: a node refuses keys of slots it does not own (MOVED), so 300 keys
+    // written means each went to its owner.
+    let out = env
+        .command()
+        .env("REDIS_URL", cluster.nodes[0].url())
+        .env("SWEEPER_REDIS_CLUSTER", "true")
+        .args([
+            "simulate",
+            "--conversations",
+            "300",
+            "--ttl-spread",
+            "1m..2m",
+        ])
+        .args(["--match-prefix", &env.prefix])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for r in &cluster.nodes {
+        let n: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut node_conn(r.port).await)
+            .await
+            .unwrap();
+        assert!(n > 50, "every primary got its share: {n} on {}", r.port);
+    }
+    let s = summary(&cluster_run(&env, &cluster.urls(), &[]));
+    assert_eq!(s["persisted"].as_u64(), Some(300), "{s}");
+
+    // A conversation whose key lives on another node than the seed named: gone, then restored.
+    let owner = slot_owners(&cluster).await;
+    let id = "sim-1-0000007";
+    let key = env.key(id);
+    let home = owner[key_slot(key.as_bytes()) as usize];
+    let seed = cluster.nodes.iter().find(|r| r.port != home).unwrap().url();
+    let () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut node_conn(home).await)
+        .await
+        .unwrap();
+    let restore = || {
+        env.command()
+            .env("REDIS_URL", &seed)
+            .env("SWEEPER_REDIS_CLUSTER", "true")
+            .args(["restore", "--conversation", id, "--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let out = restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["key"], key.as_str());
+    let mut home_conn = node_conn(home).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut home_conn)
+        .await
+        .unwrap();
+    assert!(pttl > 29 * 60_000, "{pttl}");
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut home_conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&value).unwrap()["messages"]
+            .as_array()
+            .map(|m| m.len() as u64),
+        r["messages"].as_u64()
+    );
+    // Live now: not overwritten without --force.
+    let out = restore();
+    assert!(!out.status.success());
+    assert!(
+        error_line(&out).contains("is live in Redis"),
+        "{}",
+        stderr(&out)
+    );
+}
