@@ -154,13 +154,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             }
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             store.ensure_migrated().await?;
-            let mut source = Nodes::connect(
-                &redis_url(g)?,
-                &redis_tls(g),
-                g.connect_timeout,
-                g.redis_cluster,
-            )
-            .await?;
+            let mut source = connect_redis(g).await?;
             let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
             tracing::info!(key = %restored.key, "conversation restored");
             emit(rs.output, || restored.to_json(), || restored.to_text())?;
@@ -174,13 +168,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 top: i.top,
                 samples: i.samples,
             };
-            let mut source = Nodes::connect(
-                &redis_url(g)?,
-                &redis_tls(g),
-                g.connect_timeout,
-                g.redis_cluster,
-            )
-            .await?;
+            let mut source = connect_redis(g).await?;
             source.set_rate_limit(i.max_redis_ops_per_sec);
             let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
             emit(i.output, || report.to_json(), || report.to_text())?;
@@ -192,13 +180,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             status(&store, st).await
         }
         Command::Simulate(s) => {
-            let mut source = Nodes::connect(
-                &redis_url(g)?,
-                &redis_tls(g),
-                g.connect_timeout,
-                g.redis_cluster,
-            )
-            .await?;
+            let mut source = connect_redis(g).await?;
             let cfg = SimulateConfig {
                 conversations: s.conversations,
                 prefix: s.match_prefix.clone(),
@@ -421,6 +403,17 @@ fn redis_url(g: &GlobalOpts) -> sweeper::Result<String> {
         Some(path) => read_secret(path, "--redis-url-file"),
         None => Ok(g.redis_url.clone()),
     }
+}
+
+/// The Redis of the global options: one node, or with `--redis-cluster` a cluster's primaries.
+async fn connect_redis(g: &GlobalOpts) -> sweeper::Result<Nodes> {
+    Nodes::connect(
+        &redis_url(g)?,
+        &redis_tls(g),
+        g.connect_timeout,
+        g.redis_cluster,
+    )
+    .await
 }
 
 fn redis_tls(g: &GlobalOpts) -> RedisTls {

@@ -84,13 +84,10 @@ async fn all_due_stored_once(env: &TestEnv) {
 #[tokio::test]
 async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
     let cluster = PrivateCluster::start(3);
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("cluster", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("cluster", &cluster).await;
     seed_30k(&cluster, &env).await;
     // Keys of another pattern, in slots of every shard: never counted, never read.
-    let noise = TestEnv::on("cluster_noise", &cluster.nodes[0].url(), &admin).await;
+    let noise = TestEnv::with_cluster("cluster_noise", &cluster).await;
     let ids: Vec<String> = (0..300).map(|i| format!("n{i:03}")).collect();
     seed_cluster(&cluster, &noise, &ids, 120_000).await;
     let owner = slot_owners(&cluster).await;
@@ -124,13 +121,7 @@ async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
 
     // Shards of the cluster add up to the whole, each reading only its primaries and slots.
     for n in [1u32, 3, 8] {
-        let mut sharded = TestEnv::on(
-            &format!("cluster_shards{n}"),
-            &cluster.nodes[0].url(),
-            &admin,
-        )
-        .await
-        .migrate();
+        let mut sharded = TestEnv::with_cluster(&format!("cluster_shards{n}"), &cluster).await;
         sharded.prefix = env.prefix.clone();
         let (mut scanned, mut persisted) = (0, 0);
         for i in 0..n {
@@ -202,10 +193,7 @@ async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
 #[tokio::test]
 async fn a_primary_killed_mid_sweep_fails_the_run_and_the_next_run_loses_nothing() {
     let mut cluster = PrivateCluster::start(3);
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("cluster_kill", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("cluster_kill", &cluster).await;
     seed_30k(&cluster, &env).await;
 
     // Primaries are swept in address order: kill the last one while the sweep, slowed down,
@@ -264,10 +252,7 @@ async fn a_primary_killed_mid_sweep_fails_the_run_and_the_next_run_loses_nothing
 #[tokio::test]
 async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     let cluster = PrivateCluster::start(3);
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("cluster_ask", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("cluster_ask", &cluster).await;
     // 40 keys in one slot (a hash tag), and 200 elsewhere.
     let tagged: Vec<String> = (0..40).map(|i| format!("{{conv}}{i:02}")).collect();
     let others: Vec<String> = (0..200).map(|i| format!("o{i:03}")).collect();
@@ -387,10 +372,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
 #[tokio::test]
 async fn simulate_and_restore_write_each_key_to_the_node_owning_it() {
     let cluster = PrivateCluster::start(3);
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("cluster_write", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("cluster_write", &cluster).await;
     // Through one seed: a node refuses keys of slots it does not own (MOVED), so 300 keys
     // written means each went to its owner.
     let out = env

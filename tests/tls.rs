@@ -279,10 +279,7 @@ async fn sweeps_a_cluster_over_tls() {
         .map(String::from)
         .to_vec()
     });
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("tls_cluster", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("tls_cluster", &cluster).await;
     let ids: Vec<String> = (0..600).map(|i| format!("c{i:03}")).collect();
     seed_cluster(&cluster, &env, &ids[..300], 120_000).await;
     seed_cluster(&cluster, &env, &ids[300..], 3_600_000).await;
@@ -308,9 +305,7 @@ async fn sweeps_a_cluster_over_tls() {
     );
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 300);
 
-    let mut sharded = TestEnv::on("tls_cluster_shards", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let mut sharded = TestEnv::with_cluster("tls_cluster_shards", &cluster).await;
     sharded.prefix = env.prefix.clone();
     let persisted: u64 = (0..3)
         .map(|i| {

@@ -221,16 +221,21 @@ fn csv(field: &str) -> String {
     format!("\"{}\"", field.replace('"', "\"\""))
 }
 
-/// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
-async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
-    let mut source = Nodes::connect(
+/// The benchmark's Redis, as `sweeper` connects to it.
+async fn redis_node(env: &Env) -> Nodes {
+    Nodes::connect(
         &env.redis_url,
         &Default::default(),
         Duration::from_secs(5),
         false,
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
+async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
+    let mut source = redis_node(env).await;
     let conv_path = env.dir.join("conversations.csv");
     let msg_path = env.dir.join("messages.csv");
     let mut conv = std::io::BufWriter::new(std::fs::File::create(&conv_path).unwrap());
@@ -414,14 +419,7 @@ async fn bench_size(
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let pg = reset(env).await;
-    let mut source = Nodes::connect(
-        &env.redis_url,
-        &Default::default(),
-        Duration::from_secs(5),
-        false,
-    )
-    .await
-    .unwrap();
+    let mut source = redis_node(env).await;
     let load = Instant::now();
     // 10% due (TTL 5-6 minutes left) and 90% active (30-60 minutes): far enough apart that the due
     // set stays the same while every measurement of this size runs.

@@ -76,6 +76,12 @@ impl TestEnv {
             .migrate()
     }
 
+    /// On a Redis Cluster of the test's own (through its first node's plain port), with the
+    /// shared PostgreSQL; migrated.
+    pub async fn with_cluster(name: &str, cluster: &servers::PrivateCluster) -> TestEnv {
+        TestEnv::with_redis(name, &cluster.nodes[0]).await
+    }
+
     /// On a PostgreSQL of the test's own (one it stops), with the shared Redis; migrated.
     pub async fn with_pg(name: &str, pg: &servers::PrivatePg) -> TestEnv {
         TestEnv::on(name, &required("REDIS_URL"), &pg.admin_url())
