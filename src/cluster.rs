@@ -23,8 +23,10 @@
 //!   SCANned afterwards, the primary's SCAN keeping only their keys. So a page holds at most
 //!   about `--scan-count` keys, or one slot of at most `SLOT_KEYS_MAX`, and memory stays bounded.
 //!
-//! A slot moving while a shard reads it (resharding) may be missed by that run, its keys then
-//! on a node the shard does not read: the next run reads it from its new owner (if not expired).
+//! A slot half-migrated when the shard starts (`CLUSTER NODES` of each primary names the slots
+//! it imports) is read on the importing node too (the reads of its keys follow the owner's
+//! `ASK`). A slot moving while a shard reads it may still be missed by that run (its keys then on
+//! a node the shard does not read): the next run reads it from its new owner (if not expired).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -265,9 +267,10 @@ impl Nodes {
     }
 
     /// What a sweep reads, primary by primary: every key of every primary, or for a shard only
-    /// the primaries owning its slots, and of those only its slots. On a single node the shard's
-    /// keys are picked by the caller from a SCAN of all.
-    pub fn walks(&self, shard: Option<Shard>) -> Vec<Walk> {
+    /// the primaries owning its slots, and of those only its slots, plus the shard's slots a
+    /// primary is importing (half-migrated: some of their keys are there already). On a single
+    /// node the shard's keys are picked by the caller from a SCAN of all.
+    pub async fn walks(&mut self, shard: Option<Shard>) -> Result<Vec<Walk>> {
         let scan = |addr: &str| Walk {
             addr: addr.to_string(),
             step: Step::Scan {
@@ -275,11 +278,19 @@ impl Nodes {
                 only: None,
             },
         };
-        if self.owner.is_empty() {
-            return vec![scan(&self.nodes[0].addr)];
-        }
-        let range = shard.map_or(0..SLOTS, |s| s.slots());
-        (0..self.primaries)
+        let slots = |slots: VecDeque<u16>| Step::Slots {
+            uncounted: slots,
+            counted: VecDeque::new(),
+            scan: Vec::new(),
+        };
+        let Some(shard) = shard.filter(|_| !self.owner.is_empty()) else {
+            // Every primary whole: a SCAN sees importing slots' keys too.
+            return Ok((0..self.primaries)
+                .map(|node| scan(&self.nodes[node].addr))
+                .collect());
+        };
+        let range = shard.slots();
+        let mut walks: Vec<Walk> = (0..self.primaries)
             .filter_map(|node| {
                 let held = (0..SLOTS as u16).filter(|s| self.owner[*s as usize] as usize == node);
                 let (mine, others): (Vec<u16>, Vec<u16>) =
@@ -290,15 +301,36 @@ impl Nodes {
                     (false, true) => Some(scan(addr)),
                     (false, false) => Some(Walk {
                         addr: addr.clone(),
-                        step: Step::Slots {
-                            uncounted: mine.into(),
-                            counted: VecDeque::new(),
-                            scan: Vec::new(),
-                        },
+                        step: slots(mine.into()),
                     }),
                 }
             })
-            .collect()
+            .collect();
+        for node in 0..self.primaries {
+            let addr = self.nodes[node].addr.clone();
+            let importing = self.nodes[node].source.importing_slots().await?;
+            for slot in importing {
+                if !range.contains(&(slot as u32)) {
+                    continue;
+                }
+                match walks.iter_mut().find(|w| w.addr == addr) {
+                    // Its SCAN sees them (and the shard keeps its own).
+                    Some(Walk {
+                        step: Step::Scan { .. },
+                        ..
+                    }) => {}
+                    Some(Walk {
+                        step: Step::Slots { uncounted, .. },
+                        ..
+                    }) => uncounted.push_back(slot),
+                    _ => walks.push(Walk {
+                        addr: addr.clone(),
+                        step: slots([slot].into()),
+                    }),
+                }
+            }
+        }
+        Ok(walks)
     }
 
     /// The next page of keys matching `pattern` (about `count` of them) of a walk; None when it
@@ -727,6 +759,21 @@ pub fn parse_cluster_slots(reply: &Value, asked: &str) -> Option<Vec<SlotRange>>
     Some(out)
 }
 
+/// The slots a node is importing, from its `CLUSTER NODES`: its own line (flag `myself`) lists
+/// them as `[slot-<-source id]`.
+pub fn parse_importing(nodes: &str) -> Vec<u16> {
+    nodes
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+        })
+        .flat_map(|l| l.split_whitespace().skip(8))
+        .filter_map(|s| s.strip_prefix('[')?.split_once("-<-")?.0.parse().ok())
+        .collect()
+}
+
 /// A MOVED or ASK among one key's replies.
 fn redirect(replies: &[Value]) -> Option<Redirect> {
     replies.iter().find_map(|v| match v {
@@ -809,6 +856,17 @@ mod tests {
             ]
         );
         assert!(parse_cluster_slots(&Value::Nil, "x:1").is_none());
+    }
+
+    #[test]
+    fn importing_slots_are_read_from_the_nodes_own_line() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 master - 0 1 4 connected 11000-16383 [93-<-292f8b36]
+e7d1 127.0.0.1:30002@31002 myself,master - 0 0 2 connected 5461-10922 [93-<-292f8b36] [94->-07c3] [95-<-07c3]
+292f 127.0.0.1:30001@31001 master - 0 1 1 connected 0-5460
+";
+        assert_eq!(parse_importing(nodes), vec![93, 95]);
+        assert!(parse_importing("").is_empty());
     }
 
     #[test]

@@ -191,6 +191,14 @@ impl Source {
         })
     }
 
+    /// The slots this cluster node is importing (`CLUSTER NODES`).
+    pub async fn importing_slots(&mut self) -> Result<Vec<u16>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLUSTER").arg("NODES");
+        let (nodes,): (String,) = self.query(&pipe).await?;
+        Ok(crate::cluster::parse_importing(&nodes))
+    }
+
     /// Whether this node is part of a cluster (`INFO cluster`). A node that will not say (an ACL
     /// without INFO) is taken as a single node. Not counted as a round trip of the sweep.
     pub async fn is_cluster_node(&self) -> bool {

@@ -620,7 +620,7 @@ impl Reader {
     /// Reads every primary in turn (one node, or each primary of a cluster; for a shard of a
     /// cluster, the primaries and slots it owns).
     async fn scan(&mut self, source: &mut Nodes, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
-        for walk in source.walks(self.cfg.shard) {
+        for walk in source.walks(self.cfg.shard).await? {
             if let Some(stop) = self.scan_node(source, walk, tx).await? {
                 return Ok(stop);
             }

@@ -148,12 +148,17 @@ async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
                 let scans = calls.get("scan").copied().unwrap_or(0);
                 let slot_reads = calls.get("cluster|getkeysinslot").copied().unwrap_or(0);
                 if mine == 0 {
-                    // Not one key command: only the connection's PING (and the seed's CLUSTER SLOTS).
+                    // Not one key command: the connection's PING, the seed's CLUSTER SLOTS, and
+                    // CLUSTER NODES (which slots it imports).
                     assert!(
-                        calls
-                            .keys()
-                            .all(|c| ["ping", "cluster|slots", "info", "config|resetstat"]
-                                .contains(&c.as_str())),
+                        calls.keys().all(|c| [
+                            "ping",
+                            "cluster|slots",
+                            "cluster|nodes",
+                            "info",
+                            "config|resetstat",
+                        ]
+                        .contains(&c.as_str())),
                         "{what}"
                     );
                 } else if mine == held.len() {
@@ -330,6 +335,20 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     );
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 240);
     assert_eq!(env.count("SELECT count(*) FROM messages").await, 720);
+
+    // Shards too: the one owning the slot reads it on the importing node as well.
+    for n in [3u32, 8] {
+        let mut sharded = TestEnv::with_cluster(&format!("cluster_ask{n}"), &cluster).await;
+        sharded.prefix = env.prefix.clone();
+        let persisted: u64 = (0..n)
+            .map(|i| {
+                let out = cluster_run(&sharded, &cluster.urls(), &["--shard", &format!("{i}/{n}")]);
+                assert!(out.status.success(), "{}", stderr(&out));
+                summary(&out)["persisted"].as_u64().unwrap()
+            })
+            .sum();
+        assert_eq!(persisted, 240, "{n} shards");
+    }
 
     // The migration ends: the slot belongs to the target. The reader's map is stale: its reads
     // get MOVED, follow it, and refresh the map, so the next reads go straight to the target.
