@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::checkpoint::{self, Reject};
-use crate::cluster::Nodes;
+use crate::cluster::{Nodes, Walk};
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::langgraph::read::{ThreadRead, read_threads};
@@ -640,10 +640,11 @@ impl Reader {
         None
     }
 
-    /// Scans every primary in turn (one node, or each primary of a cluster).
+    /// Reads every primary in turn (one node, or each primary of a cluster; for a shard of a
+    /// cluster, the primaries and slots it owns).
     async fn scan(&mut self, source: &mut Nodes, tx: &mpsc::Sender<ReadBatch>) -> Result<Stop> {
-        for node in 0..source.primaries() {
-            if let Some(stop) = self.scan_node(source, node, tx).await? {
+        for walk in source.walks(self.cfg.shard).await? {
+            if let Some(stop) = self.scan_node(source, walk, tx).await? {
                 return Ok(stop);
             }
         }
@@ -651,18 +652,18 @@ impl Reader {
         Ok(Stop::Done)
     }
 
-    /// Scans one node to the end; Some when the sweep must stop early. The next page's SCAN
-    /// runs on a second handle while this page is read, so SCAN's round trip is off the critical
-    /// path (not under a throttle: there, being gentle beats being fast).
+    /// Reads one primary to the end; Some when the sweep must stop early. The next page is
+    /// fetched (SCAN, or slot reads) on a second handle while this page is read, so its round
+    /// trip is off the critical path (not under a throttle: there, being gentle beats being fast).
     async fn scan_node(
         &mut self,
         source: &mut Nodes,
-        node: usize,
+        walk: Walk,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<Option<Stop>> {
         let mut scanner = source.clone();
         let before = scanner.round_trips();
-        let result = self.scan_pages(source, &mut scanner, node, tx).await;
+        let result = self.scan_pages(source, &mut scanner, walk, tx).await;
         self.scan_round_trips += scanner.round_trips() - before;
         result
     }
@@ -671,36 +672,35 @@ impl Reader {
         &mut self,
         source: &mut Nodes,
         scanner: &mut Nodes,
-        node: usize,
+        mut walk: Walk,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<Option<Stop>> {
         let (pattern, count) = (self.cfg.pattern.clone(), self.cfg.scan_count);
-        let mut page = scanner.scan_page(node, 0, &pattern, count).await?;
+        let mut page = scanner.next_page(&mut walk, &pattern, count).await?;
         loop {
             if let Some(stop) = self.should_stop() {
                 self.send(tx).await;
                 return Ok(Some(stop));
             }
-            let (next, keys) = page;
-            if next == 0 {
-                return self.page(source, keys, tx).await;
-            }
-            let (read, scanned) = if source.throttled() {
+            let Some(keys) = page else {
+                return Ok(None);
+            };
+            let (read, next) = if source.throttled() {
                 let read = self.page(source, keys, tx).await;
                 if !matches!(read, Ok(None)) {
                     return read;
                 }
-                (read, scanner.scan_page(node, next, &pattern, count).await)
+                (read, scanner.next_page(&mut walk, &pattern, count).await)
             } else {
                 tokio::join!(
                     self.page(source, keys, tx),
-                    scanner.scan_page(node, next, &pattern, count)
+                    scanner.next_page(&mut walk, &pattern, count)
                 )
             };
             if let Some(stop) = read? {
                 return Ok(Some(stop));
             }
-            page = scanned?;
+            page = next?;
         }
     }
 
@@ -711,7 +711,9 @@ impl Reader {
         mut keys: Vec<Vec<u8>>,
         tx: &mpsc::Sender<ReadBatch>,
     ) -> Result<Option<Stop>> {
-        // A shard counts and reads only its own keys: N shards add up to one whole sweep.
+        // A shard counts and reads only its own keys: N shards add up to one whole sweep. (On a
+        // cluster its walks read mostly its own slots already; a SCANned primary may still hold
+        // keys of a slot it is importing.)
         if let Some(shard) = self.cfg.shard {
             keys.retain(|k| shard.owns(k));
         }
