@@ -6,9 +6,29 @@
 //! command goes to the node owning the key's slot. During resharding a slot may move between
 //! SCAN and the reads: a `MOVED` reply is followed to the new owner (and the slot map refreshed
 //! for the next pages), an `ASK` reply to the importing node with `ASKING`. A single node is the
-//! same with one node owning every slot, so the sweep has one code path.
+//! same with one node owning every slot, so the sweep has one code path. A sweep writes no
+//! values (only TTLs, to protect keys); `simulate` and `restore` write theirs through the same
+//! routing ([`Nodes::set_all`], [`Nodes::put_back`]), so they work on a cluster too.
+//!
+//! A shard of a sharded sweep ([`Nodes::walks`]) reads only the primaries owning slots of its
+//! range, and within each only its own slots:
+//! - a primary whose slots are all the shard's is SCANned, as in an unsharded sweep;
+//! - a primary whose slots the shard shares with other shards is read slot by slot: `CLUSTER
+//!   COUNTKEYSINSLOT` for a batch of slots, then `CLUSTER GETKEYSINSLOT slot limit` for the slots
+//!   holding keys, whole slots per page up to `--scan-count` keys, the pattern matched here
+//!   ([`crate::glob`]: GETKEYSINSLOT has no MATCH). GETKEYSINSLOT has no cursor either (the same
+//!   first keys come back on every call), so a slot is read in one call, with a limit a little
+//!   above its count: a reply that fills the limit means the slot grew meanwhile and is not
+//!   taken. Such slots, and slots of more than [`SLOT_KEYS_MAX`] keys (a hot hash tag), are
+//!   SCANned afterwards, the primary's SCAN keeping only their keys. So a page holds at most
+//!   about `--scan-count` keys, or one slot of at most `SLOT_KEYS_MAX`, and memory stays bounded.
+//!
+//! A slot half-migrated when the shard starts (`CLUSTER NODES` of each primary names the slots
+//! it imports) is read on the importing node too (the reads of its keys follow the owner's
+//! `ASK`). A slot moving while a shard reads it may still be missed by that run (its keys then on
+//! a node the shard does not read): the next run reads it from its new owner (if not expired).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use redis::{Pipeline, Value};
@@ -16,12 +36,49 @@ use redis::{Pipeline, Value};
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::layout::{Fetched, Layout, Probe};
-use crate::shard::{SLOTS, key_slot};
+use crate::shard::{SLOTS, Shard, key_slot};
 use crate::source::{Source, fetch_chunks};
 use crate::tls::RedisTls;
 
 /// Redirections followed for one key before the read fails (a slot moving back and forth).
 const MAX_REDIRECTS: usize = 5;
+
+/// A slot with more keys than this is not read by GETKEYSINSLOT (one reply holds the whole
+/// slot) but SCANned: memory stays bounded whatever a hash tag gathers in one slot.
+pub const SLOT_KEYS_MAX: u64 = 100_000;
+
+/// Slots counted per `CLUSTER COUNTKEYSINSLOT` pipeline.
+const COUNT_BATCH: usize = 1024;
+
+/// How a sweep reads one primary's keys: SCAN, or some of its slots one by one (see the module
+/// documentation). Pages come from [`Nodes::next_page`].
+#[derive(Debug, Clone)]
+pub struct Walk {
+    /// The primary, by address: indexes into the nodes change when the slot map is read again.
+    addr: String,
+    step: Step,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// SCAN from the cursor (None: not started); with `only`, keys of other slots are dropped.
+    Scan {
+        cursor: Option<u64>,
+        only: Option<Vec<bool>>,
+    },
+    /// Slots still to count, counted slots with keys to read, and the slots left to a SCAN.
+    Slots {
+        uncounted: VecDeque<u16>,
+        counted: VecDeque<(u16, u64)>,
+        scan: Vec<u16>,
+    },
+    Done,
+}
+
+/// The GETKEYSINSLOT limit for a slot counted with `n` keys: room for keys added since the count.
+fn slot_limit(n: u64) -> u64 {
+    n + n / 4 + 16
+}
 
 #[derive(Clone)]
 struct Node {
@@ -207,6 +264,170 @@ impl Nodes {
     /// The nodes to SCAN: the primaries.
     pub fn primaries(&self) -> usize {
         self.primaries
+    }
+
+    /// What a sweep reads, primary by primary: every key of every primary, or for a shard only
+    /// the primaries owning its slots, and of those only its slots, plus the shard's slots a
+    /// primary is importing (half-migrated: some of their keys are there already). On a single
+    /// node the shard's keys are picked by the caller from a SCAN of all.
+    pub async fn walks(&mut self, shard: Option<Shard>) -> Result<Vec<Walk>> {
+        let scan = |addr: &str| Walk {
+            addr: addr.to_string(),
+            step: Step::Scan {
+                cursor: None,
+                only: None,
+            },
+        };
+        let slots = |slots: VecDeque<u16>| Step::Slots {
+            uncounted: slots,
+            counted: VecDeque::new(),
+            scan: Vec::new(),
+        };
+        let Some(shard) = shard.filter(|_| !self.owner.is_empty()) else {
+            // Every primary whole: a SCAN sees importing slots' keys too.
+            return Ok((0..self.primaries)
+                .map(|node| scan(&self.nodes[node].addr))
+                .collect());
+        };
+        let range = shard.slots();
+        let mut walks: Vec<Walk> = (0..self.primaries)
+            .filter_map(|node| {
+                let held = (0..SLOTS as u16).filter(|s| self.owner[*s as usize] as usize == node);
+                let (mine, others): (Vec<u16>, Vec<u16>) =
+                    held.partition(|s| range.contains(&(*s as u32)));
+                let addr = &self.nodes[node].addr;
+                match (mine.is_empty(), others.is_empty()) {
+                    (true, _) => None,
+                    (false, true) => Some(scan(addr)),
+                    (false, false) => Some(Walk {
+                        addr: addr.clone(),
+                        step: slots(mine.into()),
+                    }),
+                }
+            })
+            .collect();
+        for node in 0..self.primaries {
+            let addr = self.nodes[node].addr.clone();
+            let importing = self.nodes[node].source.importing_slots().await?;
+            for slot in importing {
+                if !range.contains(&(slot as u32)) {
+                    continue;
+                }
+                match walks.iter_mut().find(|w| w.addr == addr) {
+                    // Its SCAN sees them (and the shard keeps its own).
+                    Some(Walk {
+                        step: Step::Scan { .. },
+                        ..
+                    }) => {}
+                    Some(Walk {
+                        step: Step::Slots { uncounted, .. },
+                        ..
+                    }) => uncounted.push_back(slot),
+                    _ => walks.push(Walk {
+                        addr: addr.clone(),
+                        step: slots([slot].into()),
+                    }),
+                }
+            }
+        }
+        Ok(walks)
+    }
+
+    /// The next page of keys matching `pattern` (about `count` of them) of a walk; None when it
+    /// is done.
+    pub async fn next_page(
+        &mut self,
+        walk: &mut Walk,
+        pattern: &str,
+        count: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let node = self.node(&walk.addr).await?;
+        let source = &mut self.nodes[node].source;
+        let count = count.min(source.max_pipeline()).max(1);
+        loop {
+            match &mut walk.step {
+                Step::Done => return Ok(None),
+                Step::Scan {
+                    cursor: Some(0), ..
+                } => walk.step = Step::Done,
+                Step::Scan { cursor, only } => {
+                    let (next, mut keys) = source
+                        .scan_page(cursor.unwrap_or(0), pattern, count)
+                        .await?;
+                    *cursor = Some(next);
+                    if let Some(only) = only {
+                        keys.retain(|k| only[key_slot(k) as usize]);
+                    }
+                    return Ok(Some(keys));
+                }
+                Step::Slots {
+                    uncounted,
+                    counted,
+                    scan,
+                } if counted.is_empty() => {
+                    if uncounted.is_empty() {
+                        walk.step = match scan.is_empty() {
+                            true => Step::Done,
+                            false => {
+                                let mut only = vec![false; SLOTS as usize];
+                                for s in scan.iter() {
+                                    only[*s as usize] = true;
+                                }
+                                Step::Scan {
+                                    cursor: None,
+                                    only: Some(only),
+                                }
+                            }
+                        };
+                        continue;
+                    }
+                    let n = uncounted.len().min(COUNT_BATCH).min(source.max_pipeline());
+                    let slots: Vec<u16> = uncounted.drain(..n).collect();
+                    let mut pipe = redis::pipe();
+                    for s in &slots {
+                        pipe.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s);
+                    }
+                    let counts: Vec<u64> = source.query(&pipe).await?;
+                    for (s, n) in slots.into_iter().zip(counts) {
+                        match n {
+                            0 => {}
+                            n if n > SLOT_KEYS_MAX => scan.push(s),
+                            n => counted.push_back((s, n)),
+                        }
+                    }
+                }
+                Step::Slots { counted, scan, .. } => {
+                    // Whole slots up to `count` keys (at least one slot).
+                    let mut page = Vec::new();
+                    let mut total = 0;
+                    while let Some(&(s, n)) = counted.front() {
+                        if !page.is_empty() && (total + n > count as u64 || page.len() >= count) {
+                            break;
+                        }
+                        page.push((s, slot_limit(n)));
+                        total += n;
+                        counted.pop_front();
+                    }
+                    let mut pipe = redis::pipe();
+                    for (s, limit) in &page {
+                        pipe.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s).arg(limit);
+                    }
+                    let replies: Vec<Vec<Vec<u8>>> = source.query(&pipe).await?;
+                    let mut keys = Vec::with_capacity(total as usize);
+                    for ((s, limit), got) in page.into_iter().zip(replies) {
+                        match got.len() as u64 >= limit {
+                            // Grown past the limit while read: maybe more keys than returned.
+                            true => scan.push(s),
+                            false => keys.extend(
+                                got.into_iter()
+                                    .filter(|k| crate::glob::matches(pattern.as_bytes(), k)),
+                            ),
+                        }
+                    }
+                    return Ok(Some(keys));
+                }
+            }
+        }
     }
 
     /// Retries give up rather than pause past this instant.
@@ -449,6 +670,51 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// Writes values with their TTLs, each to the node owning its key (`simulate`). `entries`
+    /// are key, value, TTL in milliseconds.
+    pub async fn set_all(&mut self, entries: &[(Vec<u8>, String, u64)]) -> Result<()> {
+        let keys: Vec<Vec<u8>> = entries.iter().map(|(k, _, _)| k.clone()).collect();
+        self.per_key(&keys, |pipe, i| {
+            let (key, value, ttl_ms) = &entries[i];
+            pipe.cmd("SET").arg(key).arg(value).arg("PX").arg(*ttl_ms);
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Writes a checkpoint back with a TTL (`restore`): only when the key does not exist,
+    /// unless `replace`. Returns whether it was written; when it was not, the TTL the live key
+    /// has left (ms, -1 without TTL).
+    pub async fn put_back(
+        &mut self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<std::result::Result<(), i64>> {
+        let keys = [key.as_bytes().to_vec()];
+        let replies = self
+            .per_key(&keys, |pipe, _| {
+                let set = pipe
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64);
+                if !replace {
+                    set.arg("NX");
+                }
+                pipe.cmd("PTTL").arg(key);
+            })
+            .await?;
+        Ok(match replies[0].as_slice() {
+            [Value::Nil, Value::Int(pttl)] => Err(*pttl),
+            _ => Ok(()),
+        })
+    }
+}
+
 /// One range of `CLUSTER SLOTS`: slots `start..=end` served by the primary at `addr`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotRange {
@@ -491,6 +757,21 @@ pub fn parse_cluster_slots(reply: &Value, asked: &str) -> Option<Vec<SlotRange>>
         });
     }
     Some(out)
+}
+
+/// The slots a node is importing, from its `CLUSTER NODES`: its own line (flag `myself`) lists
+/// them as `[slot-<-source id]`.
+pub fn parse_importing(nodes: &str) -> Vec<u16> {
+    nodes
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+        })
+        .flat_map(|l| l.split_whitespace().skip(8))
+        .filter_map(|s| s.strip_prefix('[')?.split_once("-<-")?.0.parse().ok())
+        .collect()
 }
 
 /// A MOVED or ASK among one key's replies.
@@ -575,6 +856,17 @@ mod tests {
             ]
         );
         assert!(parse_cluster_slots(&Value::Nil, "x:1").is_none());
+    }
+
+    #[test]
+    fn importing_slots_are_read_from_the_nodes_own_line() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 master - 0 1 4 connected 11000-16383 [93-<-292f8b36]
+e7d1 127.0.0.1:30002@31002 myself,master - 0 0 2 connected 5461-10922 [93-<-292f8b36] [94->-07c3] [95-<-07c3]
+292f 127.0.0.1:30001@31001 master - 0 1 1 connected 0-5460
+";
+        assert_eq!(parse_importing(nodes), vec![93, 95]);
+        assert!(parse_importing("").is_empty());
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`] (SIGINT and SIGTERM),
 //! [`schedule`] (cron expressions and whether a schedule can lose a key), [`daemon`] (sweeps on a
 //! schedule without an orchestrator), [`shard`] (which keys a worker of a sharded sweep owns),
+//! [`glob`] (Redis glob patterns, for keys read by slot),
 //! [`simulate`] (plays the chat service to seed demos, tests and benchmarks), [`inspect`] (what
 //! the keyspace holds, before trusting a sweep), [`restore`] (a saved conversation back into
 //! Redis), [`progress`] (a spinner for people at a terminal).
@@ -39,6 +40,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod error;
+pub mod glob;
 pub mod inspect;
 pub mod langgraph;
 pub mod layout;

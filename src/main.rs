@@ -24,7 +24,6 @@ use sweeper::schedule::{self, CronSchedule, ScheduleCheck, Verdict};
 use sweeper::shard::Shard;
 use sweeper::shutdown::Shutdown;
 use sweeper::simulate::{SimulateConfig, simulate};
-use sweeper::source::Source;
 use sweeper::store::Store;
 use sweeper::tls::RedisTls;
 use sweeper::{daemon, sweep};
@@ -167,15 +166,9 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             if rs.ttl.is_zero() {
                 return Err(Error::Usage("--ttl must be above 0".into()));
             }
-            if g.redis_cluster {
-                return Err(Error::Usage(
-                    "restore writes to one node: it does not take --redis-cluster".into(),
-                ));
-            }
             let store = Store::connect(&database_url(g)?, g.connect_timeout, 1).await?;
             store.ensure_migrated().await?;
-            let mut source =
-                Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
+            let mut source = connect_redis(g).await?;
             let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
             tracing::info!(key = %restored.key, "conversation restored");
             emit(rs.output, || restored.to_json(), || restored.to_text())?;
@@ -189,13 +182,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 top: i.top,
                 samples: i.samples,
             };
-            let mut source = Nodes::connect(
-                &redis_url(g)?,
-                &redis_tls(g),
-                g.connect_timeout,
-                g.redis_cluster,
-            )
-            .await?;
+            let mut source = connect_redis(g).await?;
             source.set_rate_limit(i.max_redis_ops_per_sec);
             let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
             emit(i.output, || report.to_json(), || report.to_text())?;
@@ -207,12 +194,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
             status(&store, st).await
         }
         Command::Simulate(s) => {
-            if g.redis_cluster {
-                return Err(Error::Usage(
-                    "simulate writes to one node: it does not take --redis-cluster".into(),
-                ));
-            }
-            let source = Source::connect(&redis_url(g)?, &redis_tls(g), g.connect_timeout).await?;
+            let mut source = connect_redis(g).await?;
             let cfg = SimulateConfig {
                 conversations: s.conversations,
                 prefix: s.match_prefix.clone(),
@@ -222,7 +204,7 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 messages_max: s.messages.1,
                 seed: s.seed,
             };
-            let report = simulate(&source, &cfg).await?;
+            let report = simulate(&mut source, &cfg).await?;
             print(&format!(
                 "wrote {} checkpoints under {}* ({} messages, {} bytes), TTLs {} to {}\n",
                 report.written,
@@ -435,6 +417,17 @@ fn redis_url(g: &GlobalOpts) -> sweeper::Result<String> {
         Some(path) => read_secret(path, "--redis-url-file"),
         None => Ok(g.redis_url.clone()),
     }
+}
+
+/// The Redis of the global options: one node, or with `--redis-cluster` a cluster's primaries.
+async fn connect_redis(g: &GlobalOpts) -> sweeper::Result<Nodes> {
+    Nodes::connect(
+        &redis_url(g)?,
+        &redis_tls(g),
+        g.connect_timeout,
+        g.redis_cluster,
+    )
+    .await
 }
 
 fn redis_tls(g: &GlobalOpts) -> RedisTls {

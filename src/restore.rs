@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cluster::Nodes;
 use crate::error::{Error, Result};
-use crate::source::Source;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,7 +26,7 @@ pub struct Restored {
 
 pub async fn restore(
     store: &Store,
-    source: &mut Source,
+    source: &mut Nodes,
     conversation_id: &str,
     ttl: Duration,
     force: bool,

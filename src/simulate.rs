@@ -1,14 +1,15 @@
 //! Plays the chat service: writes realistic checkpoints with TTLs spread over a range. The seed
-//! data of `make demo`, the tests and the benchmarks. The only code here that writes to Redis.
+//! data of `make demo`, the tests and the benchmarks. Writes go through [`Nodes`], so on a
+//! cluster each key goes to the node owning it.
 
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
+use crate::cluster::Nodes;
 use crate::config::parse_duration;
-use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::error::Result;
 
 /// Keys written per pipeline.
 const PIPELINE: usize = 500;
@@ -75,14 +76,13 @@ pub struct SimulateReport {
 }
 
 /// Writes `cfg.conversations` checkpoints.
-pub async fn simulate(source: &Source, cfg: &SimulateConfig) -> Result<SimulateReport> {
-    let mut conn = source.connection();
+pub async fn simulate(source: &mut Nodes, cfg: &SimulateConfig) -> Result<SimulateReport> {
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     let now = Utc::now();
     let mut report = SimulateReport::default();
     let mut i = 0;
     while i < cfg.conversations {
-        let mut pipe = redis::pipe();
+        let mut entries = Vec::with_capacity(PIPELINE);
         for _ in 0..PIPELINE.min((cfg.conversations - i) as usize) {
             let id = format!("sim-{}-{i:07}", cfg.seed);
             let n = rng.usize(cfg.messages_min..=cfg.messages_max);
@@ -92,17 +92,11 @@ pub async fn simulate(source: &Source, cfg: &SimulateConfig) -> Result<SimulateR
                 .max(1);
             report.bytes += doc.len() as u64;
             report.messages += n as u64;
-            pipe.cmd("SET")
-                .arg(format!("{}{id}", cfg.prefix))
-                .arg(doc)
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
+            entries.push((format!("{}{id}", cfg.prefix).into_bytes(), doc, ttl_ms));
             i += 1;
         }
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| Error::Other(format!("simulate: writing to Redis failed: {e}")))?;
+        // Each key to the node owning it, on a cluster.
+        source.set_all(&entries).await?;
     }
     report.written = cfg.conversations;
     Ok(report)

@@ -1,6 +1,6 @@
 //! One Redis node's connection: retries, throttling, SCAN pages. With [`crate::cluster`] (which
 //! routes per-key commands to the node owning each key), the only code that speaks Redis. It
-//! never writes values (only TTLs, to protect keys) and never uses KEYS.
+//! never uses KEYS.
 
 use std::time::{Duration, Instant};
 
@@ -101,11 +101,6 @@ impl Source {
         self.max_pipeline
     }
 
-    /// The connection, for the simulator that plays the chat service.
-    pub fn connection(&self) -> MultiplexedConnection {
-        self.conn.clone()
-    }
-
     /// Pipelines sent so far (each SCAN, PTTL batch, probe and fetch is one).
     pub fn round_trips(&self) -> u64 {
         self.round_trips
@@ -196,6 +191,14 @@ impl Source {
         })
     }
 
+    /// The slots this cluster node is importing (`CLUSTER NODES`).
+    pub async fn importing_slots(&mut self) -> Result<Vec<u16>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLUSTER").arg("NODES");
+        let (nodes,): (String,) = self.query(&pipe).await?;
+        Ok(crate::cluster::parse_importing(&nodes))
+    }
+
     /// Whether this node is part of a cluster (`INFO cluster`). A node that will not say (an ACL
     /// without INFO) is taken as a single node. Not counted as a round trip of the sweep.
     pub async fn is_cluster_node(&self) -> bool {
@@ -242,36 +245,6 @@ fn first_server_error(v: &Value) -> Option<redis::ServerError> {
             _ => None,
         }),
         _ => None,
-    }
-}
-
-impl Source {
-    /// Writes a checkpoint back with a TTL: only when the key does not exist, unless `replace`.
-    /// Returns whether it was written; when it was not, the TTL the live key has left (ms, -1
-    /// without TTL).
-    pub async fn put_back(
-        &mut self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-        replace: bool,
-    ) -> Result<std::result::Result<(), i64>> {
-        let mut pipe = redis::pipe();
-        let set = pipe
-            .cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(ttl.as_millis() as u64);
-        if !replace {
-            set.arg("NX");
-        }
-        pipe.cmd("PTTL").arg(key);
-        let (written, pttl): (Option<String>, i64) = self.query(&pipe).await?;
-        Ok(match written {
-            Some(_) => Ok(()),
-            None => Err(pttl),
-        })
     }
 }
 

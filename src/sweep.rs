@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::cluster::Nodes;
+use crate::cluster::{Nodes, Walk};
 use crate::config::SweepConfig;
 use crate::decode::{Decoder, Read, ReadBatch};
 use crate::error::{Error, Result};
@@ -340,14 +340,14 @@ struct Written {
     unchanged: u64,
     messages_added: u64,
     statements: u64,
-    /// Checkpoints PostgreSQL refused one by one, recorded as rejects.
+    /// Checkpoints (or LangGraph threads) PostgreSQL refused one by one, recorded as rejects.
     refused: u64,
 }
 
 /// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
-/// cannot store), the checkpoints are written one by one and those it refuses become rejects, so
-/// one bad row never blocks the rest. Returns what was written, and on failure the error with
-/// what was not (for protection).
+/// cannot store), its checkpoints (or LangGraph threads: a thread is written whole or not at all)
+/// are written one by one and those it refuses become rejects, so one bad row never blocks the
+/// rest. Returns what was written, and on failure the error with what was not (for protection).
 async fn write(
     s: &Store,
     run_id: Option<i64>,
@@ -366,9 +366,9 @@ async fn write(
             add(&mut w, out);
             return (w, None);
         }
-        // (Threads are not split: a LangGraph sweep's batch holds no checkpoints.)
         Err(e)
-            if e.is_data_error() && !batch.checkpoints.is_empty() && batch.threads.is_empty() =>
+            if e.is_data_error()
+                && (!batch.checkpoints.is_empty() || !batch.threads.is_empty()) =>
         {
             tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
         }
@@ -376,34 +376,34 @@ async fn write(
     }
     let Batch {
         checkpoints,
+        threads,
         mut rejects,
-        ..
     } = batch;
-    let mut pending: std::collections::VecDeque<_> = checkpoints.into();
-    while let Some(c) = pending.pop_front() {
-        let single = Batch {
-            checkpoints: vec![c],
-            ..Batch::default()
-        };
-        match write_once(s, run_id, &single, deadline).await {
+    let single = |c, t| Batch {
+        checkpoints: Vec::from_iter(c),
+        threads: Vec::from_iter(t),
+        ..Batch::default()
+    };
+    let mut pending: std::collections::VecDeque<Batch> = checkpoints
+        .into_iter()
+        .map(|c| single(Some(c), None))
+        .chain(threads.into_iter().map(|t| single(None, Some(t))))
+        .collect();
+    while let Some(one) = pending.pop_front() {
+        match write_once(s, run_id, &one, deadline).await {
             Ok(out) => add(&mut w, out),
             Err(e) if e.is_data_error() => {
-                let c = single.checkpoints.into_iter().next().expect("one");
-                let reason = format!("postgres_refused: {e}");
-                tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
-                rejects.push(RejectRecord::new(
-                    c.redis_key,
-                    reason,
-                    c.document.as_bytes(),
-                    c.document.len() as u64,
-                ));
+                rejects.push(refused(one, &format!("postgres_refused: {e}")));
                 w.refused += 1;
             }
             Err(e) => {
                 // Everything not yet written goes back, for protection; the rows refused so far
                 // go with it as rejects.
-                let mut rest = single;
-                rest.checkpoints.extend(pending);
+                let mut rest = one;
+                for b in pending {
+                    rest.checkpoints.extend(b.checkpoints);
+                    rest.threads.extend(b.threads);
+                }
                 rest.rejects = rejects;
                 return (w, Some((e, rest)));
             }
@@ -420,6 +420,29 @@ async fn write(
         }
         Err(e) => (w, Some((e, rest))),
     }
+}
+
+/// The reject of a checkpoint or thread PostgreSQL refused on its own; its keys stay in Redis.
+fn refused(one: Batch, reason: &str) -> RejectRecord {
+    if let Some(t) = one.threads.into_iter().next() {
+        tracing::warn!(key = %t.latest_key, thread_id = %t.thread_id, checkpoint_ns = %t.checkpoint_ns, %reason,
+            "LangGraph thread rejected: set aside in sweep_rejects, its keys left in Redis");
+        let raw = t.inspection();
+        let size = raw.len() as u64;
+        return RejectRecord::new(t.latest_key, reason, &raw, size);
+    }
+    let c = one
+        .checkpoints
+        .into_iter()
+        .next()
+        .expect("one checkpoint or thread");
+    tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
+    RejectRecord::new(
+        c.redis_key,
+        reason,
+        c.document.as_bytes(),
+        c.document.len() as u64,
+    )
 }
 
 /// One batch, one transaction, retried on transient errors; a write that hangs is abandoned.
@@ -613,28 +636,29 @@ impl Reader {
         None
     }
 
-    /// Scans every primary in turn (one node, or each primary of a cluster).
+    /// Reads every primary in turn (one node, or each primary of a cluster; for a shard of a
+    /// cluster, the primaries and slots it owns).
     async fn scan(&mut self, source: &mut Nodes, tx: &mpsc::Sender<Vec<Read>>) -> Result<Stop> {
-        for node in 0..source.primaries() {
-            if let Some(stop) = self.scan_node(source, node, tx).await? {
+        for walk in source.walks(self.cfg.shard).await? {
+            if let Some(stop) = self.scan_node(source, walk, tx).await? {
                 return Ok(stop);
             }
         }
         Ok(Stop::Done)
     }
 
-    /// Scans one node to the end; Some when the sweep must stop early. The next page's SCAN
-    /// runs on a second handle while this page is read, so SCAN's round trip is off the critical
-    /// path (not under a throttle: there, being gentle beats being fast).
+    /// Reads one primary to the end; Some when the sweep must stop early. The next page is
+    /// fetched (SCAN, or slot reads) on a second handle while this page is read, so its round
+    /// trip is off the critical path (not under a throttle: there, being gentle beats being fast).
     async fn scan_node(
         &mut self,
         source: &mut Nodes,
-        node: usize,
+        walk: Walk,
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         let mut scanner = source.clone();
         let before = scanner.round_trips();
-        let result = self.scan_pages(source, &mut scanner, node, tx).await;
+        let result = self.scan_pages(source, &mut scanner, walk, tx).await;
         self.scan_round_trips += scanner.round_trips() - before;
         result
     }
@@ -643,35 +667,34 @@ impl Reader {
         &mut self,
         source: &mut Nodes,
         scanner: &mut Nodes,
-        node: usize,
+        mut walk: Walk,
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         let (pattern, count) = (self.cfg.pattern.clone(), self.cfg.scan_count);
-        let mut page = scanner.scan_page(node, 0, &pattern, count).await?;
+        let mut page = scanner.next_page(&mut walk, &pattern, count).await?;
         loop {
             if let Some(stop) = self.should_stop() {
                 return Ok(Some(stop));
             }
-            let (next, keys) = page;
-            if next == 0 {
-                return self.page(source, keys, tx).await;
-            }
-            let (read, scanned) = if source.throttled() {
+            let Some(keys) = page else {
+                return Ok(None);
+            };
+            let (read, next) = if source.throttled() {
                 let read = self.page(source, keys, tx).await;
                 if !matches!(read, Ok(None)) {
                     return read;
                 }
-                (read, scanner.scan_page(node, next, &pattern, count).await)
+                (read, scanner.next_page(&mut walk, &pattern, count).await)
             } else {
                 tokio::join!(
                     self.page(source, keys, tx),
-                    scanner.scan_page(node, next, &pattern, count)
+                    scanner.next_page(&mut walk, &pattern, count)
                 )
             };
             if let Some(stop) = read? {
                 return Ok(Some(stop));
             }
-            page = scanned?;
+            page = next?;
         }
     }
 
@@ -682,7 +705,9 @@ impl Reader {
         mut keys: Vec<Vec<u8>>,
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
-        // A shard counts and reads only its own keys: N shards add up to one whole sweep.
+        // A shard counts and reads only its own keys: N shards add up to one whole sweep. (On a
+        // cluster its walks read mostly its own slots already; a SCANned primary may still hold
+        // keys of a slot it is importing.)
         if let Some(shard) = self.cfg.shard {
             keys.retain(|k| shard.owns(k));
         }

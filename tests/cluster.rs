@@ -1,6 +1,7 @@
 //! `--redis-cluster` on a real 3-primary Redis Cluster on loopback: every due key persisted
 //! exactly once; a primary killed mid-sweep fails the run (exit 3) and the next run, after the
-//! node is back, loses nothing; a slot caught half-migrated is read through MOVED and ASK.
+//! node is back, loses nothing; a slot caught half-migrated is read through MOVED and ASK; N
+//! shards add up to one run, each reading only the primaries and slots it owns.
 
 mod common;
 
@@ -11,71 +12,37 @@ use std::time::Duration;
 use common::servers::PrivateCluster;
 use common::*;
 use serde_json::Value;
-use sweeper::shard::key_slot;
+use sweeper::shard::{Shard, key_slot};
 
 const KEYS: usize = 30_000;
 const DUE: usize = KEYS / 2;
 
-async fn conn(port: u16) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Slot -> port of the node owning it.
-async fn slot_owners(cluster: &PrivateCluster) -> Vec<u16> {
-    let reply: redis::Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut conn(cluster.nodes[0].port).await)
+/// Calls of each command on the node since its statistics were reset (`INFO commandstats`).
+async fn calls(port: u16) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut node_conn(port).await)
         .await
         .unwrap();
-    let ranges = sweeper::cluster::parse_cluster_slots(&reply, "127.0.0.1:0").unwrap();
-    let mut owner = vec![0u16; 16384];
-    for r in ranges {
-        let port: u16 = r.addr.rsplit_once(':').unwrap().1.parse().unwrap();
-        for s in r.start..=r.end {
-            owner[s as usize] = port;
-        }
-    }
-    owner
-}
-
-/// Writes `ids` (three messages each) to the nodes owning them, pipelined per node.
-async fn seed(cluster: &PrivateCluster, env: &TestEnv, ids: &[String], ttl_ms: u64) {
-    let owner = slot_owners(cluster).await;
-    let mut by_node: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-    for id in ids {
-        let key = env.key(id);
-        by_node
-            .entry(owner[key_slot(key.as_bytes()) as usize])
-            .or_default()
-            .push(key);
-    }
-    let value = doc(Some("2026-11-22T10:00:00Z"), &["m1", "m2", "m3"]).to_string();
-    for (port, keys) in by_node {
-        let mut c = conn(port).await;
-        for chunk in keys.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("SET")
-                    .arg(k)
-                    .arg(&value)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-            }
-            let () = pipe.query_async(&mut c).await.unwrap();
-        }
-    }
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
 }
 
 /// 30k keys spread over every slot: the first half due, the second not.
 async fn seed_30k(cluster: &PrivateCluster, env: &TestEnv) {
     let ids: Vec<String> = (0..KEYS).map(|i| format!("c{i:05}")).collect();
-    seed(cluster, env, &ids[..DUE], 120_000).await;
-    seed(cluster, env, &ids[DUE..], 3_600_000).await;
+    seed_cluster(cluster, env, &ids[..DUE], 120_000).await;
+    seed_cluster(cluster, env, &ids[DUE..], 3_600_000).await;
 }
 
 fn cluster_run(env: &TestEnv, urls: &str, args: &[&str]) -> std::process::Output {
@@ -117,11 +84,19 @@ async fn all_due_stored_once(env: &TestEnv) {
 #[tokio::test]
 async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
     let cluster = PrivateCluster::start(3);
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("cluster", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("cluster", &cluster).await;
     seed_30k(&cluster, &env).await;
+    // Keys of another pattern, in slots of every shard: never counted, never read.
+    let noise = TestEnv::with_cluster("cluster_noise", &cluster).await;
+    let ids: Vec<String> = (0..300).map(|i| format!("n{i:03}")).collect();
+    seed_cluster(&cluster, &noise, &ids, 120_000).await;
+    let owner = slot_owners(&cluster).await;
+    // The slots holding keys (of either pattern): the ones a shard reads by slot.
+    let filled: std::collections::BTreeSet<u32> = (0..KEYS)
+        .map(|i| env.key(&format!("c{i:05}")))
+        .chain(ids.iter().map(|id| noise.key(id)))
+        .map(|k| key_slot(k.as_bytes()) as u32)
+        .collect();
 
     // One seed is enough: the primaries are discovered.
     let out = cluster_run(&env, &cluster.nodes[1].url(), &[]);
@@ -144,19 +119,75 @@ async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
         "{s}"
     );
 
-    // Three shards of the cluster add up to the whole.
-    let mut sharded = TestEnv::on("cluster_shards", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
-    sharded.prefix = env.prefix.clone();
-    let mut persisted = 0;
-    for i in 0..3 {
-        let out = cluster_run(&sharded, &cluster.urls(), &["--shard", &format!("{i}/3")]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        persisted += summary(&out)["persisted"].as_u64().unwrap();
+    // Shards of the cluster add up to the whole, each reading only its primaries and slots.
+    for n in [1u32, 3, 8] {
+        let mut sharded = TestEnv::with_cluster(&format!("cluster_shards{n}"), &cluster).await;
+        sharded.prefix = env.prefix.clone();
+        let (mut scanned, mut persisted) = (0, 0);
+        for i in 0..n {
+            let shard = Shard::new(i, n).unwrap();
+            for r in &cluster.nodes {
+                let () = redis::cmd("CONFIG")
+                    .arg("RESETSTAT")
+                    .query_async(&mut node_conn(r.port).await)
+                    .await
+                    .unwrap();
+            }
+            let out = cluster_run(&sharded, &cluster.urls(), &["--shard", &shard.to_string()]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let s = summary(&out);
+            scanned += s["scanned"].as_u64().unwrap();
+            persisted += s["persisted"].as_u64().unwrap();
+            for r in &cluster.nodes {
+                let calls = calls(r.port).await;
+                let held: Vec<u32> = (0..16384u32)
+                    .filter(|s| owner[*s as usize] == r.port)
+                    .collect();
+                let mine = held.iter().filter(|s| shard.slots().contains(s)).count();
+                let what = format!("shard {shard}, node {}: {calls:?}; {s}", r.port);
+                let scans = calls.get("scan").copied().unwrap_or(0);
+                let slot_reads = calls.get("cluster|getkeysinslot").copied().unwrap_or(0);
+                if mine == 0 {
+                    // Not one key command: the connection's PING, the seed's CLUSTER SLOTS, and
+                    // CLUSTER NODES (which slots it imports).
+                    assert!(
+                        calls.keys().all(|c| [
+                            "ping",
+                            "cluster|slots",
+                            "cluster|nodes",
+                            "info",
+                            "config|resetstat",
+                        ]
+                        .contains(&c.as_str())),
+                        "{what}"
+                    );
+                } else if mine == held.len() {
+                    assert!(scans > 0 && slot_reads == 0, "SCANned whole: {what}");
+                } else {
+                    // Each of its slots counted once, each holding keys read once.
+                    let mine_filled = held
+                        .iter()
+                        .filter(|s| shard.slots().contains(s) && filled.contains(s))
+                        .count() as u64;
+                    assert_eq!(
+                        (
+                            scans,
+                            calls.get("cluster|countkeysinslot").copied(),
+                            slot_reads
+                        ),
+                        (0, Some(mine as u64), mine_filled),
+                        "read by slot: {what}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            (scanned, persisted),
+            (KEYS as u64, DUE as u64),
+            "{n} shards"
+        );
+        all_due_stored_once(&sharded).await;
     }
-    assert_eq!(persisted, DUE as u64);
-    all_due_stored_once(&sharded).await;
 
     // A cluster node swept as a single node would be a third of the keys: refused.
     let out = env.sweeper(&["run"]);
@@ -167,10 +198,7 @@ async fn every_due_key_of_a_cluster_is_persisted_exactly_once() {
 #[tokio::test]
 async fn a_primary_killed_mid_sweep_fails_the_run_and_the_next_run_loses_nothing() {
     let mut cluster = PrivateCluster::start(3);
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("cluster_kill", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("cluster_kill", &cluster).await;
     seed_30k(&cluster, &env).await;
 
     // Primaries are swept in address order: kill the last one while the sweep, slowed down,
@@ -229,15 +257,12 @@ async fn a_primary_killed_mid_sweep_fails_the_run_and_the_next_run_loses_nothing
 #[tokio::test]
 async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     let cluster = PrivateCluster::start(3);
-    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").unwrap();
-    let env = TestEnv::on("cluster_ask", &cluster.nodes[0].url(), &admin)
-        .await
-        .migrate();
+    let env = TestEnv::with_cluster("cluster_ask", &cluster).await;
     // 40 keys in one slot (a hash tag), and 200 elsewhere.
     let tagged: Vec<String> = (0..40).map(|i| format!("{{conv}}{i:02}")).collect();
     let others: Vec<String> = (0..200).map(|i| format!("o{i:03}")).collect();
-    seed(&cluster, &env, &tagged, 120_000).await;
-    seed(&cluster, &env, &others, 120_000).await;
+    seed_cluster(&cluster, &env, &tagged, 120_000).await;
+    seed_cluster(&cluster, &env, &others, 120_000).await;
 
     // Move the slot from its owner to another node, and stop halfway: half its keys on each
     // side, the source MIGRATING, the target IMPORTING.
@@ -252,7 +277,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     let id = |port| async move {
         let id: String = redis::cmd("CLUSTER")
             .arg("MYID")
-            .query_async(&mut conn(port).await)
+            .query_async(&mut node_conn(port).await)
             .await
             .unwrap();
         id
@@ -263,7 +288,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
         .arg(slot)
         .arg("IMPORTING")
         .arg(&owner_id)
-        .query_async(&mut conn(target).await)
+        .query_async(&mut node_conn(target).await)
         .await
         .unwrap();
     let () = redis::cmd("CLUSTER")
@@ -271,7 +296,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
         .arg(slot)
         .arg("MIGRATING")
         .arg(&target_id)
-        .query_async(&mut conn(owner).await)
+        .query_async(&mut node_conn(owner).await)
         .await
         .unwrap();
     let moved: Vec<String> = tagged[..20].iter().map(|id| env.key(id)).collect();
@@ -283,7 +308,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
         .arg(5000)
         .arg("KEYS")
         .arg(&moved)
-        .query_async(&mut conn(owner).await)
+        .query_async(&mut node_conn(owner).await)
         .await
         .unwrap();
 
@@ -311,6 +336,20 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 240);
     assert_eq!(env.count("SELECT count(*) FROM messages").await, 720);
 
+    // Shards too: the one owning the slot reads it on the importing node as well.
+    for n in [3u32, 8] {
+        let mut sharded = TestEnv::with_cluster(&format!("cluster_ask{n}"), &cluster).await;
+        sharded.prefix = env.prefix.clone();
+        let persisted: u64 = (0..n)
+            .map(|i| {
+                let out = cluster_run(&sharded, &cluster.urls(), &["--shard", &format!("{i}/{n}")]);
+                assert!(out.status.success(), "{}", stderr(&out));
+                summary(&out)["persisted"].as_u64().unwrap()
+            })
+            .sum();
+        assert_eq!(persisted, 240, "{n} shards");
+    }
+
     // The migration ends: the slot belongs to the target. The reader's map is stale: its reads
     // get MOVED, follow it, and refresh the map, so the next reads go straight to the target.
     let rest: Vec<String> = tagged[20..].iter().map(|id| env.key(id)).collect();
@@ -322,7 +361,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
         .arg(5000)
         .arg("KEYS")
         .arg(&rest)
-        .query_async(&mut conn(owner).await)
+        .query_async(&mut node_conn(owner).await)
         .await
         .unwrap();
     for r in &cluster.nodes {
@@ -331,7 +370,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
             .arg(slot)
             .arg("NODE")
             .arg(&target_id)
-            .query_async(&mut conn(r.port).await)
+            .query_async(&mut node_conn(r.port).await)
             .await
             .unwrap();
     }
@@ -347,4 +386,86 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     let before = nodes.round_trips();
     assert!(nodes.pttls(&keys).await.unwrap().iter().all(|t| *t > 0));
     assert_eq!(nodes.round_trips() - before, 1, "straight to the new owner");
+}
+
+#[tokio::test]
+async fn simulate_and_restore_write_each_key_to_the_node_owning_it() {
+    let cluster = PrivateCluster::start(3);
+    let env = TestEnv::with_cluster("cluster_write", &cluster).await;
+    // Through one seed: a node refuses keys of slots it does not own (MOVED), so 300 keys
+    // written means each went to its owner.
+    let out = env
+        .command()
+        .env("REDIS_URL", cluster.nodes[0].url())
+        .env("SWEEPER_REDIS_CLUSTER", "true")
+        .args([
+            "simulate",
+            "--conversations",
+            "300",
+            "--ttl-spread",
+            "1m..2m",
+        ])
+        .args(["--match-prefix", &env.prefix])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for r in &cluster.nodes {
+        let n: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut node_conn(r.port).await)
+            .await
+            .unwrap();
+        assert!(n > 50, "every primary got its share: {n} on {}", r.port);
+    }
+    let s = summary(&cluster_run(&env, &cluster.urls(), &[]));
+    assert_eq!(s["persisted"].as_u64(), Some(300), "{s}");
+
+    // A conversation whose key lives on another node than the seed named: gone, then restored.
+    let owner = slot_owners(&cluster).await;
+    let id = "sim-1-0000007";
+    let key = env.key(id);
+    let home = owner[key_slot(key.as_bytes()) as usize];
+    let seed = cluster.nodes.iter().find(|r| r.port != home).unwrap().url();
+    let () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut node_conn(home).await)
+        .await
+        .unwrap();
+    let restore = || {
+        env.command()
+            .env("REDIS_URL", &seed)
+            .env("SWEEPER_REDIS_CLUSTER", "true")
+            .args(["restore", "--conversation", id, "--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let out = restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["key"], key.as_str());
+    let mut home_conn = node_conn(home).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut home_conn)
+        .await
+        .unwrap();
+    assert!(pttl > 29 * 60_000, "{pttl}");
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut home_conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&value).unwrap()["messages"]
+            .as_array()
+            .map(|m| m.len() as u64),
+        r["messages"].as_u64()
+    );
+    // Live now: not overwritten without --force.
+    let out = restore();
+    assert!(!out.status.success());
+    assert!(
+        error_line(&out).contains("is live in Redis"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -2,138 +2,23 @@
 //! client certificates required and an ACL user; PostgreSQL with `ssl=on`, a password user that
 //! may only connect over TLS, and `sslmode=verify-full`. A sweep works over both; a wrong CA or a
 //! wrong password fails with exit 3 (Redis) or 4 (PostgreSQL) and one clear line; no password is
-//! ever printed.
+//! ever printed. A Redis Cluster speaking TLS to its clients and on its bus is swept from one
+//! `rediss://` seed.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
-use common::servers::{PrivatePg, PrivateRedis, free_port};
+use common::pki::Pki;
+use common::servers::{PrivateCluster, PrivatePg, PrivateRedis, free_port, output_within};
 use common::*;
 use serde_json::Value;
 
 const REDIS_PW: &str = "redis-Pw-7f3a9c";
 const PG_PW: &str = "pg-Pw-91be42";
 const WRONG_PW: &str = "wrong-Pw-5d0e11";
-
-/// A throwaway certificate authority with a server certificate (localhost, 127.0.0.1) and a
-/// client certificate, plus an unrelated CA for the wrong-CA cases.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        if Command::new("openssl").arg("version").output().is_err() {
-            install_openssl();
-        }
-        let dir = std::env::temp_dir().join(format!(
-            "sweeper-pki-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pki = Pki { dir };
-        pki.ca("ca");
-        pki.ca("wrong-ca");
-        pki.leaf(
-            "server",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment",
-        );
-        pki.leaf(
-            "client",
-            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment",
-        );
-        pki
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .current_dir(&self.dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn ca(&self, name: &str) {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=sweeper test {name}"),
-        ]);
-    }
-
-    fn leaf(&self, name: &str, ext: &str) {
-        std::fs::write(self.dir.join(format!("{name}.ext")), ext).unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            "/CN=localhost",
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// openssl from Debian's packages, as tests/servers.sh installs the servers (as root).
-fn install_openssl() {
-    let _ = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "openssl"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
-}
 
 struct Servers {
     pki: Pki,
@@ -359,4 +244,79 @@ async fn sweeps_over_tls_with_acl_users_and_fails_clearly_on_a_wrong_ca_or_passw
     assert!(line.contains("rediss://"), "{line}");
     drop(env);
     assert!(Path::new(&s.pki.path("ca.crt")).exists());
+}
+
+/// A cluster on TLS for its clients and its bus (`tls-cluster yes`): from one `rediss://` seed
+/// the sweeper learns the primaries' TLS ports (`CLUSTER SLOTS` over TLS gives those) and sweeps
+/// them all, whole and by shard (the slot reads too go over TLS).
+#[tokio::test]
+async fn sweeps_a_cluster_over_tls() {
+    let pki = Pki::new();
+    let tls_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let cluster = PrivateCluster::start_with(3, |i| {
+        [
+            "--tls-port",
+            &tls_ports[i].to_string(),
+            "--tls-cert-file",
+            &pki.path("server.crt"),
+            "--tls-key-file",
+            &pki.path("server.key"),
+            // On the bus a node is a client of the others: it shows a client certificate (the
+            // server one is for serverAuth only, which the others refuse).
+            "--tls-client-cert-file",
+            &pki.path("client.crt"),
+            "--tls-client-key-file",
+            &pki.path("client.key"),
+            "--tls-ca-cert-file",
+            &pki.path("ca.crt"),
+            "--tls-auth-clients",
+            "yes",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let env = TestEnv::with_cluster("tls_cluster", &cluster).await;
+    let ids: Vec<String> = (0..600).map(|i| format!("c{i:03}")).collect();
+    seed_cluster(&cluster, &env, &ids[..300], 120_000).await;
+    seed_cluster(&cluster, &env, &ids[300..], 3_600_000).await;
+
+    let sweep = |env: &TestEnv, args: &[&str]| {
+        let mut cmd = env.command();
+        cmd.env("REDIS_URL", format!("rediss://127.0.0.1:{}/", tls_ports[1]))
+            .env("SWEEPER_REDIS_CLUSTER", "true")
+            .env("SWEEPER_REDIS_CA", pki.path("ca.crt"))
+            .env("SWEEPER_REDIS_CERT", pki.path("client.crt"))
+            .env("SWEEPER_REDIS_KEY", pki.path("client.key"))
+            .args(["run", "--output", "json", "--match", &env.pattern()])
+            .args(args);
+        let out = output_within(&mut cmd, Duration::from_secs(60));
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let s = sweep(&env, &[]);
+    assert_eq!(
+        (s["scanned"].as_u64(), s["persisted"].as_u64()),
+        (Some(600), Some(300)),
+        "{s}"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 300);
+
+    let mut sharded = TestEnv::with_cluster("tls_cluster_shards", &cluster).await;
+    sharded.prefix = env.prefix.clone();
+    let persisted: u64 = (0..3)
+        .map(|i| {
+            sweep(&sharded, &["--shard", &format!("{i}/3")])["persisted"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(persisted, 300);
+    assert_eq!(
+        sharded.count("SELECT count(*) FROM conversations").await,
+        300
+    );
 }

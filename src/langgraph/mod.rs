@@ -14,6 +14,9 @@
 //! - `checkpoint_write:{thread}:{ns}:{checkpoint_id}:{task_id}:{idx}`: a pending write, as
 //!   RedisJSON: `task_id`, `task_path`, `idx`, `channel`, `type` and `blob` (the serializer's
 //!   bytes, base64);
+//! - `write_keys_zset:{thread}:{ns}:{checkpoint_id}`: a sorted set of that checkpoint's write
+//!   keys, RedisSaver's fast path to them. Not read (FT.SEARCH finds every write), but protected
+//!   with the thread;
 //! - `checkpoint_latest:{thread}:{ns}`: a string naming the newest checkpoint's key; its TTL is
 //!   the newest checkpoint's. This is the key a sweep SCANs: a thread (with its namespace) is due
 //!   when it is.
@@ -53,11 +56,41 @@ pub struct Thread {
     pub checkpoints: Vec<CheckpointRow>,
     pub blobs: Vec<BlobRow>,
     pub writes: Vec<WriteRow>,
-    /// Every key read (the latest key, checkpoints, writes): what is protected when PostgreSQL
-    /// cannot take the thread.
+    /// Every key of the thread (the latest key, checkpoints, their write registries, writes):
+    /// what is protected when PostgreSQL cannot take the thread.
     pub keys: Vec<Vec<u8>>,
     /// Bytes read, for batch sizing.
     pub bytes: usize,
+}
+
+impl Thread {
+    /// What `sweep_rejects` keeps of a thread PostgreSQL refused: its rows as JSON (checkpoints
+    /// whole, blobs and writes counted), to see which value it was.
+    pub fn inspection(&self) -> Vec<u8> {
+        let checkpoints: Vec<Value> = self
+            .checkpoints
+            .iter()
+            .map(|c| {
+                let json = |text: &str| {
+                    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()))
+                };
+                serde_json::json!({
+                    "checkpoint_id": c.checkpoint_id,
+                    "parent_checkpoint_id": c.parent_checkpoint_id,
+                    "checkpoint": json(&c.checkpoint),
+                    "metadata": json(&c.metadata),
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "thread_id": self.thread_id,
+            "checkpoint_ns": self.checkpoint_ns,
+            "checkpoints": checkpoints,
+            "blobs": self.blobs.len(),
+            "writes": self.writes.len(),
+        }))
+        .expect("a JSON value serializes")
+    }
 }
 
 /// A row of `checkpoints`.
@@ -114,14 +147,77 @@ fn object(raw: &[u8]) -> Result<Map<String, Value>, Reject> {
     let text = std::str::from_utf8(raw).map_err(|e| Reject::NotUtf8 {
         valid_up_to: e.valid_up_to(),
     })?;
-    // PostgreSQL's JSONB refuses \u0000 in a string: the whole thread would fail its batch.
-    if text.contains("\\u0000") {
-        return Err(Reject::NulCharacter);
-    }
+    // (A \u0000 in a string is not refused here: in a blob it is stored as it is (bytea), and in
+    // the JSONB columns PostgreSQL refuses it and the sweep sets that one thread aside.)
     match serde_json::from_str::<Value>(text).map_err(|e| Reject::NotJson(e.to_string()))? {
         Value::Object(m) => Ok(m),
         _ => Err(Reject::NotObject("non-object")),
     }
+}
+
+/// RedisSaver's serializer (`JsonPlusRedisSerializer`) writes some LangGraph objects with markers
+/// of its own that LangGraph's `JsonPlusSerializer`, which PostgresSaver reads with, does not
+/// know: `{"__send__": true, "node", "arg"}` for a `Send` (a fan-out's pending task) and
+/// `{"__interrupt__": true, "value", "id"}` for an `Interrupt`. Both are rewritten in the
+/// constructor form that serializer revives (`langgraph.types` is on its allowlist), so
+/// PostgresSaver reads a `Send` where RedisSaver read one, not a dict. Bytes (`__bytes__`) and
+/// delta snapshots (`__delta_snapshot__`) have no JSON form PostgresSaver reads: a thread holding
+/// one is set aside rather than resumed wrong. Returns whether anything changed.
+fn to_postgres_json(v: &mut Value, field: &'static str) -> Result<bool, Reject> {
+    let mut changed = false;
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                changed |= to_postgres_json(item, field)?;
+            }
+        }
+        Value::Object(m) => {
+            for item in m.values_mut() {
+                changed |= to_postgres_json(item, field)?;
+            }
+            let flag = |k: &str| m.get(k) == Some(&Value::Bool(true));
+            let unreadable = if m.len() == 1 && m.contains_key("__bytes__") {
+                Some("__bytes__")
+            } else if flag("__delta_snapshot__") && m.len() == 2 && m.contains_key("value") {
+                Some("__delta_snapshot__")
+            } else {
+                None
+            };
+            if let Some(marker) = unreadable {
+                return Err(Reject::BadField {
+                    field,
+                    problem: format!(
+                        "holds RedisSaver's `{marker}` marker, which PostgresSaver's json type cannot read"
+                    ),
+                });
+            }
+            let class = if flag("__send__")
+                && m.len() == 3
+                && m.contains_key("node")
+                && m.contains_key("arg")
+            {
+                m.remove("__send__");
+                Some("Send")
+            } else if flag("__interrupt__") && m.contains_key("value") {
+                m.remove("__interrupt__");
+                Some("Interrupt")
+            } else {
+                None
+            };
+            if let Some(class) = class {
+                let kwargs = std::mem::take(m);
+                *v = serde_json::json!({
+                    "lc": 2,
+                    "type": "constructor",
+                    "id": ["langgraph", "types", class],
+                    "kwargs": kwargs,
+                });
+                changed = true;
+            }
+        }
+        _ => {}
+    }
+    Ok(changed)
 }
 
 /// Whether PostgresSaver keeps a channel value inline in the checkpoint (None, str, int, float,
@@ -147,8 +243,10 @@ pub fn checkpoint_rows(raw: &[u8]) -> Result<(CheckpointRow, Vec<BlobRow>), Reje
         });
     };
     let mut checkpoint = checkpoint.clone();
-    // RedisSaver's additions: the serializer's type tag, and sends that PostgresSaver keeps as
-    // writes (a v4 checkpoint has none).
+    // RedisSaver's additions: the serializer's type tag, and `pending_sends` (always [] as
+    // stored). A checkpoint older than v4 has its sends as its parent's writes to the tasks
+    // channel: those are carried as `checkpoint_writes` rows, from which PostgresSaver rebuilds
+    // them itself (its SELECT_PENDING_SENDS_SQL), as RedisSaver does from its own.
     checkpoint.remove("type");
     checkpoint.remove("pending_sends");
     let versions = checkpoint
@@ -164,7 +262,8 @@ pub fn checkpoint_rows(raw: &[u8]) -> Result<(CheckpointRow, Vec<BlobRow>), Reje
             .map(|(k, _)| k.clone())
             .collect();
         for channel in channels {
-            let value = values.remove(&channel).expect("listed");
+            let mut value = values.remove(&channel).expect("listed");
+            to_postgres_json(&mut value, "channel_values")?;
             // PostgresSaver stores a value under the version it was written at; one without a
             // version is not read back by it either.
             let Some(version) = versions.get(&channel) else {
@@ -216,12 +315,21 @@ pub fn write_row(raw: &[u8]) -> Result<WriteRow, Reject> {
             field: "idx",
             problem: "is missing or not an integer".into(),
         })?;
-    let blob = base64::engine::general_purpose::STANDARD
+    let mut blob = base64::engine::general_purpose::STANDARD
         .decode(field(&doc, "blob")?)
         .map_err(|e| Reject::BadField {
             field: "blob",
             problem: format!("is not base64: {e}"),
         })?;
+    let kind = field(&doc, "type")?;
+    // A `Send` written to the tasks channel is what PostgresSaver turns into an older
+    // checkpoint's pending sends: it must read back as one. Other values keep their bytes.
+    if kind == "json"
+        && let Ok(mut value) = serde_json::from_slice::<Value>(&blob)
+        && to_postgres_json(&mut value, "blob")?
+    {
+        blob = serde_json::to_vec(&value).expect("a JSON value serializes");
+    }
     Ok(WriteRow {
         checkpoint_id: field(&doc, "checkpoint_id")?.to_string(),
         task_id: field(&doc, "task_id")?.to_string(),
@@ -232,7 +340,7 @@ pub fn write_row(raw: &[u8]) -> Result<WriteRow, Reject> {
             .to_string(),
         idx,
         channel: field(&doc, "channel")?.to_string(),
-        kind: field(&doc, "type")?.to_string(),
+        kind: kind.to_string(),
         blob,
     })
 }
@@ -300,6 +408,50 @@ mod tests {
     }
 
     #[test]
+    fn sends_and_interrupts_become_constructors_postgres_saver_revives() {
+        let doc = CHECKPOINT.replace(
+            r#""turns":1,"#,
+            r#""turns":1,"__pregel_tasks":[{"__send__":true,"node":"work","arg":{"item":"a"}}],"#,
+        )
+        .replace(
+            r#""turns":"00000000000000000000000000000003.0.08742255681817179""#,
+            r#""turns":"00000000000000000000000000000003.0.08742255681817179","__pregel_tasks":"00000000000000000000000000000003.0.08742255681817179""#,
+        );
+        let (_, blobs) = checkpoint_rows(doc.as_bytes()).unwrap();
+        let tasks = blobs
+            .iter()
+            .find(|b| b.channel == "__pregel_tasks")
+            .unwrap();
+        let v: Value = serde_json::from_slice(tasks.blob.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"lc": 2, "type": "constructor", "id": ["langgraph", "types", "Send"],
+                "kwargs": {"node": "work", "arg": {"item": "a"}}}])
+        );
+
+        // A send written to the tasks channel, base64 of {"__send__":true,"node":"w","arg":1}.
+        let w = write_row(br#"{"checkpoint_id":"c","task_id":"k","idx":0,"channel":"__pregel_tasks","type":"json","blob":"eyJfX3NlbmRfXyI6dHJ1ZSwibm9kZSI6InciLCJhcmciOjF9"}"#).unwrap();
+        let v: Value = serde_json::from_slice(&w.blob).unwrap();
+        assert_eq!(v["id"][2], "Send");
+        assert_eq!(v["kwargs"], serde_json::json!({"node": "w", "arg": 1}));
+
+        let mut i = serde_json::json!({"x": [{"__interrupt__": true, "value": "ok?", "id": "i1"}]});
+        assert!(to_postgres_json(&mut i, "blob").unwrap());
+        assert_eq!(
+            i["x"][0]["kwargs"],
+            serde_json::json!({"value": "ok?", "id": "i1"})
+        );
+        // Plain values, and dicts that only look alike, are left as they are.
+        let mut plain = serde_json::json!({"__send__": true, "node": "w"});
+        assert!(!to_postgres_json(&mut plain, "blob").unwrap());
+        let mut bytes = serde_json::json!([{"__bytes__": "AA=="}]);
+        assert!(matches!(
+            to_postgres_json(&mut bytes, "blob"),
+            Err(Reject::BadField { field: "blob", .. })
+        ));
+    }
+
+    #[test]
     fn broken_documents_are_rejected_with_a_reason() {
         assert!(matches!(
             checkpoint_rows(b"{}"),
@@ -309,10 +461,10 @@ mod tests {
             })
         ));
         assert!(matches!(checkpoint_rows(b"[1]"), Err(Reject::NotObject(_))));
-        assert!(matches!(
-            checkpoint_rows(br#"{"checkpoint_id":"a","checkpoint":{"x":"\u0000"}}"#),
-            Err(Reject::NulCharacter)
-        ));
+        // A NUL goes on to PostgreSQL: in a blob it is bytes like any other.
+        let nul = CHECKPOINT.replace(r#""content":"hi""#, r#""content":"h\u0000i""#);
+        let (_, blobs) = checkpoint_rows(nul.as_bytes()).unwrap();
+        assert!(String::from_utf8_lossy(blobs[0].blob.as_ref().unwrap()).contains("h\\u0000i"));
         assert!(matches!(
             write_row(br#"{"checkpoint_id":"c","task_id":"k","idx":0,"channel":"m","type":"json","blob":"@@"}"#),
             Err(Reject::BadField { field: "blob", .. })

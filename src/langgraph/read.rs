@@ -12,6 +12,11 @@ use crate::cluster::Nodes;
 use crate::error::Result;
 use crate::source::display_key;
 
+/// The prefix of RedisSaver's per-checkpoint write registries (`write_keys_zset:{thread}:{ns}:
+/// {checkpoint_id}`, a sorted set of that checkpoint's write keys): fixed in its key_registry, not
+/// derived from the checkpoint prefix.
+const WRITE_KEYS_ZSET: &str = "write_keys_zset:";
+
 /// Documents asked of FT.SEARCH at a time.
 pub const PAGE: usize = 1000;
 
@@ -39,6 +44,16 @@ pub enum ThreadRead {
 pub fn indexes(latest_prefix: &str) -> Option<(String, String)> {
     let base = latest_prefix.strip_suffix("_latest:")?;
     (!base.is_empty()).then(|| (base.to_string(), format!("{base}_write")))
+}
+
+/// The write registry of a checkpoint key: RedisSaver builds both from the same parts
+/// (`{prefix}:{thread}:{ns}:{checkpoint_id}`), so the registry's is the checkpoint key with its
+/// prefix replaced.
+pub fn write_keys_zset(checkpoint_key: &[u8], checkpoint_prefix: &str) -> Option<Vec<u8>> {
+    let rest = checkpoint_key
+        .strip_prefix(checkpoint_prefix.as_bytes())?
+        .strip_prefix(b":")?;
+    Some([WRITE_KEYS_ZSET.as_bytes(), rest].concat())
 }
 
 /// A TAG query value: every character but letters, digits and `_` escaped, as RediSearch needs.
@@ -250,6 +265,7 @@ pub async fn read_threads(
             &latest_keys[i],
             thread_id,
             &ns,
+            &cp_index,
             cps,
             writes,
         ));
@@ -266,12 +282,15 @@ pub async fn read_threads(
 }
 
 /// One thread's rows from its documents; the first document that is not LangGraph's rejects the
-/// whole thread (half a thread would resume wrong).
+/// whole thread (half a thread would resume wrong). Its keys are the documents' and each
+/// checkpoint's write registry: the registries are not read (FT.SEARCH finds every write, as
+/// RedisSaver's own fallback does) but expire with the thread, so they are protected with it.
 fn assemble(
     shown: &str,
     latest_key: &[u8],
     thread_id: String,
     redis_ns: &str,
+    checkpoint_prefix: &str,
     checkpoints: Vec<Doc>,
     writes: Vec<Doc>,
 ) -> ThreadRead {
@@ -296,6 +315,8 @@ fn assemble(
             }
             Err(reason) => return rejected(&key, reason, doc),
         }
+        // (A registry that does not exist costs one PEXPIRE that raises nothing.)
+        t.keys.extend(write_keys_zset(&key, checkpoint_prefix));
         t.keys.push(key);
     }
     for (key, doc) in writes {
@@ -342,6 +363,18 @@ mod tests {
             Some(("app".into(), "app_write".into()))
         );
         assert_eq!(indexes("checkpoint:"), None);
+    }
+
+    #[test]
+    fn a_checkpoints_write_registry_shares_its_key_parts() {
+        assert_eq!(
+            write_keys_zset(b"checkpoint:user:42/chat:__empty__:1f1e", "checkpoint"),
+            Some(b"write_keys_zset:user:42/chat:__empty__:1f1e".to_vec())
+        );
+        assert_eq!(
+            write_keys_zset(b"checkpoint_write:t:ns:c", "checkpoint"),
+            None
+        );
     }
 
     #[test]

@@ -27,7 +27,6 @@ use sweeper::checkpoint::{conversation_id, decode};
 use sweeper::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
 use sweeper::simulate::{SimulateConfig, simulate};
-use sweeper::source::Source;
 
 const THRESHOLD: Duration = Duration::from_secs(600);
 const PREFIX: &str = "checkpoint:";
@@ -237,16 +236,21 @@ fn csv(field: &str) -> String {
     format!("\"{}\"", field.replace('"', "\"\""))
 }
 
-/// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
-async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
-    let mut source = Nodes::connect(
+/// The benchmark's Redis, as `sweeper` connects to it.
+async fn redis_node(env: &Env) -> Nodes {
+    Nodes::connect(
         &env.redis_url,
         &Default::default(),
         Duration::from_secs(5),
         false,
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
+async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
+    let mut source = redis_node(env).await;
     let conv_path = env.dir.join("conversations.csv");
     let msg_path = env.dir.join("messages.csv");
     let mut conv = std::io::BufWriter::new(std::fs::File::create(&conv_path).unwrap());
@@ -430,9 +434,7 @@ async fn bench_size(
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let pg = reset(env).await;
-    let source = Source::connect(&env.redis_url, &Default::default(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let mut source = redis_node(env).await;
     let load = Instant::now();
     // 10% due (TTL 5-6 minutes left) and 90% active (30-60 minutes): far enough apart that the due
     // set stays the same while every measurement of this size runs.
@@ -445,7 +447,7 @@ async fn bench_size(
         messages_max: 10,
         seed: 1,
     };
-    let mut report = simulate(&source, &due_cfg).await.unwrap();
+    let mut report = simulate(&mut source, &due_cfg).await.unwrap();
     let active = SimulateConfig {
         conversations: keys - keys / 10,
         ttl_min: Duration::from_secs(1800),
@@ -453,11 +455,11 @@ async fn bench_size(
         seed: 2,
         ..due_cfg.clone()
     };
-    let more = simulate(&source, &active).await.unwrap();
+    let more = simulate(&mut source, &active).await.unwrap();
     report.bytes += more.bytes;
     report.messages += more.messages;
     simulate(
-        &source,
+        &mut source,
         &SimulateConfig {
             conversations: keys / 10,
             prefix: "session:".into(),

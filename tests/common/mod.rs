@@ -2,6 +2,7 @@
 //! prefix on the private servers `tests/servers.sh` started, so tests run in parallel.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod pki;
 pub mod servers;
 
 use std::process::{Command, Output};
@@ -73,6 +74,12 @@ impl TestEnv {
         TestEnv::on(name, &redis.url(), &required("SWEEPER_TEST_PG_ADMIN"))
             .await
             .migrate()
+    }
+
+    /// On a Redis Cluster of the test's own (through its first node's plain port), with the
+    /// shared PostgreSQL; migrated.
+    pub async fn with_cluster(name: &str, cluster: &servers::PrivateCluster) -> TestEnv {
+        TestEnv::with_redis(name, &cluster.nodes[0]).await
     }
 
     /// On a PostgreSQL of the test's own (one it stops), with the shared Redis; migrated.
@@ -195,6 +202,68 @@ impl TestEnv {
             .fetch_one(&self.pg)
             .await
             .unwrap()
+    }
+}
+
+/// A connection to a cluster node's plain port.
+pub async fn node_conn(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Slot -> plain port of the node owning it.
+pub async fn slot_owners(cluster: &servers::PrivateCluster) -> Vec<u16> {
+    let reply: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut node_conn(cluster.nodes[0].port).await)
+        .await
+        .unwrap();
+    let ranges = sweeper::cluster::parse_cluster_slots(&reply, "127.0.0.1:0").unwrap();
+    let mut owner = vec![0u16; 16384];
+    for r in ranges {
+        let port: u16 = r.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        for s in r.start..=r.end {
+            owner[s as usize] = port;
+        }
+    }
+    owner
+}
+
+/// Writes `ids` (three messages each) to the nodes owning them, pipelined per node.
+pub async fn seed_cluster(
+    cluster: &servers::PrivateCluster,
+    env: &TestEnv,
+    ids: &[String],
+    ttl_ms: u64,
+) {
+    let owner = slot_owners(cluster).await;
+    let mut by_node: std::collections::BTreeMap<u16, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for id in ids {
+        let key = env.key(id);
+        by_node
+            .entry(owner[sweeper::shard::key_slot(key.as_bytes()) as usize])
+            .or_default()
+            .push(key);
+    }
+    let value = doc(Some("2026-11-22T10:00:00Z"), &["m1", "m2", "m3"]).to_string();
+    for (port, keys) in by_node {
+        let mut c = node_conn(port).await;
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(&value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut c).await.unwrap();
+        }
     }
 }
 

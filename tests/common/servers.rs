@@ -22,6 +22,29 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Runs `cmd` to its end, or kills it after `limit` and panics: a test can never hang on a child.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} still running after {limit:?}, killed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn wait_for_port(port: u16, up: bool, what: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
@@ -287,12 +310,18 @@ pub struct PrivateCluster {
 
 impl PrivateCluster {
     pub fn start(n: usize) -> PrivateCluster {
+        PrivateCluster::start_with(n, |_| Vec::new())
+    }
+
+    /// A cluster whose node `i` gets the extra `redis-server` arguments `args(i)` (TLS, say).
+    /// Every node keeps its plain port, which the harness uses (`redis-cli`, seeding).
+    pub fn start_with(n: usize, args: impl Fn(usize) -> Vec<String>) -> PrivateCluster {
         let nodes: Vec<PrivateRedis> = (0..n)
-            .map(|_| {
+            .map(|i| {
                 // The cluster bus gets a port of its own (the default, port + 10000, may be taken
                 // or out of range).
                 let bus = free_port().to_string();
-                PrivateRedis::try_start(&[
+                let mut all: Vec<String> = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -303,20 +332,26 @@ impl PrivateCluster {
                     &bus,
                     "--appendonly",
                     "yes",
-                ])
-                .expect("a cluster node")
+                ]
+                .map(String::from)
+                .to_vec();
+                all.extend(args(i));
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                PrivateRedis::try_start(&all).expect("a cluster node")
             })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|r| format!("127.0.0.1:{}", r.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli");
+        // `--cluster create` waits for the nodes to meet on the bus, forever if they cannot.
+        let out = output_within(
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"]),
+            Duration::from_secs(60),
+        );
         assert!(
             out.status.success(),
             "redis-cli --cluster create: {}{}",
@@ -333,10 +368,11 @@ impl PrivateCluster {
         let start = Instant::now();
         loop {
             let ok = self.nodes.iter().all(|r| {
-                Command::new("redis-cli")
-                    .args(["-p", &r.port.to_string(), "cluster", "info"])
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                let out = output_within(
+                    Command::new("redis-cli").args(["-p", &r.port.to_string(), "cluster", "info"]),
+                    Duration::from_secs(10),
+                );
+                String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
             });
             if ok {
                 return;

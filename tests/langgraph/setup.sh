@@ -32,36 +32,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 req="$here/requirements.txt"
 cache=${SWEEPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sweeper}
 python=${SWEEPER_PYTHON:-python3}
-PIP_VERSION=26.3
 pip_quiet=(-q --disable-pip-version-check --timeout 30 --retries 2)
 
 command -v "$python" >/dev/null || unavailable "no $python"
 command -v flock >/dev/null || unavailable "no flock"
 mkdir -p "$cache"
 
-# --- the virtualenv ---------------------------------------------------------------------------
-hash=$( { cat "$req"; echo "pip==$PIP_VERSION"; "$python" -c 'import sys; print(sys.version_info[:2])'; } \
-  | sha256sum | cut -c1-12)
-venv="$cache/venvs/langgraph-$hash"
-if [ ! -f "$venv/.complete" ]; then
-  mkdir -p "$cache/venvs"
-  exec 9>"$cache/venvs/.langgraph-$hash.lock"
-  flock 9
-  if [ ! -f "$venv/.complete" ]; then
-    rm -rf "$venv"
-    start=$(date +%s)
-    log "building the LangGraph venv from $req (once; cached in $venv)"
-    "$python" -m venv "$venv" >&2 || unavailable "python3 -m venv failed (python3-venv missing?)"
-    if ! "$venv/bin/python" -m pip install "${pip_quiet[@]}" "pip==$PIP_VERSION" >&2 \
-      || ! "$venv/bin/python" -m pip install "${pip_quiet[@]}" -r "$req" >&2; then
-      rm -rf "$venv"
-      unavailable "pip install -r $req failed (offline?)"
-    fi
-    touch "$venv/.complete"
-    log "LangGraph venv built in $(( $(date +%s) - start ))s"
-  fi
-  exec 9>&-
-fi
+# --- the virtualenv (built and cached as the orchestrator checks' are) -------------------------
+venv=$(SWEEPER_VENV_ROOT="$cache/venvs" "$here/../orchestrators/venv.sh" langgraph "$req") \
+  || unavailable "could not build a venv from $req (offline? python3-venv missing?)"
 echo "venv=$venv"
 
 # --- Redis Stack ------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A cached virtualenv for the orchestrator checks:
 #
-#   tests/orchestrators/venv.sh NAME      # NAME: airflow | flyte | lint
+#   tests/orchestrators/venv.sh NAME [REQUIREMENTS]   # NAME: airflow | flyte | lint | langgraph
 #
-# prints the path of a venv holding tests/orchestrators/requirements-NAME.txt, building it the first
+# prints the path of a venv holding REQUIREMENTS (by default tests/orchestrators/requirements-NAME.txt;
+# tests/langgraph/setup.sh passes its own), building it the first
 # time only: ${SWEEPER_VENV_ROOT:-$HOME/.cache/sweeper/venvs}/NAME-<first 12 hex of a sha256 of the
 # file, the pip version and Python's version>. A changed requirements file gets a new venv (the old
 # one stays until removed by hand). A lock (flock) makes concurrent callers wait for one build
@@ -12,9 +13,9 @@ set -euo pipefail
 
 die() { printf 'venv: error: %s\n' "$*" >&2; exit 1; }
 
-[ $# -eq 1 ] || die "usage: $0 airflow|flyte|lint"
+[ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 NAME [REQUIREMENTS]"
 here=$(cd "$(dirname "$0")" && pwd)
-req="$here/requirements-$1.txt"
+req=${2:-"$here/requirements-$1.txt"}
 [ -f "$req" ] || die "no $req"
 
 # The pip that resolved the pinned files; the one a fresh python3 -m venv brings may be years older.
@@ -36,8 +37,9 @@ if [ ! -f "$venv/.complete" ]; then
     start=$(date +%s)
     printf 'venv: building %s from %s (once; cached under %s)\n' "$1" "$req" "$root" >&2
     "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "pip==$PIP_VERSION" >&2
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2
+    pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check --timeout 30 --retries 2)
+    "${pip[@]}" "pip==$PIP_VERSION" >&2
+    "${pip[@]}" -r "$req" >&2
     touch "$venv/.complete"
     printf 'venv: %s built in %ss\n' "$1" "$(( $(date +%s) - start ))" >&2
   fi
