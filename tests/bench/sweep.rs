@@ -338,8 +338,13 @@ fn copy_limit(env: &Env, conv: &Path, msg: &Path) -> Duration {
 
 /// p99 latency (ms) of GET and SET from redis-benchmark's CSV output.
 fn redis_benchmark_p99(env: &Env) -> (f64, f64) {
+    p99_of(start_redis_benchmark(env))
+}
+
+/// A GET/SET load of 10 clients, running until `p99_of` waits for it.
+fn start_redis_benchmark(env: &Env) -> std::process::Child {
     let url = url::Url::parse(&env.redis_url).unwrap();
-    let out = Command::new("redis-benchmark")
+    Command::new("redis-benchmark")
         .args([
             "-h",
             url.host_str().unwrap(),
@@ -349,8 +354,14 @@ fn redis_benchmark_p99(env: &Env) -> (f64, f64) {
         .args([
             "-t", "get,set", "-n", "100000", "-c", "10", "-d", "100", "-r", "100000", "--csv",
         ])
-        .output()
-        .unwrap();
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The p99 latencies (ms) of GET and SET, once the load has run.
+fn p99_of(load: std::process::Child) -> (f64, f64) {
+    let out = load.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut p99 = (0.0, 0.0);
     for line in text.lines() {
@@ -577,6 +588,18 @@ async fn bench_size(
         "{keys} keys: redis-benchmark p99 GET {get0:.2} -> {get_busy:.2} ms ({:.2}x), SET {set0:.2} -> {set_busy:.2} ms ({:.2}x) while a busy loop holds one core and sends Redis nothing (CPU contention alone)",
         get_busy / get0.max(0.001),
         set_busy / set0.max(0.001),
+    ));
+    // And the other raw limit: the Redis floor's own reads, as fast as Redis serves them.
+    let load = start_redis_benchmark(env);
+    let started = Instant::now();
+    redis_floor(env).await;
+    let floor_took = started.elapsed();
+    let (get_floor, set_floor) = p99_of(load);
+    notes.push(format!(
+        "{keys} keys: redis-benchmark p99 GET {get0:.2} -> {get_floor:.2} ms ({:.2}x), SET {set0:.2} -> {set_floor:.2} ms ({:.2}x) while the Redis floor reads (it took {:.1}s)",
+        get_floor / get0.max(0.001),
+        set_floor / set0.max(0.001),
+        floor_took.as_secs_f64()
     ));
     for (label, extra) in [
         ("default settings", None),
