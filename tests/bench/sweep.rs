@@ -7,7 +7,10 @@
 //!   - the copy limit: `psql \copy` of the same due rows into empty tables of the same shape;
 //!   - `sweeper run --dry-run` and `sweeper run` (wall time, keys/s, rows/s, peak RSS, round trips,
 //!     statements), and a second sweep where nothing changed;
-//!   - the p99 latency of a concurrent `redis-benchmark` GET/SET load, alone and during a sweep;
+//!   - the p99 latency of a concurrent `redis-benchmark` GET/SET load: alone, beside a busy loop
+//!     (CPU contention only), during the Redis floor, and during a dry run;
+//!
+//! The floor and the dry run are each run three times and the fastest kept (noise only adds time).
 //!   - with `--naive`, the "write every turn" approach: one INSERT per message.
 //!
 //! Usage: cargo bench --bench sweep -- [--sizes 100000,1000000] [--naive]
@@ -29,6 +32,8 @@ use sweeper::select::{Ttl, classify};
 use sweeper::simulate::{SimulateConfig, simulate};
 
 const THRESHOLD: Duration = Duration::from_secs(600);
+/// Runs of the reads-only measurements (the floor, the dry run); the best is kept.
+const RUNS: usize = 3;
 const PREFIX: &str = "checkpoint:";
 
 struct Env {
@@ -489,7 +494,19 @@ async fn bench_size(
     ));
 
     eprintln!("bench: {keys} keys: Redis floor");
-    let (floor, scanned, due, trips) = redis_floor(env).await;
+    // Best of three, for the floor and the dry run: on a shared VM noise only ever adds time,
+    // and two whole runs of this bench differed by 40% on the same code.
+    let mut best = None;
+    for _ in 0..RUNS {
+        let r = redis_floor(env).await;
+        if best
+            .as_ref()
+            .is_none_or(|b: &(Duration, u64, u64, u64)| r.0 < b.0)
+        {
+            best = Some(r);
+        }
+    }
+    let (floor, scanned, due, trips) = best.unwrap();
     rows.push(Row {
         keys,
         label: "Redis floor (SCAN+PTTL+GET)".into(),
@@ -514,7 +531,10 @@ async fn bench_size(
     });
 
     eprintln!("bench: {keys} keys: dry run");
-    let m = run_measured(env.sweeper().args(["run", "--dry-run", "--output", "json"]));
+    let m = (0..RUNS)
+        .map(|_| run_measured(env.sweeper().args(["run", "--dry-run", "--output", "json"])))
+        .min_by_key(|m| m.wall)
+        .unwrap();
     assert_eq!(m.code, 0);
     let s: Value = serde_json::from_slice(&m.stdout).unwrap();
     rows.push(Row {
