@@ -141,8 +141,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-/// A URL fit for logs and error messages: any password replaced by `***`.
+/// A URL fit for logs and error messages: any password replaced by `***`. A comma-separated list
+/// (a cluster's seeds) is redacted URL by URL: parsed whole, the seeds after the first would be
+/// read as the first one's path and kept as they are.
 pub fn redact_url(raw: &str) -> String {
+    let urls: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if urls.len() > 1 && urls.iter().all(|u| u.contains("://")) {
+        return urls
+            .iter()
+            .map(|u| redact_one_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one_url(raw)
+}
+
+fn redact_one_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -223,6 +237,12 @@ mod tests {
             "redis://127.0.0.1:6379/"
         );
         assert!(!redact_url("redis://:pw@[bad").contains("pw"));
+        let seeds =
+            redact_url("redis://u:pw1@a:7000/,redis://u:pw2@b:7001/, rediss://u:pw3@c:7002/");
+        assert_eq!(
+            seeds,
+            "redis://u:***@a:7000/,redis://u:***@b:7001/,rediss://u:***@c:7002/"
+        );
         let q = redact_url("postgres://db/chat?sslmode=require&password=hunter2");
         assert!(
             !q.contains("hunter2") && q.contains("sslmode=require"),
