@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::report::{RunStatus, Summary};
 use crate::store::RunHistory;
@@ -65,7 +66,7 @@ impl Publish {
             match pushed {
                 Ok(Ok(())) => tracing::debug!("metrics pushed"),
                 Ok(Err(e)) => {
-                    tracing::warn!(pushgateway = %base, error = %e, "could not push the metrics")
+                    tracing::warn!(pushgateway = %redact_url(base), error = %e, "could not push the metrics")
                 }
                 Err(e) => tracing::warn!(error = %e, "the metrics push failed"),
             }

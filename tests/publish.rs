@@ -217,11 +217,17 @@ async fn metrics_are_pushed_to_a_pushgateway_and_a_failed_push_only_warns() {
         stderr(&out)
     );
     server.join().unwrap();
+    // Credentials in the Pushgateway's URL never show in the warning.
     let out = env.sweeper(&[
         "run",
         "--pushgateway",
-        &format!("http://127.0.0.1:{}", closed_port()),
+        &format!("http://push:s3cret@127.0.0.1:{}", closed_port()),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("could not push the metrics"));
+    assert!(
+        !stderr(&out).contains("s3cret") && stderr(&out).contains("push:***@"),
+        "{}",
+        stderr(&out)
+    );
 }
