@@ -18,6 +18,13 @@ use crate::store::{Batch, RejectRecord};
 /// A batch is also sent once its checkpoints hold this many bytes, whatever their number.
 const BATCH_BYTES: usize = 32 * 1024 * 1024;
 
+/// Counts and warns of a due key that expired before its value was read: the reader finds it
+/// by its TTL, the decoder by its missing value.
+pub(crate) fn expired(counters: &mut Counters, key: &[u8]) {
+    counters.expired_before_read += 1;
+    tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
+}
+
 /// One due key as the reader read it.
 pub(crate) enum Read {
     /// A checkpoint's value (or why there is none).
@@ -101,16 +108,11 @@ impl Decoder {
         }
     }
 
-    fn expired(&mut self, key: &[u8]) {
-        self.counters.expired_before_read += 1;
-        tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
-    }
-
     /// Decodes one fetched value into the current batch, as a checkpoint or a reject.
     fn take_value(&mut self, key: Vec<u8>, ttl_ms: u64, fetched: Fetched) {
         let shown = display_key(&key);
         let (decoded, value, size) = match fetched {
-            Fetched::Gone => return self.expired(&key),
+            Fetched::Gone => return expired(&mut self.counters, &key),
             Fetched::WrongType(found) => (
                 Err(Reject::WrongType {
                     expected: self.cfg.layout.expected(),
@@ -171,7 +173,7 @@ impl Decoder {
     /// One thread read into the current batch, as a thread or a reject.
     fn take_thread(&mut self, key: &[u8], ttl_ms: u64, read: ThreadRead) {
         let (shown, bytes, checkpoints, reject) = match read {
-            ThreadRead::Gone { .. } => return self.expired(key),
+            ThreadRead::Gone { .. } => return expired(&mut self.counters, key),
             ThreadRead::Thread(t) => {
                 let out = (t.latest_key.clone(), t.bytes as u64, t.checkpoints.len());
                 self.current_bytes += t.bytes;

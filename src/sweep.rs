@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::cluster::{Nodes, Walk};
 use crate::config::SweepConfig;
-use crate::decode::{Decoder, Read, ReadBatch};
+use crate::decode::{self, Decoder, Read, ReadBatch};
 use crate::error::{Error, Result};
 use crate::langgraph::read::{ThreadRead, read_threads};
 use crate::layout::{Fetched, Layout, Probe};
@@ -29,7 +29,7 @@ use crate::report::{Counters, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
 use crate::shutdown::Shutdown;
-use crate::source::{display_key, fetch_chunks};
+use crate::source::fetch_chunks;
 use crate::store::{Batch, BatchOutcome, RejectRecord, RunHistory, Store};
 use crate::tls::RedisTls;
 
@@ -751,15 +751,10 @@ impl Reader {
                 }
                 Ttl::NotDue => self.counters.not_due += 1,
                 Ttl::NoTtl => self.counters.no_ttl += 1,
-                Ttl::Gone => self.expired(&key),
+                Ttl::Gone => decode::expired(&mut self.counters, &key),
             }
         }
         Ok(due)
-    }
-
-    fn expired(&mut self, key: &[u8]) {
-        self.counters.expired_before_read += 1;
-        tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
     }
 
     /// Reads the due keys' values and hands them to the decode stage, a run at a time (at most
