@@ -270,6 +270,12 @@ pub struct RunArgs {
     #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
     pub max_redis_ops_per_sec: u32,
 
+    /// While other clients send Redis commands (live chat), at most this many per second, in
+    /// small pipelines; yet never slower than reading every key within --deadline needs. At full
+    /// speed while Redis serves no one else. 0: full speed always.
+    #[arg(long, env = "SWEEPER_BUSY_REDIS_OPS_PER_SEC", default_value_t = 10000)]
+    pub busy_redis_ops_per_sec: u32,
+
     /// The schedule this run is started on (crontab form): a --threshold not above its largest
     /// gap is refused, as keys would expire between sweeps.
     #[arg(long, env = "SWEEPER_SCHEDULE")]
@@ -331,6 +337,10 @@ pub struct InspectArgs {
     /// At most this many Redis commands per second. 0: no limit.
     #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
     pub max_redis_ops_per_sec: u32,
+
+    /// While other clients send Redis commands, at most this many per second. 0: full speed.
+    #[arg(long, env = "SWEEPER_BUSY_REDIS_OPS_PER_SEC", default_value_t = 10000)]
+    pub busy_redis_ops_per_sec: u32,
 
     /// How many of the largest values to list.
     #[arg(long, env = "SWEEPER_INSPECT_TOP", default_value_t = 10)]

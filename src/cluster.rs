@@ -36,6 +36,7 @@ use redis::{Pipeline, Value};
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::layout::{Fetched, Layout, Probe};
+use crate::pace::Pacing;
 use crate::shard::{SLOTS, Shard, key_slot};
 use crate::source::{Source, fetch_chunks};
 use crate::tls::RedisTls;
@@ -100,7 +101,8 @@ pub struct Nodes {
     /// Slot -> index in `nodes`; empty for a single node (it owns every slot).
     owner: Vec<u16>,
     deadline: Option<Instant>,
-    ops_per_sec: u32,
+    /// Each node's pacing (its budget already its share of the run's).
+    pacing: Pacing,
 }
 
 /// Where a key's reply says to go instead.
@@ -144,7 +146,7 @@ impl Nodes {
                 primaries: 1,
                 owner: Vec::new(),
                 deadline: None,
-                ops_per_sec: 0,
+                pacing: Pacing::default(),
             });
         }
         let mut last = None;
@@ -167,7 +169,7 @@ impl Nodes {
                         primaries: 0,
                         owner: Vec::new(),
                         deadline: None,
-                        ops_per_sec: 0,
+                        pacing: Pacing::default(),
                     };
                     nodes.set_topology(slots).await?;
                     return Ok(nodes);
@@ -246,7 +248,7 @@ impl Nodes {
         let url = node_url(&self.seed_url, addr)?;
         let mut source = Source::connect(&url, &self.tls, self.timeout).await?;
         source.set_deadline(self.deadline);
-        source.set_rate_limit(self.ops_per_sec);
+        source.set_pacing(self.pacing);
         self.nodes.push(Node {
             addr: addr.to_string(),
             source,
@@ -438,12 +440,22 @@ impl Nodes {
         }
     }
 
-    /// At most `ops_per_sec` commands per second to each node (0: no limit).
-    pub fn set_rate_limit(&mut self, ops_per_sec: u32) {
-        self.ops_per_sec = ops_per_sec;
+    /// How fast to talk to each node (see [`crate::pace`]). The primaries are read in turn, so
+    /// each gets its share of the time budget.
+    pub fn set_pacing(&mut self, pacing: Pacing) {
+        let share = pacing.budget.map(|b| b / self.primaries.max(1) as u32);
+        self.pacing = Pacing {
+            budget: share,
+            ..pacing
+        };
         for n in &mut self.nodes {
-            n.source.set_rate_limit(ops_per_sec);
+            n.source.set_pacing(self.pacing);
         }
+    }
+
+    /// Time spent at the busy pace because other clients were using a node.
+    pub fn yielded(&self) -> Duration {
+        self.nodes.iter().map(|n| n.source.pace().yielded()).sum()
     }
 
     /// Pipelines sent so far, to every node.
@@ -617,9 +629,9 @@ impl Nodes {
             .collect())
     }
 
-    /// Whether commands are rate-limited (`--max-redis-ops-per-sec`).
+    /// Whether commands are spaced now (`--max-redis-ops-per-sec`, or other clients are busy).
     pub fn throttled(&self) -> bool {
-        self.ops_per_sec > 0
+        self.nodes.iter().any(|n| n.source.pace().paced())
     }
 
     /// Fetches probed keys. Keep the sizes of one call within a memory budget (see

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::pace::Pacing;
 use crate::progress::Progress;
 use crate::shard::Shard;
 
@@ -35,6 +36,8 @@ pub struct SweepConfig {
     pub writers: usize,
     /// At most this many Redis commands per second (0: no limit).
     pub max_redis_ops_per_sec: u32,
+    /// While other clients use Redis, at most this many commands per second (0: full speed).
+    pub busy_redis_ops_per_sec: u32,
     /// Where the scan reports how far it got (hidden unless a person watches a terminal).
     pub progress: Progress,
     /// How checkpoints are stored in Redis.
@@ -57,6 +60,7 @@ impl Default for SweepConfig {
             protect_ttl: Duration::from_secs(900),
             writers: 2,
             max_redis_ops_per_sec: 0,
+            busy_redis_ops_per_sec: 10_000,
             progress: Progress::default(),
             layout: Layout::Json,
             shard: None,
@@ -65,6 +69,15 @@ impl Default for SweepConfig {
 }
 
 impl SweepConfig {
+    /// How fast the sweep may talk to Redis.
+    pub fn pacing(&self) -> Pacing {
+        Pacing {
+            max_ops_per_sec: self.max_redis_ops_per_sec,
+            busy_ops_per_sec: self.busy_redis_ops_per_sec,
+            budget: self.deadline,
+        }
+    }
+
     pub fn validate(mut self) -> Result<SweepConfig> {
         if self.pattern.is_empty() {
             return Err(Error::Usage("--match must not be empty".into()));

@@ -9,7 +9,8 @@
 //!
 //! - [`source`] and [`cluster`]: the only code that speaks Redis: one node's connection and SCAN
 //!   pages; the node or cluster primaries a sweep reads, per-key pipelines (PTTL, probe, fetch)
-//!   routed to each key's owner, MOVED and ASK followed.
+//!   routed to each key's owner, MOVED and ASK followed. [`pace`]: how fast they talk to a node
+//!   (full speed alone, gentler while other clients use it).
 //! - [`layout`]: how a checkpoint is stored in Redis (JSON string, hash, list, RedisJSON) and read
 //!   back as one JSON document.
 //! - [`select`]: which keys are due, from their TTL alone. Pure.
@@ -44,6 +45,7 @@ pub mod glob;
 pub mod inspect;
 pub mod langgraph;
 pub mod layout;
+pub mod pace;
 pub mod progress;
 pub mod publish;
 pub mod report;

@@ -16,6 +16,7 @@ use sweeper::cluster::Nodes;
 use sweeper::config::{SweepConfig, redact_url};
 use sweeper::error::{Error, exit};
 use sweeper::inspect::{InspectConfig, inspect};
+use sweeper::pace::Pacing;
 use sweeper::progress::Progress;
 use sweeper::publish::Publish;
 use sweeper::report::StatusReport;
@@ -183,7 +184,11 @@ async fn execute(cli: &Cli) -> sweeper::Result<u8> {
                 samples: i.samples,
             };
             let mut source = connect_redis(g).await?;
-            source.set_rate_limit(i.max_redis_ops_per_sec);
+            source.set_pacing(Pacing {
+                max_ops_per_sec: i.max_redis_ops_per_sec,
+                busy_ops_per_sec: i.busy_redis_ops_per_sec,
+                budget: None,
+            });
             let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
             emit(i.output, || report.to_json(), || report.to_text())?;
             Ok(exit::OK)
@@ -309,6 +314,7 @@ fn run_config(r: &cli::RunArgs) -> SweepConfig {
         protect_ttl: r.protect_ttl,
         writers: r.writers as usize,
         max_redis_ops_per_sec: r.max_redis_ops_per_sec,
+        busy_redis_ops_per_sec: r.busy_redis_ops_per_sec,
         layout: r.format.into(),
         shard: r.shard,
         ..SweepConfig::default()

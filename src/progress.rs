@@ -30,10 +30,11 @@ impl Progress {
         }
     }
 
-    /// Clears the spinner, leaving the terminal to the summary.
+    /// Stops the spinner, drawing the final counts once more above the summary (redraws are
+    /// rate-limited, so the last update may not have been shown yet).
     pub fn finish(&self) {
         if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
+            bar.finish();
         }
     }
 }

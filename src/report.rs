@@ -55,6 +55,8 @@ pub struct Counters {
     pub protected: u64,
     pub messages_added: u64,
     pub redis_round_trips: u64,
+    /// Milliseconds read at the busy pace because other clients were using Redis.
+    pub redis_yield_ms: u64,
     /// Statements the batch writes sent to PostgreSQL (BEGIN and COMMIT included).
     pub pg_statements: u64,
     pub batches: u64,

@@ -10,6 +10,7 @@ use redis::{AsyncConnectionConfig, Value};
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::layout::Probe;
+use crate::pace::{self, Pace, Pacing};
 use crate::retry::{self, Backoff};
 use crate::tls::RedisTls;
 
@@ -27,18 +28,8 @@ pub struct Source {
     url: String,
     round_trips: u64,
     deadline: Option<Instant>,
-    throttle: Option<Throttle>,
-    /// Commands per pipeline at most: small under a throttle, so that no single burst holds
-    /// Redis long.
-    max_pipeline: usize,
-}
-
-/// Spaces pipelines so that at most a given number of commands per second reach Redis, for
-/// operators who must protect a busy primary.
-#[derive(Clone, Debug)]
-struct Throttle {
-    per_command: Duration,
-    next: Instant,
+    /// Shared by the clones of this source: they speak over the same connection.
+    pace: Pace,
 }
 
 impl Source {
@@ -68,8 +59,7 @@ impl Source {
             url: shown,
             round_trips: 0,
             deadline: None,
-            throttle: None,
-            max_pipeline: usize::MAX,
+            pace: Pace::default(),
         };
         // Authentication and reachability problems show here, not in the middle of a sweep.
         let mut ping = redis::pipe();
@@ -83,22 +73,19 @@ impl Source {
         self.deadline = deadline;
     }
 
-    /// At most `ops_per_sec` commands per second from this source (0: no limit).
-    pub fn set_rate_limit(&mut self, ops_per_sec: u32) {
-        self.throttle = (ops_per_sec > 0).then(|| Throttle {
-            per_command: Duration::from_secs(1) / ops_per_sec,
-            next: Instant::now(),
-        });
-        // Pipelines of at most 5ms of the budget each.
-        self.max_pipeline = match ops_per_sec {
-            0 => usize::MAX,
-            n => (n as usize / 200).clamp(10, 1000),
-        };
+    /// How fast to talk to this node from now on (see [`crate::pace`]).
+    pub fn set_pacing(&mut self, pacing: Pacing) {
+        self.pace = Pace::new(pacing);
     }
 
-    /// Commands per pipeline at most (fetches are split to it too).
+    /// This node's pace, shared with the clones of this source.
+    pub fn pace(&self) -> &Pace {
+        &self.pace
+    }
+
+    /// Commands per pipeline at most (fetches are split to it too): small while paced.
     pub fn max_pipeline(&self) -> usize {
-        self.max_pipeline
+        self.pace.max_pipeline()
     }
 
     /// Pipelines sent so far (each SCAN, PTTL batch, probe and fetch is one).
@@ -114,25 +101,24 @@ impl Source {
         &mut self,
         pipe: &redis::Pipeline,
     ) -> Result<T> {
-        if let Some(t) = &mut self.throttle {
-            let now = Instant::now();
-            let start = t.next.max(now);
-            t.next = start + t.per_command * pipe.len() as u32;
-            if start > now {
-                tokio::time::sleep(start - now).await;
-            }
+        self.sample().await;
+        let wait = self.pace.reserve(pipe.len());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let backoff = Backoff::default();
         let mut n = 0;
         loop {
             self.round_trips += 1;
-            let reply = pipe
-                .query_async::<Value>(&mut self.conn)
-                .await
-                .and_then(|v| match first_server_error(&v) {
-                    Some(e) => Err(e.into()),
-                    None => Ok(redis::from_redis_value::<T>(v)?),
-                });
+            let reply = {
+                let _shared = self.pace.gate().read().await;
+                self.pace.sent(pipe.len());
+                pipe.query_async::<Value>(&mut self.conn).await
+            };
+            let reply = reply.and_then(|v| match first_server_error(&v) {
+                Some(e) => Err(e.into()),
+                None => Ok(redis::from_redis_value::<T>(v)?),
+            });
             let err = match reply {
                 Ok(v) => return Ok(v),
                 Err(source) => Error::Redis {
@@ -157,6 +143,55 @@ impl Source {
         }
     }
 
+    /// Samples `INFO` when due, with none of the sweep's own pipelines in flight, to see whether
+    /// other clients are using this node (see [`crate::pace`]).
+    async fn sample(&mut self) {
+        if !self.pace.sample_due() {
+            return;
+        }
+        let _alone = self.pace.gate().write().await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("stats").cmd("INFO").arg("keyspace");
+        self.round_trips += 1;
+        let reply = pipe.query_async::<Value>(&mut self.conn).await;
+        let db = self.client.get_connection_info().redis_settings().db();
+        let info = match reply {
+            // A dropped connection: the query after this one deals with it.
+            Err(_) => {
+                self.pace.abandon();
+                return;
+            }
+            // NOPERM, or INFO renamed away.
+            Ok(v) if first_server_error(&v).is_some() => None,
+            Ok(v) => redis::from_redis_value::<(String, String)>(v)
+                .ok()
+                .and_then(|(stats, keyspace)| pace::parse_info(&stats, &keyspace, db)),
+        };
+        let Some((total, keys)) = info else {
+            self.pace.refused();
+            tracing::warn!(
+                redis = %self.url,
+                busy_ops_per_sec = self.pace.pacing().busy_ops_per_sec,
+                "INFO is refused, so other clients cannot be seen: reading at the busy pace throughout (grant INFO, or pass --busy-redis-ops-per-sec 0 for full speed)"
+            );
+            return;
+        };
+        let seen = self.pace.observe(total, keys, pipe.len());
+        if let Some(rate) = seen.rate.filter(|_| seen.others_per_sec > 0.0) {
+            let first = self.pace.first_yield();
+            let msg = "other clients are using Redis: sweeping at a gentler pace";
+            let others = seen.others_per_sec.round() as u64;
+            match first {
+                true => {
+                    tracing::info!(redis = %self.url, others_per_sec = others, ops_per_sec = rate, "{msg}")
+                }
+                false => {
+                    tracing::debug!(redis = %self.url, others_per_sec = others, ops_per_sec = rate, "{msg}")
+                }
+            }
+        }
+    }
+
     /// One SCAN step: the next cursor (0 when done) and the keys of this page.
     pub async fn scan_page(
         &mut self,
@@ -170,7 +205,7 @@ impl Source {
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
-            .arg(count.min(self.max_pipeline));
+            .arg(count.min(self.max_pipeline()));
         let (page,): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await?;
         Ok(page)
     }

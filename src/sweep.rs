@@ -209,7 +209,7 @@ async fn try_run(
     let (tx, mut rx) = mpsc::channel::<ReadBatch>(CHANNEL_DEPTH);
     let mut source = source;
     source.set_deadline(deadline);
-    source.set_rate_limit(cfg.max_redis_ops_per_sec);
+    source.set_pacing(cfg.pacing());
     let mut protector = source.clone();
     let (reads_tx, reads_rx) = mpsc::channel::<Vec<Read>>(READS_DEPTH);
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down.clone());
@@ -514,7 +514,7 @@ async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> 
     let (tx, _rx) = mpsc::channel::<Vec<Read>>(1);
     let mut source = source;
     source.set_deadline(deadline);
-    source.set_rate_limit(cfg.max_redis_ops_per_sec);
+    source.set_pacing(cfg.pacing());
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
     let (counters, _, error) = reader.run(source, tx).await;
     match error {
@@ -566,6 +566,7 @@ impl Counters {
         self.rejected += r.rejected;
         self.protected += r.protected;
         self.redis_round_trips += r.redis_round_trips;
+        self.redis_yield_ms += r.redis_yield_ms;
     }
 }
 
@@ -617,6 +618,7 @@ impl Reader {
         let result = self.scan(&mut source, &tx).await;
         self.cfg.progress.finish();
         self.counters.redis_round_trips = source.round_trips() + self.scan_round_trips;
+        self.counters.redis_yield_ms = source.yielded().as_millis() as u64;
         match result {
             Ok(stop) => (self.counters, stop, None),
             Err(e) => (self.counters, Stop::Done, Some(e)),

@@ -365,6 +365,90 @@ async fn the_redis_throttle_spaces_the_commands() {
     );
 }
 
+/// Another client of Redis: a PING every 2 ms (about 400 commands a second) until dropped.
+struct Company {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Company {
+    fn join(url: &str) -> Company {
+        use std::sync::atomic::Ordering;
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let () = redis::cmd("PING")
+                        .query(&mut conn)
+                        .map(|_: String| ())
+                        .unwrap();
+                    sent += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                sent
+            })
+        };
+        Company {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; the commands sent.
+    fn leave(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_sweep_slows_down_while_other_clients_use_redis_and_not_otherwise() {
+    // A Redis of its own: on the shared one, other tests are company.
+    let redis = common::servers::PrivateRedis::start();
+    let env = TestEnv::with_redis("company", &redis).await;
+    env.seed(3_000, 3_600_000).await;
+    let yielding = "other clients are using Redis";
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--dry-run", "--output", "json"];
+        all.extend_from_slice(args);
+        let started = Instant::now();
+        let out = env.sweeper(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(s["scanned"], 3_000);
+        (s, stderr(&out), started.elapsed())
+    };
+
+    // Alone: no company seen.
+    let (alone, log, _) = run(&[]);
+    assert!(!log.contains(yielding), "{log}");
+
+    // With company, at 2000 commands a second: 3000 PTTLs cannot take under 1.5 s.
+    let company = Company::join(&env.redis_url);
+    let (paced, log, took) = run(&["--busy-redis-ops-per-sec", "2000"]);
+    // Asked not to slow down, it does not, company or not.
+    let (free, free_log, _) = run(&["--busy-redis-ops-per-sec", "0"]);
+    assert!(company.leave() > 100);
+    assert!(log.contains(yielding), "{log}");
+    assert!(took >= Duration::from_millis(1_400), "{took:?}");
+    let yielded = paced["redis_yield_ms"].as_u64().unwrap();
+    assert!(yielded >= 1_000, "{paced}");
+    assert!(
+        yielded > alone["redis_yield_ms"].as_u64().unwrap(),
+        "{alone}"
+    );
+    // Paced pipelines are small: more round trips than at full speed.
+    assert!(
+        paced["redis_round_trips"].as_u64() > free["redis_round_trips"].as_u64(),
+        "{paced} vs {free}"
+    );
+    assert_eq!(free["redis_yield_ms"], 0, "{free}");
+    assert!(!free_log.contains(yielding), "{free_log}");
+}
+
 #[tokio::test]
 async fn check_schedule_says_whether_a_schedule_can_lose_a_key() {
     let env = TestEnv::new("schedule").await;

@@ -302,6 +302,27 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// One cluster node with the extra arguments `extra`.
+fn start_node(extra: &[String]) -> Result<PrivateRedis, String> {
+    // The cluster bus gets a port of its own (the default, port + 10000, may be taken or out of
+    // range).
+    let bus = free_port().to_string();
+    let mut all: Vec<&str> = vec![
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "2000",
+        "--cluster-port",
+        &bus,
+        "--appendonly",
+        "yes",
+    ];
+    all.extend(extra.iter().map(String::as_str));
+    PrivateRedis::try_start(&all)
+}
+
 /// A Redis Cluster of `n` primaries (no replicas) on loopback, each node a [`PrivateRedis`] with
 /// an append-only file, so a node killed and started again comes back with its keys.
 pub struct PrivateCluster {
@@ -318,26 +339,15 @@ impl PrivateCluster {
     pub fn start_with(n: usize, args: impl Fn(usize) -> Vec<String>) -> PrivateCluster {
         let nodes: Vec<PrivateRedis> = (0..n)
             .map(|i| {
-                // The cluster bus gets a port of its own (the default, port + 10000, may be taken
-                // or out of range).
-                let bus = free_port().to_string();
-                let mut all: Vec<String> = [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--cluster-port",
-                    &bus,
-                    "--appendonly",
-                    "yes",
-                ]
-                .map(String::from)
-                .to_vec();
-                all.extend(args(i));
-                let all: Vec<&str> = all.iter().map(String::as_str).collect();
-                PrivateRedis::try_start(&all).expect("a cluster node")
+                // A free port is free only until someone else takes it: tests running at once
+                // start servers too. A node whose port was taken meanwhile is started again.
+                let mut tries = 0;
+                loop {
+                    match start_node(&args(i)) {
+                        Err(e) if e.contains("Address already in use") && tries < 5 => tries += 1,
+                        started => break started.expect("a cluster node"),
+                    }
+                }
             })
             .collect();
         let addrs: Vec<String> = nodes
