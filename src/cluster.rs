@@ -613,19 +613,19 @@ impl Nodes {
             .collect())
     }
 
-    /// Probes keys of a layout that [reads inline](Layout::reads_inline), reading the small
-    /// values in the same round trip: each key's probe, and its value when that came whole.
-    pub async fn probe_inline(
+    /// Reads keys of a layout that [reads inline](Layout::reads_inline) in one bounded command
+    /// each: the value when that read settles it, None for the keys to probe.
+    pub async fn read_inline(
         &mut self,
         keys: &[Vec<u8>],
         max_value_bytes: u64,
-    ) -> Result<Vec<(Probe, Option<Fetched>)>> {
+    ) -> Result<Vec<Option<Fetched>>> {
         let replies = self
-            .per_key(keys, |pipe, i| Layout::queue_probe_inline(pipe, &keys[i]))
+            .per_key(keys, |pipe, i| Layout::queue_read_inline(pipe, &keys[i]))
             .await?;
         Ok(replies
-            .iter()
-            .map(|r| Layout::probe_inline_result(r, max_value_bytes))
+            .into_iter()
+            .map(|r| Layout::read_inline_result(r.into_iter().next(), max_value_bytes))
             .collect())
     }
 

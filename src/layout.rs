@@ -2,6 +2,8 @@
 //!
 //! Reading is two pipelined phases per page of due keys, so that a huge or foreign value is never
 //! pulled whole: a *probe* (type and size of each key), then a *fetch* of what the probe allowed.
+//! A `json` key is first read in one bounded command instead (GETRANGE of its first
+//! [`INLINE_BYTES`]): only the keys that read cannot settle are probed and fetched.
 //! Every layout is turned here into the same JSON document, which [`crate::checkpoint`] decodes:
 //!
 //! - `json`: a string holding the document (`SET checkpoint:{id} '{...}'`);
@@ -134,44 +136,28 @@ impl Layout {
         self == Layout::Json
     }
 
-    /// Queues the probe of one key followed by a read of its first [`INLINE_BYTES`] (3 replies):
-    /// TYPE, STRLEN, GETRANGE. GETRANGE never reads more than that, whatever the value's size.
-    pub fn queue_probe_inline(pipe: &mut Pipeline, key: &[u8]) {
-        Layout::Json.queue_probe(pipe, key);
+    /// Queues a read of the first [`INLINE_BYTES`] of one key (GETRANGE never reads more,
+    /// whatever the value's size): one command for what is, nearly always, the whole checkpoint.
+    pub fn queue_read_inline(pipe: &mut Pipeline, key: &[u8]) {
         pipe.cmd("GETRANGE").arg(key).arg(0).arg(INLINE_BYTES - 1);
     }
 
-    /// Reads the replies of [`Layout::queue_probe_inline`]: the probe, and what it fetched when
-    /// that is all there is to fetch (None: the value is larger than the inline read, or changed
-    /// between the commands, and is fetched the usual way).
-    pub fn probe_inline_result(
-        replies: &[Value],
-        max_value_bytes: u64,
-    ) -> (Probe, Option<Fetched>) {
-        let probe = Layout::Json.probe_result(&replies[..2], max_value_bytes);
-        let read = match &replies[2] {
-            Value::BulkString(b) => Some(b),
-            _ => None,
+    /// Reads the reply of [`Layout::queue_read_inline`]: the value, when the read holds all of it
+    /// (shorter than the read), or a too-large reject when it is over `max_value_bytes`. None
+    /// when only a probe can tell: a value as long as the read (maybe longer), an empty reply
+    /// (an empty string, or a key gone), another type (WRONGTYPE).
+    pub fn read_inline_result(reply: Option<Value>, max_value_bytes: u64) -> Option<Fetched> {
+        let value = match reply {
+            Some(Value::BulkString(b)) if !b.is_empty() && (b.len() as u64) < INLINE_BYTES => b,
+            _ => return None,
         };
-        let fetched = match (&probe, read) {
-            (Probe::Read { size, .. }, Some(b))
-                if b.len() as u64 == *size && *size <= INLINE_BYTES =>
-            {
-                Some(Fetched::Value(b.clone()))
-            }
-            (Probe::Sample { size, .. }, Some(b)) => {
-                let mut sample = b.clone();
-                sample.truncate(REJECT_SAMPLE_BYTES as usize);
-                Some(Fetched::TooLarge {
-                    size: *size,
-                    sample,
-                })
-            }
-            (Probe::WrongType(t), _) => Some(Fetched::WrongType(t.clone())),
-            (Probe::Gone, _) => Some(Fetched::Gone),
-            _ => None,
-        };
-        (probe, fetched)
+        let size = value.len() as u64;
+        if size <= max_value_bytes {
+            return Some(Fetched::Value(value));
+        }
+        let mut sample = value;
+        sample.truncate(REJECT_SAMPLE_BYTES as usize);
+        Some(Fetched::TooLarge { size, sample })
     }
 
     /// Reads the probe's replies for one key.
@@ -463,53 +449,35 @@ mod tests {
     }
 
     #[test]
-    fn small_values_come_whole_with_their_probe_and_the_rest_is_fetched_after() {
-        let inline = |kind: &str, strlen: i64, read: Value, max: u64| {
-            Layout::probe_inline_result(
-                &[Value::SimpleString(kind.into()), Value::Int(strlen), read],
-                max,
-            )
-        };
-        let json = Layout::Json;
-        // Whole: the read is as long as STRLEN said.
-        let (p, f) = inline("string", 5, bulk("{\"a\"}"), 100);
+    fn small_values_are_read_in_one_command_and_the_rest_is_probed() {
+        let inline = |read: Value, max: u64| Layout::read_inline_result(Some(read), max);
+        // Shorter than the read: the whole value.
         assert_eq!(
-            p,
-            Probe::Read {
-                layout: json,
-                size: 5
-            }
+            inline(bulk("{\"a\"}"), 100),
+            Some(Fetched::Value(b"{\"a\"}".to_vec()))
         );
-        assert_eq!(f, Some(Fetched::Value(b"{\"a\"}".to_vec())));
-        // Changed between STRLEN and GETRANGE: fetched again.
-        assert_eq!(inline("string", 6, bulk("{\"a\"}"), 100).1, None);
-        // Larger than the inline read, under the limit: fetched after.
-        let big = INLINE_BYTES as i64 + 1;
+        // Whole, but over the limit: a reject with its sample.
+        assert_eq!(
+            inline(bulk("{\"a\"}"), 4),
+            Some(Fetched::TooLarge {
+                size: 5,
+                sample: b"{\"a\"}".to_vec()
+            })
+        );
+        // As long as the read: maybe longer, so probed.
         let first = bulk(&"x".repeat(INLINE_BYTES as usize));
-        let (p, f) = inline("string", big, first.clone(), u64::MAX);
+        assert_eq!(inline(first, u64::MAX), None);
         assert_eq!(
-            p,
-            Probe::Read {
-                layout: json,
-                size: big as u64
-            }
+            inline(bulk(&"x".repeat(INLINE_BYTES as usize - 1)), u64::MAX)
+                .map(|f| matches!(f, Fetched::Value(_))),
+            Some(true)
         );
-        assert_eq!(f, None);
-        // Over the limit: what was read is the reject's sample, at most REJECT_SAMPLE_BYTES.
-        let (_, f) = inline("string", big, first, 10);
-        match f {
-            Some(Fetched::TooLarge { size, sample }) => {
-                assert_eq!(size, big as u64);
-                assert_eq!(sample.len() as u64, REJECT_SAMPLE_BYTES);
-            }
-            other => panic!("{other:?}"),
-        }
-        // Another type (GETRANGE's WRONGTYPE ignored), or gone.
-        assert_eq!(
-            inline("hash", 0, Value::Nil, 100).1,
-            Some(Fetched::WrongType("hash".into()))
-        );
-        assert_eq!(inline("none", 0, bulk(""), 100).1, Some(Fetched::Gone));
+        // Empty (an empty string, or gone), another type, or no reply: probed.
+        assert_eq!(inline(bulk(""), 100), None);
+        let wrong = redis::parse_redis_value(b"-WRONGTYPE Operation against a key\r\n").unwrap();
+        assert_eq!(inline(wrong, 100), None);
+        assert_eq!(inline(Value::Nil, 100), None);
+        assert_eq!(Layout::read_inline_result(None, 100), None);
     }
 
     #[test]

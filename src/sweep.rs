@@ -24,7 +24,7 @@ use crate::config::SweepConfig;
 use crate::decode::{self, Decoder, Read, ReadBatch};
 use crate::error::{Error, Result};
 use crate::langgraph::read::{ThreadRead, read_threads};
-use crate::layout::{Fetched, Layout, Probe};
+use crate::layout::{Fetched, Layout};
 use crate::report::{Counters, RunStatus, Summary};
 use crate::retry::Backoff;
 use crate::select::{Ttl, classify};
@@ -760,9 +760,9 @@ impl Reader {
     }
 
     /// Reads the due keys' values and hands them to the decode stage, a run at a time (at most
-    /// `batch_size` keys probed at once; values too large to come with the probe are fetched
-    /// after it in runs of bounded bytes). False when the decode stage has stopped (the writers
-    /// have gone).
+    /// `batch_size` keys at once; values the one-command read of a `json` key cannot settle are
+    /// probed, then fetched in runs of bounded bytes). False when the decode stage has stopped
+    /// (the writers have gone).
     async fn read_due(
         &mut self,
         source: &mut Nodes,
@@ -776,15 +776,11 @@ impl Reader {
         }
         for chunk in due.chunks(self.cfg.batch_size) {
             let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
-            // Small values come with their probe; the others are fetched after it, in runs of
-            // bounded bytes.
-            let (probes, inline): (Vec<Probe>, Vec<Option<Fetched>>) = match layout.reads_inline() {
-                true => source.probe_inline(&keys, max).await?.into_iter().unzip(),
-                false => {
-                    let probes = source.probe(layout, &keys, max).await?;
-                    let none = vec![None; probes.len()];
-                    (probes, none)
-                }
+            // Small values are read in one command each; the others are probed, then fetched in
+            // runs of bounded bytes.
+            let inline = match layout.reads_inline() {
+                true => source.read_inline(&keys, max).await?,
+                false => vec![None; keys.len()],
             };
             let mut rest = Vec::new();
             let mut read = Vec::new();
@@ -797,12 +793,19 @@ impl Reader {
             if !read.is_empty() && tx.send(read).await.is_err() {
                 return Ok(false);
             }
-            let rest_probes: Vec<Probe> = rest.iter().map(|&i| probes[i].clone()).collect();
-            for run in fetch_chunks(&rest_probes, source.max_pipeline()) {
-                let idx = &rest[run.clone()];
-                let run_keys: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].clone()).collect();
-                let fetched = source.fetch(&run_keys, &rest_probes[run]).await?;
-                let read = idx.iter().zip(fetched).map(|(&i, f)| value(&chunk[i], f));
+            if rest.is_empty() {
+                continue;
+            }
+            let rest_keys: Vec<Vec<u8>> = rest.iter().map(|&i| keys[i].clone()).collect();
+            let probes = source.probe(layout, &rest_keys, max).await?;
+            for run in fetch_chunks(&probes, source.max_pipeline()) {
+                let fetched = source
+                    .fetch(&rest_keys[run.clone()], &probes[run.clone()])
+                    .await?;
+                let read = rest[run]
+                    .iter()
+                    .zip(fetched)
+                    .map(|(&i, f)| value(&chunk[i], f));
                 if tx.send(read.collect()).await.is_err() {
                     return Ok(false);
                 }

@@ -253,3 +253,31 @@ async fn a_row_postgres_refuses_is_set_aside_and_the_rest_of_its_batch_is_saved(
         "{reason}"
     );
 }
+
+/// A checkpoint is first read in one command, its first 64 KiB; one that may be longer is probed
+/// and fetched whole. None is cut short at the edge of that first read.
+#[tokio::test]
+async fn checkpoints_around_and_past_the_first_read_are_saved_whole() {
+    let env = TestEnv::migrated("firstread").await;
+    let wrapper = big_valid_checkpoint(0).len();
+    let sizes = [64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 300_000];
+    for size in sizes {
+        let value = big_valid_checkpoint(size - wrapper);
+        assert_eq!(value.len(), size);
+        env.set_raw(&format!("s{size}"), value.as_slice(), SOON)
+            .await;
+    }
+    let s = env.run_json(&[]);
+    assert_eq!(s["persisted"], sizes.len() as u64, "{s}");
+    assert_eq!(s["rejected"], 0, "{s}");
+    for size in sizes {
+        let content: i32 = sqlx::query_scalar(
+            "SELECT length(checkpoint->'messages'->0->>'content') FROM conversations WHERE conversation_id = $1",
+        )
+        .bind(format!("s{size}"))
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+        assert_eq!(content as usize, size - wrapper, "{size}");
+    }
+}
