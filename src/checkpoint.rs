@@ -9,6 +9,9 @@
 //!  "metadata": {"channel": "web"}}
 //! ```
 
+mod borrowed;
+
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -133,9 +136,100 @@ pub fn conversation_id<'k>(key: &'k str, prefix: &str) -> Result<&'k str, Reject
 
 /// Decodes one checkpoint value read from `redis_key`.
 pub fn decode(redis_key: &str, conversation_id: &str, raw: &[u8]) -> Result<Checkpoint, Reject> {
+    decode_with(redis_key, conversation_id, raw, true)
+}
+
+/// [`decode`] without its fast way: for the tests that hold the two to the same answers.
+#[doc(hidden)]
+pub fn decode_by_tree(
+    redis_key: &str,
+    conversation_id: &str,
+    raw: &[u8],
+) -> Result<Checkpoint, Reject> {
+    decode_with(redis_key, conversation_id, raw, false)
+}
+
+/// What a checkpoint takes from its document, whichever way the document was read.
+struct Fields {
+    user_id: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+    messages: Vec<Message>,
+}
+
+fn decode_with(
+    redis_key: &str,
+    conversation_id: &str,
+    raw: &[u8],
+    fast: bool,
+) -> Result<Checkpoint, Reject> {
     let text = std::str::from_utf8(raw).map_err(|e| Reject::NotUtf8 {
         valid_up_to: e.valid_up_to(),
     })?;
+    // Nearly every checkpoint is well-formed: those are read the fast way. Any other goes the
+    // general way, which is the one that says what is wrong.
+    let fields = match fast.then(|| fast_fields(text)).flatten() {
+        Some(f) => f,
+        None => tree_fields(text)?,
+    };
+    Ok(Checkpoint {
+        redis_key: redis_key.to_string(),
+        conversation_id: conversation_id.to_string(),
+        user_id: fields.user_id,
+        started_at: fields.started_at,
+        updated_at: fields.updated_at,
+        messages: fields.messages,
+        document: text.to_string(),
+        content_hash: Sha256::digest(raw).into(),
+    })
+}
+
+/// The fields of a plain, valid document read without a tree of values (see [`borrowed`]);
+/// None for anything [`tree_fields`] might answer otherwise, rejects included.
+fn fast_fields(text: &str) -> Option<Fields> {
+    let doc = borrowed::read(text)?;
+    let mut seen = HashMap::new();
+    let messages = doc
+        .messages
+        .into_iter()
+        .map(|m| {
+            let identity = identity(
+                m.id.as_deref(),
+                &m.role,
+                &m.content,
+                m.ts.as_deref(),
+                &mut seen,
+            );
+            Message {
+                identity,
+                id: m.id.map(Cow::into_owned),
+                role: m.role.into_owned(),
+                content: m.content.into_owned(),
+                created_at: m.created_at,
+            }
+        })
+        .collect();
+    Some(Fields {
+        user_id: doc.user_id.map(Cow::into_owned),
+        started_at: doc.started_at,
+        updated_at: doc.updated_at,
+        messages,
+    })
+}
+
+/// How many messages a checkpoint holds, checked as [`decode`] checks it (the same rejects) but
+/// without building the rows a write needs: what a dry run shows.
+pub fn check(raw: &[u8]) -> Result<usize, Reject> {
+    let fast = std::str::from_utf8(raw).ok().and_then(borrowed::read);
+    match fast {
+        Some(doc) => Ok(doc.messages.len()),
+        None => decode_with("", "", raw, false).map(|c| c.messages.len()),
+    }
+}
+
+/// The fields of any document, through a tree of `serde_json::Value`s: every reject comes from
+/// here.
+fn tree_fields(text: &str) -> Result<Fields, Reject> {
     let value: Value = serde_json::from_str(text).map_err(|e| Reject::NotJson(e.to_string()))?;
     let Value::Object(doc) = &value else {
         return Err(Reject::NotObject(json_kind(&value)));
@@ -160,15 +254,11 @@ pub fn decode(redis_key: &str, conversation_id: &str, raw: &[u8]) -> Result<Chec
             bytes: u.len(),
         });
     }
-    Ok(Checkpoint {
-        redis_key: redis_key.to_string(),
-        conversation_id: conversation_id.to_string(),
+    Ok(Fields {
         user_id,
         started_at: optional_time(doc, "started_at")?,
         updated_at: optional_time(doc, "updated_at")?,
         messages,
-        document: text.to_string(),
-        content_hash: Sha256::digest(raw).into(),
     })
 }
 
@@ -227,25 +317,8 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, Reject> {
                 bytes: id.len(),
             });
         }
-        let identity = match &id {
-            Some(id) => format!("id:{id}"),
-            None => {
-                let mut h = Sha256::new();
-                for part in [role.as_str(), content.as_str(), ts_raw.unwrap_or("")] {
-                    h.update((part.len() as u64).to_le_bytes());
-                    h.update(part.as_bytes());
-                }
-                let base: [u8; 32] = h.finalize().into();
-                let nth = seen.entry(base).or_insert(0);
-                let mut h = Sha256::new();
-                h.update(base);
-                h.update(nth.to_le_bytes());
-                *nth += 1;
-                format!("h:{}", hex(&h.finalize()[..16]))
-            }
-        };
         out.push(Message {
-            identity,
+            identity: identity(id.as_deref(), &role, &content, ts_raw, &mut seen),
             id,
             role,
             content,
@@ -253,6 +326,32 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, Reject> {
         });
     }
     Ok(out)
+}
+
+/// A message's identity within its conversation (see [`Message::identity`]). `seen` counts the
+/// id-less messages so far, by content.
+fn identity(
+    id: Option<&str>,
+    role: &str,
+    content: &str,
+    ts_raw: Option<&str>,
+    seen: &mut HashMap<[u8; 32], u32>,
+) -> String {
+    if let Some(id) = id {
+        return format!("id:{id}");
+    }
+    let mut h = Sha256::new();
+    for part in [role, content, ts_raw.unwrap_or("")] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let base: [u8; 32] = h.finalize().into();
+    let nth = seen.entry(base).or_insert(0);
+    let mut h = Sha256::new();
+    h.update(base);
+    h.update(nth.to_le_bytes());
+    *nth += 1;
+    format!("h:{}", hex(&h.finalize()[..16]))
 }
 
 fn optional_string(

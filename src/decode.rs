@@ -63,6 +63,8 @@ pub(crate) struct Decoder {
     counters: Counters,
     current: ReadBatch,
     current_bytes: usize,
+    /// Values in the current batch: on dry runs, which build no checkpoints, more than it holds.
+    taken: usize,
 }
 
 impl Decoder {
@@ -72,6 +74,7 @@ impl Decoder {
             counters: Counters::default(),
             current: ReadBatch::new(),
             current_bytes: 0,
+            taken: 0,
         }
     }
 
@@ -86,8 +89,7 @@ impl Decoder {
         while let Some(chunk) = reads.recv().await {
             for read in chunk {
                 self.take(read);
-                let full = self.current.batch.len() >= self.cfg.batch_size
-                    || self.current_bytes >= BATCH_BYTES;
+                let full = self.taken >= self.cfg.batch_size || self.current_bytes >= BATCH_BYTES;
                 if full && !self.send(&tx).await {
                     return self.counters;
                 }
@@ -108,9 +110,12 @@ impl Decoder {
         }
     }
 
-    /// Decodes one fetched value into the current batch, as a checkpoint or a reject.
+    /// Decodes one fetched value into the current batch, as a checkpoint or a reject. A dry run
+    /// writes nothing, so it only checks each value as a sweep would (the same rejects) and
+    /// counts its messages: building the rows took most of its CPU.
     fn take_value(&mut self, key: Vec<u8>, ttl_ms: u64, fetched: Fetched) {
         let shown = display_key(&key);
+        // How many messages, and the checkpoint to write (None on dry runs).
         let (decoded, value, size) = match fetched {
             Fetched::Gone => return expired(&mut self.counters, &key),
             Fetched::WrongType(found) => (
@@ -134,31 +139,37 @@ impl Decoder {
                 size,
             ),
             Fetched::Value(v) => {
-                let decoded = match std::str::from_utf8(&key) {
-                    Err(_) => Err(Reject::KeyNotUtf8),
-                    Ok(k) => checkpoint::conversation_id(k, &self.cfg.prefix)
-                        .and_then(|id| checkpoint::decode(k, id, &v)),
+                let key_id = std::str::from_utf8(&key)
+                    .map_err(|_| Reject::KeyNotUtf8)
+                    .and_then(|k| Ok((k, checkpoint::conversation_id(k, &self.cfg.prefix)?)));
+                let decoded = match key_id {
+                    Err(r) => Err(r),
+                    Ok(_) if self.cfg.dry_run => checkpoint::check(&v).map(|n| (n, None)),
+                    Ok((k, id)) => {
+                        checkpoint::decode(k, id, &v).map(|c| (c.messages.len(), Some(c)))
+                    }
                 };
                 let size = v.len() as u64;
                 (decoded, v, size)
             }
         };
         self.counters.due += 1;
-        let messages = decoded.as_ref().ok().map(|c| c.messages.len());
+        self.taken += 1;
         if self.cfg.dry_run {
             self.current.due_keys.push(DueKey {
                 key: shown.clone(),
                 ttl_ms,
                 bytes: size,
-                messages,
+                messages: decoded.as_ref().ok().map(|(n, _)| *n),
                 reject: decoded.as_ref().err().map(|r| r.to_string()),
             });
         }
         match decoded {
-            Ok(c) => {
+            Ok((_, Some(c))) => {
                 self.current_bytes += c.document.len();
                 self.current.batch.checkpoints.push(c);
             }
+            Ok((_, None)) => self.current_bytes += size as usize,
             Err(reason) => {
                 self.counters.rejected += 1;
                 tracing::warn!(key = %shown, %reason, "checkpoint rejected: set aside in sweep_rejects");
@@ -193,6 +204,7 @@ impl Decoder {
             }
         };
         self.counters.due += 1;
+        self.taken += 1;
         if self.cfg.dry_run {
             // `messages` shows a thread's checkpoints.
             self.current.due_keys.push(DueKey {
@@ -207,11 +219,12 @@ impl Decoder {
 
     /// Sends the current batch; false when the writers have gone.
     async fn send(&mut self, tx: &mpsc::Sender<ReadBatch>) -> bool {
-        if self.current.batch.is_empty() && self.current.due_keys.is_empty() {
+        if self.taken == 0 {
             return true;
         }
         let full = std::mem::replace(&mut self.current, ReadBatch::new());
         self.current_bytes = 0;
+        self.taken = 0;
         tx.send(full).await.is_ok()
     }
 }
@@ -244,7 +257,7 @@ mod tests {
 
     #[test]
     fn values_become_checkpoints_or_rejects() {
-        let mut r = decoder(true);
+        let mut r = decoder(false);
         r.take_value(
             b"checkpoint:a".to_vec(),
             5,
@@ -284,10 +297,37 @@ mod tests {
             ["wrong_type", "too_large", "empty_conversation_id"]
         );
         assert_eq!(r.current.batch.rejects[1].raw_size, 500);
-        // A dry run lists every due key, rejected or not.
-        assert_eq!(r.current.due_keys.len(), 4);
-        assert_eq!(r.current.due_keys[0].messages, Some(0));
-        assert!(r.current.due_keys[1].reject.is_some());
+        assert!(r.current.due_keys.is_empty(), "listed on dry runs only");
+    }
+
+    #[test]
+    fn a_dry_run_lists_every_due_key_and_builds_no_checkpoint() {
+        let mut r = decoder(true);
+        let doc = br#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+        r.take_value(b"checkpoint:a".to_vec(), 5, Fetched::Value(doc.to_vec()));
+        r.take_value(
+            b"checkpoint:b".to_vec(),
+            6,
+            Fetched::Value(b"{\"messages\": 1}".to_vec()),
+        );
+        r.take_value(b"checkpoint:c".to_vec(), 7, Fetched::Gone);
+        assert_eq!((r.counters.due, r.counters.rejected), (2, 1));
+        assert!(r.current.batch.checkpoints.is_empty());
+        assert_eq!(r.current.batch.rejects.len(), 1);
+        let keys = &r.current.due_keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            (keys[0].messages, keys[0].bytes),
+            (Some(1), doc.len() as u64)
+        );
+        assert!(
+            keys[1]
+                .reject
+                .as_deref()
+                .unwrap()
+                .starts_with("bad_messages")
+        );
+        assert_eq!(r.taken, 2, "what fills a batch");
     }
 
     fn values(ids: std::ops::Range<usize>) -> Vec<Read> {

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sweeper::checkpoint::decode;
+use sweeper::checkpoint::{check, decode, decode_by_tree};
 
 #[test]
 fn every_corpus_file_decodes_as_its_name_says() {
@@ -15,7 +15,17 @@ fn every_corpus_file_decodes_as_its_name_says() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let (want, _) = name.split_once("--").unwrap();
         let raw = std::fs::read(&path).unwrap();
-        let got = match decode("checkpoint:x", "x", &raw) {
+        let decoded = decode("checkpoint:x", "x", &raw);
+        assert_eq!(decoded, decode_by_tree("checkpoint:x", "x", &raw), "{name}");
+        assert_eq!(
+            check(&raw),
+            decoded
+                .as_ref()
+                .map(|c| c.messages.len())
+                .map_err(Clone::clone),
+            "{name}"
+        );
+        let got = match decoded {
             Ok(_) => "ok".to_string(),
             Err(r) => r.to_string().split(':').next().unwrap().to_string(),
         };
@@ -58,8 +68,106 @@ fn message_with(content: impl Strategy<Value = String>) -> impl Strategy<Value =
         })
 }
 
+/// The fast way of reading a document, and a dry run's check, answer as the general way does:
+/// the same checkpoint, or the same reject.
+fn same_as_the_tree(raw: &[u8]) -> Result<(), TestCaseError> {
+    let tree = decode_by_tree("checkpoint:x", "x", raw);
+    prop_assert_eq!(&decode("checkpoint:x", "x", raw), &tree);
+    prop_assert_eq!(check(raw), tree.map(|c| c.messages.len()));
+    Ok(())
+}
+
+/// Any JSON value, nested a little: unknown fields, and fields of the wrong type.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        text().prop_map(Value::from),
+        Just(json!("2026-11-22T10:00:00Z")),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Values a known field may hold: mostly what it should, sometimes not quite.
+fn field_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => Just(json!("2026-11-22T10:07:31.5Z")),
+        2 => "[a-z0-9-]{1,12}".prop_map(Value::from),
+        1 => Just(json!("yesterday")),
+        1 => Just(json!("0000-01-01T00:00:00Z")),
+        1 => Just(json!("x".repeat(1025))),
+        1 => Just(Value::Null),
+        1 => any_json(),
+    ]
+}
+
+/// A document near the plain shape, valid or one slip away from it: known fields of any type or
+/// missing, extra fields, messages plain or not.
+fn near_checkpoint() -> impl Strategy<Value = String> {
+    let field =
+        |name: &'static str| proptest::option::of(field_value()).prop_map(move |v| (name, v));
+    let msg = prop_oneof![
+        12 => message(),
+        1 => any_json(),
+        2 => (message(), "(id|role|content|ts|extra)", field_value()).prop_map(|(mut m, k, v)| {
+            m[k] = v;
+            m
+        }),
+    ];
+    let time = |name: &'static str| prop_oneof![4 => Just((name, None)), 1 => field(name)];
+    (
+        prop_oneof![8 => proptest::collection::vec(msg, 0..6).prop_map(Some), 1 => Just(None)],
+        field("user_id"),
+        time("started_at"),
+        time("updated_at"),
+        proptest::collection::btree_map("[a-z_]{1,8}", any_json(), 0..3),
+    )
+        .prop_map(|(messages, user, started, updated, extra)| {
+            let mut doc: serde_json::Map<String, Value> = extra.into_iter().collect();
+            for (name, v) in [user, started, updated] {
+                if let Some(v) = v {
+                    doc.insert(name.into(), v);
+                }
+            }
+            if let Some(m) = messages {
+                doc.insert("messages".into(), Value::from(m));
+            }
+            Value::Object(doc).to_string()
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_fast_way_answers_as_the_general_way(doc in near_checkpoint()) {
+        same_as_the_tree(doc.as_bytes())?;
+    }
+
+    #[test]
+    fn the_fast_way_answers_as_the_general_way_on_broken_text(
+        doc in near_checkpoint(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        let mut raw = doc.into_bytes();
+        for (at, byte) in flips {
+            if !raw.is_empty() {
+                let i = at.index(raw.len());
+                raw[i] = byte;
+            }
+        }
+        same_as_the_tree(&raw)?;
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..512)) {
