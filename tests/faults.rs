@@ -515,7 +515,8 @@ async fn a_dropped_redis_connection_is_reopened_and_the_sweep_goes_on() {
 async fn a_redis_error_on_a_read_fails_the_run_instead_of_rejecting_keys() {
     let env = TestEnv::migrated("noperm").await;
     env.seed(50, 120_000).await;
-    // A Redis user allowed to scan and read but not to run TYPE: every probe is refused.
+    // A Redis user allowed to scan and read TTLs but not to run GETRANGE: every first read of a
+    // value is refused.
     let user = format!("sweeper-noperm-{}", std::process::id());
     let _: redis::Value = env
         .redis_cmd(
@@ -526,7 +527,7 @@ async fn a_redis_error_on_a_read_fails_the_run_instead_of_rejecting_keys() {
                 .arg(">pw")
                 .arg("~*")
                 .arg("+@all")
-                .arg("-type"),
+                .arg("-getrange"),
         )
         .await;
     let url = env
