@@ -25,9 +25,8 @@ use crate::checkpoint::Reject;
 /// How much of a rejected value is kept for inspection in `sweep_rejects.raw`.
 pub const REJECT_SAMPLE_BYTES: u64 = 64 * 1024;
 
-/// String values up to this size are read along with their probe: a checkpoint is typically a few
-/// KB, and reading it in the probe's round trip saves one of the three a page of due keys takes.
-/// A pipeline of them holds at most this much per key.
+/// String values shorter than this are read whole in one command, without a probe: a checkpoint
+/// is typically a few KB. A pipeline of these reads holds at most this much per key.
 pub const INLINE_BYTES: u64 = REJECT_SAMPLE_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,8 +129,8 @@ impl Layout {
         }
     }
 
-    /// Whether values of this layout are read with their probe, in the same round trip, when
-    /// they are small (see [`INLINE_BYTES`]).
+    /// Whether keys of this layout are first read in one bounded command, and probed only when
+    /// that read cannot settle them (see [`Layout::queue_read_inline`]).
     pub fn reads_inline(self) -> bool {
         self == Layout::Json
     }
