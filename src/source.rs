@@ -247,8 +247,8 @@ impl Source {
 }
 
 /// Splits probed keys into consecutive runs of at most `max_keys` whose values add up to at most
-/// [`FETCH_BUDGET_BYTES`] (a run holds at least one key), so memory stays bounded even when a page
-/// holds many large checkpoints.
+/// 32 MiB (`FETCH_BUDGET_BYTES`; a run holds at least one key), so memory stays bounded even when
+/// a page holds many large checkpoints.
 pub fn fetch_chunks(probes: &[Probe], max_keys: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
