@@ -45,6 +45,7 @@ pub mod glob;
 pub mod inspect;
 pub mod langgraph;
 pub mod layout;
+pub mod mapping;
 pub mod pace;
 pub mod progress;
 pub mod publish;
