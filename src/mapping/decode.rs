@@ -90,20 +90,15 @@ impl Mapping {
         }
         // The conversation-level fields come from the document, or the message in a key of its own.
         let conversation_id = match &self.conversation_id {
-            IdSource::Key(hole) => self
-                .key_holes(key)
-                .and_then(|h| {
-                    h.into_iter()
-                        .find(|(n, _)| n == hole)
-                        .map(|(_, v)| v.to_string())
-                })
-                .ok_or_else(|| Reject::BadField {
-                    field: "conversation_id",
-                    problem: format!(
-                        "the key does not fit the mapping's key template {:?}",
-                        self.pattern()
-                    ),
-                })?,
+            // A key of the user's own --match (LangChain.js keys are bare session ids) is the
+            // conversation id whole.
+            IdSource::Key(hole) => match self.key_holes(key) {
+                Some(holes) => holes
+                    .into_iter()
+                    .find(|(n, _)| n == hole)
+                    .map_or_else(String::new, |(_, v)| v.to_string()),
+                None => key.to_string(),
+            },
             IdSource::Field(p) => match p.text(&doc, "") {
                 Found::Text { text, .. } => text.into_owned(),
                 Found::None => {
