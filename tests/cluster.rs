@@ -313,7 +313,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
         .unwrap();
 
     // A reader that learnt the slot map now, before the migration ends.
-    let mut nodes = sweeper::cluster::Nodes::connect(
+    let mut nodes = sweeper::redis::cluster::Nodes::connect(
         &cluster.urls(),
         &Default::default(),
         Duration::from_secs(5),

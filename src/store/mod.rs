@@ -14,12 +14,15 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::checkpoint::{Checkpoint, MAX_ID_BYTES};
-use crate::config::{SweepConfig, redact_url};
+use crate::config::SweepConfig;
 use crate::error::{Error, Result};
-use crate::layout::REJECT_SAMPLE_BYTES;
-use crate::report::{Counters, RunStatus};
+use crate::redact::redact_url;
+use crate::redis::layout::REJECT_SAMPLE_BYTES;
 use crate::retry;
+use crate::run::{Counters, RunHistory, RunRecord, RunStatus};
 use crate::shard::Shard;
+
+pub mod langgraph;
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
@@ -96,36 +99,6 @@ pub struct SavedCheckpoint {
     /// Messages stored in all: more than the checkpoint holds when the conversation was started
     /// again after its key expired.
     pub message_count: i32,
-}
-
-/// The runs recorded in `sweep_runs`, summed up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunHistory {
-    /// Runs per status (`running` included: a run in progress or one killed before its end).
-    pub by_status: Vec<(String, u64)>,
-    pub last_success: Option<DateTime<Utc>>,
-}
-
-/// A row of `sweep_runs`, as `sweeper status` shows it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct RunRecord {
-    pub id: i64,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub status: String,
-    pub scanned: i64,
-    pub due: i64,
-    pub persisted: i64,
-    pub unchanged: i64,
-    pub rejected: i64,
-    pub protected: i64,
-    pub duration_ms: Option<i64>,
-    pub error: Option<String>,
-    /// The shard a sharded run swept (`shard_index` of `shard_count`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shard_index: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shard_count: Option<i32>,
 }
 
 /// What a batch changed.
@@ -246,13 +219,13 @@ impl Store {
     /// Creates LangGraph's PostgresSaver tables as its `setup()` does; returns the versions
     /// applied.
     pub async fn migrate_langgraph(&self) -> Result<Vec<i64>> {
-        crate::langgraph::store::migrate(&self.pool).await
+        crate::store::langgraph::migrate(&self.pool).await
     }
 
     /// Fails with [`Error::NotMigrated`] unless LangGraph's tables are fully set up.
     pub async fn ensure_langgraph(&self) -> Result<()> {
-        let needed = crate::langgraph::store::needed();
-        match crate::langgraph::store::version(&self.pool).await? {
+        let needed = crate::store::langgraph::needed();
+        match crate::store::langgraph::version(&self.pool).await? {
             Some(v) if v >= needed => Ok(()),
             found => Err(Error::NotMigrated {
                 found: format!(
@@ -535,7 +508,7 @@ impl Store {
                 .map_err(Error::postgres("record rejects"))?;
             statements += 1;
         }
-        let threads = crate::langgraph::store::write(&mut tx, &batch.threads).await?;
+        let threads = crate::store::langgraph::write(&mut tx, &batch.threads).await?;
         statements += threads.statements;
         tx.commit().await.map_err(Error::postgres("commit batch"))?;
         tracing::debug!(

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 use sweeper::checkpoint::{conversation_id, decode};
-use sweeper::cluster::Nodes;
+use sweeper::cmd::simulate::{SimulateConfig, simulate};
+use sweeper::redis::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
-use sweeper::simulate::{SimulateConfig, simulate};
 
 const THRESHOLD: Duration = Duration::from_secs(600);
 /// Runs of the reads-only measurements (the floor, the dry run); the best is kept.
@@ -277,11 +277,11 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             .map(|(k, _)| k)
             .collect();
         let values = source
-            .read(sweeper::layout::Layout::Json, &due, 16 << 20)
+            .read(sweeper::redis::layout::Layout::Json, &due, 16 << 20)
             .await
             .unwrap();
         for (k, v) in due.iter().zip(values) {
-            let sweeper::layout::Fetched::Value(v) = v else {
+            let sweeper::redis::layout::Fetched::Value(v) = v else {
                 continue;
             };
             let key = std::str::from_utf8(k).unwrap();

@@ -6,11 +6,11 @@
 
 use redis::Value;
 
-use super::{Thread, checkpoint_rows, pg_namespace, write_row};
 use crate::checkpoint::Reject;
-use crate::cluster::Nodes;
 use crate::error::Result;
-use crate::source::display_key;
+use crate::langgraph::{Thread, checkpoint_rows, indexes, pg_namespace, write_row};
+use crate::redis::cluster::Nodes;
+use crate::redis::node::display_key;
 
 /// The prefix of RedisSaver's per-checkpoint write registries (`write_keys_zset:{thread}:{ns}:
 /// {checkpoint_id}`, a sorted set of that checkpoint's write keys): fixed in its key_registry, not
@@ -37,13 +37,6 @@ pub enum ThreadRead {
     Gone {
         key: String,
     },
-}
-
-/// The RediSearch index names of RedisSaver's checkpoints and writes, from the literal prefix of
-/// the latest keys' pattern: `checkpoint_latest:` gives `checkpoint` and `checkpoint_write`.
-pub fn indexes(latest_prefix: &str) -> Option<(String, String)> {
-    let base = latest_prefix.strip_suffix("_latest:")?;
-    (!base.is_empty()).then(|| (base.to_string(), format!("{base}_write")))
 }
 
 /// The write registry of a checkpoint key: RedisSaver builds both from the same parts

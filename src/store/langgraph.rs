@@ -9,8 +9,8 @@ use std::collections::HashSet;
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::Thread;
 use crate::error::{Error, Result};
+use crate::langgraph::Thread;
 
 /// `MIGRATIONS` of langgraph-checkpoint-postgres 3.2.0 (`langgraph/checkpoint/postgres/base.py`),
 /// verbatim: the position of each is its version in `checkpoint_migrations`, and `setup()` runs

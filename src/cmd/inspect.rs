@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cluster::Nodes;
 use crate::error::Result;
-use crate::layout::{Layout, Probe};
 use crate::progress::Progress;
+use crate::redis::cluster::Nodes;
+use crate::redis::layout::{Layout, Probe};
+use crate::redis::node::display_key;
 use crate::select::{Ttl, classify};
-use crate::source::display_key;
 
 #[derive(Debug, Clone)]
 pub struct InspectConfig {
@@ -321,6 +321,26 @@ impl InspectReport {
         }
         out
     }
+}
+
+/// `sweeper inspect`.
+pub async fn execute(g: &crate::cli::GlobalOpts, i: &crate::cli::InspectArgs) -> Result<u8> {
+    let cfg = InspectConfig {
+        pattern: i.select.pattern.clone(),
+        threshold: i.select.threshold.threshold,
+        scan_count: i.select.scan_count as usize,
+        top: i.top,
+        samples: i.samples,
+    };
+    let mut source = super::connect_redis(g).await?;
+    source.set_pacing(crate::redis::pace::Pacing {
+        max_ops_per_sec: i.pace.max_redis_ops_per_sec,
+        busy_ops_per_sec: i.pace.busy_redis_ops_per_sec,
+        budget: None,
+    });
+    let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
+    super::emit(i.out.output, || report.to_json(), || report.to_text())?;
+    Ok(crate::error::exit::OK)
 }
 
 #[cfg(test)]
