@@ -1,6 +1,7 @@
 //! The documentation as shipped: the README stays a front page whose first lines give the two
 //! commands a newcomer types, every page of `docs/` is reachable from it, and every relative link
-//! between pages (file and `#anchor`) resolves. No server needed.
+//! between pages (file and `#anchor`) resolves, and the Redis ACL list an operator is given holds
+//! every command the ACL test grants. No server needed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -204,4 +205,42 @@ fn anchors_follow_github() {
         links("see [a](x.md#y) and `[b](not-a-link)` then [c](../z.md)"),
         ["x.md#y", "../z.md"]
     );
+}
+
+/// The ACL test of tests/cluster.rs runs a sharded cluster sweep with exactly the commands in its
+/// list; each must be one the documentation gives an operator.
+#[test]
+fn the_acl_commands_tested_are_the_documented_ones() {
+    let doc = read("docs/deploying.md");
+    let section: String = doc
+        .split("### Redis ACL")
+        .nth(1)
+        .expect("a Redis ACL section in docs/deploying.md")
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let test = read("tests/cluster.rs");
+    let list = test
+        .split("const SHARDED_SWEEP_COMMANDS: &[&str] = &[")
+        .nth(1)
+        .expect("the command list in tests/cluster.rs")
+        .split("];")
+        .next()
+        .unwrap();
+    let commands: Vec<String> = list
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(|c| c.trim_start_matches('+').replace('|', " ").to_uppercase())
+        .collect();
+    assert!(commands.len() > 10, "{commands:?}");
+    for command in commands {
+        assert!(
+            section.contains(&format!("`{command}")),
+            "tests/cluster.rs grants {command}, which docs/deploying.md does not list"
+        );
+    }
 }
