@@ -470,7 +470,8 @@ async fn simulate_and_restore_write_each_key_to_the_node_owning_it() {
     );
 }
 
-/// The commands the README lists for an ACL user of a sharded cluster sweep, and nothing else.
+/// The commands docs/deploying.md lists for an ACL user of a sharded cluster sweep, and nothing else
+/// (tests/docs.rs checks each is listed there).
 const SHARDED_SWEEP_COMMANDS: &[&str] = &[
     "+ping",
     "+info",
