@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Exit codes, documented in `--help` and the README. Scripts depend on them: never renumber.
+/// Exit codes, documented in `--help` and docs/operating.md. Scripts depend on them: never renumber.
 pub mod exit {
     pub const OK: u8 = 0;
     pub const OTHER: u8 = 1;
