@@ -1,6 +1,9 @@
 //! The command line: clap types only. Every flag has an environment twin, so orchestrators can
 //! configure `sweeper` without templating arguments.
 
+// Help texts are clap's: `[user:password@]` is a URL form, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -31,8 +31,8 @@
 //! values, one row per channel and version, as (type, bytes) of LangGraph's serializer) and
 //! `checkpoint_writes`. Channel values go to blobs as type `json` (the value's JSON, LangChain's
 //! constructor form included), which LangGraph's `JsonPlusSerializer` reads back; pending writes
-//! keep the (type, bytes) RedisSaver stored. The pure conversion is here; [`read`] speaks Redis
-//! and [`store`] PostgreSQL.
+//! keep the (type, bytes) RedisSaver stored. The pure conversion is here; [`crate::redis::langgraph`] speaks Redis
+//! and [`crate::store::langgraph`] PostgreSQL.
 
 use base64::Engine as _;
 use serde_json::{Map, Value};

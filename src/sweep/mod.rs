@@ -3,7 +3,7 @@
 //! - [`read`]: a reader task scans Redis, selects the due keys by TTL and reads them with the
 //!   layout's strategy ([`crate::redis::read::DueReader`]);
 //! - [`decode`]: a decode task turns what was read into batches of checkpoints and rejects;
-//! - [`write`]: the writers upsert each batch in one transaction, `--writers` at once;
+//! - [`write`](mod@write): the writers upsert each batch in one transaction, `--writers` at once;
 //! - [`protect`]: when PostgreSQL cannot take due keys, their TTL is raised instead;
 //! - [`record`]: the run's record in `sweep_runs` and its single-run lock.
 //!
@@ -14,10 +14,10 @@
 //! (`--protect-ttl`), so an outage longer than the schedule gap loses nothing.
 
 pub mod decode;
-mod protect;
-mod read;
-mod record;
-mod write;
+pub mod protect;
+pub mod read;
+pub mod record;
+pub mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -60,7 +60,7 @@ impl Nodes {
     }
 
     /// Fetches probed keys. Keep the sizes of one call within a memory budget (see
-    /// [`fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
+    /// [`crate::redis::node::fetch_chunks`]). Per-key problems come back as [`Fetched`] variants.
     pub async fn fetch(&mut self, keys: &[Vec<u8>], probes: &[Probe]) -> Result<Vec<Fetched>> {
         let replies = self
             .per_key(keys, |pipe, i| {

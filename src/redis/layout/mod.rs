@@ -46,7 +46,7 @@ pub enum Layout {
     /// A RedisJSON document.
     ReJson,
     /// A LangGraph thread, as langgraph-checkpoint-redis keeps it: due by its
-    /// `checkpoint_latest:` key, read whole by [`crate::langgraph::read`], not probed here.
+    /// `checkpoint_latest:` key, read whole by [`crate::redis::langgraph`], not probed here.
     LangGraph,
 }
 
