@@ -196,13 +196,12 @@ pub async fn inspect(
         seen: 0,
         keys: Vec::new(),
     };
-    // Every primary in turn (one node, or each primary of a cluster).
-    for node in 0..source.primaries() {
-        let mut cursor = 0;
-        loop {
-            let (next, keys) = source
-                .scan_page(node, cursor, &cfg.pattern, cfg.scan_count)
-                .await?;
+    // Every primary in turn (one node, or each primary of a cluster), walked as a sweep walks.
+    for mut walk in source.walks(None).await? {
+        while let Some(keys) = source
+            .next_page(&mut walk, &cfg.pattern, cfg.scan_count)
+            .await?
+        {
             report.keys += keys.len() as u64;
             let pttls = source.pttls(&keys).await?;
             // Every size is wanted, however large: the limit only decides what a sweep would read.
@@ -242,10 +241,6 @@ pub async fn inspect(
                 sample.offer(key);
             }
             progress.update(report.keys, report.due);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
     }
     progress.finish();

@@ -262,13 +262,14 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
     let msg_path = env.dir.join("messages.csv");
     let mut conv = std::io::BufWriter::new(std::fs::File::create(&conv_path).unwrap());
     let mut msg = std::io::BufWriter::new(std::fs::File::create(&msg_path).unwrap());
-    let (mut cursor, mut rows, mut messages) = (0u64, 0u64, 0u64);
+    let (mut rows, mut messages) = (0u64, 0u64);
     let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(String::new(), |t| t.to_rfc3339());
-    loop {
-        let (next, keys) = source
-            .scan_page(0, cursor, &format!("{PREFIX}*"), 1000)
-            .await
-            .unwrap();
+    let mut walk = source.walks(None).await.unwrap().remove(0);
+    while let Some(keys) = source
+        .next_page(&mut walk, &format!("{PREFIX}*"), 1000)
+        .await
+        .unwrap()
+    {
         let ttls = source.pttls(&keys).await.unwrap();
         let due: Vec<Vec<u8>> = keys
             .into_iter()
@@ -316,10 +317,6 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             }
             rows += 1;
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     conv.flush().unwrap();
     msg.flush().unwrap();

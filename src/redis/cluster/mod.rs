@@ -264,20 +264,6 @@ impl Nodes {
             .unwrap_or(usize::MAX)
     }
 
-    /// One SCAN step on primary `node`.
-    pub async fn scan_page(
-        &mut self,
-        node: usize,
-        cursor: u64,
-        pattern: &str,
-        count: usize,
-    ) -> Result<(u64, Vec<Vec<u8>>)> {
-        self.nodes[node]
-            .source
-            .scan_page(cursor, pattern, count)
-            .await
-    }
-
     /// Whether commands are spaced now (`--max-redis-ops-per-sec`, or other clients are busy).
     pub fn throttled(&self) -> bool {
         self.nodes.iter().any(|n| n.source.pace().paced())
