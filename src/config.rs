@@ -59,6 +59,9 @@ pub struct SweepConfig {
     pub layout: Layout,
     /// Sweep only the keys of this shard (None: every key).
     pub shard: Option<Shard>,
+    /// A chat library's layout (`--format PRESET`, `--mapping FILE`): keys decoded through it
+    /// instead of as checkpoint documents. `layout` then reads its Redis type.
+    pub mapping: Option<std::sync::Arc<crate::mapping::Mapping>>,
 }
 
 impl Default for SweepConfig {
@@ -79,6 +82,7 @@ impl Default for SweepConfig {
             progress: Progress::default(),
             layout: Layout::Json,
             shard: None,
+            mapping: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::mapping::Mapping;
 use crate::redis::cluster::Nodes;
 use crate::store::Store;
 
@@ -30,6 +31,7 @@ pub async fn restore(
     conversation_id: &str,
     ttl: Duration,
     force: bool,
+    mapping: Option<&Mapping>,
 ) -> Result<Restored> {
     let saved = store
         .saved_checkpoint(conversation_id)
@@ -40,7 +42,17 @@ pub async fn restore(
             ))
         })?;
     let key = saved.redis_key;
-    if let Err(pttl) = source.put_back(&key, &saved.document, ttl, force).await? {
+    let put = match mapping {
+        // A chat library's conversation goes back as the library keeps it.
+        Some(m) => {
+            let write = m
+                .restore_conversation(&key, &saved.document)
+                .map_err(|e| Error::Other(format!("cannot restore `{conversation_id}`: {e}")))?;
+            source.put_back_layout(&write, ttl, force).await?
+        }
+        None => source.put_back(&key, &saved.document, ttl, force).await?,
+    };
+    if let Err(pttl) = put {
         let left = match pttl {
             -1 => "no TTL".to_string(),
             ms => format!(
@@ -94,7 +106,16 @@ pub async fn execute(g: &crate::cli::GlobalOpts, rs: &crate::cli::RestoreArgs) -
     let store = super::connect_store(g).await?;
     store.ensure_migrated().await?;
     let mut source = super::connect_redis(g).await?;
-    let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
+    let mapping = super::formats::resolve(rs.format, rs.mapping.as_deref())?;
+    let restored = restore(
+        &store,
+        &mut source,
+        &rs.conversation,
+        rs.ttl,
+        rs.force,
+        mapping.as_ref(),
+    )
+    .await?;
     tracing::info!(key = %restored.key, "conversation restored");
     super::emit(rs.out.output, || restored.to_json(), || restored.to_text())?;
     Ok(crate::error::exit::OK)

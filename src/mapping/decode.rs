@@ -125,7 +125,14 @@ impl Mapping {
                 conversation_id,
                 user_id,
                 started_at: doc_time(c.started_at.as_ref(), &doc, "started_at")?,
-                updated_at: doc_time(c.updated_at.as_ref(), &doc, "updated_at")?,
+                // A message in a key of its own dates its conversation: the newest message's
+                // key gives the conversation row (newest wins).
+                updated_at: match doc_time(c.updated_at.as_ref(), &doc, "updated_at")? {
+                    None if self.unit == Unit::Message => {
+                        messages.first().and_then(|m| m.created_at)
+                    }
+                    t => t,
+                },
                 messages,
                 content_hash: Sha256::digest(text.as_bytes()).into(),
                 document: text,
