@@ -314,6 +314,12 @@ pub struct RunArgs {
     #[arg(long, env = "SWEEPER_MAPPING")]
     pub mapping: Option<PathBuf>,
 
+    /// Also save keys without TTL (RedisVL, Agent Framework set none) once OBJECT IDLETIME says
+    /// nobody touched them this long (e.g. 30m). Not under an LFU maxmemory-policy, which keeps
+    /// no idle time; a sweep's own reads count as a touch. Off by default.
+    #[arg(long, env = "SWEEPER_SAVE_IDLE", value_parser = parse_duration)]
+    pub save_idle: Option<Duration>,
+
     /// Sweep only shard I of N (from 0: 0/3, 1/3, 2/3): N workers split the keys by hash slot,
     /// with no overlap and no gap; each takes its own lock and records its own run.
     #[arg(long, env = "SWEEPER_SHARD", value_parser = Shard::parse, conflicts_with = "shards")]

@@ -358,7 +358,7 @@ async fn stored(env: &TestEnv) -> BTreeMap<String, Messages> {
     out
 }
 
-fn sweep(env: &TestEnv, format: &str, pattern: Option<&str>) -> Value {
+fn sweep(env: &TestEnv, format: &str, pattern: Option<&str>, idle: bool) -> Value {
     let mut cmd = env.command();
     cmd.args([
         "run",
@@ -373,13 +373,16 @@ fn sweep(env: &TestEnv, format: &str, pattern: Option<&str>) -> Value {
     if let Some(p) = pattern {
         cmd.args(["--match", p]);
     }
+    if idle {
+        cmd.args(["--save-idle", "1s"]);
+    }
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "sweep failed: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Write with the library, sweep, check the rows, re-sweep, delete, restore, read back.
-async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&str>) {
+async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&str>, idle: bool) {
     let h = match harness() {
         Ok(h) => h,
         Err(why) => return skip(test, &why),
@@ -420,8 +423,26 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
         .get_connection()
         .unwrap();
     let found = keys(&mut con, &pattern_used);
+    if idle {
+        // The library sets no TTL: --save-idle 1s makes its keys due once left alone that long
+        // (OBJECT IDLETIME counts whole seconds).
+        let pttls: Vec<i64> = found
+            .iter()
+            .map(|k| redis::cmd("PTTL").arg(k).query(&mut con).unwrap())
+            .collect();
+        assert!(
+            pttls.iter().all(|&t| t == -1),
+            "{lib} set no TTL: {pttls:?}"
+        );
+        let without = sweep(&env, format, pattern, false);
+        assert_eq!(
+            without["due"], 0,
+            "without --save-idle: never due {without}"
+        );
+        std::thread::sleep(Duration::from_millis(2100));
+    }
 
-    let first = sweep(&env, format, pattern);
+    let first = sweep(&env, format, pattern, idle);
     assert_eq!(first["due"], found.len(), "{first}");
     assert_eq!(first["rejected"], 0, "{first}");
     let total: usize = want.values().map(Vec::len).sum();
@@ -432,7 +453,10 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
         "{lib}: the rows hold what the library wrote"
     );
 
-    let again = sweep(&env, format, pattern);
+    if idle {
+        std::thread::sleep(Duration::from_millis(2100));
+    }
+    let again = sweep(&env, format, pattern, idle);
     assert_eq!(again["persisted"], 0, "a re-sweep changes nothing: {again}");
     assert_eq!(again["messages_added"], 0, "{again}");
     assert_eq!(stored(&env).await, want);
@@ -469,7 +493,14 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
 
 #[tokio::test]
 async fn sweep_langchain_python() {
-    sweep_round_trip("sweep_langchain_python", "langchain", "langchain", None).await;
+    sweep_round_trip(
+        "sweep_langchain_python",
+        "langchain",
+        "langchain",
+        None,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -479,6 +510,7 @@ async fn sweep_langchain_js() {
         "langchain-js",
         "langchain",
         Some("langchain-js-s*"),
+        false,
     )
     .await;
 }
@@ -490,6 +522,7 @@ async fn sweep_llamaindex() {
         "llamaindex",
         "llamaindex",
         Some("llamaindex-s*"),
+        false,
     )
     .await;
 }
@@ -501,6 +534,7 @@ async fn sweep_openai_agents() {
         "openai-agents",
         "openai-agents",
         None,
+        false,
     )
     .await;
 }
@@ -512,6 +546,31 @@ async fn sweep_langchain_redis() {
         "langchain-redis",
         "langchain-redis",
         None,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_redisvl() {
+    sweep_round_trip(
+        "sweep_redisvl",
+        "redisvl",
+        "redisvl",
+        Some("sweeper_test:*"),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_agent_framework() {
+    sweep_round_trip(
+        "sweep_agent_framework",
+        "agent-framework",
+        "agent-framework",
+        None,
+        true,
     )
     .await;
 }

@@ -144,6 +144,7 @@ fn sweep_config(r: &RunArgs) -> SweepConfig {
         busy_redis_ops_per_sec: pace.busy_redis_ops_per_sec,
         layout: r.format.into(),
         shard: r.shard,
+        save_idle: r.save_idle,
         ..SweepConfig::default()
     }
 }

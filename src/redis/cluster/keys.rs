@@ -27,6 +27,23 @@ impl Nodes {
             .collect())
     }
 
+    /// OBJECT IDLETIME of every key, in seconds; None where Redis keeps none (an LFU
+    /// maxmemory-policy answers with an error) or the key is gone.
+    pub async fn idle_times(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<u64>>> {
+        let replies = self
+            .per_key(keys, |pipe, i| {
+                pipe.cmd("OBJECT").arg("IDLETIME").arg(&keys[i]);
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r.first() {
+                Some(Value::Int(n)) if *n >= 0 => Some(*n as u64),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The type and size of each key: what may be fetched, and how much memory it takes.
     pub async fn probe(
         &mut self,
