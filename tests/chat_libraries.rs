@@ -461,9 +461,6 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
     assert_eq!(again["messages_added"], 0, "{again}");
     assert_eq!(stored(&env).await, want);
 
-    if m.unit == Unit::Message {
-        return; // restore of one key per message: not yet (the store keeps no element per message)
-    }
     let _: () = redis::cmd("DEL").arg(&found).query(&mut con).unwrap();
     for sid in want.keys() {
         let out = env
@@ -573,4 +570,36 @@ async fn sweep_agent_framework() {
         true,
     )
     .await;
+}
+
+#[test]
+fn agent_memory_server() {
+    round_trip(
+        "agent_memory_server",
+        "agent-memory-server",
+        "agent-memory-server",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn sweep_agent_memory_server() {
+    sweep_round_trip(
+        "sweep_agent_memory_server",
+        "agent-memory-server",
+        "agent-memory-server",
+        None,
+        false,
+    )
+    .await;
+}
+
+#[test]
+fn rasa() {
+    round_trip("rasa", "rasa", "rasa", None);
+}
+
+#[tokio::test]
+async fn sweep_rasa() {
+    sweep_round_trip("sweep_rasa", "rasa", "rasa", None, false).await;
 }

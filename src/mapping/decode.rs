@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::path::{Found, Path};
 use super::{IdSource, Mapping, Order, RedisType, Unit};
-use crate::checkpoint::{Checkpoint, MAX_ID_BYTES, Message, Reject};
+use crate::checkpoint::{Checkpoint, MAX_ID_BYTES, Message, MessageSource, Reject};
 
 /// The marker under which a hash field that is not UTF-8 is kept in the stored document, so that
 /// restore can write its bytes back (a hash field value is otherwise always a JSON string).
@@ -119,6 +119,14 @@ impl Mapping {
             _ => None,
         };
         let text = text.into_owned();
+        if self.unit == Unit::Message {
+            for (m, e) in messages.iter_mut().zip(&elements) {
+                m.source = Some(Box::new(MessageSource {
+                    redis_key: key.to_string(),
+                    element: e.clone(),
+                }));
+            }
+        }
         Ok(Decoded {
             checkpoint: Checkpoint {
                 redis_key: key.to_string(),
@@ -242,6 +250,7 @@ impl Mapping {
             role,
             content,
             created_at,
+            source: None,
         })
     }
 }

@@ -1,4 +1,4 @@
-"""The real chat-memory clients, writing and reading conversations in Redis (tests/layouts.rs).
+"""The real chat-memory clients, writing and reading conversations in Redis (tests/chat_libraries.rs).
 
     client.py LIB write --url URL --prefix P --conversations N --messages M [--ttl S]
     client.py LIB read  --url URL --id SESSION
@@ -193,6 +193,86 @@ def agent_framework_read(a):
     return [(str(getattr(m.role, "value", m.role)), m.text) for m in asyncio.run(go())]
 
 
+# --- Redis Agent Memory Server working memory -------------------------------------------------
+# agent-memory-server 0.14.0 declares Python >= 3.12; its code runs on 3.11, installed with
+# PIP_IGNORE_REQUIRES_PYTHON (tests/layouts/setup.sh).
+
+AMS_NAMESPACE = "sweeper"
+AMS_USER = "u1"
+
+
+def agent_memory_server_write(a, sid, turns):
+    import redis.asyncio as aredis
+    from agent_memory_server.models import MemoryMessage, WorkingMemory
+    from agent_memory_server.working_memory import set_working_memory
+
+    async def go():
+        r = aredis.from_url(a.url)
+        wm = WorkingMemory(session_id=sid, namespace=AMS_NAMESPACE, user_id=AMS_USER,
+                           messages=[MemoryMessage(role=role, content=t) for role, t in turns],
+                           ttl_seconds=a.ttl)
+        await set_working_memory(wm, redis_client=r)
+        await r.aclose()
+
+    asyncio.run(go())
+    return turns
+
+
+def agent_memory_server_read(a):
+    import redis.asyncio as aredis
+    from agent_memory_server.working_memory import get_working_memory
+
+    async def go():
+        r = aredis.from_url(a.url)
+        wm = await get_working_memory(session_id=a.id, namespace=AMS_NAMESPACE, user_id=AMS_USER,
+                                      redis_client=r)
+        await r.aclose()
+        return wm
+
+    wm = asyncio.run(go())
+    return [(m.role, m.content) for m in (wm.messages if wm else [])]
+
+
+# --- Rasa RedisTrackerStore -------------------------------------------------------------------
+# rasa 3.6.21 declares Python < 3.11 and pulls TensorFlow; its tracker store runs on 3.11 without
+# it, installed from a frozen set (tests/layouts/requirements-rasa.txt).
+
+def rasa_store(a):
+    from urllib.parse import urlparse
+
+    from rasa.core.tracker_store import RedisTrackerStore
+    from rasa.shared.core.domain import Domain
+
+    u = urlparse(a.url)
+    return RedisTrackerStore(Domain.empty(), host=u.hostname, port=u.port, record_exp=a.ttl)
+
+
+def rasa_write(a, sid, turns):
+    from rasa.shared.core.events import ActionExecuted, BotUttered, UserUttered
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    store = rasa_store(a)
+    tracker = DialogueStateTracker(sid, slots=[])
+    for role, t in turns:
+        if role == "user":
+            tracker.update(ActionExecuted("action_listen"))
+            tracker.update(UserUttered(t))
+        else:
+            tracker.update(BotUttered(t))
+    asyncio.run(store.save(tracker))
+    return turns
+
+
+def rasa_read(a):
+    tracker = asyncio.run(rasa_store(a).retrieve_full_tracker(a.id))
+    out = []
+    for e in tracker.events if tracker else []:
+        kind = type(e).__name__
+        if kind in ("UserUttered", "BotUttered"):
+            out.append(("user" if kind == "UserUttered" else "assistant", e.text))
+    return out
+
+
 LIBS = {
     "langchain": (langchain_write, langchain_read),
     "langchain-redis": (langchain_redis_write, langchain_redis_read),
@@ -200,6 +280,8 @@ LIBS = {
     "redisvl": (redisvl_write, redisvl_read),
     "openai-agents": (openai_agents_write, openai_agents_read),
     "agent-framework": (agent_framework_write, agent_framework_read),
+    "agent-memory-server": (agent_memory_server_write, agent_memory_server_read),
+    "rasa": (rasa_write, rasa_read),
 }
 
 

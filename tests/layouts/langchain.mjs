@@ -1,10 +1,10 @@
-// LangChain.js @langchain/redis RedisChatMessageHistory, the real client (tests/layouts.rs):
+// LangChain.js @langchain/redis RedisChatMessageHistory, the real client (tests/chat_libraries.rs):
 //
 //   node langchain.mjs write --url URL --prefix P --conversations N --messages M [--ttl S]
 //   node langchain.mjs read  --url URL --id SESSION
 //
 // Same output as client.py. Run with NODE_PATH pointing at an `npm install @langchain/redis
-// @langchain/core` (tests/layouts/npm.sh caches one).
+// @langchain/core` (tests/layouts/setup.sh caches one).
 import { createRequire } from "node:module";
 import path from "node:path";
 

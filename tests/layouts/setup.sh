@@ -8,7 +8,8 @@
 #   venv_LIB=PATH          a virtualenv holding tests/layouts/requirements-LIB.txt, one per library
 #                          (their pins conflict: langchain-redis wants redis-py 7.1, agent-framework-redis
 #                          redisvl<0.16), for LIB in langchain langchain-redis llamaindex redisvl
-#                          openai-agents agent-framework
+#                          openai-agents agent-framework; agent-memory-server and rasa (frozen
+#                          sets installed without resolution: they declare other Pythons)
 #   node_path=DIR          node_modules holding @langchain/redis and @langchain/core (npm install, cached)
 #   redis_server=PATH, redis_modules=A:B, ld_library_path=DIR, or redis_url=URL
 #                          a Redis Stack (RedisJSON, RediSearch), as tests/langgraph/setup.sh gives it
@@ -26,6 +27,15 @@ mkdir -p "$cache"
 for lib in langchain langchain-redis llamaindex redisvl openai-agents agent-framework; do
   venv=$(SWEEPER_VENV_ROOT="$cache/venvs" "$here/../orchestrators/venv.sh" "layouts-$lib" \
     "$here/requirements-$lib.txt") || unavailable "could not build a venv for $lib (offline?)"
+  echo "venv_${lib//-/_}=$venv"
+done
+
+# agent-memory-server (Python >= 3.12) and rasa (< 3.11, TensorFlow) on paper only: each a frozen
+# set that runs here, installed as it is.
+for lib in agent-memory-server rasa; do
+  venv=$(PIP_NO_DEPS=1 PIP_IGNORE_REQUIRES_PYTHON=1 SWEEPER_VENV_ROOT="$cache/venvs" \
+    "$here/../orchestrators/venv.sh" "layouts-$lib" "$here/requirements-$lib.txt") \
+    || unavailable "could not build a venv for $lib (offline?)"
   echo "venv_${lib//-/_}=$venv"
 done
 
