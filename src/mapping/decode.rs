@@ -49,22 +49,7 @@ impl Mapping {
         if holds_nul(&doc) {
             return Err(Reject::NulCharacter);
         }
-        // A mapped field that is binary names itself (a semantic cache's vector is binary too,
-        // but no mapping reads it).
-        for path in self.paths() {
-            if let Some((field, at)) = path
-                .head()
-                .and_then(|h| binary.iter().find(|(f, _)| f == h))
-            {
-                return Err(Reject::BadField {
-                    field: "hash field",
-                    problem: format!(
-                        "`{field}` is binary (not UTF-8 after byte {at}), read by `{}`",
-                        path.text
-                    ),
-                });
-            }
-        }
+        self.refuse_binary(&binary)?;
         let array = match (self.unit, self.redis_type) {
             (Unit::Message, _) => Cow::Borrowed(std::slice::from_ref(&doc)),
             (_, RedisType::List) => Cow::Borrowed(doc.as_array().map_or(&[][..], |a| a.as_slice())),
@@ -89,26 +74,7 @@ impl Mapping {
             });
         }
         // The conversation-level fields come from the document, or the message in a key of its own.
-        let conversation_id = match &self.conversation_id {
-            // A key of the user's own --match (LangChain.js keys are bare session ids) is the
-            // conversation id whole.
-            IdSource::Key(hole) => match self.key_holes(key) {
-                Some(holes) => holes
-                    .into_iter()
-                    .find(|(n, _)| n == hole)
-                    .map_or_else(String::new, |(_, v)| v.to_string()),
-                None => key.to_string(),
-            },
-            IdSource::Field(p) => match p.text(&doc, "") {
-                Found::Text { text, .. } => text.into_owned(),
-                Found::None => {
-                    return Err(Reject::BadField {
-                        field: "conversation_id",
-                        problem: format!("`{}` is missing or not a string", p.text),
-                    });
-                }
-            },
-        };
+        let conversation_id = self.conversation_id(key, &doc)?;
         check_id(&conversation_id, "conversation id")?;
         if conversation_id.is_empty() {
             return Err(Reject::EmptyConversationId);
@@ -147,6 +113,50 @@ impl Mapping {
             },
             keys: vec![key.to_string(); elements.len()],
             elements,
+        })
+    }
+
+    /// A mapped field that is binary names itself (a semantic cache's vector is binary too, but
+    /// no mapping reads it).
+    fn refuse_binary(&self, binary: &[(String, usize)]) -> Result<(), Reject> {
+        for path in self.paths() {
+            if let Some((field, at)) = path
+                .head()
+                .and_then(|h| binary.iter().find(|(f, _)| f == h))
+            {
+                return Err(Reject::BadField {
+                    field: "hash field",
+                    problem: format!(
+                        "`{field}` is binary (not UTF-8 after byte {at}), read by `{}`",
+                        path.text
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation id, from the key or a field of the document.
+    fn conversation_id(&self, key: &str, doc: &Value) -> Result<String, Reject> {
+        Ok(match &self.conversation_id {
+            // A key of the user's own --match (LangChain.js keys are bare session ids) is the
+            // conversation id whole.
+            IdSource::Key(hole) => match self.key_holes(key) {
+                Some(holes) => holes
+                    .into_iter()
+                    .find(|(n, _)| n == hole)
+                    .map_or_else(String::new, |(_, v)| v.to_string()),
+                None => key.to_string(),
+            },
+            IdSource::Field(p) => match p.text(doc, "") {
+                Found::Text { text, .. } => text.into_owned(),
+                Found::None => {
+                    return Err(Reject::BadField {
+                        field: "conversation_id",
+                        problem: format!("`{}` is missing or not a string", p.text),
+                    });
+                }
+            },
         })
     }
 
