@@ -3,7 +3,9 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod pki;
+pub mod proxy;
 pub mod servers;
+pub mod topologies;
 
 use std::process::{Command, Output};
 
