@@ -175,15 +175,16 @@ async fn rows(pg_url: &str) -> i64 {
     n
 }
 
-/// Waits until `at_least` conversations are saved: the run is in its middle.
-async fn wait_rows(pg: &PgPool, at_least: i64) {
+/// Waits until `at_least` conversations are saved (the run is in its middle), or the run has
+/// ended (its exit code then tells why).
+async fn wait_rows(pg: &PgPool, at_least: i64, run: &mut Child) {
     let start = Instant::now();
     loop {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
             .fetch_one(pg)
             .await
             .unwrap();
-        if n >= at_least {
+        if n >= at_least || run.try_wait().unwrap().is_some() {
             return;
         }
         assert!(
@@ -236,8 +237,8 @@ async fn silent_partition_to_postgres_mid_run_protects_every_unsaved_key_and_exi
     let proxy = FaultProxy::start(port_of(&env.database_url));
     let via = with_port(&env.database_url, proxy.port);
     env.seed(N, PARTITION_TTL).await;
-    let child = spawn(&env, &[("DATABASE_URL", &via)], PACED);
-    wait_rows(&env.pg, 300).await;
+    let mut child = spawn(&env, &[("DATABASE_URL", &via)], PACED);
+    wait_rows(&env.pg, 300, &mut child).await;
     proxy.blackhole();
     let cut = Instant::now();
     // Killed once the keys in flight would have expired: a hang that long is the failure.
@@ -280,8 +281,8 @@ async fn silent_partition_to_redis_mid_run_ends_with_exit_3_and_the_next_run_sav
     let proxy = FaultProxy::start(redis.port);
     let via = format!("redis://127.0.0.1:{}/", proxy.port);
     env.seed(N, DUE_TTL).await;
-    let child = spawn(&env, &[("REDIS_URL", &via)], PACED);
-    wait_rows(&env.pg, 300).await;
+    let mut child = spawn(&env, &[("REDIS_URL", &via)], PACED);
+    wait_rows(&env.pg, 300, &mut child).await;
     proxy.blackhole();
     let cut = Instant::now();
     let out = finish(child, Duration::from_secs(60));
@@ -320,8 +321,8 @@ async fn postgres_connections_reset_mid_run_are_retried_on_fresh_ones() {
     let proxy = FaultProxy::start(port_of(&env.database_url));
     let via = with_port(&env.database_url, proxy.port);
     env.seed(N, DUE_TTL).await;
-    let child = spawn(&env, &[("DATABASE_URL", &via)], PACED);
-    wait_rows(&env.pg, 300).await;
+    let mut child = spawn(&env, &[("DATABASE_URL", &via)], PACED);
+    wait_rows(&env.pg, 300, &mut child).await;
     proxy.reset_all();
     let out = finish(child, Duration::from_secs(80));
     let lost = lost(&env, &env.redis_url, &env.database_url, &ids(N)).await;
@@ -476,8 +477,8 @@ async fn sentinel_url_follows_a_failover_mid_run_and_protects_on_the_new_primary
     );
 
     let url = set.url();
-    let child = spawn(&env, &[("REDIS_URL", &url)], PACED);
-    wait_rows(&env.pg, 300).await;
+    let mut child = spawn(&env, &[("REDIS_URL", &url)], PACED);
+    wait_rows(&env.pg, 300, &mut child).await;
     let primary = set.failover();
     let out = finish(child, Duration::from_secs(80));
     let new_primary = format!("redis://127.0.0.1:{primary}/");
@@ -535,8 +536,8 @@ async fn sentinel_primary_killed_mid_run_the_run_asks_again_and_loses_nothing() 
     let mut set = SentinelSet::start();
     let env = TestEnv::with_redis("topo_sentinel_kill", &set.nodes[0]).await;
     env.seed(N, DUE_TTL).await;
-    let child = spawn(&env, &[("REDIS_URL", &set.url())], PACED);
-    wait_rows(&env.pg, 300).await;
+    let mut child = spawn(&env, &[("REDIS_URL", &set.url())], PACED);
+    wait_rows(&env.pg, 300, &mut child).await;
     let old = set.primary_port();
     set.kill_primary();
     let cut = Instant::now();
@@ -577,8 +578,8 @@ async fn postgres_endpoint_moves_to_a_standby_promoted_late_and_the_run_ends_ok(
     let via = with_port(&env.database_url, endpoint.port);
     let on_standby = with_port(&env.database_url, standby.port);
     env.seed(N, DUE_TTL).await;
-    let child = spawn(&env, &[("DATABASE_URL", &via)], PACED);
-    wait_rows(&env.pg, 300).await;
+    let mut child = spawn(&env, &[("DATABASE_URL", &via)], PACED);
+    wait_rows(&env.pg, 300, &mut child).await;
     primary.stop();
     endpoint.set_target(standby.port);
     endpoint.reset_all();
