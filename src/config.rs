@@ -21,6 +21,42 @@ pub mod defaults {
     pub const PROTECT_TTL: &str = "15m";
     pub const WRITERS: u64 = 2;
     pub const BUSY_REDIS_OPS_PER_SEC: u32 = 10_000;
+    pub const CONNECT_TIMEOUT: &str = "10s";
+    pub const OPERATION_TIMEOUT: &str = "15s";
+}
+
+/// The client's own deadlines: a server that goes silent (a partition drops packets without a
+/// reset) is noticed within these, whatever TCP would take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open a connection (and, retried, before calling a server down).
+    pub connect: Duration,
+    /// For one Redis pipeline or one PostgreSQL transaction, from first byte to last.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: duration(defaults::CONNECT_TIMEOUT),
+            operation: duration(defaults::OPERATION_TIMEOUT),
+        }
+    }
+}
+
+impl Timeouts {
+    /// An operation deadline must leave a sweep time to protect what it could not save before
+    /// the keys due now expire: well under `--threshold`.
+    pub fn check_against(&self, threshold: Duration) -> Result<()> {
+        if self.operation.is_zero() || self.operation.saturating_mul(4) > threshold {
+            return Err(Error::Usage(format!(
+                "--operation-timeout ({}) must be above zero and at most a quarter of --threshold ({}), so a silent server is noticed while the due keys can still be protected",
+                humantime::format_duration(self.operation),
+                humantime::format_duration(threshold)
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What a sweep needs to know. Build it with struct update syntax over `Default` and call

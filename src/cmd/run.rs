@@ -83,6 +83,7 @@ pub async fn sweep_and_report(
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
 pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpoints)> {
     let mut cfg = sweep_config(r).validate()?;
+    super::timeouts(g).check_against(cfg.threshold)?;
     if let Some(n) = r.shards {
         let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
             Error::Usage(format!(
@@ -108,7 +109,7 @@ pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpo
             true => None,
             false => Some(super::database_url(g)?),
         },
-        connect_timeout: g.connect_timeout,
+        timeouts: super::timeouts(g),
     };
     Ok((cfg, ends))
 }

@@ -2,15 +2,18 @@
 //! routes per-key commands to the node owning each key), the only code that speaks Redis. It
 //! never uses KEYS.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
 use crate::redis::layout::Probe;
 use crate::redis::pace::{self, Pace, Pacing};
+use crate::redis::sentinel::{self, SentinelUrl};
 use crate::redis::tls::RedisTls;
 use crate::retry::{self, Backoff};
 
@@ -30,19 +33,41 @@ pub struct Source {
     deadline: Option<Instant>,
     /// Shared by the clones of this source: they speak over the same connection.
     pace: Pace,
+    /// Set when the URL names sentinels: they are asked again for the primary when this one
+    /// refuses writes or the connection to it fails.
+    sentinel: Option<Arc<Sentinels>>,
+}
+
+/// What a source needs to ask the sentinels again.
+struct Sentinels {
+    url: SentinelUrl,
+    tls: RedisTls,
+    timeouts: Timeouts,
 }
 
 impl Source {
-    /// Connects, failing within `timeout` when Redis is down.
-    pub async fn connect(url: &str, tls: &RedisTls, timeout: Duration) -> Result<Source> {
-        let shown = redact_url(url);
-        let client = tls.client(url)?;
+    /// Connects, failing within `timeouts.connect` when Redis is down. A `redis+sentinel://` URL
+    /// connects to the primary the sentinels name.
+    pub async fn connect(url: &str, tls: &RedisTls, timeouts: Timeouts) -> Result<Source> {
+        let (url, sentinel) = match sentinel::is_sentinel_url(url) {
+            false => (url.to_string(), None),
+            true => {
+                let s = Sentinels {
+                    url: SentinelUrl::parse(url)?,
+                    tls: tls.clone(),
+                    timeouts,
+                };
+                (s.primary().await?, Some(Arc::new(s)))
+            }
+        };
+        let shown = redact_url(&url);
+        let client = tls.client(&url)?;
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            // A single pipeline of large values can legitimately take a while.
-            .set_response_timeout(Some(timeout.max(Duration::from_secs(30))));
+            .set_connection_timeout(Some(timeouts.connect))
+            // No answer within this, the connection counts as lost (a silent network).
+            .set_response_timeout(Some(timeouts.operation));
         // Refused or reset connections are retried until `timeout`.
-        let conn = retry::within("connecting to Redis", timeout, || async {
+        let conn = retry::within("connecting to Redis", timeouts.connect, || async {
             client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
@@ -60,12 +85,46 @@ impl Source {
             round_trips: 0,
             deadline: None,
             pace: Pace::default(),
+            sentinel,
         };
         // Authentication and reachability problems show here, not in the middle of a sweep.
         let mut ping = redis::pipe();
         ping.cmd("PING");
         source.query::<Value>(&ping).await?;
+        if source.sentinel.is_none() && source.is_sentinel().await {
+            return Err(Error::Usage(format!(
+                "Redis at {} is a Redis Sentinel, which holds no keys: name the service with redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE",
+                source.url
+            )));
+        }
         Ok(source)
+    }
+
+    /// Whether this is a sentinel (`ROLE` says so). Not counted as a round trip of the sweep.
+    async fn is_sentinel(&self) -> bool {
+        let role: redis::RedisResult<Value> =
+            redis::cmd("ROLE").query_async(&mut self.conn.clone()).await;
+        matches!(role, Ok(Value::Array(items)) if matches!(items.first(), Some(Value::BulkString(r)) if r == b"sentinel"))
+    }
+
+    /// A fresh connection, to the primary the sentinels name now when they are in use.
+    async fn reconnect(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(s) = self.sentinel.clone() {
+            match s.primary().await {
+                Ok(url) if redact_url(&url) != self.url => {
+                    tracing::warn!(from = %self.url, to = %redact_url(&url), "Redis Sentinel names another primary: following it");
+                    if let Ok(client) = s.tls.client(&url) {
+                        self.client = client;
+                        self.url = redact_url(&url);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Redis Sentinel could not name a primary"),
+            }
+        }
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
     }
 
     /// Retries give up rather than pause past this instant.
@@ -108,6 +167,8 @@ impl Source {
         }
         let backoff = Backoff::default();
         let mut n = 0;
+        // Set at the first failure: retries end RIDE_OUT after it, however long each took.
+        let mut give_up = self.deadline;
         loop {
             self.round_trips += 1;
             let reply = {
@@ -126,18 +187,17 @@ impl Source {
                     source,
                 },
             };
-            let Some(pause) = backoff.pause(n, &err, self.deadline, "reading from Redis") else {
+            if n == 0 {
+                give_up = retry::ride_out(self.deadline);
+            }
+            let Some(pause) = backoff.pause(n, &err, give_up, "reading from Redis") else {
                 return Err(err);
             };
             tokio::time::sleep(pause).await;
             n += 1;
             // A dropped multiplexed connection stays dropped: open another. If that fails, the
             // retry above fails too and counts against the attempts.
-            if let Ok(conn) = self
-                .client
-                .get_multiplexed_async_connection_with_config(&self.config)
-                .await
-            {
+            if let Ok(conn) = self.reconnect().await {
                 self.conn = conn;
             }
         }
@@ -288,6 +348,18 @@ pub fn display_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if !s.contains('\0') => s.to_string(),
         _ => key.escape_ascii().to_string(),
+    }
+}
+
+impl Sentinels {
+    /// The primary's node URL, asking until `timeouts.connect` (a failover takes a few seconds).
+    async fn primary(&self) -> Result<String> {
+        retry::within(
+            "asking Redis Sentinel for the primary",
+            self.timeouts.connect,
+            || self.url.primary(&self.tls, self.timeouts.connect),
+        )
+        .await
     }
 }
 

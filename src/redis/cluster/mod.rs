@@ -36,6 +36,7 @@ pub use walk::{SLOT_KEYS_MAX, Walk};
 
 use std::time::{Duration, Instant};
 
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
 use crate::redis::node::Source;
@@ -57,7 +58,7 @@ pub struct Nodes {
     /// The URL nodes' URLs are made from (scheme, user, password, database): the seed's.
     seed_url: String,
     tls: RedisTls,
-    timeout: Duration,
+    timeout: Timeouts,
     nodes: Vec<Node>,
     /// `nodes[..primaries]` are SCANned; nodes met later through redirections only serve reads.
     primaries: usize,
@@ -74,7 +75,7 @@ impl Nodes {
     pub async fn connect(
         urls: &str,
         tls: &RedisTls,
-        timeout: Duration,
+        timeout: Timeouts,
         cluster: bool,
     ) -> Result<Nodes> {
         let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
