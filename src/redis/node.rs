@@ -36,6 +36,41 @@ pub struct Source {
     /// Set when the URL names sentinels: they are asked again for the primary when this one
     /// refuses writes or the connection to it fails.
     sentinel: Option<Arc<Sentinels>>,
+    /// Bumped when this source follows the sentinels to another node: a SCAN cursor of the old
+    /// node means nothing on the new one (another hash table, another seed).
+    epoch: u64,
+    /// The epoch of the last SCAN page.
+    scan_epoch: u64,
+}
+
+/// Keys Redis evicts to stay under `maxmemory`, before their TTL runs out: with
+/// `volatile-ttl` exactly the due ones, the keys closest to expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evictions {
+    pub policy: String,
+    /// Since the server started (`evicted_keys`).
+    pub evicted: u64,
+}
+
+impl Evictions {
+    pub fn parse(memory: &str, stats: &str) -> Option<Evictions> {
+        let field = |text: &str, name: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(':')
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        Some(Evictions {
+            policy: field(memory, "maxmemory_policy")?,
+            evicted: field(stats, "evicted_keys")?.parse().ok()?,
+        })
+    }
+
+    /// Whether the policy may evict a conversation key (it has a TTL): any but `noeviction`.
+    pub fn can_evict(&self) -> bool {
+        self.policy != "noeviction"
+    }
 }
 
 /// What a source needs to ask the sentinels again.
@@ -86,6 +121,8 @@ impl Source {
             deadline: None,
             pace: Pace::default(),
             sentinel,
+            epoch: 0,
+            scan_epoch: 0,
         };
         // Authentication and reachability problems show here, not in the middle of a sweep.
         let mut ping = redis::pipe();
@@ -98,6 +135,17 @@ impl Source {
             )));
         }
         Ok(source)
+    }
+
+    /// What `INFO memory` and `INFO stats` say of evictions: the `maxmemory-policy` and the
+    /// keys evicted since the server started. None when INFO is refused (an ACL). Not counted
+    /// as a round trip of the sweep.
+    pub async fn evictions(&self) -> Option<Evictions> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory").cmd("INFO").arg("stats");
+        let (memory, stats): (String, String) =
+            pipe.query_async(&mut self.conn.clone()).await.ok()?;
+        Evictions::parse(&memory, &stats)
     }
 
     /// Whether this is a sentinel (`ROLE` says so). Not counted as a round trip of the sweep.
@@ -116,6 +164,7 @@ impl Source {
                     if let Ok(client) = s.tls.client(&url) {
                         self.client = client;
                         self.url = redact_url(&url);
+                        self.epoch += 1;
                     }
                 }
                 Ok(_) => {}
@@ -259,15 +308,27 @@ impl Source {
         pattern: &str,
         count: usize,
     ) -> Result<(u64, Vec<Vec<u8>>)> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count.min(self.max_pipeline()));
-        let (page,): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await?;
-        Ok(page)
+        let mut cursor = cursor;
+        loop {
+            // A new primary (a failover followed): its keys are walked again from the start;
+            // the keys seen twice are handled once.
+            if cursor != 0 && self.epoch != self.scan_epoch {
+                tracing::warn!(redis = %self.url, "the primary changed mid-scan: scanning it again from the start");
+                cursor = 0;
+            }
+            self.scan_epoch = self.epoch;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count.min(self.max_pipeline()));
+            let (page,): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await?;
+            if self.epoch == self.scan_epoch {
+                return Ok(page);
+            }
+        }
     }
 
     /// The slot map of the cluster this node belongs to (`CLUSTER SLOTS`).
@@ -366,6 +427,21 @@ impl Sentinels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evictions_come_from_info_memory_and_stats() {
+        let e = Evictions::parse(
+            "# Memory\r\nused_memory:1\r\nmaxmemory_policy:volatile-ttl\r\n",
+            "# Stats\r\nevicted_keys:42\r\n",
+        )
+        .unwrap();
+        assert_eq!(e.policy, "volatile-ttl");
+        assert_eq!(e.evicted, 42);
+        assert!(e.can_evict());
+        assert!(Evictions::parse("", "evicted_keys:1").is_none());
+        let none = Evictions::parse("maxmemory_policy:noeviction", "evicted_keys:0").unwrap();
+        assert!(!none.can_evict());
+    }
     use crate::redis::layout::Layout;
 
     #[test]

@@ -215,6 +215,34 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Records `total`, Redis's `evicted_keys` now, on run `id`; returns the evictions since the
+    /// previous run of `pattern` that recorded one (all of `total` for a first run, or when a
+    /// restart of Redis reset its count).
+    pub async fn evictions_since(&self, id: i64, pattern: &str, total: u64) -> Result<u64> {
+        let before: Option<i64> = self
+            .in_tx("record evictions", async |c| {
+                let before = query_scalar(
+                    "SELECT redis_evicted_total FROM sweep_runs WHERE match_pattern = $1 \
+                     AND id < $2 AND redis_evicted_total IS NOT NULL ORDER BY id DESC LIMIT 1",
+                )
+                .bind(pattern)
+                .bind(id)
+                .fetch_optional(&mut *c)
+                .await?;
+                query("UPDATE sweep_runs SET redis_evicted_total = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(total as i64)
+                    .execute(c)
+                    .await?;
+                Ok(before)
+            })
+            .await?;
+        Ok(match before {
+            Some(b) if b as u64 <= total => total - b as u64,
+            _ => total,
+        })
+    }
+
     /// Records how a run ended.
     pub async fn finish_run(
         &self,

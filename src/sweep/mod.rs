@@ -175,8 +175,10 @@ async fn try_run(
         },
     };
 
-    let (counters, stop, error, due_keys) =
+    let evicted = record::evictions(&source, store, run_id, &cfg.pattern).await;
+    let (mut counters, stop, error, due_keys) =
         stages(cfg, source, store, run_id, shutdown, deadline).await?;
+    counters.evicted_keys = evicted;
     let status = match (&error, stop) {
         (Some(_), _) => RunStatus::Failed,
         (None, Stop::Signal(_)) => RunStatus::Interrupted,

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
+use crate::redis::Nodes;
 use crate::redis::layout::Layout;
 use crate::run::{Counters, RunStatus};
 use crate::store::{RunLock, Store};
@@ -66,4 +67,36 @@ pub(super) async fn finish(
         l.release().await;
     }
     error
+}
+
+/// The keys Redis evicted since the previous run (recorded with run `run_id`), warning when the
+/// policy may have evicted conversation keys: they were lost before their TTL ran out, and with
+/// `volatile-ttl` the due ones go first. 0 when Redis will not say (INFO refused).
+pub(super) async fn evictions(
+    source: &Nodes,
+    store: Option<&Store>,
+    run_id: Option<i64>,
+    pattern: &str,
+) -> u64 {
+    let Some(e) = source.evictions().await else {
+        return 0;
+    };
+    let since = match (store, run_id) {
+        (Some(s), Some(id)) => match s.evictions_since(id, pattern, e.evicted).await {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not record Redis's evictions");
+                e.evicted
+            }
+        },
+        _ => e.evicted,
+    };
+    if since > 0 && e.can_evict() {
+        tracing::warn!(
+            evicted = since,
+            maxmemory_policy = %e.policy,
+            "Redis evicted keys to stay under maxmemory since the last run: conversations may have been lost before their TTL ran out (volatile-ttl evicts the due ones first); raise maxmemory, or set maxmemory-policy noeviction"
+        );
+    }
+    since
 }

@@ -67,6 +67,21 @@ impl PrivatePgBouncer {
     /// 30 s (`query_wait_timeout`, 120 s by default) before PgBouncer refuses them.
     pub fn start(pg_port: u16, mode: PoolMode, pool_size: u32) -> PrivatePgBouncer {
         ensure_installed("pgbouncer", "pgbouncer");
+        // A free port is free only until another test takes it: started again on another.
+        let mut tries = 0;
+        loop {
+            match PrivatePgBouncer::try_start(pg_port, mode, pool_size) {
+                Ok(b) => return b,
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    eprintln!("PgBouncer did not start ({e}): again on another port");
+                }
+                Err(e) => panic!("PgBouncer did not start: {e}"),
+            }
+        }
+    }
+
+    fn try_start(pg_port: u16, mode: PoolMode, pool_size: u32) -> Result<PrivatePgBouncer, String> {
         let dir = temp_dir("pgbouncer");
         let port = free_port();
         let mode = match mode {
@@ -104,13 +119,22 @@ impl PrivatePgBouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("pgbouncer");
-        let b = PrivatePgBouncer {
+        let mut b = PrivatePgBouncer {
             port,
             dir,
             child: Some(child),
         };
-        wait_for_port(port, true, "PgBouncer");
-        b
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = b.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                let log = b.log();
+                let last: Vec<&str> = log.lines().rev().take(3).collect();
+                return Err(format!("{exited:?}: {}", last.join(" | ")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(b)
     }
 
     /// `database_url` (a direct URL to the PostgreSQL behind) with the port of the pooler.

@@ -78,7 +78,11 @@ impl Nodes {
         timeout: Timeouts,
         cluster: bool,
     ) -> Result<Nodes> {
-        let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        // A sentinel URL lists sentinels, not seeds: one source follows the primary they name.
+        let seeds: Vec<&str> = match crate::redis::sentinel::is_sentinel_url(urls) {
+            true => vec![urls.trim()],
+            false => urls.split(',').map(str::trim).collect(),
+        };
         if !cluster {
             if seeds.len() > 1 {
                 return Err(Error::Usage(
@@ -218,6 +222,20 @@ impl Nodes {
             true => 0,
             false => self.owner[key_slot(key) as usize] as usize,
         }
+    }
+
+    /// Evictions on the primaries, summed; the policy of the first that may evict, else the
+    /// first's. None when no primary would say.
+    pub async fn evictions(&self) -> Option<crate::redis::node::Evictions> {
+        let mut all = Vec::new();
+        for n in &self.nodes[..self.primaries.max(1).min(self.nodes.len())] {
+            all.extend(n.source.evictions().await);
+        }
+        let first = all.iter().find(|e| e.can_evict()).or(all.first())?.clone();
+        Some(crate::redis::node::Evictions {
+            evicted: all.iter().map(|e| e.evicted).sum(),
+            ..first
+        })
     }
 
     /// The nodes to SCAN: the primaries.

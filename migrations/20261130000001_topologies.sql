@@ -11,3 +11,8 @@ CREATE TABLE sweep_leases (
     taken_at   timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz NOT NULL
 );
+
+-- Redis's `evicted_keys` when the run started, so that the next run counts the evictions since
+-- (a Redis under memory pressure evicts keys before their TTL runs out: with volatile-ttl, the
+-- due ones first). NULL when Redis would not say.
+ALTER TABLE sweep_runs ADD COLUMN redis_evicted_total bigint;
