@@ -751,3 +751,48 @@ async fn tls_cluster_announcing_ips_is_verified_against_the_configured_host_name
     let s = summary(&out);
     assert_eq!(n(&s, "persisted"), 300, "{s}");
 }
+
+/// A Redis 6.2-compatible server (no `PEXPIRE ... GT`): PostgreSQL down, the due keys are still
+/// protected (by a script that only raises), the others left as they are.
+#[tokio::test]
+async fn redis_6_2_without_pexpire_gt_still_protects_the_due_keys() {
+    let bin = match redis_62_server() {
+        Ok(b) => b,
+        Err(e) => {
+            return skip(
+                "redis_6_2_without_pexpire_gt_still_protects_the_due_keys",
+                &e,
+            );
+        }
+    };
+    let redis = PrivateRedis::try_start_bin(&bin, &[]).unwrap();
+    let version = redis_cli(redis.port, &["info", "server"]);
+    assert!(version.contains("redis_version:6.2"), "{version}");
+    let env = TestEnv::with_redis("topo_redis62", &redis).await;
+    env.seed(100, DUE_TTL).await;
+    env.set("active", &doc(None, &["a"]), FAR).await;
+    env.set("forever", &doc(None, &["a"]), None).await;
+    let down = format!("postgres://postgres@127.0.0.1:{}/db", closed_port());
+    let out = run_within(
+        &env,
+        &[("DATABASE_URL", &down)],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_exit(&out, 4);
+    let s = summary(&out);
+    figure("Redis 6.2", format!("protected {}", s["protected"]));
+    assert_eq!(n(&s, "protected"), 100, "{s}");
+    for id in ids(100) {
+        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key(&id))).await;
+        assert!(ttl > 600_000, "{id} protected: {ttl}");
+    }
+    let active: i64 = env
+        .redis_cmd(redis::cmd("PTTL").arg(env.key("active")))
+        .await;
+    assert!(active > 3_500_000, "never lowered: {active}");
+    let forever: i64 = env
+        .redis_cmd(redis::cmd("PTTL").arg(env.key("forever")))
+        .await;
+    assert_eq!(forever, -1, "a key without TTL stays without");
+}

@@ -128,12 +128,6 @@ impl Source {
         let mut ping = redis::pipe();
         ping.cmd("PING");
         source.query::<Value>(&ping).await?;
-        if source.sentinel.is_none() && source.is_sentinel().await {
-            return Err(Error::Usage(format!(
-                "Redis at {} is a Redis Sentinel, which holds no keys: name the service with redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE",
-                source.url
-            )));
-        }
         Ok(source)
     }
 
@@ -146,6 +140,17 @@ impl Source {
         let (memory, stats): (String, String) =
             pipe.query_async(&mut self.conn.clone()).await.ok()?;
         Evictions::parse(&memory, &stats)
+    }
+
+    /// Refuses a sentinel reached as a node (`ROLE` says so): it holds no keys.
+    pub async fn refuse_sentinel(&self) -> Result<()> {
+        if self.sentinel.is_none() && self.is_sentinel().await {
+            return Err(Error::Usage(format!(
+                "Redis at {} is a Redis Sentinel, which holds no keys: name the service with redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE",
+                self.url
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this is a sentinel (`ROLE` says so). Not counted as a round trip of the sweep.

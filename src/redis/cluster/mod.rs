@@ -67,6 +67,9 @@ pub struct Nodes {
     deadline: Option<Instant>,
     /// Each node's pacing (its budget already its share of the run's).
     pacing: Pacing,
+    /// Set when a node refused `PEXPIRE ... GT` (before Redis 7.0): protection raises TTLs with
+    /// a script instead ([`Nodes::protect`]).
+    raise_by_script: bool,
 }
 
 impl Nodes {
@@ -90,6 +93,7 @@ impl Nodes {
                 ));
             }
             let source = Source::connect(urls, tls, timeout).await?;
+            source.refuse_sentinel().await?;
             if source.is_cluster_node().await {
                 return Err(Error::Usage(format!(
                     "Redis at {} is a cluster node: sweep the cluster with --redis-cluster (alone it would sweep this node's keys only)",
@@ -108,6 +112,7 @@ impl Nodes {
                 owner: Vec::new(),
                 deadline: None,
                 pacing: Pacing::default(),
+                raise_by_script: false,
             });
         }
         let mut last = None;
@@ -131,6 +136,7 @@ impl Nodes {
                         owner: Vec::new(),
                         deadline: None,
                         pacing: Pacing::default(),
+                        raise_by_script: false,
                     };
                     nodes.set_topology(slots).await?;
                     return Ok(nodes);
