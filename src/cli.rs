@@ -86,7 +86,7 @@ pub struct GlobalOpts {
     pub connect_timeout: Duration,
 
     /// Longest one Redis pipeline or one PostgreSQL transaction may take before the connection
-    /// counts as lost (a silent network drops packets without a reset). At most a quarter of
+    /// counts as lost (a silent network drops packets without a reset). Held to a quarter of
     /// --threshold.
     #[arg(long, env = "SWEEPER_OPERATION_TIMEOUT", default_value = defaults::OPERATION_TIMEOUT, value_parser = parse_duration, global = true)]
     pub operation_timeout: Duration,

@@ -45,17 +45,27 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    /// An operation deadline must leave a sweep time to protect what it could not save before
-    /// the keys due now expire: well under `--threshold`.
-    pub fn check_against(&self, threshold: Duration) -> Result<()> {
-        if self.operation.is_zero() || self.operation.saturating_mul(4) > threshold {
-            return Err(Error::Usage(format!(
-                "--operation-timeout ({}) must be above zero and at most a quarter of --threshold ({}), so a silent server is noticed while the due keys can still be protected",
-                humantime::format_duration(self.operation),
-                humantime::format_duration(threshold)
-            )));
+    /// The operation deadline must leave a sweep time to protect what it could not save before
+    /// the keys due now expire: it is held to a quarter of `--threshold` (lowered, with a note,
+    /// when set above that). Zero is refused.
+    pub fn fit(self, threshold: Duration) -> Result<Timeouts> {
+        if self.operation.is_zero() {
+            return Err(Error::Usage(
+                "--operation-timeout must be above zero: every operation would fail".into(),
+            ));
         }
-        Ok(())
+        let most = threshold / 4;
+        if self.operation <= most {
+            return Ok(self);
+        }
+        tracing::info!(
+            operation_timeout = %humantime::format_duration(most),
+            "--operation-timeout held to a quarter of --threshold, so a silent server is noticed while the due keys can still be protected"
+        );
+        Ok(Timeouts {
+            operation: most.max(Duration::from_millis(100)),
+            ..self
+        })
     }
 }
 

@@ -83,7 +83,6 @@ pub async fn sweep_and_report(
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
 pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpoints)> {
     let mut cfg = sweep_config(r).validate()?;
-    super::timeouts(g).check_against(cfg.threshold)?;
     if let Some(n) = r.shards {
         let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
             Error::Usage(format!(
@@ -109,7 +108,7 @@ pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpo
             true => None,
             false => Some(super::database_url(g)?),
         },
-        timeouts: super::timeouts(g),
+        timeouts: super::timeouts(g).fit(cfg.threshold)?,
     };
     Ok((cfg, ends))
 }

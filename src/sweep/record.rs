@@ -10,6 +10,9 @@ use crate::redis::layout::Layout;
 use crate::run::{Counters, RunStatus};
 use crate::store::{RunLock, Store};
 
+/// How long the end of a run is retried before it is left for the next run to close.
+const RECORD_END: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How a sweep began.
 pub(super) enum Begun {
     /// It holds the lock and its run is recorded.
@@ -55,9 +58,13 @@ pub(super) async fn finish(
 ) -> Option<Error> {
     if let (Some(s), Some(id)) = (store, run_id) {
         let message = error.as_ref().map(|e| e.to_string());
-        let recorded = s
-            .finish_run(id, status, counters, started.elapsed(), message.as_deref())
-            .await;
+        // Retried a little: a run that failed because PostgreSQL went away records its end
+        // once it is back, rather than staying `running` until the next run.
+        let took = started.elapsed();
+        let recorded = crate::retry::within("recording the end of the run", RECORD_END, || {
+            s.finish_run(id, status, counters, took, message.as_deref())
+        })
+        .await;
         if let Err(e) = recorded {
             tracing::warn!(error = %e, run_id = id, "could not record the end of the run");
             error.get_or_insert(e);
