@@ -57,19 +57,6 @@ fn spawn_run(env: &TestEnv, args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Waits for the sweeper to end; SIGKILLs it once `within` has passed (at once with ZERO).
-fn finish(mut child: Child, within: Duration) -> Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() >= within {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn summary(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON summary ({e}); stderr: {}", stderr(out)))

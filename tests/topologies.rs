@@ -80,20 +80,8 @@ fn spawn(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Waits for the sweeper to end; SIGKILLs it once `within` has passed (its exit code is then
-/// None, which no test accepts: a hang fails the test).
-fn finish(mut child: Child, within: Duration) -> Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() >= within {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
+/// A sweep of this test's keys, waited for at most `within` (killed then: a hang fails the test,
+/// its exit code None).
 fn run_within(env: &TestEnv, vars: &[(&str, &str)], args: &[&str], within: Duration) -> Output {
     finish(spawn(env, vars, args), within)
 }
