@@ -58,18 +58,24 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE checkpoint_writes ADD COLUMN IF NOT EXISTS task_path TEXT NOT NULL DEFAULT '';",
 ];
 
-/// The newest LangGraph migration recorded, or None when `checkpoint_migrations` is absent.
+/// The newest LangGraph migration recorded, or None when `checkpoint_migrations` is absent. In
+/// a transaction, so that a pooler in transaction mode keeps each statement on one server.
 pub async fn version(pool: &PgPool) -> Result<Option<i64>> {
+    let failed = Error::postgres("check LangGraph schema");
+    let mut tx = pool.begin().await.map_err(failed)?;
     let table: Option<String> =
         super::query_scalar("SELECT to_regclass('checkpoint_migrations')::text")
-            .fetch_one(pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(Error::postgres("check LangGraph schema"))?;
     if table.is_none() {
         return Ok(None);
     }
     let v: Option<i32> = super::query_scalar("SELECT max(v) FROM checkpoint_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::postgres("check LangGraph schema"))?;
+    tx.commit()
         .await
         .map_err(Error::postgres("check LangGraph schema"))?;
     Ok(v.map(i64::from))
@@ -82,7 +88,8 @@ pub fn needed() -> i64 {
 
 /// Runs what `PostgresSaver.setup()` would: the first migration, then each one above the newest
 /// recorded, recording it. Outside a transaction, as setup() (CREATE INDEX CONCURRENTLY cannot
-/// run in one). Returns the versions applied.
+/// run in one): give it a direct URL, not a pooler in transaction mode. Returns the versions
+/// applied.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
     let mut conn = pool
         .acquire()
