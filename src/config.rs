@@ -105,6 +105,11 @@ pub struct SweepConfig {
     pub layout: Layout,
     /// Sweep only the keys of this shard (None: every key).
     pub shard: Option<Shard>,
+    /// A chat library's layout (`--format PRESET`, `--mapping FILE`): keys decoded through it
+    /// instead of as checkpoint documents. `layout` then reads its Redis type.
+    pub mapping: Option<std::sync::Arc<crate::mapping::Mapping>>,
+    /// A key without TTL is due once idle this long (`--save-idle`); None: never.
+    pub save_idle: Option<Duration>,
 }
 
 impl Default for SweepConfig {
@@ -125,6 +130,8 @@ impl Default for SweepConfig {
             progress: Progress::default(),
             layout: Layout::Json,
             shard: None,
+            mapping: None,
+            save_idle: None,
         }
     }
 }
@@ -158,6 +165,11 @@ impl SweepConfig {
         if self.batch_size == 0 || self.scan_count == 0 || self.writers == 0 {
             return Err(Error::Usage(
                 "--batch-size, --scan-count and --writers must be at least 1".into(),
+            ));
+        }
+        if self.save_idle.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Usage(
+                "--save-idle must be above 0 (leave it out to never save keys without TTL)".into(),
             ));
         }
         if self.max_value_bytes == 0 {

@@ -4,6 +4,7 @@
 
 pub mod completions;
 pub mod daemon;
+pub mod formats;
 pub mod inspect;
 pub mod migrate;
 pub mod restore;
@@ -32,6 +33,7 @@ pub async fn execute(cli: &Cli, shutdown: &Shutdown) -> Result<u8> {
         Command::CheckSchedule(c) => schedule::execute(c),
         Command::Completions { shell } => completions::completions(*shell),
         Command::Man => completions::man(),
+        Command::Formats { name } => formats::execute(name.as_deref()),
         Command::Restore(rs) => restore::execute(g, rs).await,
         Command::Inspect(i) => inspect::execute(g, i).await,
         Command::Status(st) => status::execute(g, st).await,

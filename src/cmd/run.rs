@@ -82,7 +82,16 @@ pub async fn sweep_and_report(
 
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
 pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpoints)> {
-    let mut cfg = sweep_config(r).validate()?;
+    let mut cfg = sweep_config(r);
+    if let Some(m) = super::formats::resolve(r.format, r.mapping.as_deref())? {
+        // A chat library's keys: the default --match follows its key template.
+        if r.select.pattern == defaults::MATCH {
+            cfg.pattern = m.pattern();
+        }
+        cfg.layout = super::formats::layout(&m);
+        cfg.mapping = Some(std::sync::Arc::new(m));
+    }
+    let mut cfg = cfg.validate()?;
     if let Some(n) = r.shards {
         let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
             Error::Usage(format!(
@@ -135,6 +144,7 @@ fn sweep_config(r: &RunArgs) -> SweepConfig {
         busy_redis_ops_per_sec: pace.busy_redis_ops_per_sec,
         layout: r.format.into(),
         shard: r.shard,
+        save_idle: r.save_idle,
         ..SweepConfig::default()
     }
 }

@@ -263,6 +263,22 @@ impl Store {
         })
         .await
     }
+
+    /// The key and value each message of a conversation was read from (one key per message),
+    /// oldest first; empty when its messages came from a document.
+    pub async fn saved_message_sources(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Vec<(String, String)>> {
+        sqlx::query_as(
+            "SELECT redis_key, element::text FROM messages \
+             WHERE conversation_id = $1 AND redis_key IS NOT NULL ORDER BY seq",
+        )
+        .bind(conversation_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::postgres("read the conversation's messages"))
+    }
 }
 
 #[cfg(test)]

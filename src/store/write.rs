@@ -225,6 +225,9 @@ struct MessageColumns<'a> {
     role: Vec<&'a str>,
     content: Vec<&'a str>,
     created_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    /// One key per message: the key and value it was read from (None otherwise).
+    redis_key: Vec<Option<&'a str>>,
+    element: Vec<Option<&'a str>>,
 }
 
 impl<'a> MessageColumns<'a> {
@@ -247,6 +250,9 @@ impl<'a> MessageColumns<'a> {
                 cols.role.push(&m.role);
                 cols.content.push(&m.content);
                 cols.created_at.push(m.created_at);
+                let source = m.source.as_deref();
+                cols.redis_key.push(source.map(|s| s.redis_key.as_str()));
+                cols.element.push(source.map(|s| s.element.as_str()));
             }
         }
         cols
@@ -280,11 +286,19 @@ impl<'a> MessageColumns<'a> {
                 Some(t) => data.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 None => data.push_str("\\N"),
             }
-            let _ = writeln!(data, "\t{run}");
+            let _ = write!(data, "\t{run}");
+            for v in [self.redis_key[i], self.element[i]] {
+                data.push('\t');
+                match v {
+                    Some(v) => copy_text(&mut data, v),
+                    None => data.push_str("\\N"),
+                }
+            }
+            data.push('\n');
         }
         let mut copy = tx
             .copy_in_raw(
-                "COPY messages (conversation_id, message_key, seq, message_id, role, content, created_at, run_id) FROM STDIN",
+                "COPY messages (conversation_id, message_key, seq, message_id, role, content, created_at, run_id, redis_key, element) FROM STDIN",
             )
             .await
             .map_err(Error::postgres("copy messages"))?;
@@ -314,6 +328,8 @@ impl<'a> MessageColumns<'a> {
             .bind(&self.content)
             .bind(&self.created_at)
             .bind(run_id)
+            .bind(&self.redis_key)
+            .bind(&self.element)
             .fetch_all(&mut **tx)
             .await
             .map_err(Error::postgres("insert messages"))

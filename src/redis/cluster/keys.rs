@@ -40,6 +40,23 @@ impl Nodes {
             .collect())
     }
 
+    /// OBJECT IDLETIME of every key, in seconds; None where Redis keeps none (an LFU
+    /// maxmemory-policy answers with an error) or the key is gone.
+    pub async fn idle_times(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<u64>>> {
+        let replies = self
+            .per_key(keys, |pipe, i| {
+                pipe.cmd("OBJECT").arg("IDLETIME").arg(&keys[i]);
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r.first() {
+                Some(Value::Int(n)) if *n >= 0 => Some(*n as u64),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The type and size of each key: what may be fetched, and how much memory it takes.
     pub async fn probe(
         &mut self,
@@ -187,5 +204,67 @@ impl Nodes {
             [Value::Nil, Value::Int(pttl)] => Err(*pttl),
             _ => Ok(()),
         })
+    }
+}
+
+impl Nodes {
+    /// Writes a conversation back in a chat library's layout with a TTL (`restore --format`):
+    /// only when the key does not exist, unless `replace`, as [`Nodes::put_back`]. A list or
+    /// hash is rebuilt whole (DEL, then RPUSH or HSET), in one MULTI so the library never reads
+    /// half of it.
+    pub async fn put_back_layout(
+        &mut self,
+        write: &crate::mapping::Write,
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<std::result::Result<(), i64>> {
+        use crate::mapping::Write;
+        let key = write.key();
+        let keys = [key.as_bytes().to_vec()];
+        let live = self
+            .per_key(&keys, |pipe, _| {
+                pipe.cmd("PTTL").arg(key);
+            })
+            .await?;
+        match live[0].first() {
+            Some(Value::Int(pttl)) if *pttl != -2 && !replace => return Ok(Err(*pttl)),
+            _ => {}
+        }
+        let replies = self
+            .per_key(&keys, |pipe, _| {
+                pipe.cmd("MULTI").cmd("DEL").arg(key);
+                match write {
+                    Write::Set { value, .. } => pipe.cmd("SET").arg(key).arg(value),
+                    Write::JsonSet { value, .. } => {
+                        pipe.cmd("JSON.SET").arg(key).arg("$").arg(value)
+                    }
+                    Write::RPush { values, .. } => pipe.cmd("RPUSH").arg(key).arg(values),
+                    Write::HSet { fields, .. } => {
+                        let set = pipe.cmd("HSET").arg(key);
+                        for (f, v) in fields {
+                            set.arg(f).arg(v);
+                        }
+                        set
+                    }
+                };
+                pipe.cmd("PEXPIRE").arg(key).arg(ttl.as_millis() as u64);
+                pipe.cmd("EXEC");
+            })
+            .await?;
+        // Errors come back as replies (queued, or inside EXEC's): JSON.SET without RedisJSON.
+        let failed = replies[0].iter().find_map(|r| match r {
+            Value::ServerError(e) => Some(e.to_string()),
+            Value::Array(a) => a.iter().find_map(|r| match r {
+                Value::ServerError(e) => Some(e.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        if let Some(e) = failed {
+            return Err(crate::error::Error::Other(format!(
+                "restoring {key}: Redis answered {e}"
+            )));
+        }
+        Ok(Ok(()))
     }
 }
