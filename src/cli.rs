@@ -82,8 +82,14 @@ pub struct GlobalOpts {
     pub database_url_file: Option<PathBuf>,
 
     /// How long to wait for Redis or PostgreSQL before calling it down.
-    #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = defaults::CONNECT_TIMEOUT, value_parser = parse_duration, global = true)]
     pub connect_timeout: Duration,
+
+    /// Longest one Redis pipeline or one PostgreSQL transaction may take before the connection
+    /// counts as lost (a silent network drops packets without a reset). Held to a quarter of
+    /// --threshold.
+    #[arg(long, env = "SWEEPER_OPERATION_TIMEOUT", default_value = defaults::OPERATION_TIMEOUT, value_parser = parse_duration, global = true)]
+    pub operation_timeout: Duration,
 
     /// Log format on stderr.
     #[arg(long, env = "SWEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

@@ -43,7 +43,7 @@ pub async fn execute(cli: &Cli, shutdown: &Shutdown) -> Result<u8> {
 
 /// PostgreSQL of the global options, one connection.
 async fn connect_store(g: &GlobalOpts) -> Result<Store> {
-    Store::connect(&database_url(g)?, g.connect_timeout, 1).await
+    Store::connect(&database_url(g)?, timeouts(g), 1).await
 }
 
 fn redis_url(g: &GlobalOpts) -> Result<String> {
@@ -55,13 +55,14 @@ fn redis_url(g: &GlobalOpts) -> Result<String> {
 
 /// The Redis of the global options: one node, or with `--redis-cluster` a cluster's primaries.
 async fn connect_redis(g: &GlobalOpts) -> Result<Nodes> {
-    Nodes::connect(
-        &redis_url(g)?,
-        &redis_tls(g),
-        g.connect_timeout,
-        g.redis_cluster,
-    )
-    .await
+    Nodes::connect(&redis_url(g)?, &redis_tls(g), timeouts(g), g.redis_cluster).await
+}
+
+fn timeouts(g: &GlobalOpts) -> crate::config::Timeouts {
+    crate::config::Timeouts {
+        connect: g.connect_timeout,
+        operation: g.operation_timeout,
+    }
 }
 
 fn redis_tls(g: &GlobalOpts) -> RedisTls {

@@ -117,7 +117,7 @@ pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpo
             true => None,
             false => Some(super::database_url(g)?),
         },
-        connect_timeout: g.connect_timeout,
+        timeouts: super::timeouts(g).fit(cfg.threshold)?,
     };
     Ok((cfg, ends))
 }

@@ -166,6 +166,7 @@ pub fn metrics(
         ("no_ttl", c.no_ttl),
         ("expired_before_read", c.expired_before_read),
         ("protected", c.protected),
+        ("evicted", c.evicted_keys),
     ] {
         metric(
             &format!("sweeper_last_run_{what}_keys"),

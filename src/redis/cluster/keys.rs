@@ -10,6 +10,19 @@ use crate::error::Result;
 use crate::redis::layout::{Fetched, Layout, Probe};
 use crate::redis::read::ValueReads;
 
+/// `PEXPIRE key ms GT` for servers without GT: a key gone (-2) or without TTL (-1) is left alone,
+/// a TTL already above `ms` is not lowered.
+const RAISE_TTL: &str = "local t = redis.call('PTTL', KEYS[1]) \
+    if t >= 0 and t < tonumber(ARGV[1]) then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+    return 0";
+
+/// Whether `e` is a server refusing PEXPIRE's GT option (Redis 6.2: a wrong number of arguments).
+fn no_gt_option(e: &crate::error::Error) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("pexpire")
+        && (text.contains("wrong number of arguments") || text.contains("unsupported option"))
+}
+
 impl Nodes {
     /// PTTL of every key: milliseconds left, -1 without TTL, -2 gone.
     pub async fn pttls(&mut self, keys: &[Vec<u8>]) -> Result<Vec<i64>> {
@@ -112,20 +125,42 @@ impl Nodes {
     }
 
     /// Raises the TTL of `keys` to `ttl`, never lowering it (PEXPIRE GT: a key without TTL or
-    /// with more left is untouched). Returns how many keys were raised.
+    /// with more left is untouched). Returns how many keys were raised. A server older than
+    /// Redis 7.0 (Redis 6.2-compatible managed services) has no GT: the same is done by a
+    /// script, from the first refusal on.
     pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<u64> {
-        let replies = self
-            .per_key(keys, |pipe, i| {
-                pipe.cmd("PEXPIRE")
-                    .arg(&keys[i])
-                    .arg(ttl.as_millis() as u64)
-                    .arg("GT");
-            })
-            .await?;
+        let ms = ttl.as_millis() as u64;
+        let replies = match self.raise_by_script {
+            false => {
+                let gt = self
+                    .per_key(keys, |pipe, i| {
+                        pipe.cmd("PEXPIRE").arg(&keys[i]).arg(ms).arg("GT");
+                    })
+                    .await;
+                match gt {
+                    Err(e) if no_gt_option(&e) => {
+                        tracing::info!(
+                            "Redis has no PEXPIRE ... GT (before 7.0): protecting with a script that only raises TTLs"
+                        );
+                        self.raise_by_script = true;
+                        self.raise_with_script(keys, ms).await?
+                    }
+                    other => other?,
+                }
+            }
+            true => self.raise_with_script(keys, ms).await?,
+        };
         Ok(replies
             .iter()
             .filter(|r| matches!(r.first(), Some(Value::Int(1))))
             .count() as u64)
+    }
+
+    async fn raise_with_script(&mut self, keys: &[Vec<u8>], ms: u64) -> Result<Vec<Vec<Value>>> {
+        self.per_key(keys, |pipe, i| {
+            pipe.cmd("EVAL").arg(RAISE_TTL).arg(1).arg(&keys[i]).arg(ms);
+        })
+        .await
     }
 
     /// Writes values with their TTLs, each to the node owning its key (`simulate`). `entries`
