@@ -15,6 +15,13 @@
 #   flyte        flytekit imports dags/sweeper_flyte.py, `pyflyte package` serialises it, and the
 #                archive holds the task, the workflow and the launch plan every five minutes; the
 #                task's command run for real writes every declared output
+#   helm         k8s/helm/sweeper: `helm lint --strict`, `helm template` (defaults, sharded) through
+#                kubernetes-validate --strict and checkov, the same objects as k8s/ in substance,
+#                refusals judged by `sweeper check-schedule`; `kubectl kustomize k8s/` rendered and
+#                validated (check_helm.py; helm and kubectl from tools.sh)
+#   monitoring   k8s/monitoring/: `promtool test rules` (every alert firing and not), the
+#                PrometheusRule equal to the rules file, the dashboard's PromQL parsed by promtool,
+#                every metric named there written by a real sweep's --metrics-file
 #
 # The tools come from cached venvs (tests/orchestrators/venv.sh; built once, about a minute each,
 # in parallel). Each check prints its own output; the script ends with one line per check and
@@ -26,7 +33,7 @@ die() { printf 'check: error: %s\n' "$*" >&2; exit 2; }
 [ $# -eq 1 ] || die "usage: $0 PATH/TO/sweeper"
 [ -x "$1" ] || die "$1 is not an executable (build it: cargo build --bin sweeper)"
 here=$(cd "$(dirname "$0")" && pwd)
-CHECKS=${CHECKS:-k8s dockerfile airflow flyte}
+CHECKS=${CHECKS:-k8s dockerfile airflow flyte helm monitoring}
 # No __pycache__ left in dags/ or here by the imports.
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -55,16 +62,34 @@ venvs() {
 wanted=()
 for c in $CHECKS; do
   case $c in
-    k8s | dockerfile) wanted+=(lint) ;;
+    k8s | dockerfile | helm | monitoring) wanted+=(lint) ;;
     airflow) wanted+=(airflow) ;;
     flyte) wanted+=(flyte) ;;
     *) die "unknown check $c" ;;
   esac
 done
 start=$(date +%s)
+# The command-line tools these checks need (tools.sh), installed meanwhile in the background.
+declare -A TOOL
+wanted_tools=()
+for c in $CHECKS; do
+  case $c in
+    helm) wanted_tools+=(helm kubectl) ;;
+    monitoring) wanted_tools+=(promtool) ;;
+  esac
+done
+tool_pids=()
+for name in "${wanted_tools[@]}"; do
+  "$here/tools.sh" "$name" >"$work/tool-$name" &
+  tool_pids+=($!)
+done
 # shellcheck disable=SC2046
 venvs $(printf '%s\n' "${wanted[@]}" | sort -u)
-echo "check: venvs ready in $(($(date +%s) - start))s"
+for i in "${!tool_pids[@]}"; do
+  wait "${tool_pids[$i]}" || die "could not install ${wanted_tools[$i]}"
+  TOOL[${wanted_tools[$i]}]=$(cat "$work/tool-${wanted_tools[$i]}")
+done
+echo "check: venvs and tools ready in $(($(date +%s) - start))s"
 
 # --- the checks: each runs in a subshell with errexit on; its status is the check's ------------
 
@@ -250,6 +275,31 @@ check_flyte() {
   fi
 }
 
+check_helm() {
+  local lint=${VENV[lint]} out=$work/helm
+  mkdir -p "$out"
+  "$lint/bin/python" tests/orchestrators/check_helm.py "${TOOL[helm]}" "${TOOL[kubectl]}" "$SWEEPER" "$out"
+  # Every rendered manifest (the chart's defaults, the sharded chart, the kustomization) as k8s/ is
+  # checked: the same Kubernetes versions, the same checkov skips for the same reasons.
+  local v
+  for v in 1.27.0 1.37.0; do
+    "$lint/bin/kubernetes-validate" --strict --kubernetes-version "$v" "$out"/*.yaml
+  done
+  "$lint/bin/checkov" --framework kubernetes --skip-download --compact --quiet \
+    --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_21 -d "$out"
+}
+
+check_monitoring() {
+  local promtool=${TOOL[promtool]}
+  "$promtool" --version | head -n 1
+  (cd k8s/monitoring && "$promtool" check rules sweeper-rules.yaml && "$promtool" test rules sweeper-rules.test.yaml)
+  # A real sweep's metrics: the names the rules and the dashboard may use.
+  fresh_db monitoring orch-monitoring
+  "$SWEEPER" -q run --metrics-file "$work/sweeper.prom" >/dev/null
+  "$promtool" check metrics <"$work/sweeper.prom"
+  "${VENV[lint]}/bin/python" tests/orchestrators/check_monitoring.py "$promtool" "$work/sweeper.prom" "$work"
+}
+
 # --- run them ---------------------------------------------------------------------------------
 
 results=()
@@ -287,6 +337,8 @@ for c in $CHECKS; do
       run "airflow: dags test sweeper_local fails when PostgreSQL is down" check_airflow_dags_test_fails
       ;;
     flyte) run "flyte: pyflyte package, the launch plan every 5 minutes, the outputs the binary writes" check_flyte ;;
+    helm) run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm ;;
+    monitoring) run "monitoring: promtool test rules, the dashboard's PromQL, only exported metrics" check_monitoring ;;
   esac
 done
 
