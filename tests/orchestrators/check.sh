@@ -194,6 +194,11 @@ check_airflow_dags_test() {
   airflow_env
   local airflow=${VENV[airflow]}/bin/airflow
   airflow_migrate
+  # The DAGs in the database, so the asset event finds the downstream DAG scheduled on it.
+  "$airflow" dags reserialize >"$work/reserialize.log" 2>&1 || { tail -n 20 "$work/reserialize.log"; return 1; }
+  # Unpaused, as an operator would: events queue runs of active DAGs only.
+  "$airflow" dags unpause sweeper_conversations_landed >>"$work/reserialize.log" 2>&1 \
+    || { tail -n 20 "$work/reserialize.log"; return 1; }
 
   echo "airflow dags test sweeper_local (log: last lines only)"
   local rc=0
@@ -211,13 +216,21 @@ check_airflow_dags_test() {
   xcom=$(airflow_db "SELECT value FROM xcom WHERE dag_id = 'sweeper_local' AND task_id = 'sweep' AND key = 'return_value'")
   echo "xcom return_value: $xcom"
   # The XCom is the summary line, JSON-encoded as a string: decode both, check it against PostgreSQL.
-  local stored runs
+  local stored runs events queued
   stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM conversations')
   runs=$(psql -X -At "$DATABASE_URL" -c "SELECT count(*) FROM sweep_runs WHERE status = 'ok'")
   echo "conversations stored: $stored; sweep_runs ok: $runs"
-  "${VENV[airflow]}/bin/python" - "$xcom" "$stored" "$runs" <<'EOF'
+  # The Asset: one event, its extra the summary's counts, and the downstream DAG queued by it.
+  events=$(airflow_db "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id
+    WHERE a.name = 'sweeper_conversations' AND e.source_dag_id = 'sweeper_local'")
+  queued=$(airflow_db "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id
+    WHERE a.name = 'sweeper_conversations'")
+  echo "asset events: $events; DAGs queued by them: $queued"
+  [ "$queued" = sweeper_conversations_landed ]
+  "${VENV[airflow]}/bin/python" - "$xcom" "$stored" "$runs" "$events" <<'EOF'
 import json, sys
 value, stored, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+events = [json.loads(line) for line in sys.argv[4].splitlines() if line.strip()]
 summary = json.loads(value)
 if isinstance(summary, str):
     summary = json.loads(summary)
@@ -227,8 +240,36 @@ assert summary["scanned"] > 0 and summary["persisted"] > 0, summary
 assert summary["due"] == summary["persisted"] + summary["unchanged"] + summary["rejected"], summary
 assert stored == summary["persisted"], f"{stored} rows in conversations, summary says {summary['persisted']}"
 assert runs == 1, f"{runs} ok rows in sweep_runs"
-print(f"ok: status ok, {summary['persisted']} of {summary['scanned']} conversations persisted, as stored")
+assert len(events) == 1, f"one asset event, got {events}"
+extra = events[0] if isinstance(events[0], dict) else json.loads(events[0])
+assert extra.get("persisted") == summary["persisted"] and extra.get("sweeper_run_id") == summary["run_id"], extra
+print(f"ok: status ok, {summary['persisted']} of {summary['scanned']} conversations persisted, as stored; "
+      f"the asset event says {extra}")
 EOF
+
+  # Again on a pattern no key matches: nothing is persisted, so conversations_landed is skipped
+  # and no second event wakes the downstream DAG. (Not the same keys again: meanwhile more of
+  # them fall under the threshold and are saved.)
+  echo "airflow dags test sweeper_local, again: nothing to persist"
+  rc=0
+  SWEEPER_MATCH='orch-nothing:checkpoint:*' "$airflow" dags test sweeper_local >"$work/dags-test-again.log" 2>&1 || rc=$?
+  [ "$rc" = 0 ] || { tail -n 40 "$work/dags-test-again.log"; echo "airflow dags test exited $rc"; return 1; }
+  local landed count
+  landed=$(airflow_db "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
+    WHERE r.dag_id = 'sweeper_local' AND ti.task_id = 'conversations_landed' ORDER BY r.id DESC LIMIT 1")
+  count=$(airflow_db "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = 'sweeper_conversations'")
+  echo "conversations_landed: $landed; asset events: $count"
+  [ "$landed" = skipped ]
+  [ "$count" = 1 ]
+
+  echo "airflow dags test sweeper_conversations_landed"
+  rc=0
+  "$airflow" dags test sweeper_conversations_landed >"$work/dags-test-downstream.log" 2>&1 || rc=$?
+  grep -E 'conversations landed|DagRun Finished' "$work/dags-test-downstream.log" | cut -c1-300 || true
+  [ "$rc" = 0 ] || { tail -n 40 "$work/dags-test-downstream.log"; return 1; }
+  state=$(airflow_db "SELECT state FROM dag_run WHERE dag_id = 'sweeper_conversations_landed'")
+  echo "downstream dag run state: $state"
+  [ "$state" = success ]
 }
 
 # The same DAG with PostgreSQL unreachable: sweeper exits 4, the task and the DAG run fail.
@@ -248,7 +289,7 @@ check_airflow_dags_test_fails() {
   local state task exits
   state=$(airflow_db "SELECT state FROM dag_run WHERE dag_id = 'sweeper_local' ORDER BY id DESC LIMIT 1")
   task=$(airflow_db "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
-    WHERE r.dag_id = 'sweeper_local' ORDER BY r.id DESC LIMIT 1")
+    WHERE r.dag_id = 'sweeper_local' AND ti.task_id = 'sweep' ORDER BY r.id DESC LIMIT 1")
   exits=$(grep -c 'Command exited with return code 4' "$work/dags-test-failing.log" || true)
   echo "airflow dags test exited $rc; dag run state: $state; task state: $task; tries that exited 4: $exits"
   [ "$rc" != 0 ]
@@ -256,6 +297,12 @@ check_airflow_dags_test_fails() {
   [ "$task" = failed ]
   # retries=1: the task ran twice (after retry_delay, 30s), sweeper exiting 4 both times.
   [ "$exits" = 2 ]
+  # A failed sweep emits no asset event: conversations_landed is upstream_failed.
+  local landed
+  landed=$(airflow_db "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
+    WHERE r.dag_id = 'sweeper_local' AND ti.task_id = 'conversations_landed' ORDER BY r.id DESC LIMIT 1")
+  echo "conversations_landed: $landed"
+  [ "$landed" = upstream_failed ]
 }
 
 check_flyte() {
@@ -333,7 +380,7 @@ for c in $CHECKS; do
     airflow)
       run "airflow: DagBag imports dags/, both DAGs' policy" check_airflow_dagbag
       run "airflow: the pod's arguments run the binary, the XCom file is its summary" check_airflow_kpo_args
-      run "airflow: dags test sweeper_local, rows land" check_airflow_dags_test
+      run "airflow: dags test sweeper_local, rows land, the Asset's event only when some did; the downstream DAG" check_airflow_dags_test
       run "airflow: dags test sweeper_local fails when PostgreSQL is down" check_airflow_dags_test_fails
       ;;
     flyte) run "flyte: pyflyte package, the launch plan every 5 minutes, the outputs the binary writes" check_flyte ;;
