@@ -1,28 +1,20 @@
 //! The command line: clap types only. Every flag has an environment twin, so orchestrators can
 //! configure `sweeper` without templating arguments.
 
+// Help texts are clap's: `[user:password@]` is a URL form, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sweeper::config::{parse_duration, parse_size};
-use sweeper::layout::Layout;
-use sweeper::shard::Shard;
-use sweeper::simulate::{parse_count_range, parse_ttl_range};
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  done (rejected checkpoints do not fail a run: they are counted and kept in sweep_rejects)
-  1  anything else
-  2  bad usage: a bad flag, value or URL, or a missing setting
-  3  Redis unreachable or failing
-  4  PostgreSQL unreachable or failing, or its schema not migrated (due keys are protected first)
-  5  partial: --deadline passed; what was read is saved and the next run goes on
-130  interrupted by SIGINT, 143 by SIGTERM; what was read is saved";
+use crate::config::{defaults, parse_count_range, parse_duration, parse_size, parse_ttl_range};
+use crate::redis::layout::Layout;
+use crate::shard::Shard;
 
 #[derive(Debug, Parser)]
-#[command(name = "sweeper", version, about, after_help = EXIT_CODES, max_term_width = 100)]
+#[command(name = "sweeper", version, about, after_help = crate::error::exit::help(), max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
@@ -141,6 +133,52 @@ pub enum Output {
     Json,
 }
 
+/// `--output`, for every command that prints a report.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArg {
+    /// Output format on stdout: text for people, or one line of JSON.
+    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// `--threshold`: what counts as ending.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ThresholdArg {
+    /// A key is due (its conversation ending) when its TTL left is under this (e.g. 10m, 90s).
+    #[arg(long, env = "SWEEPER_THRESHOLD", default_value = defaults::THRESHOLD, value_parser = parse_duration)]
+    pub threshold: Duration,
+}
+
+/// Which keys are read, and which are due: `run`, `daemon` and `inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// SCAN MATCH pattern of checkpoint keys; the conversation id is what follows its literal prefix.
+    #[arg(long = "match", env = "SWEEPER_MATCH", default_value = defaults::MATCH)]
+    pub pattern: String,
+
+    #[command(flatten)]
+    pub threshold: ThresholdArg,
+
+    /// COUNT hint for each SCAN step (keys examined per round trip).
+    #[arg(long, env = "SWEEPER_SCAN_COUNT", default_value_t = defaults::SCAN_COUNT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub scan_count: u64,
+}
+
+/// How fast Redis is read: `run`, `daemon` and `inspect`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PaceArgs {
+    /// At most this many Redis commands per second (pipelines are spaced to keep under it), to
+    /// protect a busy primary. 0: no limit.
+    #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
+    pub max_redis_ops_per_sec: u32,
+
+    /// While other clients send Redis commands (live chat), at most this many per second, in
+    /// small pipelines; yet never slower than reading every key within --deadline needs. At full
+    /// speed while Redis serves no one else. 0: full speed always.
+    #[arg(long, env = "SWEEPER_BUSY_REDIS_OPS_PER_SEC", default_value_t = defaults::BUSY_REDIS_OPS_PER_SEC)]
+    pub busy_redis_ops_per_sec: u32,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update the PostgreSQL schema (idempotent: safe to run before every deploy).
@@ -185,9 +223,8 @@ pub struct StatusArgs {
     #[arg(long, env = "SWEEPER_STATUS_RUNS", default_value_t = 10)]
     pub runs: i64,
 
-    /// Output format on stdout.
-    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 #[derive(Debug, Args)]
@@ -196,17 +233,15 @@ pub struct CheckScheduleArgs {
     #[arg(long, env = "SWEEPER_SCHEDULE")]
     pub schedule: String,
 
-    /// The run's --threshold.
-    #[arg(long, env = "SWEEPER_THRESHOLD", default_value = "10m", value_parser = parse_duration)]
-    pub threshold: Duration,
+    #[command(flatten)]
+    pub threshold: ThresholdArg,
 
     /// The longest a run takes to read every key (its --deadline bounds it).
-    #[arg(long, env = "SWEEPER_MAX_RUNTIME", default_value = "4m", value_parser = parse_duration)]
+    #[arg(long, env = "SWEEPER_MAX_RUNTIME", default_value = defaults::DEADLINE, value_parser = parse_duration)]
     pub max_runtime: Duration,
 
-    /// Output format on stdout.
-    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 #[derive(Debug, Args)]
@@ -219,21 +254,15 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// SCAN MATCH pattern of checkpoint keys; the conversation id is what follows its literal prefix.
-    #[arg(long = "match", env = "SWEEPER_MATCH", default_value = "checkpoint:*")]
-    pub pattern: String,
-
-    /// Save keys whose TTL left is under this (e.g. 10m, 90s).
-    #[arg(long, env = "SWEEPER_THRESHOLD", default_value = "10m", value_parser = parse_duration)]
-    pub threshold: Duration,
+    #[command(flatten)]
+    pub select: SelectArgs,
 
     /// Read and show the due keys; write nothing anywhere (needs only Redis).
     #[arg(long, env = "SWEEPER_DRY_RUN")]
     pub dry_run: bool,
 
-    /// Summary format on stdout.
-    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    #[command(flatten)]
+    pub out: OutputArg,
 
     /// How checkpoints are stored in Redis: json (a string holding the document), hash (its
     /// fields, `messages` a JSON array string), list (message JSON objects, newest last), rejson
@@ -254,27 +283,15 @@ pub struct RunArgs {
 
     /// Conversations per PostgreSQL transaction. Memory follows it (about 4 batches are in
     /// flight); 500 was as fast as 1000 with 40% less memory.
-    #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
 
-    /// COUNT hint for each SCAN step (keys examined per round trip).
-    #[arg(long, env = "SWEEPER_SCAN_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub scan_count: u64,
-
     /// Checkpoints larger than this are rejected without being read whole (e.g. 16MiB).
-    #[arg(long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    #[arg(long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = defaults::MAX_VALUE_BYTES, value_parser = parse_size)]
     pub max_value_bytes: u64,
 
-    /// At most this many Redis commands per second (pipelines are spaced to keep under it), to
-    /// protect a busy primary. 0: no limit.
-    #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
-    pub max_redis_ops_per_sec: u32,
-
-    /// While other clients send Redis commands (live chat), at most this many per second, in
-    /// small pipelines; yet never slower than reading every key within --deadline needs. At full
-    /// speed while Redis serves no one else. 0: full speed always.
-    #[arg(long, env = "SWEEPER_BUSY_REDIS_OPS_PER_SEC", default_value_t = 10000)]
-    pub busy_redis_ops_per_sec: u32,
+    #[command(flatten)]
+    pub pace: PaceArgs,
 
     /// The schedule this run is started on (crontab form): a --threshold not above its largest
     /// gap is refused, as keys would expire between sweeps.
@@ -282,17 +299,17 @@ pub struct RunArgs {
     pub schedule: Option<String>,
 
     /// Batches written to PostgreSQL at once, each on its own connection.
-    #[arg(long, env = "SWEEPER_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    #[arg(long, env = "SWEEPER_WRITERS", default_value_t = defaults::WRITERS, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub writers: u64,
 
     /// Stop scanning after this long, save what was read, exit 5 (status partial). Keep it under
     /// the schedule gap. 0: no deadline.
-    #[arg(long, env = "SWEEPER_DEADLINE", default_value = "4m", value_parser = parse_duration)]
+    #[arg(long, env = "SWEEPER_DEADLINE", default_value = defaults::DEADLINE, value_parser = parse_duration)]
     pub deadline: Duration,
 
     /// When PostgreSQL cannot take a due key, raise its TTL to this (never lower it) so it outlives
     /// the outage. Must be above --threshold. 0: off.
-    #[arg(long, env = "SWEEPER_PROTECT_TTL", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, env = "SWEEPER_PROTECT_TTL", default_value = defaults::PROTECT_TTL, value_parser = parse_duration)]
     pub protect_ttl: Duration,
 
     #[command(flatten)]
@@ -322,25 +339,11 @@ pub struct PublishArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// SCAN MATCH pattern of checkpoint keys.
-    #[arg(long = "match", env = "SWEEPER_MATCH", default_value = "checkpoint:*")]
-    pub pattern: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
 
-    /// The threshold a sweep would use: the histogram marks what is under it.
-    #[arg(long, env = "SWEEPER_THRESHOLD", default_value = "10m", value_parser = parse_duration)]
-    pub threshold: Duration,
-
-    /// COUNT hint for each SCAN step.
-    #[arg(long, env = "SWEEPER_SCAN_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub scan_count: u64,
-
-    /// At most this many Redis commands per second. 0: no limit.
-    #[arg(long, env = "SWEEPER_MAX_REDIS_OPS_PER_SEC", default_value_t = 0)]
-    pub max_redis_ops_per_sec: u32,
-
-    /// While other clients send Redis commands, at most this many per second. 0: full speed.
-    #[arg(long, env = "SWEEPER_BUSY_REDIS_OPS_PER_SEC", default_value_t = 10000)]
-    pub busy_redis_ops_per_sec: u32,
+    #[command(flatten)]
+    pub pace: PaceArgs,
 
     /// How many of the largest values to list.
     #[arg(long, env = "SWEEPER_INSPECT_TOP", default_value_t = 10)]
@@ -350,9 +353,8 @@ pub struct InspectArgs {
     #[arg(long, env = "SWEEPER_INSPECT_SAMPLES", default_value_t = 5)]
     pub samples: usize,
 
-    /// Output format on stdout.
-    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 #[derive(Debug, Args)]
@@ -369,9 +371,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// Output format on stdout.
-    #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 #[derive(Debug, Args)]
@@ -413,8 +414,8 @@ mod tests {
         let Command::Run(r) = cli.command else {
             panic!()
         };
-        assert_eq!(r.pattern, "checkpoint:*");
-        assert_eq!(r.threshold, Duration::from_secs(600));
+        assert_eq!(r.select.pattern, "checkpoint:*");
+        assert_eq!(r.select.threshold.threshold, Duration::from_secs(600));
         assert_eq!(r.batch_size, 500);
         assert_eq!(r.max_value_bytes, 16 << 20);
         assert!(!r.dry_run);

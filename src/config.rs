@@ -3,10 +3,25 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::layout::Layout;
-use crate::pace::Pacing;
 use crate::progress::Progress;
+use crate::redis::layout::Layout;
+use crate::redis::pace::Pacing;
 use crate::shard::Shard;
+
+pub use crate::redact::redact_url;
+
+/// Every default of a setting, once: the flags show them, [`SweepConfig::default`] uses them.
+pub mod defaults {
+    pub const MATCH: &str = "checkpoint:*";
+    pub const THRESHOLD: &str = "10m";
+    pub const BATCH_SIZE: u64 = 500;
+    pub const SCAN_COUNT: u64 = 1000;
+    pub const MAX_VALUE_BYTES: &str = "16MiB";
+    pub const DEADLINE: &str = "4m";
+    pub const PROTECT_TTL: &str = "15m";
+    pub const WRITERS: u64 = 2;
+    pub const BUSY_REDIS_OPS_PER_SEC: u32 = 10_000;
+}
 
 /// What a sweep needs to know. Build it with struct update syntax over `Default` and call
 /// [`SweepConfig::validate`].
@@ -49,18 +64,18 @@ pub struct SweepConfig {
 impl Default for SweepConfig {
     fn default() -> Self {
         SweepConfig {
-            pattern: "checkpoint:*".into(),
-            prefix: "checkpoint:".into(),
-            threshold: Duration::from_secs(600),
-            batch_size: 500,
-            scan_count: 1000,
-            max_value_bytes: 16 << 20,
+            pattern: defaults::MATCH.into(),
+            prefix: literal_prefix(defaults::MATCH).into(),
+            threshold: duration(defaults::THRESHOLD),
+            batch_size: defaults::BATCH_SIZE as usize,
+            scan_count: defaults::SCAN_COUNT as usize,
+            max_value_bytes: parse_size(defaults::MAX_VALUE_BYTES).expect("a valid default"),
             dry_run: false,
-            deadline: Some(Duration::from_secs(240)),
-            protect_ttl: Duration::from_secs(900),
-            writers: 2,
+            deadline: Some(duration(defaults::DEADLINE)),
+            protect_ttl: duration(defaults::PROTECT_TTL),
+            writers: defaults::WRITERS as usize,
             max_redis_ops_per_sec: 0,
-            busy_redis_ops_per_sec: 10_000,
+            busy_redis_ops_per_sec: defaults::BUSY_REDIS_OPS_PER_SEC,
             progress: Progress::default(),
             layout: Layout::Json,
             shard: None,
@@ -83,9 +98,7 @@ impl SweepConfig {
             return Err(Error::Usage("--match must not be empty".into()));
         }
         self.prefix = literal_prefix(&self.pattern).to_string();
-        if self.layout == Layout::LangGraph
-            && crate::langgraph::read::indexes(&self.prefix).is_none()
-        {
+        if self.layout == Layout::LangGraph && crate::langgraph::indexes(&self.prefix).is_none() {
             return Err(Error::Usage(format!(
                 "--format langgraph sweeps a LangGraph app's `{{prefix}}_latest:*` keys (`checkpoint_latest:*` by default), not --match {}",
                 self.pattern
@@ -122,6 +135,10 @@ pub fn literal_prefix(pattern: &str) -> &str {
     &pattern[..end]
 }
 
+fn duration(text: &str) -> Duration {
+    parse_duration(text).expect("a valid default")
+}
+
 /// Parses `90s`, `10m`, `1h 30m` (humantime's form).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -154,57 +171,30 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-/// A URL fit for logs and error messages: any password replaced by `***`. A comma-separated list
-/// (a cluster's seeds) is redacted URL by URL: parsed whole, the seeds after the first would be
-/// read as the first one's path and kept as they are.
-pub fn redact_url(raw: &str) -> String {
-    let urls: Vec<&str> = raw.split(',').map(str::trim).collect();
-    if urls.len() > 1 && urls.iter().all(|u| u.contains("://")) {
-        return urls
-            .iter()
-            .map(|u| redact_one_url(u))
-            .collect::<Vec<_>>()
-            .join(",");
+/// Parses a `0s..30m` range of durations.
+pub fn parse_ttl_range(s: &str) -> std::result::Result<(Duration, Duration), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("`{s}` is not a range like 0s..30m"))?;
+    let (a, b) = (parse_duration(a)?, parse_duration(b)?);
+    if a > b {
+        return Err(format!("`{s}`: the range's start is after its end"));
     }
-    redact_one_url(raw)
+    Ok((a, b))
 }
 
-fn redact_one_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            // libpq-style URLs may carry the password as a parameter too.
-            if u.query_pairs().any(|(k, _)| is_secret_param(&k)) {
-                let pairs: Vec<(String, String)> = u
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if is_secret_param(&k) {
-                            "***".into()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                u.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            u.to_string()
-        }
-        // Not a URL we can parse: show only the scheme, never the rest (it may hold a secret).
-        Err(_) => match raw.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://(unparseable URL)"),
-            None => "(unparseable URL)".to_string(),
-        },
+/// Parses a `2..20` range of counts.
+pub fn parse_count_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("`{s}` is not a range like 2..20");
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a > b {
+        return Err(format!("`{s}`: the range's start is after its end"));
     }
-}
-
-fn is_secret_param(name: &str) -> bool {
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "password" | "pass" | "sslpassword"
-    )
+    Ok((a, b))
 }
 
 #[cfg(test)]
@@ -241,26 +231,13 @@ mod tests {
     }
 
     #[test]
-    fn passwords_never_survive_redaction() {
-        let r = redact_url("postgres://app:s3cret@db:5432/chat");
-        assert!(!r.contains("s3cret"), "{r}");
-        assert!(r.contains("app:***@db"), "{r}");
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379/"),
-            "redis://127.0.0.1:6379/"
-        );
-        assert!(!redact_url("redis://:pw@[bad").contains("pw"));
-        let seeds =
-            redact_url("redis://u:pw1@a:7000/,redis://u:pw2@b:7001/, rediss://u:pw3@c:7002/");
-        assert_eq!(
-            seeds,
-            "redis://u:***@a:7000/,redis://u:***@b:7001/,rediss://u:***@c:7002/"
-        );
-        let q = redact_url("postgres://db/chat?sslmode=require&password=hunter2");
-        assert!(
-            !q.contains("hunter2") && q.contains("sslmode=require"),
-            "{q}"
-        );
+    fn defaults_are_what_the_documentation_says() {
+        let d = SweepConfig::default();
+        assert_eq!(d.threshold, Duration::from_secs(600));
+        assert_eq!(d.deadline, Some(Duration::from_secs(240)));
+        assert_eq!(d.protect_ttl, Duration::from_secs(900));
+        assert_eq!(d.max_value_bytes, 16 << 20);
+        assert_eq!(d.prefix, "checkpoint:");
     }
 
     #[test]
@@ -294,5 +271,17 @@ mod tests {
             protect_ttl: Duration::ZERO,
             ..d()
         }));
+    }
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(
+            parse_ttl_range("0s..30m").unwrap(),
+            (Duration::ZERO, Duration::from_secs(1800))
+        );
+        assert!(parse_ttl_range("30m..1m").is_err());
+        assert!(parse_ttl_range("5m").is_err());
+        assert_eq!(parse_count_range("2..20").unwrap(), (2, 20));
+        assert!(parse_count_range("a..b").is_err());
     }
 }

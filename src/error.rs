@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Exit codes, documented in `--help` and the README. Scripts depend on them: never renumber.
+/// Exit codes, documented in `--help` and docs/operating.md. Scripts depend on them: never renumber.
 pub mod exit {
     pub const OK: u8 = 0;
     pub const OTHER: u8 = 1;
@@ -16,6 +16,41 @@ pub mod exit {
     pub const PARTIAL: u8 = 5;
     /// Interrupted by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM).
     pub const SIGNAL_BASE: u8 = 128;
+
+    /// What each code means, as `--help` lists them.
+    const MEANINGS: &[(u8, &str)] = &[
+        (
+            OK,
+            "done (rejected checkpoints do not fail a run: they are counted and kept in sweep_rejects)",
+        ),
+        (OTHER, "anything else"),
+        (
+            USAGE,
+            "bad usage: a bad flag, value or URL, or a missing setting",
+        ),
+        (REDIS, "Redis unreachable or failing"),
+        (
+            POSTGRES,
+            "PostgreSQL unreachable or failing, or its schema not migrated (due keys are protected first)",
+        ),
+        (
+            PARTIAL,
+            "partial: --deadline passed; what was read is saved and the next run goes on",
+        ),
+        (
+            SIGNAL_BASE + crate::shutdown::SIGINT as u8,
+            "interrupted by SIGINT, 143 by SIGTERM; what was read is saved",
+        ),
+    ];
+
+    /// The exit codes section of `--help`.
+    pub fn help() -> String {
+        let mut out = String::from("Exit codes:");
+        for (code, meaning) in MEANINGS {
+            out.push_str(&format!("\n{code:>3}  {meaning}"));
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

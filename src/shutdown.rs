@@ -15,6 +15,8 @@ pub struct Shutdown(Arc<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     signal: AtomicI32,
+    /// A second signal: the binary exits at once with 128 + it (see [`Shutdown::forced`]).
+    forced: AtomicI32,
     /// Wakes whoever waits for the signal (the daemon between sweeps).
     notify: Notify,
 }
@@ -55,6 +57,27 @@ impl Shutdown {
         }
     }
 
+    /// Returns the signal once a second one has come: the binary then exits at once (it is the
+    /// only place the process exits).
+    pub async fn forced(&self) -> i32 {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.0.forced.load(Ordering::SeqCst) {
+                0 => notified.await,
+                s => return s,
+            }
+        }
+    }
+
+    /// A new flag, listening already (see [`Shutdown::listen`]).
+    pub fn listening(&self) -> crate::Result<Shutdown> {
+        self.listen()
+            .map_err(|e| crate::Error::Other(format!("cannot listen for signals: {e}")))?;
+        Ok(self.clone())
+    }
+
     /// Listens for SIGINT and SIGTERM in the background. The first asks the sweep to stop; a
     /// second one exits at once (an operator pressing Ctrl-C twice means it).
     pub fn listen(&self) -> std::io::Result<()> {
@@ -70,7 +93,9 @@ impl Shutdown {
                 };
                 if me.signal().is_some() {
                     eprintln!("sweeper: second signal: exiting now");
-                    std::process::exit(128 + got);
+                    me.0.forced.store(got, Ordering::SeqCst);
+                    me.0.notify.notify_waiters();
+                    continue;
                 }
                 tracing::warn!(
                     signal = got,

@@ -313,7 +313,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
         .unwrap();
 
     // A reader that learnt the slot map now, before the migration ends.
-    let mut nodes = sweeper::cluster::Nodes::connect(
+    let mut nodes = sweeper::redis::cluster::Nodes::connect(
         &cluster.urls(),
         &Default::default(),
         Duration::from_secs(5),
@@ -470,7 +470,8 @@ async fn simulate_and_restore_write_each_key_to_the_node_owning_it() {
     );
 }
 
-/// The commands the README lists for an ACL user of a sharded cluster sweep, and nothing else.
+/// The commands docs/deploying.md lists for an ACL user of a sharded cluster sweep, and nothing else
+/// (tests/docs.rs checks each is listed there).
 const SHARDED_SWEEP_COMMANDS: &[&str] = &[
     "+ping",
     "+info",

@@ -31,11 +31,8 @@
 //! values, one row per channel and version, as (type, bytes) of LangGraph's serializer) and
 //! `checkpoint_writes`. Channel values go to blobs as type `json` (the value's JSON, LangChain's
 //! constructor form included), which LangGraph's `JsonPlusSerializer` reads back; pending writes
-//! keep the (type, bytes) RedisSaver stored. The pure conversion is here; [`read`] speaks Redis
-//! and [`store`] PostgreSQL.
-
-pub mod read;
-pub mod store;
+//! keep the (type, bytes) RedisSaver stored. The pure conversion is here; [`crate::redis::langgraph`] speaks Redis
+//! and [`crate::store::langgraph`] PostgreSQL.
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
@@ -123,6 +120,13 @@ pub struct WriteRow {
     pub channel: String,
     pub kind: String,
     pub blob: Vec<u8>,
+}
+
+/// The RediSearch index names of RedisSaver's checkpoints and writes, from the literal prefix of
+/// the latest keys' pattern: `checkpoint_latest:` gives `checkpoint` and `checkpoint_write`.
+pub fn indexes(latest_prefix: &str) -> Option<(String, String)> {
+    let base = latest_prefix.strip_suffix("_latest:")?;
+    (!base.is_empty()).then(|| (base.to_string(), format!("{base}_write")))
 }
 
 /// The PostgreSQL namespace of a RedisSaver one.

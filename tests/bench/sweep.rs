@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 use sweeper::checkpoint::{conversation_id, decode};
-use sweeper::cluster::Nodes;
+use sweeper::cmd::simulate::{SimulateConfig, simulate};
+use sweeper::redis::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
-use sweeper::simulate::{SimulateConfig, simulate};
 
 const THRESHOLD: Duration = Duration::from_secs(600);
 /// Runs of the reads-only measurements (the floor, the dry run); the best is kept.
@@ -262,13 +262,14 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
     let msg_path = env.dir.join("messages.csv");
     let mut conv = std::io::BufWriter::new(std::fs::File::create(&conv_path).unwrap());
     let mut msg = std::io::BufWriter::new(std::fs::File::create(&msg_path).unwrap());
-    let (mut cursor, mut rows, mut messages) = (0u64, 0u64, 0u64);
+    let (mut rows, mut messages) = (0u64, 0u64);
     let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(String::new(), |t| t.to_rfc3339());
-    loop {
-        let (next, keys) = source
-            .scan_page(0, cursor, &format!("{PREFIX}*"), 1000)
-            .await
-            .unwrap();
+    let mut walk = source.walks(None).await.unwrap().remove(0);
+    while let Some(keys) = source
+        .next_page(&mut walk, &format!("{PREFIX}*"), 1000)
+        .await
+        .unwrap()
+    {
         let ttls = source.pttls(&keys).await.unwrap();
         let due: Vec<Vec<u8>> = keys
             .into_iter()
@@ -277,11 +278,11 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             .map(|(k, _)| k)
             .collect();
         let values = source
-            .read(sweeper::layout::Layout::Json, &due, 16 << 20)
+            .read(sweeper::redis::layout::Layout::Json, &due, 16 << 20)
             .await
             .unwrap();
         for (k, v) in due.iter().zip(values) {
-            let sweeper::layout::Fetched::Value(v) = v else {
+            let sweeper::redis::layout::Fetched::Value(v) = v else {
                 continue;
             };
             let key = std::str::from_utf8(k).unwrap();
@@ -316,10 +317,6 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             }
             rows += 1;
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     conv.flush().unwrap();
     msg.flush().unwrap();

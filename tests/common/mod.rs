@@ -221,7 +221,7 @@ pub async fn slot_owners(cluster: &servers::PrivateCluster) -> Vec<u16> {
         .query_async(&mut node_conn(cluster.nodes[0].port).await)
         .await
         .unwrap();
-    let ranges = sweeper::cluster::parse_cluster_slots(&reply, "127.0.0.1:0").unwrap();
+    let ranges = sweeper::redis::slots::parse_cluster_slots(&reply, "127.0.0.1:0").unwrap();
     let mut owner = vec![0u16; 16384];
     for r in ranges {
         let port: u16 = r.addr.rsplit_once(':').unwrap().1.parse().unwrap();

@@ -7,9 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::cluster::Nodes;
-use crate::config::parse_duration;
 use crate::error::Result;
+use crate::redis::cluster::Nodes;
 
 /// Keys written per pipeline.
 const PIPELINE: usize = 500;
@@ -40,32 +39,6 @@ impl Default for SimulateConfig {
             seed: 1,
         }
     }
-}
-
-/// Parses a `0s..30m` range of durations.
-pub fn parse_ttl_range(s: &str) -> std::result::Result<(Duration, Duration), String> {
-    let (a, b) = s
-        .split_once("..")
-        .ok_or_else(|| format!("`{s}` is not a range like 0s..30m"))?;
-    let (a, b) = (parse_duration(a)?, parse_duration(b)?);
-    if a > b {
-        return Err(format!("`{s}`: the range's start is after its end"));
-    }
-    Ok((a, b))
-}
-
-/// Parses a `2..20` range of counts.
-pub fn parse_count_range(s: &str) -> std::result::Result<(usize, usize), String> {
-    let bad = || format!("`{s}` is not a range like 2..20");
-    let (a, b) = s.split_once("..").ok_or_else(bad)?;
-    let (a, b): (usize, usize) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
-    if a > b {
-        return Err(format!("`{s}`: the range's start is after its end"));
-    }
-    Ok((a, b))
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +123,31 @@ pub fn conversation(
     })
 }
 
+/// `sweeper simulate`.
+pub async fn execute(g: &crate::cli::GlobalOpts, s: &crate::cli::SimulateArgs) -> Result<u8> {
+    let mut source = super::connect_redis(g).await?;
+    let cfg = SimulateConfig {
+        conversations: s.conversations,
+        prefix: s.match_prefix.clone(),
+        ttl_min: s.ttl_spread.0,
+        ttl_max: s.ttl_spread.1,
+        messages_min: s.messages.0,
+        messages_max: s.messages.1,
+        seed: s.seed,
+    };
+    let report = simulate(&mut source, &cfg).await?;
+    super::print(&format!(
+        "wrote {} checkpoints under {}* ({} messages, {} bytes), TTLs {} to {}\n",
+        report.written,
+        cfg.prefix,
+        report.messages,
+        report.bytes,
+        humantime::format_duration(cfg.ttl_min),
+        humantime::format_duration(cfg.ttl_max)
+    ))?;
+    Ok(crate::error::exit::OK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,17 +166,5 @@ mod tests {
         );
         assert_eq!(c.messages.last().unwrap().created_at, c.updated_at);
         assert!((500..8000).contains(&doc.len()), "a few KB: {}", doc.len());
-    }
-
-    #[test]
-    fn ranges_parse() {
-        assert_eq!(
-            parse_ttl_range("0s..30m").unwrap(),
-            (Duration::ZERO, Duration::from_secs(1800))
-        );
-        assert!(parse_ttl_range("30m..1m").is_err());
-        assert!(parse_ttl_range("5m").is_err());
-        assert_eq!(parse_count_range("2..20").unwrap(), (2, 20));
-        assert!(parse_count_range("a..b").is_err());
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cluster::Nodes;
 use crate::error::{Error, Result};
+use crate::redis::cluster::Nodes;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,4 +84,18 @@ impl Restored {
         }
         out
     }
+}
+
+/// `sweeper restore`.
+pub async fn execute(g: &crate::cli::GlobalOpts, rs: &crate::cli::RestoreArgs) -> Result<u8> {
+    if rs.ttl.is_zero() {
+        return Err(Error::Usage("--ttl must be above 0".into()));
+    }
+    let store = super::connect_store(g).await?;
+    store.ensure_migrated().await?;
+    let mut source = super::connect_redis(g).await?;
+    let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
+    tracing::info!(key = %restored.key, "conversation restored");
+    super::emit(rs.out.output, || restored.to_json(), || restored.to_text())?;
+    Ok(crate::error::exit::OK)
 }

@@ -9,10 +9,11 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{self, Reject};
 use crate::config::SweepConfig;
-use crate::langgraph::read::ThreadRead;
-use crate::layout::Fetched;
-use crate::report::{Counters, DueKey};
-use crate::source::display_key;
+use crate::redis::langgraph::ThreadRead;
+use crate::redis::layout::Fetched;
+use crate::redis::node::display_key;
+use crate::redis::read::Read;
+use crate::run::{Counters, DueKey};
 use crate::store::{Batch, RejectRecord};
 
 /// A batch is also sent once its checkpoints hold this many bytes, whatever their number.
@@ -23,22 +24,6 @@ const BATCH_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) fn expired(counters: &mut Counters, key: &[u8]) {
     counters.expired_before_read += 1;
     tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
-}
-
-/// One due key as the reader read it.
-pub(crate) enum Read {
-    /// A checkpoint's value (or why there is none).
-    Value {
-        key: Vec<u8>,
-        ttl_ms: u64,
-        fetched: Fetched,
-    },
-    /// `--format langgraph`: a thread, read whole.
-    Thread {
-        key: Vec<u8>,
-        ttl_ms: u64,
-        read: ThreadRead,
-    },
 }
 
 /// What the writers receive.

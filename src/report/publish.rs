@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::redact_url;
 use crate::error::{Error, Result};
-use crate::report::{RunStatus, Summary};
-use crate::store::RunHistory;
+use crate::redact::redact_url;
+use crate::run::RunHistory;
+use crate::run::{RunStatus, Summary};
 
 /// The Pushgateway's grouping key: one group per job, replaced metric by metric on each push.
 const PUSH_PATH: &str = "/metrics/job/sweeper";

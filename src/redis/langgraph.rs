@@ -6,11 +6,11 @@
 
 use redis::Value;
 
-use super::{Thread, checkpoint_rows, pg_namespace, write_row};
 use crate::checkpoint::Reject;
-use crate::cluster::Nodes;
 use crate::error::Result;
-use crate::source::display_key;
+use crate::langgraph::{Thread, checkpoint_rows, indexes, pg_namespace, write_row};
+use crate::redis::cluster::Nodes;
+use crate::redis::node::display_key;
 
 /// The prefix of RedisSaver's per-checkpoint write registries (`write_keys_zset:{thread}:{ns}:
 /// {checkpoint_id}`, a sorted set of that checkpoint's write keys): fixed in its key_registry, not
@@ -37,13 +37,6 @@ pub enum ThreadRead {
     Gone {
         key: String,
     },
-}
-
-/// The RediSearch index names of RedisSaver's checkpoints and writes, from the literal prefix of
-/// the latest keys' pattern: `checkpoint_latest:` gives `checkpoint` and `checkpoint_write`.
-pub fn indexes(latest_prefix: &str) -> Option<(String, String)> {
-    let base = latest_prefix.strip_suffix("_latest:")?;
-    (!base.is_empty()).then(|| (base.to_string(), format!("{base}_write")))
 }
 
 /// The write registry of a checkpoint key: RedisSaver builds both from the same parts
@@ -120,17 +113,64 @@ pub async fn read_threads(
     latest_prefix: &str,
 ) -> Result<Vec<ThreadRead>> {
     let (cp_index, write_index) = indexes(latest_prefix).unwrap_or_default();
-    let mut out: Vec<Option<ThreadRead>> = vec![None; latest_keys.len()];
-    let shown: Vec<String> = latest_keys.iter().map(|k| display_key(k)).collect();
-    let reject = |i: usize, reason: Reject, raw: &[u8]| {
-        Some(ThreadRead::Rejected {
-            key: shown[i].clone(),
+    let mut out = Reads {
+        out: vec![None; latest_keys.len()],
+        shown: latest_keys.iter().map(|k| display_key(k)).collect(),
+    };
+    let newest = newest_checkpoints(source, latest_keys, &mut out).await?;
+    let threads = threads_of(source, &newest, &mut out).await?;
+    let docs = search_threads(source, latest_keys, &threads, &cp_index, &write_index).await?;
+    let (mut out, shown) = (out.out, out.shown);
+    for ((i, thread_id, ns), [cps, writes]) in threads.into_iter().zip(docs) {
+        out[i] = Some(assemble(
+            &shown[i],
+            &latest_keys[i],
+            thread_id,
+            &ns,
+            &cp_index,
+            cps,
+            writes,
+        ));
+    }
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or(ThreadRead::Gone {
+                key: shown[i].clone(),
+            })
+        })
+        .collect())
+}
+
+/// The results so far, one per latest key, and the keys as logs show them.
+struct Reads {
+    out: Vec<Option<ThreadRead>>,
+    shown: Vec<String>,
+}
+
+impl Reads {
+    fn gone(&mut self, i: usize) {
+        self.out[i] = Some(ThreadRead::Gone {
+            key: self.shown[i].clone(),
+        });
+    }
+
+    fn reject(&mut self, i: usize, reason: Reject, raw: &[u8]) {
+        self.out[i] = Some(ThreadRead::Rejected {
+            key: self.shown[i].clone(),
             reason,
             raw: raw.to_vec(),
-        })
-    };
+        });
+    }
+}
 
-    // 1. The newest checkpoint's key, from each latest key.
+/// Step 1: the newest checkpoint's key, from each latest key: (index of the latest key, its value).
+async fn newest_checkpoints(
+    source: &mut Nodes,
+    latest_keys: &[Vec<u8>],
+    out: &mut Reads,
+) -> Result<Vec<(usize, Vec<u8>)>> {
     let replies = source
         .per_key(latest_keys, |pipe, i| {
             pipe.cmd("GET").arg(&latest_keys[i]);
@@ -139,26 +179,29 @@ pub async fn read_threads(
     let mut newest: Vec<(usize, Vec<u8>)> = Vec::new();
     for (i, r) in replies.iter().enumerate() {
         match r.first() {
-            Some(Value::Nil) | None => {
-                out[i] = Some(ThreadRead::Gone {
-                    key: shown[i].clone(),
-                })
-            }
-            Some(Value::ServerError(_)) => {
-                out[i] = reject(
-                    i,
-                    Reject::WrongType {
-                        found: "non-string".into(),
-                        expected: "string naming a LangGraph checkpoint",
-                    },
-                    b"",
-                )
-            }
+            Some(Value::Nil) | None => out.gone(i),
+            Some(Value::ServerError(_)) => out.reject(
+                i,
+                Reject::WrongType {
+                    found: "non-string".into(),
+                    expected: "string naming a LangGraph checkpoint",
+                },
+                b"",
+            ),
             Some(v) => newest.push((i, bytes(v).unwrap_or_default().to_vec())),
         }
     }
 
-    // 2. Its thread and namespace, as RedisSaver stored them (a key's parts can hold `:`).
+    Ok(newest)
+}
+
+/// Step 2: each newest checkpoint's thread and namespace, as RedisSaver stored them (a key's parts can
+/// hold `:`): (index of the latest key, thread, namespace).
+async fn threads_of(
+    source: &mut Nodes,
+    newest: &[(usize, Vec<u8>)],
+    out: &mut Reads,
+) -> Result<Vec<(usize, String, String)>> {
     let keys: Vec<Vec<u8>> = newest.iter().map(|(_, k)| k.clone()).collect();
     let replies = source
         .per_key(&keys, |pipe, j| {
@@ -175,42 +218,44 @@ pub async fn read_threads(
             .and_then(bytes)
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
         match (r.first(), parsed) {
-            (Some(Value::Nil) | None, _) => {
-                out[*i] = Some(ThreadRead::Gone {
-                    key: shown[*i].clone(),
-                })
-            }
+            (Some(Value::Nil) | None, _) => out.gone(*i),
             (_, Some(v)) => {
                 let s = |p: &str| v[p][0].as_str().map(str::to_string);
                 match (s("$.thread_id"), s("$.checkpoint_ns")) {
                     (Some(t), Some(ns)) => threads.push((*i, t, ns)),
-                    _ => {
-                        out[*i] = reject(
-                            *i,
-                            Reject::BadField {
-                                field: "thread_id",
-                                problem: "or checkpoint_ns missing from the newest checkpoint"
-                                    .into(),
-                            },
-                            key,
-                        )
-                    }
+                    _ => out.reject(
+                        *i,
+                        Reject::BadField {
+                            field: "thread_id",
+                            problem: "or checkpoint_ns missing from the newest checkpoint".into(),
+                        },
+                        key,
+                    ),
                 }
             }
-            (Some(_), None) => {
-                out[*i] = reject(
-                    *i,
-                    Reject::WrongType {
-                        found: "non-JSON value".into(),
-                        expected: "RedisJSON checkpoint",
-                    },
-                    key,
-                )
-            }
+            (Some(_), None) => out.reject(
+                *i,
+                Reject::WrongType {
+                    found: "non-JSON value".into(),
+                    expected: "RedisJSON checkpoint",
+                },
+                key,
+            ),
         }
     }
 
-    // 3. Every checkpoint and write of each thread, paged when there are many.
+    Ok(threads)
+}
+
+/// Step 3: every checkpoint and write of each thread, paged when there are many: per thread, its
+/// checkpoint documents and its write documents.
+async fn search_threads(
+    source: &mut Nodes,
+    latest_keys: &[Vec<u8>],
+    threads: &[(usize, String, String)],
+    cp_index: &str,
+    write_index: &str,
+) -> Result<Vec<[Vec<Doc>; 2]>> {
     let queries: Vec<String> = threads
         .iter()
         .map(|(_, t, ns)| {
@@ -234,7 +279,7 @@ pub async fn read_threads(
         let replies = source
             .per_key(&keys, |pipe, p| {
                 let (j, which, offset) = pending[p];
-                let index = if which == 0 { &cp_index } else { &write_index };
+                let index = if which == 0 { cp_index } else { write_index };
                 pipe.add_command(search(index, &queries[j], offset));
             })
             .await?;
@@ -259,26 +304,7 @@ pub async fn read_threads(
         pending = next;
     }
 
-    for ((i, thread_id, ns), [cps, writes]) in threads.into_iter().zip(docs) {
-        out[i] = Some(assemble(
-            &shown[i],
-            &latest_keys[i],
-            thread_id,
-            &ns,
-            &cp_index,
-            cps,
-            writes,
-        ));
-    }
-    Ok(out
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.unwrap_or(ThreadRead::Gone {
-                key: shown[i].clone(),
-            })
-        })
-        .collect())
+    Ok(docs)
 }
 
 /// One thread's rows from its documents; the first document that is not LangGraph's rejects the

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use crate::config::redact_url;
 use crate::error::{Error, Result};
+use crate::redact::redact_url;
 
 /// How to reach a `rediss://` Redis.
 #[derive(Debug, Clone, Default)]

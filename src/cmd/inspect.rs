@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cluster::Nodes;
 use crate::error::Result;
-use crate::layout::{Layout, Probe};
 use crate::progress::Progress;
+use crate::redis::cluster::Nodes;
+use crate::redis::layout::{Layout, Probe};
+use crate::redis::node::display_key;
 use crate::select::{Ttl, classify};
-use crate::source::display_key;
 
 #[derive(Debug, Clone)]
 pub struct InspectConfig {
@@ -196,13 +196,12 @@ pub async fn inspect(
         seen: 0,
         keys: Vec::new(),
     };
-    // Every primary in turn (one node, or each primary of a cluster).
-    for node in 0..source.primaries() {
-        let mut cursor = 0;
-        loop {
-            let (next, keys) = source
-                .scan_page(node, cursor, &cfg.pattern, cfg.scan_count)
-                .await?;
+    // Every primary in turn (one node, or each primary of a cluster), walked as a sweep walks.
+    for mut walk in source.walks(None).await? {
+        while let Some(keys) = source
+            .next_page(&mut walk, &cfg.pattern, cfg.scan_count)
+            .await?
+        {
             report.keys += keys.len() as u64;
             let pttls = source.pttls(&keys).await?;
             // Every size is wanted, however large: the limit only decides what a sweep would read.
@@ -242,10 +241,6 @@ pub async fn inspect(
                 sample.offer(key);
             }
             progress.update(report.keys, report.due);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
     }
     progress.finish();
@@ -321,6 +316,26 @@ impl InspectReport {
         }
         out
     }
+}
+
+/// `sweeper inspect`.
+pub async fn execute(g: &crate::cli::GlobalOpts, i: &crate::cli::InspectArgs) -> Result<u8> {
+    let cfg = InspectConfig {
+        pattern: i.select.pattern.clone(),
+        threshold: i.select.threshold.threshold,
+        scan_count: i.select.scan_count as usize,
+        top: i.top,
+        samples: i.samples,
+    };
+    let mut source = super::connect_redis(g).await?;
+    source.set_pacing(crate::redis::pace::Pacing {
+        max_ops_per_sec: i.pace.max_redis_ops_per_sec,
+        busy_ops_per_sec: i.pace.busy_redis_ops_per_sec,
+        budget: None,
+    });
+    let report = inspect(&mut source, &cfg, &Progress::on_terminal()).await?;
+    super::emit(i.out.output, || report.to_json(), || report.to_text())?;
+    Ok(crate::error::exit::OK)
 }
 
 #[cfg(test)]

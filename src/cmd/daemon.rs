@@ -49,3 +49,27 @@ where
     tracing::info!(sweeps, "daemon stopping");
     sweeps
 }
+
+/// `sweeper daemon`: the settings are checked once, before the first sweep.
+pub async fn execute(
+    g: &crate::cli::GlobalOpts,
+    r: &crate::cli::RunArgs,
+    shutdown: &Shutdown,
+) -> crate::Result<u8> {
+    let expr = r.schedule.as_deref().ok_or_else(|| {
+        crate::Error::Usage("daemon needs --schedule (or SWEEPER_SCHEDULE)".into())
+    })?;
+    let schedule = super::schedule::parse(expr)?;
+    // Settings errors stop the daemon before it starts, not at every firing.
+    let prepared = super::run::prepare(g, r)?;
+    let signals = shutdown.listening()?;
+    run(&schedule, &signals, || async {
+        // Not the listening one: the sweep in flight is not cut short by the signal.
+        let prepared = Ok(prepared.clone());
+        if let Err(e) = super::run::sweep_and_report(r, prepared, &Shutdown::new()).await {
+            tracing::error!(exit_code = e.exit_code(), "sweep failed: {e}");
+        }
+    })
+    .await;
+    Ok(crate::error::exit::OK)
+}

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::Thread;
 use crate::error::{Error, Result};
+use crate::langgraph::Thread;
 
 /// `MIGRATIONS` of langgraph-checkpoint-postgres 3.2.0 (`langgraph/checkpoint/postgres/base.py`),
 /// verbatim: the position of each is its version in `checkpoint_migrations`, and `setup()` runs
@@ -138,6 +138,37 @@ pub async fn write(tx: &mut Transaction<'_, Postgres>, threads: &[Thread]) -> Re
     let mut touched: HashSet<(String, String)> = HashSet::new();
 
     // Each primary key once: an upsert cannot touch a row twice (a thread read twice by SCAN).
+    for rows in [
+        write_checkpoints(tx, threads).await?,
+        write_blobs(tx, threads).await?,
+        write_writes(tx, threads).await?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        w.statements += 1;
+        w.rows += rows.len() as u64;
+        touched.extend(rows);
+    }
+
+    let distinct: HashSet<(&str, &str)> = threads
+        .iter()
+        .map(|t| (t.thread_id.as_str(), t.checkpoint_ns.as_str()))
+        .collect();
+    w.persisted = distinct
+        .iter()
+        .filter(|(t, ns)| touched.contains(&(t.to_string(), ns.to_string())))
+        .count() as u64;
+    w.unchanged = distinct.len() as u64 - w.persisted;
+    Ok(w)
+}
+
+/// The `checkpoints` rows of `threads`, each primary key once; returns the (thread, namespace) of the
+/// rows inserted or changed, None when there was nothing to send.
+async fn write_checkpoints(
+    tx: &mut Transaction<'_, Postgres>,
+    threads: &[Thread],
+) -> Result<Option<Vec<(String, String)>>> {
     let mut seen = HashSet::new();
     let (mut t, mut ns, mut id, mut cp, mut md) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -175,11 +206,17 @@ pub async fn write(tx: &mut Transaction<'_, Postgres>, threads: &[Thread]) -> Re
         .fetch_all(&mut **tx)
         .await
         .map_err(Error::postgres("upsert LangGraph checkpoints"))?;
-        w.statements += 1;
-        w.rows += rows.len() as u64;
-        touched.extend(rows);
+        return Ok(Some(rows));
     }
+    Ok(None)
+}
 
+/// The `blobs` rows of `threads`, each primary key once; returns the (thread, namespace) of the
+/// rows inserted or changed, None when there was nothing to send.
+async fn write_blobs(
+    tx: &mut Transaction<'_, Postgres>,
+    threads: &[Thread],
+) -> Result<Option<Vec<(String, String)>>> {
     let mut seen = HashSet::new();
     let (mut t, mut ns, mut ch, mut ver, mut kind) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -213,11 +250,17 @@ pub async fn write(tx: &mut Transaction<'_, Postgres>, threads: &[Thread]) -> Re
         .fetch_all(&mut **tx)
         .await
         .map_err(Error::postgres("insert LangGraph blobs"))?;
-        w.statements += 1;
-        w.rows += rows.len() as u64;
-        touched.extend(rows);
+        return Ok(Some(rows));
     }
+    Ok(None)
+}
 
+/// The `writes` rows of `threads`, each primary key once; returns the (thread, namespace) of the
+/// rows inserted or changed, None when there was nothing to send.
+async fn write_writes(
+    tx: &mut Transaction<'_, Postgres>,
+    threads: &[Thread],
+) -> Result<Option<Vec<(String, String)>>> {
     let mut seen = HashSet::new();
     let (mut t, mut ns, mut id, mut task, mut path, mut ch, mut kind) = (
         Vec::new(),
@@ -274,19 +317,7 @@ pub async fn write(tx: &mut Transaction<'_, Postgres>, threads: &[Thread]) -> Re
         .fetch_all(&mut **tx)
         .await
         .map_err(Error::postgres("upsert LangGraph writes"))?;
-        w.statements += 1;
-        w.rows += rows.len() as u64;
-        touched.extend(rows);
+        return Ok(Some(rows));
     }
-
-    let distinct: HashSet<(&str, &str)> = threads
-        .iter()
-        .map(|t| (t.thread_id.as_str(), t.checkpoint_ns.as_str()))
-        .collect();
-    w.persisted = distinct
-        .iter()
-        .filter(|(t, ns)| touched.contains(&(t.to_string(), ns.to_string())))
-        .count() as u64;
-    w.unchanged = distinct.len() as u64 - w.persisted;
-    Ok(w)
+    Ok(None)
 }

@@ -1,4 +1,4 @@
-//! One Redis node's connection: retries, throttling, SCAN pages. With [`crate::cluster`] (which
+//! One Redis node's connection: retries, throttling, SCAN pages. With [`crate::redis::cluster`] (which
 //! routes per-key commands to the node owning each key), the only code that speaks Redis. It
 //! never uses KEYS.
 
@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
-use crate::config::redact_url;
 use crate::error::{Error, Result};
-use crate::layout::Probe;
-use crate::pace::{self, Pace, Pacing};
+use crate::redact::redact_url;
+use crate::redis::layout::Probe;
+use crate::redis::pace::{self, Pace, Pacing};
+use crate::redis::tls::RedisTls;
 use crate::retry::{self, Backoff};
-use crate::tls::RedisTls;
 
 /// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
 /// even when a page holds many large checkpoints.
@@ -73,7 +73,7 @@ impl Source {
         self.deadline = deadline;
     }
 
-    /// How fast to talk to this node from now on (see [`crate::pace`]).
+    /// How fast to talk to this node from now on (see [`crate::redis::pace`]).
     pub fn set_pacing(&mut self, pacing: Pacing) {
         self.pace = Pace::new(pacing);
     }
@@ -144,7 +144,7 @@ impl Source {
     }
 
     /// Samples `INFO` when due, with none of the sweep's own pipelines in flight, to see whether
-    /// other clients are using this node (see [`crate::pace`]).
+    /// other clients are using this node (see [`crate::redis::pace`]).
     async fn sample(&mut self) {
         if !self.pace.sample_due() {
             return;
@@ -211,12 +211,12 @@ impl Source {
     }
 
     /// The slot map of the cluster this node belongs to (`CLUSTER SLOTS`).
-    pub async fn cluster_slots(&mut self) -> Result<Vec<crate::cluster::SlotRange>> {
+    pub async fn cluster_slots(&mut self) -> Result<Vec<crate::redis::slots::SlotRange>> {
         let mut pipe = redis::pipe();
         pipe.cmd("CLUSTER").arg("SLOTS");
         let (reply,): (Value,) = self.query(&pipe).await?;
         let asked = self.client.get_connection_info().addr().to_string();
-        crate::cluster::parse_cluster_slots(&reply, &asked).ok_or_else(|| Error::Redis {
+        crate::redis::slots::parse_cluster_slots(&reply, &asked).ok_or_else(|| Error::Redis {
             url: self.url.clone(),
             source: redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
@@ -231,7 +231,7 @@ impl Source {
         let mut pipe = redis::pipe();
         pipe.cmd("CLUSTER").arg("NODES");
         let (nodes,): (String,) = self.query(&pipe).await?;
-        Ok(crate::cluster::parse_importing(&nodes))
+        Ok(crate::redis::slots::parse_importing(&nodes))
     }
 
     /// Whether this node is part of a cluster (`INFO cluster`). A node that will not say (an ACL
@@ -270,7 +270,7 @@ pub fn fetch_chunks(probes: &[Probe], max_keys: usize) -> Vec<std::ops::Range<us
 }
 
 /// The first server error in a reply other than the per-key answers: WRONGTYPE, and the MOVED
-/// and ASK of a cluster in resharding (followed by [`crate::cluster`]).
+/// and ASK of a cluster in resharding (followed by [`crate::redis::cluster`]).
 fn first_server_error(v: &Value) -> Option<redis::ServerError> {
     let per_key = |e: &redis::ServerError| matches!(e.code(), "WRONGTYPE" | "MOVED" | "ASK");
     match v {
@@ -294,7 +294,7 @@ pub fn display_key(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::Layout;
+    use crate::redis::layout::Layout;
 
     #[test]
     fn fetch_chunks_stay_within_the_budget() {

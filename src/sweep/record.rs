@@ -1,0 +1,69 @@
+//! The record stage: a run's row in `sweep_runs` (started, then finished with its counters) and
+//! the single-run lock that makes a second sweep of the same pattern skip.
+
+use std::time::Instant;
+
+use crate::config::SweepConfig;
+use crate::error::{Error, Result};
+use crate::redis::layout::Layout;
+use crate::run::{Counters, RunStatus};
+use crate::store::{RunLock, Store};
+
+/// How a sweep began.
+pub(super) enum Begun {
+    /// It holds the lock and its run is recorded.
+    Running { lock: RunLock, run_id: i64 },
+    /// Another sweep of this pattern holds the lock: this one is recorded, and does nothing.
+    Skipped { run_id: i64 },
+}
+
+/// Checks the schema, takes the lock, records the start, and marks failed the runs a killed
+/// sweep left `running`.
+pub(super) async fn begin(s: &Store, cfg: &SweepConfig) -> Result<Begun> {
+    s.ensure_migrated().await?;
+    if cfg.layout == Layout::LangGraph {
+        s.ensure_langgraph().await?;
+    }
+    let lock = s.try_lock(&cfg.pattern, cfg.shard).await?;
+    let run_id = s.start_run(cfg).await?;
+    let Some(lock) = lock else {
+        tracing::info!(run_id, "another sweep of this pattern is running: skipping");
+        return Ok(Begun::Skipped { run_id });
+    };
+    let closed = s.close_abandoned_runs(&cfg.pattern, run_id).await?;
+    if closed > 0 {
+        tracing::warn!(
+            runs = closed,
+            "earlier runs ended without recording it (killed?): marked failed"
+        );
+    }
+    Ok(Begun::Running { lock, run_id })
+}
+
+/// Records the end of the run and releases the lock; returns the sweep's error, or the failure
+/// to record it when the sweep had none (the sweep's own error says more: a failure to record
+/// it is then only logged).
+pub(super) async fn finish(
+    store: Option<&Store>,
+    run_id: Option<i64>,
+    lock: Option<RunLock>,
+    status: RunStatus,
+    counters: &Counters,
+    started: Instant,
+    mut error: Option<Error>,
+) -> Option<Error> {
+    if let (Some(s), Some(id)) = (store, run_id) {
+        let message = error.as_ref().map(|e| e.to_string());
+        let recorded = s
+            .finish_run(id, status, counters, started.elapsed(), message.as_deref())
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, run_id = id, "could not record the end of the run");
+            error.get_or_insert(e);
+        }
+    }
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    error
+}

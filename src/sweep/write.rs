@@ -1,0 +1,269 @@
+//! The write stage: batches go to PostgreSQL, each in one transaction on its own connection,
+//! `--writers` at once. A batch PostgreSQL refuses for its data is written row by row (the rows it
+//! refuses become rejects); a batch it cannot take at all has its keys protected, and from then on
+//! every batch is protected instead of written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::decode::ReadBatch;
+use super::protect::protect;
+use crate::config::SweepConfig;
+use crate::error::{Error, Result};
+use crate::redis::Nodes;
+use crate::retry::Backoff;
+use crate::run::{Counters, DueKey};
+use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
+
+/// The writers of one sweep.
+pub(super) struct Writers<'a> {
+    pub cfg: &'a SweepConfig,
+    /// None on dry runs: the due keys are collected for the table instead.
+    pub store: Option<&'a Store>,
+    pub run_id: Option<i64>,
+    pub deadline: Option<Instant>,
+    /// Raises the TTL of keys that could not be written.
+    pub protector: Nodes,
+    /// Set at the first batch PostgreSQL cannot take: the reader then protects instead of reading.
+    pub store_down: Arc<AtomicBool>,
+}
+
+/// What the writers did.
+pub(super) struct Wrote {
+    pub counters: Counters,
+    pub due_keys: Vec<DueKey>,
+    /// Why PostgreSQL could not take the sweep's writes.
+    pub error: Option<Error>,
+}
+
+impl Writers<'_> {
+    /// Writes every batch `rx` brings until it closes.
+    pub async fn drain(mut self, mut rx: mpsc::Receiver<ReadBatch>) -> Wrote {
+        let cfg = self.cfg;
+        let mut out = Wrote {
+            counters: Counters::default(),
+            due_keys: Vec::new(),
+            error: None,
+        };
+        // Batches written at once, each on its own connection: batches hold disjoint conversations.
+        let mut writing: JoinSet<(Written, Option<(Error, Batch)>)> = JoinSet::new();
+        // The keys of each batch being written, to protect them if its task dies.
+        let mut in_flight: HashMap<tokio::task::Id, Vec<Vec<u8>>> = HashMap::new();
+        let mut reading = true;
+        while reading || !writing.is_empty() {
+            tokio::select! {
+                Some(done) = writing.join_next_with_id(), if !writing.is_empty() => {
+                    let (written, failed) = match done {
+                        Ok((id, (written, failed))) => {
+                            in_flight.remove(&id);
+                            (written, failed)
+                        }
+                        Err(e) => {
+                            let keys = in_flight.remove(&e.id()).unwrap_or_default();
+                            out.counters.protected += protect(&mut self.protector, &keys, cfg).await;
+                            let e = Error::Other(format!("a batch writer failed: {e}"));
+                            (Written::default(), Some((e, Batch::default())))
+                        }
+                    };
+                    written.add_to(&mut out.counters);
+                    if let Some((e, batch)) = failed {
+                        self.failed(&mut out, e);
+                        out.counters.protected += protect(&mut self.protector, &batch_keys(&batch), cfg).await;
+                    }
+                }
+                read = rx.recv(), if reading && writing.len() < cfg.writers.max(1) => {
+                    let Some(read) = read else {
+                        reading = false;
+                        continue;
+                    };
+                    out.counters.batches += 1;
+                    match self.store {
+                        None => out.due_keys.extend(read.due_keys),
+                        // PostgreSQL could not take the batches before: keep these keys alive for a
+                        // later sweep.
+                        Some(_) if out.error.is_some() => {
+                            out.counters.protected += protect(&mut self.protector, &batch_keys(&read.batch), cfg).await;
+                        }
+                        Some(s) => {
+                            let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
+                            let keys = batch_keys(&read.batch);
+                            let task = writing.spawn(async move { write(&s, run_id, read.batch, deadline).await });
+                            in_flight.insert(task.id(), keys);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The first failure switches the sweep to protecting.
+    fn failed(&self, out: &mut Wrote, e: Error) {
+        if out.error.is_none() {
+            tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
+            self.store_down.store(true, Ordering::SeqCst);
+            out.error = Some(e);
+        }
+    }
+}
+
+impl Written {
+    fn add_to(&self, c: &mut Counters) {
+        c.persisted += self.persisted;
+        c.unchanged += self.unchanged;
+        c.messages_added += self.messages_added;
+        c.pg_statements += self.statements;
+        c.rejected += self.refused;
+    }
+}
+
+/// Longest a batch write may take before it is abandoned (and retried): the server's own
+/// statement_timeout (see store) should fire first.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// What `write` did with a batch.
+#[derive(Debug, Default)]
+struct Written {
+    persisted: u64,
+    unchanged: u64,
+    messages_added: u64,
+    statements: u64,
+    /// Checkpoints (or LangGraph threads) PostgreSQL refused one by one, recorded as rejects.
+    refused: u64,
+}
+
+/// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
+/// cannot store), its checkpoints (or LangGraph threads: a thread is written whole or not at all)
+/// are written one by one and those it refuses become rejects, so one bad row never blocks the
+/// rest. Returns what was written, and on failure the error with what was not (for protection).
+async fn write(
+    s: &Store,
+    run_id: Option<i64>,
+    batch: Batch,
+    deadline: Option<Instant>,
+) -> (Written, Option<(Error, Batch)>) {
+    let mut w = Written::default();
+    let add = |w: &mut Written, out: BatchOutcome| {
+        w.persisted += out.persisted;
+        w.unchanged += out.unchanged;
+        w.messages_added += out.messages_added;
+        w.statements += out.statements;
+    };
+    match write_once(s, run_id, &batch, deadline).await {
+        Ok(out) => {
+            add(&mut w, out);
+            return (w, None);
+        }
+        Err(e)
+            if e.is_data_error()
+                && (!batch.checkpoints.is_empty() || !batch.threads.is_empty()) =>
+        {
+            tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
+        }
+        Err(e) => return (w, Some((e, batch))),
+    }
+    let Batch {
+        checkpoints,
+        threads,
+        mut rejects,
+    } = batch;
+    let single = |c, t| Batch {
+        checkpoints: Vec::from_iter(c),
+        threads: Vec::from_iter(t),
+        ..Batch::default()
+    };
+    let mut pending: std::collections::VecDeque<Batch> = checkpoints
+        .into_iter()
+        .map(|c| single(Some(c), None))
+        .chain(threads.into_iter().map(|t| single(None, Some(t))))
+        .collect();
+    while let Some(one) = pending.pop_front() {
+        match write_once(s, run_id, &one, deadline).await {
+            Ok(out) => add(&mut w, out),
+            Err(e) if e.is_data_error() => {
+                rejects.push(refused(one, &format!("postgres_refused: {e}")));
+                w.refused += 1;
+            }
+            Err(e) => {
+                // Everything not yet written goes back, for protection; the rows refused so far
+                // go with it as rejects.
+                let mut rest = one;
+                for b in pending {
+                    rest.checkpoints.extend(b.checkpoints);
+                    rest.threads.extend(b.threads);
+                }
+                rest.rejects = rejects;
+                return (w, Some((e, rest)));
+            }
+        }
+    }
+    let rest = Batch {
+        rejects,
+        ..Batch::default()
+    };
+    match write_once(s, run_id, &rest, deadline).await {
+        Ok(out) => {
+            add(&mut w, out);
+            (w, None)
+        }
+        Err(e) => (w, Some((e, rest))),
+    }
+}
+
+/// The reject of a checkpoint or thread PostgreSQL refused on its own; its keys stay in Redis.
+fn refused(one: Batch, reason: &str) -> RejectRecord {
+    if let Some(t) = one.threads.into_iter().next() {
+        tracing::warn!(key = %t.latest_key, thread_id = %t.thread_id, checkpoint_ns = %t.checkpoint_ns, %reason,
+            "LangGraph thread rejected: set aside in sweep_rejects, its keys left in Redis");
+        let raw = t.inspection();
+        let size = raw.len() as u64;
+        return RejectRecord::new(t.latest_key, reason, &raw, size);
+    }
+    let c = one
+        .checkpoints
+        .into_iter()
+        .next()
+        .expect("one checkpoint or thread");
+    tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
+    RejectRecord::new(
+        c.redis_key,
+        reason,
+        c.document.as_bytes(),
+        c.document.len() as u64,
+    )
+}
+
+/// One batch, one transaction, retried on transient errors; a write that hangs is abandoned.
+async fn write_once(
+    s: &Store,
+    run_id: Option<i64>,
+    batch: &Batch,
+    deadline: Option<Instant>,
+) -> Result<BatchOutcome> {
+    Backoff::default()
+        .retry("writing a batch to PostgreSQL", deadline, || async {
+            match tokio::time::timeout(WRITE_TIMEOUT, s.write_batch(run_id, batch)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Postgres {
+                    context: "write batch",
+                    source: sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+                }),
+            }
+        })
+        .await
+}
+
+pub(super) fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {
+    let threads = batch.threads.iter().flat_map(|t| t.keys.iter().cloned());
+    batch
+        .checkpoints
+        .iter()
+        .map(|c| c.redis_key.clone().into_bytes())
+        .chain(threads)
+        .collect()
+}
