@@ -19,6 +19,9 @@
 #                kubernetes-validate --strict and checkov, the same objects as k8s/ in substance,
 #                refusals judged by `sweeper check-schedule`; `kubectl kustomize k8s/` rendered and
 #                validated (check_helm.py; helm and kubectl from tools.sh)
+#   pushgateway  three shards of a sweep push to a real Pushgateway (Debian's), one of them failing:
+#                three groups stay, the failing shard's last success is visibly older
+#                (check_pushgateway.py)
 #   monitoring   k8s/monitoring/: `promtool test rules` (every alert firing and not), the
 #                PrometheusRule equal to the rules file, the dashboard's PromQL parsed by promtool,
 #                every metric named there written by a real sweep's --metrics-file
@@ -33,7 +36,7 @@ die() { printf 'check: error: %s\n' "$*" >&2; exit 2; }
 [ $# -eq 1 ] || die "usage: $0 PATH/TO/sweeper"
 [ -x "$1" ] || die "$1 is not an executable (build it: cargo build --bin sweeper)"
 here=$(cd "$(dirname "$0")" && pwd)
-CHECKS=${CHECKS:-k8s dockerfile airflow flyte helm monitoring}
+CHECKS=${CHECKS:-k8s dockerfile airflow flyte helm monitoring pushgateway}
 # No __pycache__ left in dags/ or here by the imports.
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -62,7 +65,7 @@ venvs() {
 wanted=()
 for c in $CHECKS; do
   case $c in
-    k8s | dockerfile | helm | monitoring) wanted+=(lint) ;;
+    k8s | dockerfile | helm | monitoring | pushgateway) wanted+=(lint) ;;
     airflow) wanted+=(airflow) ;;
     flyte) wanted+=(flyte) ;;
     *) die "unknown check $c" ;;
@@ -76,6 +79,7 @@ for c in $CHECKS; do
   case $c in
     helm) wanted_tools+=(helm kubectl) ;;
     monitoring) wanted_tools+=(promtool) ;;
+    pushgateway) wanted_tools+=(pushgateway) ;;
   esac
 done
 tool_pids=()
@@ -347,6 +351,39 @@ check_monitoring() {
   "${VENV[lint]}/bin/python" tests/orchestrators/check_monitoring.py "$promtool" "$work/sweeper.prom" "$work"
 }
 
+check_pushgateway() {
+  fresh_db pushgateway orch-push 2m..5m
+  local port gw pid
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  gw=http://127.0.0.1:$port
+  "${TOOL[pushgateway]}" --web.listen-address="127.0.0.1:$port" >"$work/pushgateway.log" 2>&1 &
+  pid=$!
+  # shellcheck disable=SC2064
+  trap "kill $pid 2>/dev/null || true" RETURN
+  local i
+  for i in $(seq 1 100); do
+    curl -fsS "$gw/-/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  "${TOOL[pushgateway]}" --version 2>&1 | head -n 1
+  # Round 1: the three shards, ok. Round 2: shard 1 cannot reach Redis (exit 3), 0 and 2 run again.
+  for i in 0 1 2; do
+    "$SWEEPER" -q run --shard "$i/3" --pushgateway "$gw" --output json >>"$work/push-round1.json"
+  done
+  local rc=0
+  SWEEPER_CONNECT_TIMEOUT=1s REDIS_URL=redis://127.0.0.1:1 \
+    "$SWEEPER" -q run --shard 1/3 --pushgateway "$gw" --output json >>"$work/push-round2.json" 2>/dev/null || rc=$?
+  echo "shard 1 with Redis unreachable exited $rc"
+  [ "$rc" = 3 ]
+  for i in 0 2; do
+    "$SWEEPER" -q run --shard "$i/3" --pushgateway "$gw" --output json >>"$work/push-round2.json"
+  done
+  # Another sweep of the same pattern and shard under its own --instance name: a group of its own.
+  SWEEPER_INSTANCE=eu-1 "$SWEEPER" -q run --shard 0/3 --pushgateway "$gw" --output json >/dev/null
+  "${VENV[lint]}/bin/python" tests/orchestrators/check_pushgateway.py "$gw" "$SWEEPER_MATCH" \
+    "$work/push-round1.json" "$work/push-round2.json"
+}
+
 # --- run them ---------------------------------------------------------------------------------
 
 results=()
@@ -386,6 +423,7 @@ for c in $CHECKS; do
     flyte) run "flyte: pyflyte package, the launch plan every 5 minutes, the outputs the binary writes" check_flyte ;;
     helm) run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm ;;
     monitoring) run "monitoring: promtool test rules, the dashboard's PromQL, only exported metrics" check_monitoring ;;
+    pushgateway) run "pushgateway: three shards, three groups, the failing shard's last success old" check_pushgateway ;;
   esac
 done
 
