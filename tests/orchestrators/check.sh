@@ -22,12 +22,18 @@
 #   pushgateway  three shards of a sweep push to a real Pushgateway (Debian's), one of them failing:
 #                three groups stay, the failing shard's last success is visibly older
 #                (check_pushgateway.py)
+#   deb          the .deb (cargo-deb, of this binary): built, listed, its version the binary's, its
+#                systemd units through `systemd-analyze verify`, the man page and bash completion
+#                loaded, and the packaged binary run as the units run it (settings from the
+#                packaged EnvironmentFile, URLs from files) against the servers
 #   monitoring   k8s/monitoring/: `promtool test rules` (every alert firing and not), the
 #                PrometheusRule equal to the rules file, the dashboard's PromQL parsed by promtool,
 #                every metric named there written by a real sweep's --metrics-file
 #
 # The tools come from cached venvs (tests/orchestrators/venv.sh; built once, about a minute each,
-# in parallel). Each check prints its own output; the script ends with one line per check and
+# in parallel) and tests/orchestrators/tools.sh (promtool, the Pushgateway, helm, kubectl,
+# cargo-deb; installed once, cached under ~/.cache/sweeper). The checks run in parallel lanes, one per orchestrator; each prints its own output,
+# shown lane by lane at the end, then one line per check; the script
 # exits 1 when any failed. CHECKS="k8s airflow" runs only those.
 set -euo pipefail
 
@@ -36,7 +42,7 @@ die() { printf 'check: error: %s\n' "$*" >&2; exit 2; }
 [ $# -eq 1 ] || die "usage: $0 PATH/TO/sweeper"
 [ -x "$1" ] || die "$1 is not an executable (build it: cargo build --bin sweeper)"
 here=$(cd "$(dirname "$0")" && pwd)
-CHECKS=${CHECKS:-k8s dockerfile airflow flyte helm monitoring pushgateway}
+CHECKS=${CHECKS:-k8s dockerfile airflow flyte helm monitoring pushgateway deb}
 # No __pycache__ left in dags/ or here by the imports.
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -66,6 +72,7 @@ wanted=()
 for c in $CHECKS; do
   case $c in
     k8s | dockerfile | helm | monitoring | pushgateway) wanted+=(lint) ;;
+    deb) ;;
     airflow) wanted+=(airflow) ;;
     flyte) wanted+=(flyte) ;;
     *) die "unknown check $c" ;;
@@ -80,6 +87,7 @@ for c in $CHECKS; do
     helm) wanted_tools+=(helm kubectl) ;;
     monitoring) wanted_tools+=(promtool) ;;
     pushgateway) wanted_tools+=(pushgateway) ;;
+    deb) wanted_tools+=(cargo-deb) ;;
   esac
 done
 tool_pids=()
@@ -384,10 +392,71 @@ check_pushgateway() {
     "$work/push-round1.json" "$work/push-round2.json"
 }
 
-# --- run them ---------------------------------------------------------------------------------
+check_deb() {
+  # The package of the binary under test: cargo-deb takes target/release/sweeper from the target
+  # dir it is given, here a staging one, so no release build is needed (`make deb` does the real one).
+  local stage=$work/deb-target root=$work/deb-root deb
+  mkdir -p "$stage/release" target/deb-assets "$root"
+  cp "$SWEEPER" "$stage/release/sweeper"
+  "$SWEEPER" man | gzip -9n >target/deb-assets/sweeper.1.gz
+  "$SWEEPER" completions bash >target/deb-assets/sweeper.bash
+  "$SWEEPER" completions zsh >target/deb-assets/_sweeper
+  "$SWEEPER" completions fish >target/deb-assets/sweeper.fish
+  "${TOOL[cargo-deb]}" --version
+  # --strip: the test build carries debug info; gzip (-Z gz --fast): xz takes minutes on 2 cores.
+  CARGO_TARGET_DIR=$stage "${TOOL[cargo-deb]}" --locked --no-build --strip -Z gz --fast -o "$work/deb/"
+  deb=$(ls "$work"/deb/*.deb)
+  dpkg-deb --info "$deb"
+  dpkg-deb --contents "$deb" | awk '{print $6}' | sed 's|^\./|/|' >"$work/deb-contents"
+  local f missing=0
+  for f in /usr/bin/sweeper /usr/share/man/man1/sweeper.1.gz /usr/share/bash-completion/completions/sweeper \
+    /usr/share/zsh/vendor-completions/_sweeper /usr/share/fish/vendor_completions.d/sweeper.fish \
+    /lib/systemd/system/sweeper.service /lib/systemd/system/sweeper.timer \
+    /lib/systemd/system/sweeper-daemon.service /etc/sweeper/sweeper.env /usr/share/doc/sweeper/copyright \
+    /usr/share/doc/sweeper/installing.md; do
+    grep -qx "$f" "$work/deb-contents" || { echo "missing from the package: $f"; missing=1; }
+  done
+  [ $missing = 0 ]
+  # The settings file is a conffile: an upgrade keeps the operator's edits.
+  [ "$(dpkg-deb -I "$deb" conffiles)" = /etc/sweeper/sweeper.env ]
+  dpkg-deb -x "$deb" "$root"
+  # The package's version is the binary's.
+  local version binary
+  version=$(dpkg-deb -f "$deb" Version)
+  binary=$("$root/usr/bin/sweeper" --version)
+  echo "package $version, packaged binary: $binary"
+  [ "sweeper ${version%-*}" = "$binary" ]
+  # The units, in the package's tree plus the system's own units they refer to (timers.target...).
+  cp -an /lib/systemd/system/. "$root/lib/systemd/system/"
+  systemd-analyze --version | head -n 1
+  (cd "$root" && systemd-analyze verify --man=no --root="$root" \
+    lib/systemd/system/sweeper.service lib/systemd/system/sweeper.timer lib/systemd/system/sweeper-daemon.service)
+  echo "systemd-analyze verify: the three units are clean"
+  # The timer fires on the schedule the settings file gives the runs (which check their threshold).
+  grep -qx 'OnCalendar=\*:0/5' "$root/lib/systemd/system/sweeper.timer"
+  grep -qx 'SWEEPER_SCHEDULE="\*/5 \* \* \* \*"' "$root/etc/sweeper/sweeper.env"
+  MANWIDTH=100 man -l "$root/usr/share/man/man1/sweeper.1.gz" 2>/dev/null | grep -q 'sweeper'
+  bash -c "source '$root/usr/share/bash-completion/completions/sweeper' && complete -p sweeper" | grep -q sweeper
+  echo "man page renders, bash completion loads"
+  # The packaged binary as the units run it: settings from the EnvironmentFile, URLs from files
+  # (what LoadCredential hands it), `migrate` then `run --output json`.
+  fresh_db deb orch-deb 2m..5m
+  local creds=$work/deb-creds summary
+  mkdir -p "$creds"
+  printf '%s\n' "$REDIS_URL" >"$creds/redis-url"
+  printf '%s\n' "$DATABASE_URL" >"$creds/database-url"
+  summary=$(env -i PATH=/usr/bin:/bin SWEEPER_MATCH="$SWEEPER_MATCH" bash -c "set -a; . '$root/etc/sweeper/sweeper.env'; set +a
+    export SWEEPER_REDIS_URL_FILE='$creds/redis-url' SWEEPER_DATABASE_URL_FILE='$creds/database-url'
+    '$root/usr/bin/sweeper' -q migrate >/dev/null && exec '$root/usr/bin/sweeper' run --output json")
+  echo "packaged binary's summary: $summary"
+  python3 -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["status"]=="ok" and s["persisted"]==50, s' "$summary"
+}
 
-results=()
-failed=0
+# --- run them ---------------------------------------------------------------------------------
+# One lane per orchestrator, all lanes at once (much of a check is waiting: Airflow's retry delay,
+# process start-up); the checks of a lane run one after another, as they share state (Airflow's
+# database). A lane's output is printed whole when every lane is done.
+
 run() {
   local name=$1 fn=$2 t0 rc
   printf '\n=== %s\n' "$name"
@@ -400,15 +469,16 @@ run() {
   rc=$?
   set -e
   if [ $rc = 0 ]; then
-    results+=("ok      $name ($(($(date +%s) - t0))s)")
+    echo "ok      $name ($(($(date +%s) - t0))s)" >>"$work/results-$LANE"
   else
-    results+=("FAILED  $name (exit $rc, $(($(date +%s) - t0))s)")
-    failed=$((failed + 1))
+    echo "FAILED  $name (exit $rc, $(($(date +%s) - t0))s)" >>"$work/results-$LANE"
   fi
 }
 
-for c in $CHECKS; do
-  case $c in
+lane() {
+  LANE=$1
+  : >"$work/results-$LANE"
+  case $1 in
     k8s)
       run "k8s: kubernetes-validate --strict, checkov" check_k8s
       run "k8s: the sharded CronJob's pods, run at once, save every key once" check_k8s_sharded
@@ -424,9 +494,19 @@ for c in $CHECKS; do
     helm) run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm ;;
     monitoring) run "monitoring: promtool test rules, the dashboard's PromQL, only exported metrics" check_monitoring ;;
     pushgateway) run "pushgateway: three shards, three groups, the failing shard's last success old" check_pushgateway ;;
+    deb) run "deb: cargo-deb builds it, its contents, systemd-analyze verify, the packaged binary sweeps" check_deb ;;
   esac
+}
+
+lane_pids=()
+for c in $CHECKS; do
+  lane "$c" >"$work/log-$c" 2>&1 &
+  lane_pids+=($!)
 done
+for i in "${!lane_pids[@]}"; do wait "${lane_pids[$i]}" || true; done
+for c in $CHECKS; do cat "$work/log-$c"; done
 
 printf '\n=== orchestrator checks (%ss)\n' "$(($(date +%s) - start))"
-printf '%s\n' "${results[@]}"
-[ $failed = 0 ] || { echo "$failed check(s) failed"; exit 1; }
+cat $(for c in $CHECKS; do echo "$work/results-$c"; done)
+failed=$(cat "$work"/results-* | grep -c '^FAILED' || true)
+[ "$failed" = 0 ] || { echo "$failed check(s) failed"; exit 1; }
