@@ -15,6 +15,9 @@
 #   flyte        flytekit imports dags/sweeper_flyte.py, `pyflyte package` serialises it, and the
 #                archive holds the task, the workflow and the launch plan every five minutes; the
 #                task's command run for real writes every declared output
+#   dagster      dags/sweeper_dagster.py loads (schedule, max runtime); `dagster asset materialize`
+#                runs the binary through Dagster Pipes against the servers: the materialization's
+#                metadata is the summary, as stored; with PostgreSQL down it fails, nothing recorded
 #   helm         k8s/helm/sweeper: `helm lint --strict`, `helm template` (defaults, sharded) through
 #                kubernetes-validate --strict and checkov, the same objects as k8s/ in substance,
 #                refusals judged by `sweeper check-schedule`; `kubectl kustomize k8s/` rendered and
@@ -42,7 +45,7 @@ die() { printf 'check: error: %s\n' "$*" >&2; exit 2; }
 [ $# -eq 1 ] || die "usage: $0 PATH/TO/sweeper"
 [ -x "$1" ] || die "$1 is not an executable (build it: cargo build --bin sweeper)"
 here=$(cd "$(dirname "$0")" && pwd)
-CHECKS=${CHECKS:-k8s dockerfile airflow flyte helm monitoring pushgateway deb}
+CHECKS=${CHECKS:-k8s dockerfile airflow flyte dagster helm monitoring pushgateway deb}
 # No __pycache__ left in dags/ or here by the imports.
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -75,6 +78,7 @@ for c in $CHECKS; do
     deb) ;;
     airflow) wanted+=(airflow) ;;
     flyte) wanted+=(flyte) ;;
+    dagster) wanted+=(dagster) ;;
     *) die "unknown check $c" ;;
   esac
 done
@@ -334,6 +338,34 @@ check_flyte() {
   fi
 }
 
+check_dagster() {
+  local dagster=${VENV[dagster]}
+  export DAGSTER_HOME=$work/dagster
+  mkdir -p "$DAGSTER_HOME"
+  "$dagster/bin/dagster" --version
+  "$dagster/bin/python" tests/orchestrators/check_dagster.py definitions
+  fresh_db dagster orch-dagster 2m..5m
+  local rc=0 stored
+  "$dagster/bin/dagster" asset materialize -f dags/sweeper_dagster.py -d dags --select sweeper_conversations \
+    >"$work/dagster.log" 2>&1 || rc=$?
+  grep -E 'ASSET_MATERIALIZATION|RUN_SUCCESS|RUN_FAILURE|pipes' "$work/dagster.log" | cut -c1-300 || true
+  [ "$rc" = 0 ] || { tail -n 40 "$work/dagster.log"; echo "dagster asset materialize exited $rc"; return 1; }
+  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM conversations')
+  echo "conversations stored: $stored of 50"
+  [ "$stored" = 50 ]
+  "$dagster/bin/python" tests/orchestrators/check_dagster.py materialized "$stored"
+  # PostgreSQL unreachable: sweeper exits 4, the materialization fails and records nothing.
+  rc=0
+  DATABASE_URL=postgres://postgres@127.0.0.1:1/nowhere SWEEPER_CONNECT_TIMEOUT=1s \
+    "$dagster/bin/dagster" asset materialize -f dags/sweeper_dagster.py -d dags --select sweeper_conversations \
+    >"$work/dagster-failing.log" 2>&1 || rc=$?
+  grep -E 'sweeper exited|RUN_FAILURE' "$work/dagster-failing.log" | cut -c1-300 || true
+  echo "dagster asset materialize with PostgreSQL down exited $rc"
+  [ "$rc" != 0 ]
+  grep -q 'sweeper exited 4' "$work/dagster-failing.log"
+  "$dagster/bin/python" tests/orchestrators/check_dagster.py failed
+}
+
 check_helm() {
   local lint=${VENV[lint]} out=$work/helm
   mkdir -p "$out"
@@ -491,6 +523,7 @@ lane() {
       run "airflow: dags test sweeper_local fails when PostgreSQL is down" check_airflow_dags_test_fails
       ;;
     flyte) run "flyte: pyflyte package, the launch plan every 5 minutes, the outputs the binary writes" check_flyte ;;
+    dagster) run "dagster: asset materialize through Pipes, the summary as metadata; failing on exit 4" check_dagster ;;
     helm) run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm ;;
     monitoring) run "monitoring: promtool test rules, the dashboard's PromQL, only exported metrics" check_monitoring ;;
     pushgateway) run "pushgateway: three shards, three groups, the failing shard's last success old" check_pushgateway ;;
