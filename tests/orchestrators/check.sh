@@ -145,6 +145,9 @@ airflow_env() {
   export AIRFLOW__CORE__DAGS_FOLDER=$PWD/dags
   export AIRFLOW__CORE__LOAD_EXAMPLES=False
   export AIRFLOW__CORE__UNIT_TEST_MODE=False
+  # Parsing time is not what is checked: the lanes run at once on 2 cores, where importing the
+  # Kubernetes provider alone can pass Airflow's 30s default.
+  export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=600 AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT=600
   mkdir -p "$AIRFLOW_HOME"
 }
 
