@@ -387,8 +387,14 @@ pub struct PublishArgs {
     pub metrics_file: Option<PathBuf>,
 
     /// Push Prometheus metrics to this Pushgateway (http://host:9091); a failed push only warns.
+    /// Each pattern and shard is its own group (labels match, shard).
     #[arg(long, env = "SWEEPER_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
+
+    /// A name for this sweep in the Pushgateway's grouping key (label instance), for sweeps of the
+    /// same pattern against different Redis servers sharing one gateway.
+    #[arg(long, env = "SWEEPER_INSTANCE", requires = "pushgateway")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use crate::config::{SweepConfig, defaults};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::redact::redact_url;
-use crate::report::publish::Publish;
+use crate::report::publish::{Publish, grouping};
 use crate::shard::Shard;
 use crate::shutdown::Shutdown;
 use crate::sweep;
@@ -65,6 +65,11 @@ pub async fn sweep_and_report(
         outputs_dir: p.outputs_dir.clone(),
         metrics_file: p.metrics_file.clone(),
         pushgateway: p.pushgateway.clone(),
+        grouping: grouping(
+            &summary.pattern,
+            summary.shard.as_deref(),
+            p.instance.as_deref(),
+        ),
     };
     let published = publish
         .publish(summary, outcome.history.as_ref(), chrono::Utc::now())

@@ -160,19 +160,39 @@ impl Store {
         .await
     }
 
-    /// How many runs ended with each status, and when the newest `ok` one finished: what the
-    /// metrics export as counters that survive the process.
-    pub async fn run_history(&self) -> Result<RunHistory> {
-        let by_status: Vec<(String, i64)> = self
+    /// The runs of one sweep (a pattern, and a shard when sharded): how many ended with each
+    /// status, and when its newest `ok` one finished. What the metrics export, one Pushgateway
+    /// group per sweep: a shard that keeps failing shows its own old success, whatever the
+    /// others do.
+    pub async fn run_history(&self, pattern: &str, shard: Option<Shard>) -> Result<RunHistory> {
+        let (index, count) = (shard.map(|s| s.index as i32), shard.map(|s| s.count as i32));
+        let (by_status, last_success) = self
             .in_tx("read runs", async |c| {
-                query_as("SELECT status, count(*) FROM sweep_runs GROUP BY status ORDER BY status")
-                    .fetch_all(c)
-                    .await
+                let by_status: Vec<(String, i64)> = query_as(
+                    "SELECT status, count(*) FROM sweep_runs WHERE match_pattern = $1 \
+                     AND shard_index IS NOT DISTINCT FROM $2 AND shard_count IS NOT DISTINCT FROM $3 \
+                     GROUP BY status ORDER BY status",
+                )
+                .bind(pattern)
+                .bind(index)
+                .bind(count)
+                .fetch_all(&mut *c)
+                .await?;
+                let last_success: Option<DateTime<Utc>> = query_scalar(
+                    "SELECT max(finished_at) FROM sweep_runs WHERE status = 'ok' AND match_pattern = $1 \
+                     AND shard_index IS NOT DISTINCT FROM $2 AND shard_count IS NOT DISTINCT FROM $3",
+                )
+                .bind(pattern)
+                .bind(index)
+                .bind(count)
+                .fetch_one(&mut *c)
+                .await?;
+                Ok((by_status, last_success))
             })
             .await?;
         Ok(RunHistory {
             by_status: by_status.into_iter().map(|(s, n)| (s, n as u64)).collect(),
-            last_success: self.last_success().await?,
+            last_success,
         })
     }
 

@@ -97,7 +97,7 @@ pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shu
     let mut outcome = run(cfg, source, store.as_ref(), shutdown).await;
     if let Some(s) = &store {
         // For metrics: a failure here leaves them out, it does not fail the sweep.
-        outcome.history = s.run_history().await.ok();
+        outcome.history = s.run_history(&cfg.pattern, cfg.shard).await.ok();
     }
     outcome
 }
