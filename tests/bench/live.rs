@@ -107,7 +107,7 @@ fn message(rng: &mut fastrand::Rng, id: &str, seq: usize, now: DateTime<Utc>) ->
         .collect();
     json!({
         "id": format!("{id}-m{seq}"),
-        "role": if seq % 2 == 0 { "user" } else { "assistant" },
+        "role": if seq.is_multiple_of(2) { "user" } else { "assistant" },
         "content": words.join(" "),
         "ts": now.to_rfc3339_opts(SecondsFormat::Millis, true),
     })

@@ -111,6 +111,7 @@ impl Env {
         c.env("REDIS_URL", &self.redis_url)
             .env("DATABASE_URL", &self.db_url)
             .env("SWEEPER_THRESHOLD", "2h")
+            .env("SWEEPER_PROTECT_TTL", "3h")
             .arg("-q");
         c
     }
