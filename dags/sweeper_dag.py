@@ -7,6 +7,11 @@
   worker (`SWEEPER_BIN`, default `sweeper` on PATH), with REDIS_URL and DATABASE_URL from the
   worker's environment; the JSON summary (stdout's last line) goes to XCom.
 
+In both, a task `conversations_landed` after the sweep updates the Asset `sweeper_conversations`
+(the conversations table) when the sweep persisted something, with the counts as the event's
+extra; when nothing was persisted it is skipped and no asset event is emitted, so DAGs scheduled
+on the Asset (sweeper_downstream.py) run only when conversations landed.
+
 The schedule, the threshold and the timeouts (sweeper_policy.py, shared with the Flyte workflow) go
 together, as in k8s/cronjob.yaml:
 `sweeper check-schedule --schedule '*/5 * * * *' --threshold 10m --max-runtime 270s` passes, and
@@ -15,15 +20,19 @@ each run passes `--schedule` so sweeper itself refuses a threshold the schedule 
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Asset, task
+from airflow.sdk.exceptions import AirflowSkipException
 from kubernetes.client import models as k8s
 from sweeper_policy import (
+    CONVERSATIONS_ASSET,
+    CONVERSATIONS_URI,
     IMAGE,
     RUN_ENV,
     SCHEDULE,
@@ -44,6 +53,8 @@ RETRY_DELAY = timedelta(seconds=30)
 IMAGE_TEMPLATE = "{{ var.value.get('sweeper_image', '%s') }}" % IMAGE
 # The Kubernetes namespace of the pod and of the Secret.
 NAMESPACE = os.environ.get("SWEEPER_NAMESPACE", "default")
+
+CONVERSATIONS = Asset(name=CONVERSATIONS_ASSET, uri=CONVERSATIONS_URI)
 
 DEFAULT_ARGS = {
     "owner": "sweeper",
@@ -67,8 +78,33 @@ def _dag(dag_id: str, doc: str) -> DAG:
     )
 
 
+def _conversations_landed(sweep) -> None:
+    """After the sweep: an asset event on CONVERSATIONS when it persisted something, else skipped.
+
+    Airflow emits an outlet's event when the task succeeds, never when it is skipped, so the skip
+    is how a run that saved nothing wakes no downstream DAG. A failed sweep fails nothing more: this
+    task is then upstream_failed, also without an event."""
+
+    @task(task_id="conversations_landed", outlets=[CONVERSATIONS], retries=0)
+    def conversations_landed(summary, **context) -> int:
+        # KubernetesPodOperator's XCom is the parsed summary file; BashOperator's the summary line.
+        s = json.loads(summary) if isinstance(summary, str) else summary
+        persisted = int(s.get("persisted") or 0)
+        if persisted == 0:
+            raise AirflowSkipException("the sweep persisted no conversation: no asset event")
+        context["outlet_events"][CONVERSATIONS].extra = {
+            "persisted": persisted,
+            "messages_added": s.get("messages_added", 0),
+            "sweeper_run_id": s.get("run_id"),
+            "match": s.get("match"),
+        }
+        return persisted
+
+    conversations_landed(sweep.output)
+
+
 with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summary in XCom."):
-    KubernetesPodOperator(
+    pod = KubernetesPodOperator(
         task_id="sweep",
         name="sweeper",
         namespace=NAMESPACE,
@@ -112,10 +148,11 @@ with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summ
             limits={"cpu": "1", "memory": "256Mi"},
         ),
     )
+    _conversations_landed(pod)
 
 
 with _dag("sweeper_local", "`sweeper run` on the worker (no Kubernetes); the JSON summary in XCom."):
-    BashOperator(
+    bash = BashOperator(
         task_id="sweep",
         # `exec`: sweeper's exit status is the task's, and the timeout's SIGTERM reaches it (it then
         # saves what it read). Never piped: a pipe would report the last command's status instead.
@@ -128,3 +165,4 @@ with _dag("sweeper_local", "`sweeper run` on the worker (no Kubernetes); the JSO
         # The last line of output is the JSON summary (logs go to stderr before it).
         do_xcom_push=True,
     )
+    _conversations_landed(bash)

@@ -28,3 +28,9 @@ IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
 SECRET = "sweeper"
 SECRET_REDIS_URL = "redis-url"
 SECRET_DATABASE_URL = "database-url"
+
+# The Airflow Asset the sweep updates: the conversations table. A downstream DAG scheduled on it
+# runs when a sweep persisted conversations (sweeper_downstream.py). The URI names where the table
+# is (postgres://HOST:PORT/DATABASE/SCHEMA/TABLE); SWEEPER_ASSET_URI sets yours.
+CONVERSATIONS_ASSET = "sweeper_conversations"
+CONVERSATIONS_URI = os.environ.get("SWEEPER_ASSET_URI", "postgres://postgres:5432/sweeper/public/conversations")

@@ -82,8 +82,14 @@ pub struct GlobalOpts {
     pub database_url_file: Option<PathBuf>,
 
     /// How long to wait for Redis or PostgreSQL before calling it down.
-    #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = defaults::CONNECT_TIMEOUT, value_parser = parse_duration, global = true)]
     pub connect_timeout: Duration,
+
+    /// Longest one Redis pipeline or one PostgreSQL transaction may take before the connection
+    /// counts as lost (a silent network drops packets without a reset). Held to a quarter of
+    /// --threshold.
+    #[arg(long, env = "SWEEPER_OPERATION_TIMEOUT", default_value = defaults::OPERATION_TIMEOUT, value_parser = parse_duration, global = true)]
+    pub operation_timeout: Duration,
 
     /// Log format on stderr.
     #[arg(long, env = "SWEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -112,6 +118,32 @@ pub enum Format {
     List,
     Rejson,
     Langgraph,
+    // Chat libraries' layouts: built-in mappings (src/mapping/presets), `sweeper formats NAME`.
+    Langchain,
+    LangchainRedis,
+    Llamaindex,
+    Redisvl,
+    OpenaiAgents,
+    AgentFramework,
+    Rasa,
+    AgentMemoryServer,
+}
+
+impl Format {
+    /// The preset a chat library's format names (None for the native formats).
+    pub fn preset(self) -> Option<&'static str> {
+        Some(match self {
+            Format::Langchain => "langchain",
+            Format::LangchainRedis => "langchain-redis",
+            Format::Llamaindex => "llamaindex",
+            Format::Redisvl => "redisvl",
+            Format::OpenaiAgents => "openai-agents",
+            Format::AgentFramework => "agent-framework",
+            Format::Rasa => "rasa",
+            Format::AgentMemoryServer => "agent-memory-server",
+            _ => return None,
+        })
+    }
 }
 
 impl From<Format> for Layout {
@@ -123,6 +155,8 @@ impl From<Format> for Layout {
             Format::List => Layout::List,
             Format::Rejson => Layout::ReJson,
             Format::Langgraph => Layout::LangGraph,
+            // What a mapping reads is set from the mapping (cmd::mapping).
+            _ => Layout::Json,
         }
     }
 }
@@ -203,6 +237,12 @@ pub enum Command {
     },
     /// Print the man page (roff): `sweeper man | man -l -`.
     Man,
+    /// List the chat libraries' layouts (--format NAME); with a NAME, print its mapping file, the
+    /// start of a custom --mapping.
+    Formats {
+        /// A preset's name.
+        name: Option<String>,
+    },
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
     /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the
@@ -269,8 +309,22 @@ pub struct RunArgs {
     /// (a RedisJSON document), or auto (each key by its TYPE). A key of another type is rejected.
     /// langgraph: a LangGraph app's threads (langgraph-checkpoint-redis) into LangGraph's own
     /// PostgresSaver tables; --match then names the `checkpoint_latest:*` keys (the default).
+    /// Chat libraries (`sweeper formats` lists them): langchain, langchain-redis, llamaindex,
+    /// redisvl, openai-agents, agent-framework, rasa, agent-memory-server; --match then defaults to
+    /// the library's key pattern.
     #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
     pub format: Format,
+
+    /// A mapping file (TOML) saying how your chat service keeps conversations in Redis; takes the
+    /// place of --format. `sweeper formats NAME` prints a preset as one, to start from.
+    #[arg(long, env = "SWEEPER_MAPPING")]
+    pub mapping: Option<PathBuf>,
+
+    /// Also save keys without TTL (RedisVL, Agent Framework set none) once OBJECT IDLETIME says
+    /// nobody touched them this long (e.g. 30m). Not under an LFU maxmemory-policy, which keeps
+    /// no idle time; a sweep's own reads count as a touch. Off by default.
+    #[arg(long, env = "SWEEPER_SAVE_IDLE", value_parser = parse_duration)]
+    pub save_idle: Option<Duration>,
 
     /// Sweep only shard I of N (from 0: 0/3, 1/3, 2/3): N workers split the keys by hash slot,
     /// with no overlap and no gap; each takes its own lock and records its own run.
@@ -333,8 +387,14 @@ pub struct PublishArgs {
     pub metrics_file: Option<PathBuf>,
 
     /// Push Prometheus metrics to this Pushgateway (http://host:9091); a failed push only warns.
+    /// Each pattern and shard is its own group (labels match, shard).
     #[arg(long, env = "SWEEPER_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
+
+    /// A name for this sweep in the Pushgateway's grouping key (label instance), for sweeps of the
+    /// same pattern against different Redis servers sharing one gateway.
+    #[arg(long, env = "SWEEPER_INSTANCE", requires = "pushgateway")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +430,15 @@ pub struct RestoreArgs {
     /// Overwrite the key even when it is live (the chat service's newer state would be lost).
     #[arg(long)]
     pub force: bool,
+
+    /// The layout to write back: the --format the conversation was swept with (a chat library's
+    /// is written as the library keeps it); native formats restore the saved document.
+    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// The mapping file the conversation was swept with; takes the place of --format.
+    #[arg(long, env = "SWEEPER_MAPPING")]
+    pub mapping: Option<PathBuf>,
 
     #[command(flatten)]
     pub out: OutputArg,

@@ -21,6 +21,52 @@ pub mod defaults {
     pub const PROTECT_TTL: &str = "15m";
     pub const WRITERS: u64 = 2;
     pub const BUSY_REDIS_OPS_PER_SEC: u32 = 10_000;
+    pub const CONNECT_TIMEOUT: &str = "10s";
+    pub const OPERATION_TIMEOUT: &str = "15s";
+}
+
+/// The client's own deadlines: a server that goes silent (a partition drops packets without a
+/// reset) is noticed within these, whatever TCP would take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open a connection (and, retried, before calling a server down).
+    pub connect: Duration,
+    /// For one Redis pipeline or one PostgreSQL transaction, from first byte to last.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: duration(defaults::CONNECT_TIMEOUT),
+            operation: duration(defaults::OPERATION_TIMEOUT),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The operation deadline must leave a sweep time to protect what it could not save before
+    /// the keys due now expire: it is held to a quarter of `--threshold` (lowered, with a note,
+    /// when set above that). Zero is refused.
+    pub fn fit(self, threshold: Duration) -> Result<Timeouts> {
+        if self.operation.is_zero() {
+            return Err(Error::Usage(
+                "--operation-timeout must be above zero: every operation would fail".into(),
+            ));
+        }
+        let most = threshold / 4;
+        if self.operation <= most {
+            return Ok(self);
+        }
+        tracing::info!(
+            operation_timeout = %humantime::format_duration(most),
+            "--operation-timeout held to a quarter of --threshold, so a silent server is noticed while the due keys can still be protected"
+        );
+        Ok(Timeouts {
+            operation: most.max(Duration::from_millis(100)),
+            ..self
+        })
+    }
 }
 
 /// What a sweep needs to know. Build it with struct update syntax over `Default` and call
@@ -59,6 +105,11 @@ pub struct SweepConfig {
     pub layout: Layout,
     /// Sweep only the keys of this shard (None: every key).
     pub shard: Option<Shard>,
+    /// A chat library's layout (`--format PRESET`, `--mapping FILE`): keys decoded through it
+    /// instead of as checkpoint documents. `layout` then reads its Redis type.
+    pub mapping: Option<std::sync::Arc<crate::mapping::Mapping>>,
+    /// A key without TTL is due once idle this long (`--save-idle`); None: never.
+    pub save_idle: Option<Duration>,
 }
 
 impl Default for SweepConfig {
@@ -79,6 +130,8 @@ impl Default for SweepConfig {
             progress: Progress::default(),
             layout: Layout::Json,
             shard: None,
+            mapping: None,
+            save_idle: None,
         }
     }
 }
@@ -112,6 +165,11 @@ impl SweepConfig {
         if self.batch_size == 0 || self.scan_count == 0 || self.writers == 0 {
             return Err(Error::Usage(
                 "--batch-size, --scan-count and --writers must be at least 1".into(),
+            ));
+        }
+        if self.save_idle.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Usage(
+                "--save-idle must be above 0 (leave it out to never save keys without TTL)".into(),
             ));
         }
         if self.max_value_bytes == 0 {

@@ -107,6 +107,9 @@ impl Error {
                             redis::ServerErrorKind::BusyLoading
                                 | redis::ServerErrorKind::TryAgain
                                 | redis::ServerErrorKind::MasterDown
+                                // A replica now (a failover demoted it): a fresh connection, or
+                                // the sentinels, find the primary.
+                                | redis::ServerErrorKind::ReadOnly
                         )
                     )
                     // A script running too long: the server answers again once it ends.
@@ -121,10 +124,12 @@ impl Error {
                     // unique_violation: every statement upserts, so a unique violation is a
                     // race with another writer creating the same conversation (a second sweep
                     // after PostgreSQL dropped the first one's lock); the retry finds the row
-                    // committed and merges into it.
+                    // committed and merges into it. read_only_sql_transaction: the endpoint
+                    // still points at a standby not yet promoted (RDS Multi-AZ, Patroni).
                     matches!(
                         &*c,
-                        "40001"
+                        "25006"
+                            | "40001"
                             | "40P01"
                             | "57P01"
                             | "57P02"

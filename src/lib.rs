@@ -14,7 +14,8 @@
 //!   LangGraph threads read whole ([`redis::langgraph`]).
 //! - [`select`]: which keys are due, from their TTL alone. Pure.
 //! - [`checkpoint`]: the checkpoint document, decoded and validated, or rejected with a reason.
-//!   Pure. [`langgraph`]: a LangGraph thread's rows. Pure.
+//!   Pure. [`mapping`]: a chat library's layout as data (presets, `--mapping` files), decoded into
+//!   checkpoints and restored in the library's layout. Pure. [`langgraph`]: a LangGraph thread's rows. Pure.
 //! - [`store`]: the only code that speaks PostgreSQL: connect, migrations, the batch write, runs
 //!   and the single-run lock, LangGraph's tables. SQL in files beside it.
 //! - [`sweep`]: one sweep as stages: read ([`sweep::read`]), decode ([`sweep::decode`]), write
@@ -37,6 +38,7 @@ pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod langgraph;
+pub mod mapping;
 pub mod progress;
 pub mod redact;
 pub mod redis;

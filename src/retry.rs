@@ -84,6 +84,19 @@ impl Backoff {
 }
 
 /// Retries `op` on transient errors until `timeout` has passed (how connections are opened).
+/// How long an operation that keeps failing is retried from its first failure: enough to ride
+/// out a restart or a failover, and bounded however long each try takes (a silent server makes
+/// every try last `--operation-timeout`), so the sweep calls the server down while the due keys
+/// can still be protected.
+pub const RIDE_OUT: Duration = Duration::from_secs(30);
+
+/// When retries started now must end: `deadline`, or [`RIDE_OUT`] from now if that comes first.
+pub fn ride_out(deadline: Option<Instant>) -> Option<Instant> {
+    // tokio's clock, as in `Backoff::pause`.
+    let end = tokio::time::Instant::now().into_std() + RIDE_OUT;
+    Some(deadline.map_or(end, |d| d.min(end)))
+}
+
 pub async fn within<T, F, Fut>(what: &str, timeout: Duration, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,

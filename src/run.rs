@@ -57,6 +57,9 @@ pub struct Counters {
     /// Statements the batch writes sent to PostgreSQL (BEGIN and COMMIT included).
     pub pg_statements: u64,
     pub batches: u64,
+    /// Keys Redis evicted (maxmemory) since the previous run, or since it started for a first
+    /// run: conversations lost before their TTL ran out when the policy evicts keys with a TTL.
+    pub evicted_keys: u64,
 }
 
 /// A due key as a dry run shows it.

@@ -15,6 +15,13 @@ pub enum Ttl {
     Gone,
 }
 
+/// Whether a key without TTL is due under `--save-idle`: Redis says (OBJECT IDLETIME, seconds)
+/// nobody touched it for `save_idle` or longer. None (no idle time: an LFU maxmemory-policy, or
+/// the key gone) is never due.
+pub fn idle_due(idle_secs: Option<u64>, save_idle: Duration) -> bool {
+    idle_secs.is_some_and(|s| u128::from(s) * 1000 >= save_idle.as_millis())
+}
+
 /// Classifies a PTTL reply. A key is due when its PTTL is in `[0, threshold)`.
 pub fn classify(pttl: i64, threshold: Duration) -> Ttl {
     match pttl {
@@ -43,6 +50,12 @@ mod tests {
     #[test]
     fn no_ttl_is_never_due_and_missing_keys_are_gone() {
         assert_eq!(classify(-1, TEN_MIN), Ttl::NoTtl);
+        assert!(idle_due(Some(600), TEN_MIN));
+        assert!(!idle_due(Some(599), TEN_MIN));
+        assert!(
+            !idle_due(None, Duration::from_secs(1)),
+            "no idle time (LFU): never due"
+        );
         assert_eq!(classify(-2, TEN_MIN), Ttl::Gone);
         assert_eq!(classify(-1, Duration::from_secs(u64::MAX / 2)), Ttl::NoTtl);
     }

@@ -316,7 +316,7 @@ async fn a_slot_caught_half_migrated_is_read_through_moved_and_ask() {
     let mut nodes = sweeper::redis::cluster::Nodes::connect(
         &cluster.urls(),
         &Default::default(),
-        Duration::from_secs(5),
+        sweeper::config::Timeouts::default(),
         true,
     )
     .await

@@ -178,7 +178,7 @@ async fn messages_without_ids_are_stored_once_across_sweeps() {
 #[tokio::test]
 async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts() {
     let env = TestEnv::migrated("dupbatch").await;
-    let store = Store::connect(&env.database_url, std::time::Duration::from_secs(5), 1)
+    let store = Store::connect(&env.database_url, sweeper::config::Timeouts::default(), 1)
         .await
         .unwrap();
     let old = doc(Some("2026-11-22T10:00:00Z"), &["m1"]).to_string();

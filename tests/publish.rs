@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use common::*;
 use serde_json::Value;
 
@@ -196,7 +197,12 @@ async fn metrics_are_pushed_to_a_pushgateway_and_a_failed_push_only_warns() {
     let s = env.run_json(&["--pushgateway", &url]);
     assert_eq!(s["persisted"], 1);
     let (request, body) = server.join().unwrap();
-    assert_eq!(request, "POST /metrics/job/sweeper HTTP/1.1");
+    // The sweep's group: its pattern (base64, the Pushgateway's escape for `*`).
+    let pattern = base64::engine::general_purpose::URL_SAFE.encode(s["match"].as_str().unwrap());
+    assert_eq!(
+        request,
+        format!("POST /metrics/job/sweeper/match@base64/{pattern} HTTP/1.1")
+    );
     assert_eq!(
         sample(&body, "sweeper_last_run_persisted_keys"),
         Some(1.0),

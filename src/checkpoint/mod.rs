@@ -51,6 +51,15 @@ pub struct Message {
     pub role: String,
     pub content: String,
     pub created_at: Option<DateTime<Utc>>,
+    /// One key per message (a mapping's `unit = "message"`): the key that held the message and
+    /// its value as JSON, kept so restore can write it back under its own key.
+    pub source: Option<Box<MessageSource>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageSource {
+    pub redis_key: String,
+    pub element: String,
 }
 
 /// Why a value is not a checkpoint. `Display` starts with a stable code (`not_json: ...`), which is
@@ -210,6 +219,7 @@ fn fast_fields(text: &str) -> Option<Fields> {
                 role: m.role.into_owned(),
                 content: m.content.into_owned(),
                 created_at: m.created_at,
+                source: None,
             }
         })
         .collect();
@@ -327,6 +337,7 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, Reject> {
             role,
             content,
             created_at,
+            source: None,
         });
     }
     Ok(out)

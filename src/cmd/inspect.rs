@@ -328,6 +328,17 @@ pub async fn execute(g: &crate::cli::GlobalOpts, i: &crate::cli::InspectArgs) ->
         samples: i.samples,
     };
     let mut source = super::connect_redis(g).await?;
+    if let Some(e) = source
+        .evictions()
+        .await
+        .filter(|e| e.can_evict() && e.evicted > 0)
+    {
+        tracing::warn!(
+            evicted = e.evicted,
+            maxmemory_policy = %e.policy,
+            "Redis has evicted keys to stay under maxmemory since it started: conversations may be lost before their TTL runs out (volatile-ttl evicts the due ones first); raise maxmemory, or set maxmemory-policy noeviction"
+        );
+    }
     source.set_pacing(crate::redis::pace::Pacing {
         max_ops_per_sec: i.pace.max_redis_ops_per_sec,
         busy_ops_per_sec: i.pace.busy_redis_ops_per_sec,

@@ -4,6 +4,7 @@
 
 pub mod completions;
 pub mod daemon;
+pub mod formats;
 pub mod inspect;
 pub mod migrate;
 pub mod restore;
@@ -32,6 +33,7 @@ pub async fn execute(cli: &Cli, shutdown: &Shutdown) -> Result<u8> {
         Command::CheckSchedule(c) => schedule::execute(c),
         Command::Completions { shell } => completions::completions(*shell),
         Command::Man => completions::man(),
+        Command::Formats { name } => formats::execute(name.as_deref()),
         Command::Restore(rs) => restore::execute(g, rs).await,
         Command::Inspect(i) => inspect::execute(g, i).await,
         Command::Status(st) => status::execute(g, st).await,
@@ -41,7 +43,7 @@ pub async fn execute(cli: &Cli, shutdown: &Shutdown) -> Result<u8> {
 
 /// PostgreSQL of the global options, one connection.
 async fn connect_store(g: &GlobalOpts) -> Result<Store> {
-    Store::connect(&database_url(g)?, g.connect_timeout, 1).await
+    Store::connect(&database_url(g)?, timeouts(g), 1).await
 }
 
 fn redis_url(g: &GlobalOpts) -> Result<String> {
@@ -53,13 +55,14 @@ fn redis_url(g: &GlobalOpts) -> Result<String> {
 
 /// The Redis of the global options: one node, or with `--redis-cluster` a cluster's primaries.
 async fn connect_redis(g: &GlobalOpts) -> Result<Nodes> {
-    Nodes::connect(
-        &redis_url(g)?,
-        &redis_tls(g),
-        g.connect_timeout,
-        g.redis_cluster,
-    )
-    .await
+    Nodes::connect(&redis_url(g)?, &redis_tls(g), timeouts(g), g.redis_cluster).await
+}
+
+fn timeouts(g: &GlobalOpts) -> crate::config::Timeouts {
+    crate::config::Timeouts {
+        connect: g.connect_timeout,
+        operation: g.operation_timeout,
+    }
 }
 
 fn redis_tls(g: &GlobalOpts) -> RedisTls {

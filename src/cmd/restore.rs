@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::mapping::{Mapping, Unit};
 use crate::redis::cluster::Nodes;
 use crate::store::Store;
 
@@ -30,6 +31,7 @@ pub async fn restore(
     conversation_id: &str,
     ttl: Duration,
     force: bool,
+    mapping: Option<&Mapping>,
 ) -> Result<Restored> {
     let saved = store
         .saved_checkpoint(conversation_id)
@@ -40,7 +42,20 @@ pub async fn restore(
             ))
         })?;
     let key = saved.redis_key;
-    if let Err(pttl) = source.put_back(&key, &saved.document, ttl, force).await? {
+    if let Some(m) = mapping.filter(|m| m.unit == Unit::Message) {
+        return restore_messages(store, source, conversation_id, ttl, force, m).await;
+    }
+    let put = match mapping {
+        // A chat library's conversation goes back as the library keeps it.
+        Some(m) => {
+            let write = m
+                .restore_conversation(&key, &saved.document)
+                .map_err(|e| Error::Other(format!("cannot restore `{conversation_id}`: {e}")))?;
+            source.put_back_layout(&write, ttl, force).await?
+        }
+        None => source.put_back(&key, &saved.document, ttl, force).await?,
+    };
+    if let Err(pttl) = put {
         let left = match pttl {
             -1 => "no TTL".to_string(),
             ms => format!(
@@ -58,6 +73,51 @@ pub async fn restore(
         bytes: saved.document.len(),
         messages: saved.checkpoint_messages,
         older_messages_in_postgres: saved.message_count - saved.checkpoint_messages,
+        ttl_ms: ttl.as_millis() as u64,
+        replaced: force,
+    })
+}
+
+/// One key per message: each message back under the key it was read from. Every key is checked
+/// first, so a live one stops the restore before anything is written (unless `force`).
+async fn restore_messages(
+    store: &Store,
+    source: &mut Nodes,
+    conversation_id: &str,
+    ttl: Duration,
+    force: bool,
+    m: &Mapping,
+) -> Result<Restored> {
+    let saved = store.saved_message_sources(conversation_id).await?;
+    let writes = saved
+        .iter()
+        .map(|(key, element)| m.restore_message(key, element))
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(|e| Error::Other(format!("cannot restore `{conversation_id}`: {e}")))?;
+    if writes.is_empty() {
+        return Err(Error::Other(format!(
+            "`{conversation_id}` has no message saved with its key (swept before one key per message was kept): nothing to restore"
+        )));
+    }
+    if !force {
+        let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key().as_bytes().to_vec()).collect();
+        if let Some(i) = source.pttls(&keys).await?.iter().position(|&t| t != -2) {
+            return Err(Error::Other(format!(
+                "{} is live in Redis: nothing overwritten; --force replaces it",
+                writes[i].key()
+            )));
+        }
+    }
+    for w in &writes {
+        // Checked above: each write goes in whatever it finds.
+        let _ = source.put_back_layout(w, ttl, true).await?;
+    }
+    Ok(Restored {
+        conversation_id: conversation_id.to_string(),
+        key: writes[0].key().to_string(),
+        bytes: saved.iter().map(|(_, e)| e.len()).sum(),
+        messages: writes.len() as i32,
+        older_messages_in_postgres: 0,
         ttl_ms: ttl.as_millis() as u64,
         replaced: force,
     })
@@ -94,7 +154,16 @@ pub async fn execute(g: &crate::cli::GlobalOpts, rs: &crate::cli::RestoreArgs) -
     let store = super::connect_store(g).await?;
     store.ensure_migrated().await?;
     let mut source = super::connect_redis(g).await?;
-    let restored = restore(&store, &mut source, &rs.conversation, rs.ttl, rs.force).await?;
+    let mapping = super::formats::resolve(rs.format, rs.mapping.as_deref())?;
+    let restored = restore(
+        &store,
+        &mut source,
+        &rs.conversation,
+        rs.ttl,
+        rs.force,
+        mapping.as_ref(),
+    )
+    .await?;
     tracing::info!(key = %restored.key, "conversation restored");
     super::emit(rs.out.output, || restored.to_json(), || restored.to_text())?;
     Ok(crate::error::exit::OK)

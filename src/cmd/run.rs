@@ -6,7 +6,7 @@ use crate::config::{SweepConfig, defaults};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::redact::redact_url;
-use crate::report::publish::Publish;
+use crate::report::publish::{Publish, grouping};
 use crate::shard::Shard;
 use crate::shutdown::Shutdown;
 use crate::sweep;
@@ -65,6 +65,11 @@ pub async fn sweep_and_report(
         outputs_dir: p.outputs_dir.clone(),
         metrics_file: p.metrics_file.clone(),
         pushgateway: p.pushgateway.clone(),
+        grouping: grouping(
+            &summary.pattern,
+            summary.shard.as_deref(),
+            p.instance.as_deref(),
+        ),
     };
     let published = publish
         .publish(summary, outcome.history.as_ref(), chrono::Utc::now())
@@ -82,7 +87,16 @@ pub async fn sweep_and_report(
 
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
 pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpoints)> {
-    let mut cfg = sweep_config(r).validate()?;
+    let mut cfg = sweep_config(r);
+    if let Some(m) = super::formats::resolve(r.format, r.mapping.as_deref())? {
+        // A chat library's keys: the default --match follows its key template.
+        if r.select.pattern == defaults::MATCH {
+            cfg.pattern = m.pattern();
+        }
+        cfg.layout = super::formats::layout(&m);
+        cfg.mapping = Some(std::sync::Arc::new(m));
+    }
+    let mut cfg = cfg.validate()?;
     if let Some(n) = r.shards {
         let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
             Error::Usage(format!(
@@ -108,7 +122,7 @@ pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpo
             true => None,
             false => Some(super::database_url(g)?),
         },
-        connect_timeout: g.connect_timeout,
+        timeouts: super::timeouts(g).fit(cfg.threshold)?,
     };
     Ok((cfg, ends))
 }
@@ -135,6 +149,7 @@ fn sweep_config(r: &RunArgs) -> SweepConfig {
         busy_redis_ops_per_sec: pace.busy_redis_ops_per_sec,
         layout: r.format.into(),
         shard: r.shard,
+        save_idle: r.save_idle,
         ..SweepConfig::default()
     }
 }

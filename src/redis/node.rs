@@ -2,15 +2,18 @@
 //! routes per-key commands to the node owning each key), the only code that speaks Redis. It
 //! never uses KEYS.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
 use crate::redis::layout::Probe;
 use crate::redis::pace::{self, Pace, Pacing};
+use crate::redis::sentinel::{self, SentinelUrl};
 use crate::redis::tls::RedisTls;
 use crate::retry::{self, Backoff};
 
@@ -30,19 +33,76 @@ pub struct Source {
     deadline: Option<Instant>,
     /// Shared by the clones of this source: they speak over the same connection.
     pace: Pace,
+    /// Set when the URL names sentinels: they are asked again for the primary when this one
+    /// refuses writes or the connection to it fails.
+    sentinel: Option<Arc<Sentinels>>,
+    /// Bumped when this source follows the sentinels to another node: a SCAN cursor of the old
+    /// node means nothing on the new one (another hash table, another seed).
+    epoch: u64,
+    /// The epoch of the last SCAN page.
+    scan_epoch: u64,
+}
+
+/// Keys Redis evicts to stay under `maxmemory`, before their TTL runs out: with
+/// `volatile-ttl` exactly the due ones, the keys closest to expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evictions {
+    pub policy: String,
+    /// Since the server started (`evicted_keys`).
+    pub evicted: u64,
+}
+
+impl Evictions {
+    pub fn parse(memory: &str, stats: &str) -> Option<Evictions> {
+        let field = |text: &str, name: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(':')
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        Some(Evictions {
+            policy: field(memory, "maxmemory_policy")?,
+            evicted: field(stats, "evicted_keys")?.parse().ok()?,
+        })
+    }
+
+    /// Whether the policy may evict a conversation key (it has a TTL): any but `noeviction`.
+    pub fn can_evict(&self) -> bool {
+        self.policy != "noeviction"
+    }
+}
+
+/// What a source needs to ask the sentinels again.
+struct Sentinels {
+    url: SentinelUrl,
+    tls: RedisTls,
+    timeouts: Timeouts,
 }
 
 impl Source {
-    /// Connects, failing within `timeout` when Redis is down.
-    pub async fn connect(url: &str, tls: &RedisTls, timeout: Duration) -> Result<Source> {
-        let shown = redact_url(url);
-        let client = tls.client(url)?;
+    /// Connects, failing within `timeouts.connect` when Redis is down. A `redis+sentinel://` URL
+    /// connects to the primary the sentinels name.
+    pub async fn connect(url: &str, tls: &RedisTls, timeouts: Timeouts) -> Result<Source> {
+        let (url, sentinel) = match sentinel::is_sentinel_url(url) {
+            false => (url.to_string(), None),
+            true => {
+                let s = Sentinels {
+                    url: SentinelUrl::parse(url)?,
+                    tls: tls.clone(),
+                    timeouts,
+                };
+                (s.primary().await?, Some(Arc::new(s)))
+            }
+        };
+        let shown = redact_url(&url);
+        let client = tls.client(&url)?;
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            // A single pipeline of large values can legitimately take a while.
-            .set_response_timeout(Some(timeout.max(Duration::from_secs(30))));
+            .set_connection_timeout(Some(timeouts.connect))
+            // No answer within this, the connection counts as lost (a silent network).
+            .set_response_timeout(Some(timeouts.operation));
         // Refused or reset connections are retried until `timeout`.
-        let conn = retry::within("connecting to Redis", timeout, || async {
+        let conn = retry::within("connecting to Redis", timeouts.connect, || async {
             client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
@@ -60,12 +120,65 @@ impl Source {
             round_trips: 0,
             deadline: None,
             pace: Pace::default(),
+            sentinel,
+            epoch: 0,
+            scan_epoch: 0,
         };
         // Authentication and reachability problems show here, not in the middle of a sweep.
         let mut ping = redis::pipe();
         ping.cmd("PING");
         source.query::<Value>(&ping).await?;
         Ok(source)
+    }
+
+    /// What `INFO memory` and `INFO stats` say of evictions: the `maxmemory-policy` and the
+    /// keys evicted since the server started. None when INFO is refused (an ACL). Not counted
+    /// as a round trip of the sweep.
+    pub async fn evictions(&self) -> Option<Evictions> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory").cmd("INFO").arg("stats");
+        let (memory, stats): (String, String) =
+            pipe.query_async(&mut self.conn.clone()).await.ok()?;
+        Evictions::parse(&memory, &stats)
+    }
+
+    /// Refuses a sentinel reached as a node (`ROLE` says so): it holds no keys.
+    pub async fn refuse_sentinel(&self) -> Result<()> {
+        if self.sentinel.is_none() && self.is_sentinel().await {
+            return Err(Error::Usage(format!(
+                "Redis at {} is a Redis Sentinel, which holds no keys: name the service with redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE",
+                self.url
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this is a sentinel (`ROLE` says so). Not counted as a round trip of the sweep.
+    async fn is_sentinel(&self) -> bool {
+        let role: redis::RedisResult<Value> =
+            redis::cmd("ROLE").query_async(&mut self.conn.clone()).await;
+        matches!(role, Ok(Value::Array(items)) if matches!(items.first(), Some(Value::BulkString(r)) if r == b"sentinel"))
+    }
+
+    /// A fresh connection, to the primary the sentinels name now when they are in use.
+    async fn reconnect(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(s) = self.sentinel.clone() {
+            match s.primary().await {
+                Ok(url) if redact_url(&url) != self.url => {
+                    tracing::warn!(from = %self.url, to = %redact_url(&url), "Redis Sentinel names another primary: following it");
+                    if let Ok(client) = s.tls.client(&url) {
+                        self.client = client;
+                        self.url = redact_url(&url);
+                        self.epoch += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Redis Sentinel could not name a primary"),
+            }
+        }
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
     }
 
     /// Retries give up rather than pause past this instant.
@@ -108,6 +221,8 @@ impl Source {
         }
         let backoff = Backoff::default();
         let mut n = 0;
+        // Set at the first failure: retries end RIDE_OUT after it, however long each took.
+        let mut give_up = self.deadline;
         loop {
             self.round_trips += 1;
             let reply = {
@@ -126,18 +241,17 @@ impl Source {
                     source,
                 },
             };
-            let Some(pause) = backoff.pause(n, &err, self.deadline, "reading from Redis") else {
+            if n == 0 {
+                give_up = retry::ride_out(self.deadline);
+            }
+            let Some(pause) = backoff.pause(n, &err, give_up, "reading from Redis") else {
                 return Err(err);
             };
             tokio::time::sleep(pause).await;
             n += 1;
             // A dropped multiplexed connection stays dropped: open another. If that fails, the
             // retry above fails too and counts against the attempts.
-            if let Ok(conn) = self
-                .client
-                .get_multiplexed_async_connection_with_config(&self.config)
-                .await
-            {
+            if let Ok(conn) = self.reconnect().await {
                 self.conn = conn;
             }
         }
@@ -199,15 +313,27 @@ impl Source {
         pattern: &str,
         count: usize,
     ) -> Result<(u64, Vec<Vec<u8>>)> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count.min(self.max_pipeline()));
-        let (page,): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await?;
-        Ok(page)
+        let mut cursor = cursor;
+        loop {
+            // A new primary (a failover followed): its keys are walked again from the start;
+            // the keys seen twice are handled once.
+            if cursor != 0 && self.epoch != self.scan_epoch {
+                tracing::warn!(redis = %self.url, "the primary changed mid-scan: scanning it again from the start");
+                cursor = 0;
+            }
+            self.scan_epoch = self.epoch;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count.min(self.max_pipeline()));
+            let (page,): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await?;
+            if self.epoch == self.scan_epoch {
+                return Ok(page);
+            }
+        }
     }
 
     /// The slot map of the cluster this node belongs to (`CLUSTER SLOTS`).
@@ -291,9 +417,36 @@ pub fn display_key(key: &[u8]) -> String {
     }
 }
 
+impl Sentinels {
+    /// The primary's node URL, asking until `timeouts.connect` (a failover takes a few seconds).
+    async fn primary(&self) -> Result<String> {
+        retry::within(
+            "asking Redis Sentinel for the primary",
+            self.timeouts.connect,
+            || self.url.primary(&self.tls, self.timeouts.connect),
+        )
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evictions_come_from_info_memory_and_stats() {
+        let e = Evictions::parse(
+            "# Memory\r\nused_memory:1\r\nmaxmemory_policy:volatile-ttl\r\n",
+            "# Stats\r\nevicted_keys:42\r\n",
+        )
+        .unwrap();
+        assert_eq!(e.policy, "volatile-ttl");
+        assert_eq!(e.evicted, 42);
+        assert!(e.can_evict());
+        assert!(Evictions::parse("", "evicted_keys:1").is_none());
+        let none = Evictions::parse("maxmemory_policy:noeviction", "evicted_keys:0").unwrap();
+        assert!(!none.can_evict());
+    }
     use crate::redis::layout::Layout;
 
     #[test]

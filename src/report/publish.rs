@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
@@ -14,7 +15,9 @@ use crate::redact::redact_url;
 use crate::run::RunHistory;
 use crate::run::{RunStatus, Summary};
 
-/// The Pushgateway's grouping key: one group per job, replaced metric by metric on each push.
+/// The Pushgateway's grouping key starts with the job; `Publish::grouping` adds the labels that
+/// tell one sweep from another (pattern, shard, instance). Each group is replaced metric by metric
+/// on each push, so sweeps in different groups never overwrite each other's metrics.
 const PUSH_PATH: &str = "/metrics/job/sweeper";
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,6 +30,42 @@ pub struct Publish {
     pub metrics_file: Option<PathBuf>,
     /// Base URL of a Pushgateway (`http://host:9091`).
     pub pushgateway: Option<String>,
+    /// The labels of the push's group after `job`, in order: see [`grouping`].
+    pub grouping: Vec<(&'static str, String)>,
+}
+
+/// The grouping key of a sweep's pushes: the pattern it sweeps (`match`), its shard's index when
+/// sharded (`shard`, as in `/metrics/job/sweeper/shard/1`), and the `--instance` name when given,
+/// for sweeps of one pattern against different Redis servers sharing a gateway.
+pub fn grouping(
+    pattern: &str,
+    shard: Option<&str>,
+    instance: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut labels = vec![("match", pattern.to_string())];
+    // The summary says `I/N`; the label is the index, which is what tells the pods apart.
+    if let Some(s) = shard {
+        labels.push(("shard", s.split('/').next().unwrap_or(s).to_string()));
+    }
+    if let Some(name) = instance {
+        labels.push(("instance", name.to_string()));
+    }
+    labels
+}
+
+/// The push URL: `BASE/metrics/job/sweeper/LABEL@base64/VALUE...`. Every value goes base64 (URL-safe,
+/// the Pushgateway's own escape), since a pattern holds `*` and may hold `/`.
+pub fn push_url(base: &str, grouping: &[(&'static str, String)]) -> String {
+    let mut url = format!("{}{PUSH_PATH}", base.trim_end_matches('/'));
+    for (label, value) in grouping {
+        let encoded = match value.is_empty() {
+            // The Pushgateway's spelling of an empty value.
+            true => "=".to_string(),
+            false => base64::engine::general_purpose::URL_SAFE.encode(value),
+        };
+        let _ = write!(url, "/{label}@base64/{encoded}");
+    }
+    url
 }
 
 impl Publish {
@@ -61,7 +100,7 @@ impl Publish {
             write_atomically(path, text.as_bytes())?;
         }
         if let Some(base) = &self.pushgateway {
-            let url = format!("{}{PUSH_PATH}", base.trim_end_matches('/'));
+            let url = push_url(base, &self.grouping);
             let pushed = tokio::task::spawn_blocking(move || push(&url, text)).await;
             match pushed {
                 Ok(Ok(())) => tracing::debug!("metrics pushed"),
@@ -166,6 +205,7 @@ pub fn metrics(
         ("no_ttl", c.no_ttl),
         ("expired_before_read", c.expired_before_read),
         ("protected", c.protected),
+        ("evicted", c.evicted_keys),
     ] {
         metric(
             &format!("sweeper_last_run_{what}_keys"),
@@ -329,6 +369,24 @@ mod tests {
         assert_eq!(o["dry_run"], "false");
         assert_eq!(o["match"], "checkpoint:*");
         assert!(!o.contains_key("due_keys"));
+    }
+
+    #[test]
+    fn each_shard_and_instance_pushes_to_its_own_group() {
+        let base = "http://gw:9091/";
+        assert_eq!(
+            push_url(base, &grouping("checkpoint:*", None, None)),
+            "http://gw:9091/metrics/job/sweeper/match@base64/Y2hlY2twb2ludDoq"
+        );
+        assert_eq!(
+            push_url(base, &grouping("a/b", Some("1/3"), Some("eu-1"))),
+            "http://gw:9091/metrics/job/sweeper/match@base64/YS9i/shard@base64/MQ==/instance@base64/ZXUtMQ=="
+        );
+        let urls: std::collections::HashSet<_> = (0..3)
+            .map(|i| push_url(base, &grouping("c:*", Some(&format!("{i}/3")), None)))
+            .collect();
+        assert_eq!(urls.len(), 3, "three shards, three groups");
+        assert!(push_url(base, &grouping("", None, None)).ends_with("/match@base64/="));
     }
 
     #[test]

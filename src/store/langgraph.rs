@@ -58,18 +58,24 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE checkpoint_writes ADD COLUMN IF NOT EXISTS task_path TEXT NOT NULL DEFAULT '';",
 ];
 
-/// The newest LangGraph migration recorded, or None when `checkpoint_migrations` is absent.
+/// The newest LangGraph migration recorded, or None when `checkpoint_migrations` is absent. In
+/// a transaction, so that a pooler in transaction mode keeps each statement on one server.
 pub async fn version(pool: &PgPool) -> Result<Option<i64>> {
+    let failed = Error::postgres("check LangGraph schema");
+    let mut tx = pool.begin().await.map_err(failed)?;
     let table: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass('checkpoint_migrations')::text")
-            .fetch_one(pool)
+        super::query_scalar("SELECT to_regclass('checkpoint_migrations')::text")
+            .fetch_one(&mut *tx)
             .await
             .map_err(Error::postgres("check LangGraph schema"))?;
     if table.is_none() {
         return Ok(None);
     }
-    let v: Option<i32> = sqlx::query_scalar("SELECT max(v) FROM checkpoint_migrations")
-        .fetch_one(pool)
+    let v: Option<i32> = super::query_scalar("SELECT max(v) FROM checkpoint_migrations")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::postgres("check LangGraph schema"))?;
+    tx.commit()
         .await
         .map_err(Error::postgres("check LangGraph schema"))?;
     Ok(v.map(i64::from))
@@ -82,7 +88,8 @@ pub fn needed() -> i64 {
 
 /// Runs what `PostgresSaver.setup()` would: the first migration, then each one above the newest
 /// recorded, recording it. Outside a transaction, as setup() (CREATE INDEX CONCURRENTLY cannot
-/// run in one). Returns the versions applied.
+/// run in one): give it a direct URL, not a pooler in transaction mode. Returns the versions
+/// applied.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
     let mut conn = pool
         .acquire()
@@ -93,7 +100,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
         .await
         .map_err(Error::postgres("LangGraph migrate"))?;
     let newest: Option<i32> =
-        sqlx::query_scalar("SELECT v FROM checkpoint_migrations ORDER BY v DESC LIMIT 1")
+        super::query_scalar("SELECT v FROM checkpoint_migrations ORDER BY v DESC LIMIT 1")
             .fetch_optional(&mut *conn)
             .await
             .map_err(Error::postgres("LangGraph migrate"))?;
@@ -107,7 +114,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
             .execute(&mut *conn)
             .await
             .map_err(Error::postgres("LangGraph migrate"))?;
-        sqlx::query("INSERT INTO checkpoint_migrations (v) VALUES ($1)")
+        super::query("INSERT INTO checkpoint_migrations (v) VALUES ($1)")
             .bind(v as i32)
             .execute(&mut *conn)
             .await
@@ -187,7 +194,7 @@ async fn write_checkpoints(
         }
     }
     if !t.is_empty() {
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        let rows: Vec<(String, String)> = super::query_as(
             "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata) \
              SELECT t, ns, id, p, c::jsonb, m::jsonb \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(t, ns, id, p, c, m) \
@@ -235,7 +242,7 @@ async fn write_blobs(
         }
     }
     if !t.is_empty() {
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        let rows: Vec<(String, String)> = super::query_as(
             "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[]) \
              ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING \
@@ -296,7 +303,7 @@ async fn write_writes(
         }
     }
     if !t.is_empty() {
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        let rows: Vec<(String, String)> = super::query_as(
             "INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::bytea[]) \
              ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET \

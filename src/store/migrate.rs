@@ -8,17 +8,46 @@ use crate::error::{Error, Result};
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// The same migrations without sqlx's session-level lock (a pooler in transaction mode leaks it
+/// when a migration fails); [`Store::migrate`] takes a transaction-level lock instead.
+static UNLOCKED: Migrator = Migrator {
+    locking: false,
+    ..sqlx::migrate!()
+};
+
+/// The transaction-level advisory lock that serialises migrations (any fixed key: sqlx's own
+/// session lock is not taken).
+const MIGRATE_LOCK: i64 = 0x7377_6565_7065_7201;
+
 impl Store {
     /// Applies the migrations not yet applied; returns the versions it applied.
+    ///
+    /// All in one transaction on one connection, serialised by a transaction-level advisory
+    /// lock (sqlx's own lock is a session lock, which a pooler in transaction mode leaks), with
+    /// every statement it prepared deallocated before the commit: safe through PgBouncer in
+    /// transaction mode as well as direct.
     pub async fn migrate(&self) -> Result<Vec<i64>> {
         let before = self.schema_version().await?;
-        MIGRATOR
-            .run(&self.pool)
+        let failed = |e: sqlx::Error| Error::Postgres {
+            context: "migrate",
+            source: e,
+        };
+        let mut tx = self.begin().await.map_err(failed)?;
+        super::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| Error::Postgres {
-                context: "migrate",
-                source: e.into(),
-            })?;
+            .map_err(failed)?;
+        UNLOCKED
+            .run_direct(None, &mut *tx, false)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        // sqlx's migrator prepares named statements; none may outlive the transaction.
+        sqlx::raw_sql("DEALLOCATE ALL")
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
         Ok(MIGRATOR
             .iter()
             .map(|m| m.version)
@@ -49,18 +78,19 @@ impl Store {
 
     /// The newest migration applied, or None on a database never migrated.
     pub async fn schema_version(&self) -> Result<Option<i64>> {
-        let table: Option<String> =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
-                .fetch_one(&self.pool)
+        self.in_tx("check schema", async |c| {
+            let table: Option<String> =
+                super::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                    .fetch_one(&mut *c)
+                    .await?;
+            if table.is_none() {
+                return Ok(None);
+            }
+            super::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(c)
                 .await
-                .map_err(Error::postgres("check schema"))?;
-        if table.is_none() {
-            return Ok(None);
-        }
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Error::postgres("check schema"))
+        })
+        .await
     }
 
     /// Fails with [`Error::NotMigrated`] unless every migration this binary has is applied.

@@ -4,18 +4,20 @@
 //! A batch is one transaction of three statements whatever its size (messages, conversations,
 //! rejects): either all of a batch is saved or none of it, and a re-run repairs a crash.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, SqlSafeStr};
 
 use crate::checkpoint::{Checkpoint, MAX_ID_BYTES};
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
-use crate::redact::redact_url;
 use crate::redis::layout::REJECT_SAMPLE_BYTES;
 use crate::retry;
 
+mod hosts;
 pub mod langgraph;
 mod migrate;
 mod runs;
@@ -115,54 +117,167 @@ pub struct BatchOutcome {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// BEGIN with this store's server-side limits; see [`Store::in_tx`].
+    begin: Arc<str>,
+    /// The client's own deadline for one transaction.
+    operation: Duration,
+}
+
+/// Every statement is sent unnamed (`persistent(false)`): sqlx names a statement even with its
+/// cache off, a named statement outlives its transaction on the server, and behind a pooler in
+/// transaction mode (PgBouncer before 1.21, or without `max_prepared_statements`) the next client
+/// of that server then fails with `prepared statement "sqlx_s_1" already exists`. Statements
+/// with parameters run inside a transaction ([`Store::in_tx`]), where the pooler keeps the
+/// client on one server between their Parse and their Execute.
+pub(crate) fn query<'q>(sql: impl SqlSafeStr) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
+/// [`query`], for rows read as `O`.
+pub(crate) fn query_as<'q, O>(
+    sql: impl SqlSafeStr,
+) -> sqlx::query::QueryAs<'q, Postgres, O, PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_as(sql).persistent(false)
+}
+
+/// [`query`], for one column read as `O`.
+pub(crate) fn query_scalar<'q, O>(
+    sql: impl SqlSafeStr,
+) -> sqlx::query::QueryScalar<'q, Postgres, O, PgArguments>
+where
+    (O,): for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_scalar(sql).persistent(false)
+}
+
+/// BEGIN, then the server's own limits for this transaction only (`SET LOCAL`): sent as
+/// startup options they are refused by PgBouncer (`unsupported startup parameter: options`) or,
+/// ignored there, silently dropped. A statement or lock wait that hangs ends on the server about
+/// when the client gives up on it.
+fn begin_sql(operation: Duration) -> String {
+    let ms = operation.as_millis().max(1);
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {}; \
+         SET LOCAL idle_in_transaction_session_timeout = {ms}",
+        (ms * 2 / 3).max(1)
+    )
+}
+
+/// A timed-out operation, as sqlx reports a lost connection: transient, retried on a fresh one.
+fn timed_out(context: &'static str, after: Duration) -> Error {
+    Error::Postgres {
+        context,
+        source: sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer within {} (--operation-timeout)",
+                humantime::format_duration(after)
+            ),
+        )),
+    }
 }
 
 impl Store {
-    /// Connects, failing within `timeout` when PostgreSQL is down. The pool holds a connection
-    /// for each of `writers` parallel batch writes, and one for the run's own records.
-    pub async fn connect(url: &str, timeout: Duration, writers: usize) -> Result<Store> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(Error::Usage(format!(
-                "invalid --database-url {}: it must start with postgres:// or postgresql://",
-                redact_url(url)
-            )));
-        }
-        let opts: PgConnectOptions = url.parse().map_err(|e| {
-            Error::Usage(format!("invalid --database-url {}: {e}", redact_url(url)))
-        })?;
-        // A statement that hangs (a lock held elsewhere, a stuck server) must end, or it would
-        // hold the sweep lock and every later run would be skipped.
-        let opts = opts.application_name("sweeper").options([
-            ("statement_timeout", "120s"),
-            ("lock_timeout", "60s"),
-            ("idle_in_transaction_session_timeout", "120s"),
-        ]);
-        // Refused or reset connections are retried until `timeout`, as sqlx-cli does.
-        let pool = retry::within("connecting to PostgreSQL", timeout, || {
-            let opts = opts.clone();
-            async move {
-                PgPoolOptions::new()
-                    .max_connections(writers as u32 + 2)
-                    .acquire_timeout(timeout)
-                    .connect_with(opts)
-                    .await
-                    .map_err(Error::postgres("connect"))
-            }
+    /// Connects, failing within `timeouts.connect` when PostgreSQL is down. A multi-host URL
+    /// (`host=a,b`, `target_session_attrs=read-write`) connects to the first host that answers
+    /// (and takes writes, when asked). The pool holds a connection for each of `writers`
+    /// parallel batch writes and one for the run's records and lock: bounded, so two sweeps
+    /// through a small pooler pool cannot each hold part of it while waiting for more.
+    pub async fn connect(url: &str, timeouts: Timeouts, writers: usize) -> Result<Store> {
+        let targets = hosts::Hosts::parse(url)?;
+        // Refused or reset connections are retried until `timeout`, as sqlx-cli does; the hosts
+        // are tried again each time, so a standby promoted meanwhile is found.
+        let pool = retry::within("connecting to PostgreSQL", timeouts.connect, || async {
+            let opts: PgConnectOptions = targets.pick(timeouts.connect).await?;
+            // No startup parameter a pooler may refuse: PgBouncer knows application_name and
+            // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
+            let opts = opts.application_name("sweeper").extra_float_digits(None);
+            PgPoolOptions::new()
+                .max_connections(writers as u32 + 1)
+                .acquire_timeout(timeouts.connect)
+                .connect_with(opts)
+                .await
+                .map_err(Error::postgres("connect"))
         })
         .await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            begin: begin_sql(timeouts.operation).into(),
+            operation: timeouts.operation,
+        })
+    }
+
+    /// Runs `work` in one transaction with the server-side limits set, within the client's own
+    /// deadline (`--operation-timeout`): a server that goes silent fails the operation instead
+    /// of hanging it.
+    pub(crate) async fn in_tx<T>(
+        &self,
+        context: &'static str,
+        work: impl AsyncFnOnce(&mut PgConnection) -> sqlx::Result<T>,
+    ) -> Result<T> {
+        let run = async {
+            let mut tx = self
+                .pool
+                .begin_with(AssertSqlSafe(self.begin.to_string()))
+                .await?;
+            let out = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(out)
+        };
+        self.within(context, run).await
+    }
+
+    /// `op`, failed as a lost connection when it takes longer than `--operation-timeout`.
+    pub(crate) async fn within<T>(
+        &self,
+        context: &'static str,
+        op: impl Future<Output = sqlx::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.operation, op).await {
+            Ok(r) => r.map_err(Error::postgres(context)),
+            Err(_) => Err(timed_out(context, self.operation)),
+        }
+    }
+
+    /// A transaction with the server-side limits set, for callers that hold it across steps
+    /// (the batch write); the caller bounds it with [`Store::within`].
+    pub(crate) async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, Postgres>> {
+        self.pool
+            .begin_with(AssertSqlSafe(self.begin.to_string()))
+            .await
     }
 
     /// The newest checkpoint saved for a conversation, as `restore` puts it back.
     pub async fn saved_checkpoint(&self, conversation_id: &str) -> Result<Option<SavedCheckpoint>> {
+        self.in_tx("read the conversation", async |c| {
+            query_as(
+                "SELECT redis_key, checkpoint::text AS document, checkpoint_messages, message_count \
+                 FROM conversations WHERE conversation_id = $1",
+            )
+            .bind(conversation_id)
+            .fetch_optional(c)
+            .await
+        })
+        .await
+    }
+
+    /// The key and value each message of a conversation was read from (one key per message),
+    /// oldest first; empty when its messages came from a document.
+    pub async fn saved_message_sources(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Vec<(String, String)>> {
         sqlx::query_as(
-            "SELECT redis_key, checkpoint::text AS document, checkpoint_messages, message_count \
-             FROM conversations WHERE conversation_id = $1",
+            "SELECT redis_key, element::text FROM messages \
+             WHERE conversation_id = $1 AND redis_key IS NOT NULL ORDER BY seq",
         )
         .bind(conversation_id)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(Error::postgres("read the conversation"))
+        .map_err(Error::postgres("read the conversation's messages"))
     }
 }
 

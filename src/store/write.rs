@@ -12,13 +12,18 @@ impl Store {
     /// Writes one batch in one transaction: conversations already stored with the same content
     /// are skipped without sending anything; messages of new conversations are inserted as they
     /// come; those of changed conversations are merged with what is stored.
+    /// Bounded by `--operation-timeout` as a whole: a server gone silent mid-batch fails it as a
+    /// lost connection (retried, the batch's keys protected first, by the caller).
     pub async fn write_batch(&self, run_id: Option<i64>, batch: &Batch) -> Result<BatchOutcome> {
+        match tokio::time::timeout(self.operation, self.write_batch_in_tx(run_id, batch)).await {
+            Ok(r) => r,
+            Err(_) => Err(super::timed_out("write batch", self.operation)),
+        }
+    }
+
+    async fn write_batch_in_tx(&self, run_id: Option<i64>, batch: &Batch) -> Result<BatchOutcome> {
         let started = std::time::Instant::now();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(Error::postgres("begin batch"))?;
+        let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
         let mut statements = 2; // BEGIN, COMMIT
 
         let rows = newest_per_conversation(&batch.checkpoints);
@@ -104,7 +109,7 @@ async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<HashMap<String,
     // lost with a PostgreSQL restart) waits here; message numbering reads then writes. Two
     // writers inserting the same new conversation collide on a key instead, which is retried
     // (see Error::is_transient).
-    let found: Vec<(String, Vec<u8>)> = sqlx::query_as(
+    let found: Vec<(String, Vec<u8>)> = super::query_as(
         "SELECT conversation_id, content_hash FROM conversations WHERE conversation_id = ANY($1) FOR UPDATE",
     )
     .bind(&ids)
@@ -149,7 +154,7 @@ async fn upsert(
     run_id: Option<i64>,
     tx: &mut Tx<'_>,
 ) -> Result<usize> {
-    let written: Vec<String> = sqlx::query_scalar(include_str!("upsert_conversations.sql"))
+    let written: Vec<String> = super::query_scalar(include_str!("upsert_conversations.sql"))
         .bind(column(write, |c| c.conversation_id.as_str()))
         .bind(column(write, |c| c.user_id.as_deref()))
         .bind(column(write, |c| c.redis_key.as_str()))
@@ -173,7 +178,7 @@ async fn insert_rejects(
     run_id: Option<i64>,
     tx: &mut Tx<'_>,
 ) -> Result<()> {
-    sqlx::query(include_str!("insert_rejects.sql"))
+    super::query(include_str!("insert_rejects.sql"))
         .bind(column(rejects, |r| r.redis_key.as_str()))
         .bind(column(rejects, |r| r.value_hash.to_vec()))
         .bind(column(rejects, |r| r.reason.as_str()))
@@ -220,6 +225,9 @@ struct MessageColumns<'a> {
     role: Vec<&'a str>,
     content: Vec<&'a str>,
     created_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    /// One key per message: the key and value it was read from (None otherwise).
+    redis_key: Vec<Option<&'a str>>,
+    element: Vec<Option<&'a str>>,
 }
 
 impl<'a> MessageColumns<'a> {
@@ -242,6 +250,9 @@ impl<'a> MessageColumns<'a> {
                 cols.role.push(&m.role);
                 cols.content.push(&m.content);
                 cols.created_at.push(m.created_at);
+                let source = m.source.as_deref();
+                cols.redis_key.push(source.map(|s| s.redis_key.as_str()));
+                cols.element.push(source.map(|s| s.element.as_str()));
             }
         }
         cols
@@ -275,11 +286,19 @@ impl<'a> MessageColumns<'a> {
                 Some(t) => data.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 None => data.push_str("\\N"),
             }
-            let _ = writeln!(data, "\t{run}");
+            let _ = write!(data, "\t{run}");
+            for v in [self.redis_key[i], self.element[i]] {
+                data.push('\t');
+                match v {
+                    Some(v) => copy_text(&mut data, v),
+                    None => data.push_str("\\N"),
+                }
+            }
+            data.push('\n');
         }
         let mut copy = tx
             .copy_in_raw(
-                "COPY messages (conversation_id, message_key, seq, message_id, role, content, created_at, run_id) FROM STDIN",
+                "COPY messages (conversation_id, message_key, seq, message_id, role, content, created_at, run_id, redis_key, element) FROM STDIN",
             )
             .await
             .map_err(Error::postgres("copy messages"))?;
@@ -300,7 +319,7 @@ impl<'a> MessageColumns<'a> {
         run_id: Option<i64>,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     ) -> Result<Vec<String>> {
-        sqlx::query_scalar(include_str!("insert_messages.sql"))
+        super::query_scalar(include_str!("insert_messages.sql"))
             .bind(&self.conversation_id)
             .bind(&self.message_key)
             .bind(&self.pos)
@@ -309,6 +328,8 @@ impl<'a> MessageColumns<'a> {
             .bind(&self.content)
             .bind(&self.created_at)
             .bind(run_id)
+            .bind(&self.redis_key)
+            .bind(&self.element)
             .fetch_all(&mut **tx)
             .await
             .map_err(Error::postgres("insert messages"))

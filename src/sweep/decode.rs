@@ -7,10 +7,11 @@
 
 use tokio::sync::mpsc;
 
-use crate::checkpoint::{self, Reject};
+use crate::checkpoint::{self, Checkpoint, Reject};
 use crate::config::SweepConfig;
+use crate::mapping::{Raw, Unit};
 use crate::redis::langgraph::ThreadRead;
-use crate::redis::layout::Fetched;
+use crate::redis::layout::{Fetched, lossy_json_array};
 use crate::redis::node::display_key;
 use crate::redis::read::Read;
 use crate::run::{Counters, DueKey};
@@ -124,18 +125,26 @@ impl Decoder {
                 size,
             ),
             Fetched::Value(v) => {
-                let key_id = std::str::from_utf8(&key)
-                    .map_err(|_| Reject::KeyNotUtf8)
-                    .and_then(|k| Ok((k, checkpoint::conversation_id(k, &self.cfg.prefix)?)));
-                let decoded = match key_id {
-                    Err(r) => Err(r),
-                    Ok(_) if self.cfg.dry_run => checkpoint::check(&v).map(|n| (n, None)),
-                    Ok((k, id)) => {
-                        checkpoint::decode(k, id, &v).map(|c| (c.messages.len(), Some(c)))
-                    }
-                };
+                let decoded = self.decode(&key, Raw::Text(&v));
                 let size = v.len() as u64;
                 (decoded, v, size)
+            }
+            Fetched::List(items) => {
+                let decoded = self.decode(&key, Raw::List(&items));
+                let value = lossy_json_array(&items);
+                let size = value.len() as u64;
+                (decoded, value, size)
+            }
+            Fetched::Hash(pairs) => {
+                let decoded = self.decode(&key, Raw::Hash(&pairs));
+                let value = pairs
+                    .iter()
+                    .flat_map(|(f, v)| [f, v])
+                    .cloned()
+                    .collect::<Vec<_>>();
+                let value = lossy_json_array(&value);
+                let size = value.len() as u64;
+                (decoded, value, size)
             }
         };
         self.counters.due += 1;
@@ -163,6 +172,25 @@ impl Decoder {
                     .rejects
                     .push(RejectRecord::new(shown, reason, &value, size));
             }
+        }
+    }
+
+    /// A value decoded: its message count, and the checkpoint to write (None on dry runs of the
+    /// native document, which only check it). A mapping decodes lists and hashes as they are.
+    fn decode(&self, key: &[u8], raw: Raw) -> Result<(usize, Option<Checkpoint>), Reject> {
+        let key = std::str::from_utf8(key).map_err(|_| Reject::KeyNotUtf8)?;
+        if let Some(m) = &self.cfg.mapping {
+            let d = m.decode(key, raw)?;
+            let n = d.checkpoint.messages.len();
+            return Ok((n, (!self.cfg.dry_run).then_some(d.checkpoint)));
+        }
+        let Raw::Text(v) = raw else {
+            return Err(Reject::NotJson("a list or hash needs a mapping".into()));
+        };
+        let id = checkpoint::conversation_id(key, &self.cfg.prefix)?;
+        match self.cfg.dry_run {
+            true => checkpoint::check(v).map(|n| (n, None)),
+            false => checkpoint::decode(key, id, v).map(|c| (c.messages.len(), Some(c))),
         }
     }
 
@@ -207,7 +235,24 @@ impl Decoder {
         if self.taken == 0 {
             return true;
         }
-        let full = std::mem::replace(&mut self.current, ReadBatch::new());
+        let mut full = std::mem::replace(&mut self.current, ReadBatch::new());
+        if self
+            .cfg
+            .mapping
+            .as_ref()
+            .is_some_and(|m| m.unit == Unit::Message)
+        {
+            // One key per message: the store numbers a conversation's new messages in batch
+            // order, so they go in time order (then by key, a sortable id in the presets).
+            full.batch.checkpoints.sort_by(|a, b| {
+                let at = |c: &Checkpoint| c.messages.first().and_then(|m| m.created_at);
+                (&a.conversation_id, at(a), &a.redis_key).cmp(&(
+                    &b.conversation_id,
+                    at(b),
+                    &b.redis_key,
+                ))
+            });
+        }
         self.current_bytes = 0;
         self.taken = 0;
         tx.send(full).await.is_ok()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::config::SweepConfig;
+use crate::config::{SweepConfig, Timeouts};
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
 use crate::redis::read::Read;
@@ -65,7 +65,7 @@ pub struct Endpoints {
     pub redis_cluster: bool,
     /// None for a dry run.
     pub database_url: Option<String>,
-    pub connect_timeout: Duration,
+    pub timeouts: Timeouts,
 }
 
 /// Connects and runs one sweep. Always gives a summary: a sweep that could not start is `failed`,
@@ -76,7 +76,7 @@ pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shu
     let source = match Nodes::connect(
         &ends.redis_url,
         &ends.redis_tls,
-        ends.connect_timeout,
+        ends.timeouts,
         ends.redis_cluster,
     )
     .await
@@ -85,7 +85,7 @@ pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shu
         Err(e) => return failed(e, Counters::default()),
     };
     let store = match (&ends.database_url, cfg.dry_run) {
-        (Some(url), false) => match Store::connect(url, ends.connect_timeout, cfg.writers).await {
+        (Some(url), false) => match Store::connect(url, ends.timeouts, cfg.writers).await {
             Ok(store) => Some(store),
             Err(e) => {
                 let (e, c) = protect::protect_after(e, cfg, source, shutdown).await;
@@ -97,7 +97,7 @@ pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shu
     let mut outcome = run(cfg, source, store.as_ref(), shutdown).await;
     if let Some(s) = &store {
         // For metrics: a failure here leaves them out, it does not fail the sweep.
-        outcome.history = s.run_history().await.ok();
+        outcome.history = s.run_history(&cfg.pattern, cfg.shard).await.ok();
     }
     outcome
 }
@@ -175,8 +175,10 @@ async fn try_run(
         },
     };
 
-    let (counters, stop, error, due_keys) =
+    let evicted = record::evictions(&source, store, run_id, &cfg.pattern).await;
+    let (mut counters, stop, error, due_keys) =
         stages(cfg, source, store, run_id, shutdown, deadline).await?;
+    counters.evicted_keys = evicted;
     let status = match (&error, stop) {
         (Some(_), _) => RunStatus::Failed,
         (None, Stop::Signal(_)) => RunStatus::Interrupted,

@@ -17,7 +17,7 @@ use crate::redis::Nodes;
 use crate::redis::cluster::Walk;
 use crate::redis::read::{DueReader, Read};
 use crate::run::Counters;
-use crate::select::{Ttl, classify};
+use crate::select::{Ttl, classify, idle_due};
 use crate::shutdown::Shutdown;
 
 /// Why the reader stopped.
@@ -206,6 +206,7 @@ impl Reader {
     ) -> Result<Vec<(Vec<u8>, u64)>> {
         let pttls = source.pttls(&keys).await?;
         let mut due = Vec::new();
+        let mut idle = Vec::new();
         for (key, pttl) in keys.into_iter().zip(pttls) {
             match classify(pttl, self.cfg.threshold) {
                 Ttl::Due { ttl_ms } => {
@@ -214,8 +215,20 @@ impl Reader {
                     }
                 }
                 Ttl::NotDue => self.counters.not_due += 1,
+                Ttl::NoTtl if self.cfg.save_idle.is_some() => idle.push(key),
                 Ttl::NoTtl => self.counters.no_ttl += 1,
                 Ttl::Gone => decode::expired(&mut self.counters, &key),
+            }
+        }
+        if let (Some(save_idle), false) = (self.cfg.save_idle, idle.is_empty()) {
+            // Keys the library gives no TTL (RedisVL, Agent Framework): due once left alone.
+            let idle_secs = source.idle_times(&idle).await?;
+            for (key, secs) in idle.into_iter().zip(idle_secs) {
+                if !idle_due(secs, save_idle) {
+                    self.counters.no_ttl += 1;
+                } else if self.seen.insert(self.hasher.hash_one(&key)) {
+                    due.push((key, 0));
+                }
             }
         }
         Ok(due)

@@ -5,9 +5,13 @@ use std::time::Instant;
 
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
+use crate::redis::Nodes;
 use crate::redis::layout::Layout;
 use crate::run::{Counters, RunStatus};
 use crate::store::{RunLock, Store};
+
+/// How long the end of a run is retried before it is left for the next run to close.
+const RECORD_END: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How a sweep began.
 pub(super) enum Begun {
@@ -54,9 +58,13 @@ pub(super) async fn finish(
 ) -> Option<Error> {
     if let (Some(s), Some(id)) = (store, run_id) {
         let message = error.as_ref().map(|e| e.to_string());
-        let recorded = s
-            .finish_run(id, status, counters, started.elapsed(), message.as_deref())
-            .await;
+        // Retried a little: a run that failed because PostgreSQL went away records its end
+        // once it is back, rather than staying `running` until the next run.
+        let took = started.elapsed();
+        let recorded = crate::retry::within("recording the end of the run", RECORD_END, || {
+            s.finish_run(id, status, counters, took, message.as_deref())
+        })
+        .await;
         if let Err(e) = recorded {
             tracing::warn!(error = %e, run_id = id, "could not record the end of the run");
             error.get_or_insert(e);
@@ -66,4 +74,36 @@ pub(super) async fn finish(
         l.release().await;
     }
     error
+}
+
+/// The keys Redis evicted since the previous run (recorded with run `run_id`), warning when the
+/// policy may have evicted conversation keys: they were lost before their TTL ran out, and with
+/// `volatile-ttl` the due ones go first. 0 when Redis will not say (INFO refused).
+pub(super) async fn evictions(
+    source: &Nodes,
+    store: Option<&Store>,
+    run_id: Option<i64>,
+    pattern: &str,
+) -> u64 {
+    let Some(e) = source.evictions().await else {
+        return 0;
+    };
+    let since = match (store, run_id) {
+        (Some(s), Some(id)) => match s.evictions_since(id, pattern, e.evicted).await {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not record Redis's evictions");
+                e.evicted
+            }
+        },
+        _ => e.evicted,
+    };
+    if since > 0 && e.can_evict() {
+        tracing::warn!(
+            evicted = since,
+            maxmemory_policy = %e.policy,
+            "Redis evicted keys to stay under maxmemory since the last run: conversations may have been lost before their TTL ran out (volatile-ttl evicts the due ones first); raise maxmemory, or set maxmemory-policy noeviction"
+        );
+    }
+    since
 }

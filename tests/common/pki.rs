@@ -104,6 +104,16 @@ impl Pki {
         ]);
     }
 
+    /// A server certificate naming only `localhost` (no IP address), as managed services issue
+    /// them: a client that verifies against the address it dialled (127.0.0.1) refuses it.
+    /// Written as `server-dns.crt` / `server-dns.key`.
+    pub fn server_dns_only(&self) {
+        self.leaf(
+            "server-dns",
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment",
+        );
+    }
+
     pub fn path(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
     }

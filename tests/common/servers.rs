@@ -14,7 +14,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -45,7 +45,7 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output
     child.wait_with_output().unwrap()
 }
 
-fn wait_for_port(port: u16, up: bool, what: &str) {
+pub fn wait_for_port(port: u16, up: bool, what: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() == up {
@@ -71,29 +71,7 @@ pub struct PrivatePg {
 
 impl PrivatePg {
     pub fn start() -> PrivatePg {
-        let bin = PathBuf::from(
-            std::env::var("SWEEPER_TEST_PG_BIN")
-                .expect("SWEEPER_TEST_PG_BIN: run through `make test`"),
-        );
-        let dir =
-            std::env::temp_dir().join(format!("sweeper-pg-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let root = is_root();
-        if root {
-            let ok = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        }
-        let pg = PrivatePg {
-            dir,
-            bin,
-            port: free_port(),
-            root,
-            options: String::new(),
-        };
+        let pg = PrivatePg::empty();
         let data = pg.dir.join("data");
         let out = pg
             .pg_tool("initdb")
@@ -116,6 +94,77 @@ impl PrivatePg {
         );
         pg.up();
         pg
+    }
+
+    /// A streaming standby of `primary`, made as operators make one (`pg_basebackup -R`: the copy
+    /// plus `standby.signal` and `primary_conninfo`), started read-only on a port of its own.
+    pub fn standby_of(primary: &PrivatePg) -> PrivatePg {
+        let pg = PrivatePg::empty();
+        let out = pg
+            .pg_tool("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--checkpoint=fast",
+                "-D",
+            ])
+            .arg(pg.data_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.up();
+        pg
+    }
+
+    /// Ends recovery: the standby becomes a primary that takes writes.
+    pub fn promote(&self) {
+        let out = self
+            .pg_tool("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-t", "60", "promote"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A directory and a port, no cluster yet.
+    fn empty() -> PrivatePg {
+        let bin = PathBuf::from(
+            std::env::var("SWEEPER_TEST_PG_BIN")
+                .expect("SWEEPER_TEST_PG_BIN: run through `make test`"),
+        );
+        let dir =
+            std::env::temp_dir().join(format!("sweeper-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = is_root();
+        if root {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        PrivatePg {
+            dir,
+            bin,
+            port: free_port(),
+            root,
+            options: String::new(),
+        }
     }
 
     fn pg_tool(&self, tool: &str) -> Command {
@@ -168,6 +217,20 @@ impl PrivatePg {
         wait_for_port(self.port, false, "PostgreSQL");
     }
 
+    /// Stops the server cleanly (`-m fast`): connections are cut, and a standby connected to it
+    /// gets every WAL record first, as in a planned failover.
+    pub fn stop(&self) {
+        let _ = self
+            .pg_tool("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        wait_for_port(self.port, false, "PostgreSQL");
+    }
+
     /// The data directory (configuration files, and certificates the server reads).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
@@ -213,6 +276,8 @@ pub struct PrivateRedis {
     child: Option<Child>,
     /// Extra `redis-server` arguments (modules, TLS, ACL), kept for restarts.
     args: Vec<String>,
+    /// The server binary: `redis-server` from the PATH unless another version is wanted.
+    bin: PathBuf,
 }
 
 impl PrivateRedis {
@@ -223,6 +288,11 @@ impl PrivateRedis {
     /// A server started with extra arguments; Err with its log when it does not come up (a
     /// module that cannot load, say).
     pub fn try_start(args: &[&str]) -> Result<PrivateRedis, String> {
+        PrivateRedis::try_start_bin(Path::new("redis-server"), args)
+    }
+
+    /// A server of another version (the binary at `bin`), with extra arguments.
+    pub fn try_start_bin(bin: &Path, args: &[&str]) -> Result<PrivateRedis, String> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sweeper-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -231,6 +301,7 @@ impl PrivateRedis {
             dir,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            bin: bin.to_path_buf(),
         };
         r.try_up()?;
         Ok(r)
@@ -242,7 +313,7 @@ impl PrivateRedis {
 
     fn try_up(&mut self) -> Result<(), String> {
         let log = self.dir.join("redis.log");
-        let mut child = Command::new("redis-server")
+        let mut child = Command::new(&self.bin)
             .args([
                 "--port",
                 &self.port.to_string(),

@@ -30,12 +30,15 @@ sys.path.append(folder)
 bag = DagBag(dag_folder=folder)
 
 expect(not bag.import_errors, f"no import errors in {folder}: {dict(bag.import_errors)}")
-expect(set(bag.dag_ids) == {"sweeper", "sweeper_local"}, f"exactly the two DAGs: {sorted(bag.dag_ids)}")
-# dags/.airflowignore keeps Airflow from importing the Flyte workflow (no flytekit here).
-expect(
-    not any("sweeper_flyte" in str(s.file) for s in bag.dagbag_stats),
-    f"sweeper_flyte.py is ignored: parsed {[str(s.file) for s in bag.dagbag_stats]}",
-)
+expect(set(bag.dag_ids) == {"sweeper", "sweeper_local", "sweeper_conversations_landed"},
+       f"exactly the two sweep DAGs and the downstream example: {sorted(bag.dag_ids)}")
+# dags/.airflowignore keeps Airflow from importing the Flyte workflow and the Dagster assets
+# (neither flytekit nor dagster is installed here).
+for other in ("sweeper_flyte", "sweeper_dagster"):
+    expect(
+        not any(other in str(s.file) for s in bag.dagbag_stats),
+        f"{other}.py is ignored: parsed {[str(s.file) for s in bag.dagbag_stats]}",
+    )
 
 LIMIT = timedelta(minutes=5)
 for dag_id in ("sweeper", "sweeper_local"):
@@ -44,8 +47,16 @@ for dag_id in ("sweeper", "sweeper_local"):
         continue
     print(f"{dag_id}:")
     tasks = dag.tasks
-    expect(len(tasks) == 1, f"one task: {[t.task_id for t in tasks]}")
-    task = tasks[0]
+    expect(sorted(t.task_id for t in tasks) == ["conversations_landed", "sweep"],
+           f"the sweep and conversations_landed: {[t.task_id for t in tasks]}")
+    task = dag.get_task("sweep")
+    landed = dag.task_dict.get("conversations_landed")
+    if landed is not None:
+        outlets = [(o.name, o.uri) for o in landed.outlets]
+        expect(outlets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/public/conversations")],
+               f"conversations_landed's outlet is the conversations Asset: {outlets}")
+        expect(landed.upstream_task_ids == {"sweep"}, f"conversations_landed follows the sweep: {landed.upstream_task_ids}")
+        expect(task.outlets == [], f"the sweep itself emits no asset event (a run that saved nothing): {task.outlets}")
     expect(dag.schedule == "*/5 * * * *", f"schedule {dag.schedule!r}")
     expect(dag.catchup is False, f"catchup {dag.catchup}")
     expect(dag.max_active_runs == 1, f"max_active_runs {dag.max_active_runs}")
@@ -85,6 +96,15 @@ for dag_id in ("sweeper", "sweeper_local"):
                f"execs $SWEEPER_BIN run --output json: {words}")
         expect(task.skip_on_exit_code is None or not task.skip_on_exit_code, f"no exit code skips: {task.skip_on_exit_code}")
         expect(task.append_env is True, "the worker's environment is kept (REDIS_URL, DATABASE_URL, PATH)")
+
+downstream = bag.dags.get("sweeper_conversations_landed")
+if downstream is not None:
+    print("sweeper_conversations_landed:")
+    assets = [(a.name, a.uri) for a in downstream.timetable.asset_condition.objects] \
+        if hasattr(downstream.timetable, "asset_condition") else []
+    expect(assets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/public/conversations")],
+           f"scheduled on the conversations Asset: {assets} ({type(downstream.timetable).__name__})")
+    expect(downstream.catchup is False, f"catchup {downstream.catchup}")
 
 if failures:
     print(f"check_dags: {len(failures)} failed")

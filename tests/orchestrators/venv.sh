@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A cached virtualenv for the orchestrator checks:
 #
-#   tests/orchestrators/venv.sh NAME [REQUIREMENTS]   # NAME: airflow | flyte | lint | langgraph
+#   tests/orchestrators/venv.sh NAME [REQUIREMENTS]   # NAME: airflow | dagster | flyte | lint | langgraph
 #
 # prints the path of a venv holding REQUIREMENTS (by default tests/orchestrators/requirements-NAME.txt;
 # tests/langgraph/setup.sh passes its own), building it the first

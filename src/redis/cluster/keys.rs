@@ -10,6 +10,19 @@ use crate::error::Result;
 use crate::redis::layout::{Fetched, Layout, Probe};
 use crate::redis::read::ValueReads;
 
+/// `PEXPIRE key ms GT` for servers without GT: a key gone (-2) or without TTL (-1) is left alone,
+/// a TTL already above `ms` is not lowered.
+const RAISE_TTL: &str = "local t = redis.call('PTTL', KEYS[1]) \
+    if t >= 0 and t < tonumber(ARGV[1]) then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+    return 0";
+
+/// Whether `e` is a server refusing PEXPIRE's GT option (Redis 6.2: a wrong number of arguments).
+fn no_gt_option(e: &crate::error::Error) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("pexpire")
+        && (text.contains("wrong number of arguments") || text.contains("unsupported option"))
+}
+
 impl Nodes {
     /// PTTL of every key: milliseconds left, -1 without TTL, -2 gone.
     pub async fn pttls(&mut self, keys: &[Vec<u8>]) -> Result<Vec<i64>> {
@@ -23,6 +36,23 @@ impl Nodes {
             .map(|r| match r.first() {
                 Some(Value::Int(n)) => *n,
                 _ => -2,
+            })
+            .collect())
+    }
+
+    /// OBJECT IDLETIME of every key, in seconds; None where Redis keeps none (an LFU
+    /// maxmemory-policy answers with an error) or the key is gone.
+    pub async fn idle_times(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<u64>>> {
+        let replies = self
+            .per_key(keys, |pipe, i| {
+                pipe.cmd("OBJECT").arg("IDLETIME").arg(&keys[i]);
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r.first() {
+                Some(Value::Int(n)) if *n >= 0 => Some(*n as u64),
+                _ => None,
             })
             .collect())
     }
@@ -95,20 +125,42 @@ impl Nodes {
     }
 
     /// Raises the TTL of `keys` to `ttl`, never lowering it (PEXPIRE GT: a key without TTL or
-    /// with more left is untouched). Returns how many keys were raised.
+    /// with more left is untouched). Returns how many keys were raised. A server older than
+    /// Redis 7.0 (Redis 6.2-compatible managed services) has no GT: the same is done by a
+    /// script, from the first refusal on.
     pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<u64> {
-        let replies = self
-            .per_key(keys, |pipe, i| {
-                pipe.cmd("PEXPIRE")
-                    .arg(&keys[i])
-                    .arg(ttl.as_millis() as u64)
-                    .arg("GT");
-            })
-            .await?;
+        let ms = ttl.as_millis() as u64;
+        let replies = match self.raise_by_script {
+            false => {
+                let gt = self
+                    .per_key(keys, |pipe, i| {
+                        pipe.cmd("PEXPIRE").arg(&keys[i]).arg(ms).arg("GT");
+                    })
+                    .await;
+                match gt {
+                    Err(e) if no_gt_option(&e) => {
+                        tracing::info!(
+                            "Redis has no PEXPIRE ... GT (before 7.0): protecting with a script that only raises TTLs"
+                        );
+                        self.raise_by_script = true;
+                        self.raise_with_script(keys, ms).await?
+                    }
+                    other => other?,
+                }
+            }
+            true => self.raise_with_script(keys, ms).await?,
+        };
         Ok(replies
             .iter()
             .filter(|r| matches!(r.first(), Some(Value::Int(1))))
             .count() as u64)
+    }
+
+    async fn raise_with_script(&mut self, keys: &[Vec<u8>], ms: u64) -> Result<Vec<Vec<Value>>> {
+        self.per_key(keys, |pipe, i| {
+            pipe.cmd("EVAL").arg(RAISE_TTL).arg(1).arg(&keys[i]).arg(ms);
+        })
+        .await
     }
 
     /// Writes values with their TTLs, each to the node owning its key (`simulate`). `entries`
@@ -152,5 +204,67 @@ impl Nodes {
             [Value::Nil, Value::Int(pttl)] => Err(*pttl),
             _ => Ok(()),
         })
+    }
+}
+
+impl Nodes {
+    /// Writes a conversation back in a chat library's layout with a TTL (`restore --format`):
+    /// only when the key does not exist, unless `replace`, as [`Nodes::put_back`]. A list or
+    /// hash is rebuilt whole (DEL, then RPUSH or HSET), in one MULTI so the library never reads
+    /// half of it.
+    pub async fn put_back_layout(
+        &mut self,
+        write: &crate::mapping::Write,
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<std::result::Result<(), i64>> {
+        use crate::mapping::Write;
+        let key = write.key();
+        let keys = [key.as_bytes().to_vec()];
+        let live = self
+            .per_key(&keys, |pipe, _| {
+                pipe.cmd("PTTL").arg(key);
+            })
+            .await?;
+        match live[0].first() {
+            Some(Value::Int(pttl)) if *pttl != -2 && !replace => return Ok(Err(*pttl)),
+            _ => {}
+        }
+        let replies = self
+            .per_key(&keys, |pipe, _| {
+                pipe.cmd("MULTI").cmd("DEL").arg(key);
+                match write {
+                    Write::Set { value, .. } => pipe.cmd("SET").arg(key).arg(value),
+                    Write::JsonSet { value, .. } => {
+                        pipe.cmd("JSON.SET").arg(key).arg("$").arg(value)
+                    }
+                    Write::RPush { values, .. } => pipe.cmd("RPUSH").arg(key).arg(values),
+                    Write::HSet { fields, .. } => {
+                        let set = pipe.cmd("HSET").arg(key);
+                        for (f, v) in fields {
+                            set.arg(f).arg(v);
+                        }
+                        set
+                    }
+                };
+                pipe.cmd("PEXPIRE").arg(key).arg(ttl.as_millis() as u64);
+                pipe.cmd("EXEC");
+            })
+            .await?;
+        // Errors come back as replies (queued, or inside EXEC's): JSON.SET without RedisJSON.
+        let failed = replies[0].iter().find_map(|r| match r {
+            Value::ServerError(e) => Some(e.to_string()),
+            Value::Array(a) => a.iter().find_map(|r| match r {
+                Value::ServerError(e) => Some(e.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        if let Some(e) = failed {
+            return Err(crate::error::Error::Other(format!(
+                "restoring {key}: Redis answered {e}"
+            )));
+        }
+        Ok(Ok(()))
     }
 }

@@ -36,6 +36,7 @@ pub use walk::{SLOT_KEYS_MAX, Walk};
 
 use std::time::{Duration, Instant};
 
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
 use crate::redis::node::Source;
@@ -57,7 +58,7 @@ pub struct Nodes {
     /// The URL nodes' URLs are made from (scheme, user, password, database): the seed's.
     seed_url: String,
     tls: RedisTls,
-    timeout: Duration,
+    timeout: Timeouts,
     nodes: Vec<Node>,
     /// `nodes[..primaries]` are SCANned; nodes met later through redirections only serve reads.
     primaries: usize,
@@ -66,6 +67,9 @@ pub struct Nodes {
     deadline: Option<Instant>,
     /// Each node's pacing (its budget already its share of the run's).
     pacing: Pacing,
+    /// Set when a node refused `PEXPIRE ... GT` (before Redis 7.0): protection raises TTLs with
+    /// a script instead ([`Nodes::protect`]).
+    raise_by_script: bool,
 }
 
 impl Nodes {
@@ -74,10 +78,14 @@ impl Nodes {
     pub async fn connect(
         urls: &str,
         tls: &RedisTls,
-        timeout: Duration,
+        timeout: Timeouts,
         cluster: bool,
     ) -> Result<Nodes> {
-        let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        // A sentinel URL lists sentinels, not seeds: one source follows the primary they name.
+        let seeds: Vec<&str> = match crate::redis::sentinel::is_sentinel_url(urls) {
+            true => vec![urls.trim()],
+            false => urls.split(',').map(str::trim).collect(),
+        };
         if !cluster {
             if seeds.len() > 1 {
                 return Err(Error::Usage(
@@ -85,6 +93,7 @@ impl Nodes {
                 ));
             }
             let source = Source::connect(urls, tls, timeout).await?;
+            source.refuse_sentinel().await?;
             if source.is_cluster_node().await {
                 return Err(Error::Usage(format!(
                     "Redis at {} is a cluster node: sweep the cluster with --redis-cluster (alone it would sweep this node's keys only)",
@@ -103,6 +112,7 @@ impl Nodes {
                 owner: Vec::new(),
                 deadline: None,
                 pacing: Pacing::default(),
+                raise_by_script: false,
             });
         }
         let mut last = None;
@@ -126,6 +136,7 @@ impl Nodes {
                         owner: Vec::new(),
                         deadline: None,
                         pacing: Pacing::default(),
+                        raise_by_script: false,
                     };
                     nodes.set_topology(slots).await?;
                     return Ok(nodes);
@@ -217,6 +228,20 @@ impl Nodes {
             true => 0,
             false => self.owner[key_slot(key) as usize] as usize,
         }
+    }
+
+    /// Evictions on the primaries, summed; the policy of the first that may evict, else the
+    /// first's. None when no primary would say.
+    pub async fn evictions(&self) -> Option<crate::redis::node::Evictions> {
+        let mut all = Vec::new();
+        for n in &self.nodes[..self.primaries.max(1).min(self.nodes.len())] {
+            all.extend(n.source.evictions().await);
+        }
+        let first = all.iter().find(|e| e.can_evict()).or(all.first())?.clone();
+        Some(crate::redis::node::Evictions {
+            evicted: all.iter().map(|e| e.evicted).sum(),
+            ..first
+        })
     }
 
     /// The nodes to SCAN: the primaries.

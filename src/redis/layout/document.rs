@@ -7,7 +7,7 @@ use super::Fetched;
 use crate::checkpoint::Reject;
 
 /// `["a","b"]` from byte strings, invalid UTF-8 replaced: what a reject shows of a hash or list.
-pub(super) fn lossy_json_array(items: &[Vec<u8>]) -> Vec<u8> {
+pub fn lossy_json_array(items: &[Vec<u8>]) -> Vec<u8> {
     let strings: Vec<String> = items
         .iter()
         .map(|b| String::from_utf8_lossy(b).into_owned())

@@ -20,8 +20,7 @@ use redis::{Pipeline, Value};
 
 mod document;
 
-use document::lossy_json_array;
-pub use document::{hash_document, list_document};
+pub use document::{hash_document, list_document, lossy_json_array};
 
 use crate::checkpoint::Reject;
 
@@ -48,6 +47,10 @@ pub enum Layout {
     /// A LangGraph thread, as langgraph-checkpoint-redis keeps it: due by its
     /// `checkpoint_latest:` key, read whole by [`crate::redis::langgraph`], not probed here.
     LangGraph,
+    /// A list read as it is, its elements for a [mapping](crate::mapping) to decode.
+    RawList,
+    /// A hash read as it is, its fields for a [mapping](crate::mapping) to decode.
+    RawHash,
 }
 
 /// What the probe learnt of one key.
@@ -74,6 +77,10 @@ pub enum Fetched {
     },
     /// Of another Redis type (the one named).
     WrongType(String),
+    /// A list's elements in list order (`RawList`).
+    List(Vec<Vec<u8>>),
+    /// A hash's field and value pairs (`RawHash`).
+    Hash(Vec<(Vec<u8>, Vec<u8>)>),
     /// Read, but its parts do not make a document (a hash field or list element that is not
     /// JSON); `raw` is what was read, for the reject.
     Invalid {
@@ -104,6 +111,17 @@ impl Layout {
             Layout::List => "list",
             Layout::ReJson => "RedisJSON document",
             Layout::LangGraph => "string naming a LangGraph checkpoint",
+            Layout::RawList => "list",
+            Layout::RawHash => "hash",
+        }
+    }
+
+    /// The layout a probe's TYPE is compared with: a raw read is of the same Redis type.
+    fn kind(self) -> Layout {
+        match self {
+            Layout::RawList => Layout::List,
+            Layout::RawHash => Layout::Hash,
+            l => l,
         }
     }
 
@@ -174,7 +192,7 @@ impl Layout {
         }
         let layout = match (self, Layout::of_type(kind)) {
             (Layout::Auto, Some(l)) => l,
-            (l, Some(k)) if l == k => l,
+            (l, Some(k)) if l.kind() == k => l,
             _ => return Probe::WrongType(kind.to_string()),
         };
         // STRLEN is the second reply; MEMORY USAGE the last.
@@ -199,8 +217,8 @@ impl Layout {
         match probe {
             Probe::Read { layout, .. } => match layout {
                 Layout::Json => pipe.cmd("GET").arg(key),
-                Layout::Hash => pipe.cmd("HGETALL").arg(key),
-                Layout::List => pipe.cmd("LRANGE").arg(key).arg(0).arg(-1),
+                Layout::Hash | Layout::RawHash => pipe.cmd("HGETALL").arg(key),
+                Layout::List | Layout::RawList => pipe.cmd("LRANGE").arg(key).arg(0).arg(-1),
                 Layout::ReJson | Layout::Auto | Layout::LangGraph => pipe.cmd("JSON.GET").arg(key),
             },
             // Samples that stay small whatever the value's size: its first bytes; a hash's field
@@ -211,8 +229,8 @@ impl Layout {
                     .arg(key)
                     .arg(0)
                     .arg(REJECT_SAMPLE_BYTES - 1),
-                Layout::Hash => pipe.cmd("HKEYS").arg(key),
-                Layout::List => pipe.cmd("LRANGE").arg(key).arg(0).arg(0),
+                Layout::Hash | Layout::RawHash => pipe.cmd("HKEYS").arg(key),
+                Layout::List | Layout::RawList => pipe.cmd("LRANGE").arg(key).arg(0).arg(0),
                 Layout::ReJson | Layout::Auto | Layout::LangGraph => {
                     pipe.cmd("JSON.OBJKEYS").arg(key)
                 }
@@ -247,13 +265,23 @@ impl Layout {
                     Some(i) if !i.is_empty() => list_document(i),
                     _ => Fetched::Gone,
                 },
+                Layout::RawList => match items(v) {
+                    Some(i) if !i.is_empty() => Fetched::List(i),
+                    _ => Fetched::Gone,
+                },
+                Layout::RawHash => match pairs(v) {
+                    Some(p) if !p.is_empty() => Fetched::Hash(p),
+                    _ => Fetched::Gone,
+                },
             },
             (Probe::Sample { size, layout }, Some(v)) => {
                 let mut sample = match (layout, v) {
                     (Layout::Json, Value::BulkString(b)) => b,
                     (_, v) => match items(v) {
                         Some(i) if !i.is_empty() => match layout {
-                            Layout::List => i.into_iter().next().unwrap_or_default(),
+                            Layout::List | Layout::RawList => {
+                                i.into_iter().next().unwrap_or_default()
+                            }
                             _ => lossy_json_array(&i),
                         },
                         _ => return Fetched::Gone,

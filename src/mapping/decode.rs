@@ -1,0 +1,496 @@
+//! What Redis returned for a key, decoded through a [`Mapping`] into a [`Checkpoint`], or a
+//! [`Reject`] whose reason names the field at fault.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine;
+use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::path::{Found, Path};
+use super::{IdSource, Mapping, Order, RedisType, Unit};
+use crate::checkpoint::{Checkpoint, MAX_ID_BYTES, Message, MessageSource, Reject};
+
+/// The marker under which a hash field that is not UTF-8 is kept in the stored document, so that
+/// restore can write its bytes back (a hash field value is otherwise always a JSON string).
+pub const BASE64_MARKER: &str = "$base64";
+
+/// What Redis returned for one key.
+#[derive(Debug, Clone, Copy)]
+pub enum Raw<'a> {
+    /// GET, or JSON.GET: the document's text.
+    Text(&'a [u8]),
+    /// LRANGE 0 -1: the elements in list order.
+    List(&'a [Vec<u8>]),
+    /// HGETALL: field and value pairs.
+    Hash(&'a [(Vec<u8>, Vec<u8>)]),
+}
+
+/// One key decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Messages oldest first; `document` is what restore writes back: the text read (string,
+    /// RedisJSON), the elements as a JSON array in list order, the hash as a JSON object.
+    pub checkpoint: Checkpoint,
+    /// Each message's element as JSON text (a list element exactly as Redis held it), in the
+    /// order of `checkpoint.messages`: what restore writes back for one key per message.
+    pub elements: Vec<String>,
+    /// The Redis key holding each message (differs between messages once [`group`] has merged
+    /// the keys of a one-key-per-message layout).
+    pub keys: Vec<String>,
+}
+
+impl Mapping {
+    /// Decodes what Redis returned for `key`.
+    pub fn decode(&self, key: &str, raw: Raw<'_>) -> Result<Decoded, Reject> {
+        let (doc, text, binary) = document(raw)?;
+        if holds_nul(&doc) {
+            return Err(Reject::NulCharacter);
+        }
+        self.refuse_binary(&binary)?;
+        let array = match (self.unit, self.redis_type) {
+            (Unit::Message, _) => Cow::Borrowed(std::slice::from_ref(&doc)),
+            (_, RedisType::List) => Cow::Borrowed(doc.as_array().map_or(&[][..], |a| a.as_slice())),
+            _ => self.message_array(&doc)?,
+        };
+        let items: Vec<&Value> = array.iter().collect();
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        if self.order == Order::NewestFirst {
+            order.reverse();
+        }
+        let mut seen = HashMap::new();
+        let (mut messages, mut elements) = (Vec::new(), Vec::new());
+        for (n, &i) in order.iter().enumerate() {
+            let item = items[i];
+            if !self.kept(item) {
+                continue;
+            }
+            messages.push(self.message(n, item, &mut seen)?);
+            elements.push(match raw {
+                Raw::List(l) => String::from_utf8_lossy(&l[i]).into_owned(),
+                _ => item.to_string(),
+            });
+        }
+        // The conversation-level fields come from the document, or the message in a key of its own.
+        let conversation_id = self.conversation_id(key, &doc)?;
+        check_id(&conversation_id, "conversation id")?;
+        if conversation_id.is_empty() {
+            return Err(Reject::EmptyConversationId);
+        }
+        let c = &self.conversation;
+        let user_id = match c.user_id.as_ref().map(|p| p.text(&doc, "")) {
+            Some(Found::Text { text, .. }) => Some(check_id(&text, "user_id")?.to_string()),
+            _ => None,
+        };
+        let text = text.into_owned();
+        if self.unit == Unit::Message {
+            for (m, e) in messages.iter_mut().zip(&elements) {
+                m.source = Some(Box::new(MessageSource {
+                    redis_key: key.to_string(),
+                    element: e.clone(),
+                }));
+            }
+        }
+        Ok(Decoded {
+            checkpoint: Checkpoint {
+                redis_key: key.to_string(),
+                conversation_id,
+                user_id,
+                started_at: doc_time(c.started_at.as_ref(), &doc, "started_at")?,
+                // A message in a key of its own dates its conversation: the newest message's
+                // key gives the conversation row (newest wins).
+                updated_at: match doc_time(c.updated_at.as_ref(), &doc, "updated_at")? {
+                    None if self.unit == Unit::Message => {
+                        messages.first().and_then(|m| m.created_at)
+                    }
+                    t => t,
+                },
+                messages,
+                content_hash: Sha256::digest(text.as_bytes()).into(),
+                document: text,
+            },
+            keys: vec![key.to_string(); elements.len()],
+            elements,
+        })
+    }
+
+    /// A mapped field that is binary names itself (a semantic cache's vector is binary too, but
+    /// no mapping reads it).
+    fn refuse_binary(&self, binary: &[(String, usize)]) -> Result<(), Reject> {
+        for path in self.paths() {
+            if let Some((field, at)) = path
+                .head()
+                .and_then(|h| binary.iter().find(|(f, _)| f == h))
+            {
+                return Err(Reject::BadField {
+                    field: "hash field",
+                    problem: format!(
+                        "`{field}` is binary (not UTF-8 after byte {at}), read by `{}`",
+                        path.text
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation id, from the key or a field of the document.
+    fn conversation_id(&self, key: &str, doc: &Value) -> Result<String, Reject> {
+        Ok(match &self.conversation_id {
+            // A key of the user's own --match (LangChain.js keys are bare session ids) is the
+            // conversation id whole.
+            IdSource::Key(hole) => match self.key_holes(key) {
+                Some(holes) => holes
+                    .into_iter()
+                    .find(|(n, _)| n == hole)
+                    .map_or_else(String::new, |(_, v)| v.to_string()),
+                None => key.to_string(),
+            },
+            IdSource::Field(p) => match p.text(doc, "") {
+                Found::Text { text, .. } => text.into_owned(),
+                Found::None => {
+                    return Err(Reject::BadField {
+                        field: "conversation_id",
+                        problem: format!("`{}` is missing or not a string", p.text),
+                    });
+                }
+            },
+        })
+    }
+
+    /// Every path the mapping reads from a message or document.
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        let m = &self.message;
+        let c = &self.conversation;
+        let id = match &self.conversation_id {
+            IdSource::Field(p) => Some(p),
+            IdSource::Key(_) => None,
+        };
+        m.role
+            .iter()
+            .chain(&m.content)
+            .chain(&m.id)
+            .chain(&m.ts)
+            .chain(m.keep.as_ref().map(|k| &k.0))
+            .chain([&self.messages])
+            .chain(id)
+            .chain(c.user_id.iter().chain(&c.started_at).chain(&c.updated_at))
+    }
+
+    /// The message array of a document (parsed from JSON text when a hash field holds it).
+    fn message_array<'d>(&self, doc: &'d Value) -> Result<Cow<'d, [Value]>, Reject> {
+        match self.messages.value(doc) {
+            Some(Cow::Borrowed(Value::Array(a))) => Ok(Cow::Borrowed(a.as_slice())),
+            Some(Cow::Owned(Value::Array(a))) => Ok(Cow::Owned(a)),
+            None => Err(Reject::BadMessages(format!(
+                "the document has no `{}`",
+                self.messages.text
+            ))),
+            Some(other) => Err(Reject::BadMessages(format!(
+                "`{}` is a JSON {}, not an array",
+                self.messages.text,
+                json_kind(&other)
+            ))),
+        }
+    }
+
+    fn kept(&self, item: &Value) -> bool {
+        match &self.message.keep {
+            None => true,
+            Some((path, values)) => match path.text(item, "") {
+                Found::Text { text, .. } => values.iter().any(|v| *v == text),
+                Found::None => false,
+            },
+        }
+    }
+
+    /// Message `n` (in conversation order) of the conversation.
+    fn message(
+        &self,
+        n: usize,
+        item: &Value,
+        seen: &mut HashMap<[u8; 32], u32>,
+    ) -> Result<Message, Reject> {
+        let m = &self.message;
+        if !item.is_object() {
+            return Err(Reject::BadMessages(format!(
+                "message {n} is a JSON {}, not an object",
+                json_kind(item)
+            )));
+        }
+        let first = |paths: &[Path], join: &str| {
+            paths.iter().find_map(|p| match p.text(item, join) {
+                Found::Text { text, number } => Some((text, number)),
+                Found::None => None,
+            })
+        };
+        let Some((raw_role, _)) = first(&m.role, "") else {
+            return Err(Reject::BadMessages(format!(
+                "message {n} has no role ({})",
+                names(&m.role)
+            )));
+        };
+        let role = self.role(&raw_role).to_string();
+        // A message without text (a function call) is still a message, with its JSON.
+        let content = first(&m.content, &m.join)
+            .map(|(t, _)| t.into_owned())
+            .unwrap_or_default();
+        let id = first(&m.id, "").map(|(t, _)| t.into_owned());
+        if let Some(id) = &id {
+            check_id(id, "message id")?;
+        }
+        let ts = first(&m.ts, "");
+        let created_at = ts
+            .as_ref()
+            .map(|(t, number)| {
+                parse_ts(t, *number).map_err(|e| {
+                    Reject::BadMessages(format!(
+                        "message {n}: {} {t:?} is not a time: {e}",
+                        names(&m.ts)
+                    ))
+                })
+            })
+            .transpose()?;
+        let ts_raw = ts.as_ref().map(|(t, _)| t.as_ref());
+        Ok(Message {
+            identity: identity(id.as_deref(), &role, &content, ts_raw, seen),
+            id,
+            role,
+            content,
+            created_at,
+            source: None,
+        })
+    }
+}
+
+/// Merges the keys of a one-key-per-message layout into their conversations: messages in time
+/// order (then by key, which for the presets holds a sortable id), each identity once.
+pub fn group(units: Vec<Decoded>) -> Vec<Decoded> {
+    let mut by_id: BTreeMap<String, Vec<Decoded>> = BTreeMap::new();
+    for u in units {
+        by_id
+            .entry(u.checkpoint.conversation_id.clone())
+            .or_default()
+            .push(u);
+    }
+    by_id
+        .into_values()
+        .map(|mut parts| {
+            // None (no time) sorts first, as an older message would.
+            parts.sort_by(|a, b| {
+                let t = |d: &Decoded| d.checkpoint.messages.first().and_then(|m| m.created_at);
+                (t(a), &a.checkpoint.redis_key).cmp(&(t(b), &b.checkpoint.redis_key))
+            });
+            let mut rest = parts.into_iter();
+            let mut first = rest.next().expect("a group has a key");
+            let mut identities: Vec<String> = first
+                .checkpoint
+                .messages
+                .iter()
+                .map(|m| m.identity.clone())
+                .collect();
+            for p in rest {
+                let c = p.checkpoint;
+                for ((m, e), k) in c.messages.into_iter().zip(p.elements).zip(p.keys) {
+                    if identities.contains(&m.identity) {
+                        continue;
+                    }
+                    identities.push(m.identity.clone());
+                    first.checkpoint.messages.push(m);
+                    first.elements.push(e);
+                    first.keys.push(k);
+                }
+                first.checkpoint.user_id = first.checkpoint.user_id.or(c.user_id);
+                first.checkpoint.started_at = first.checkpoint.started_at.or(c.started_at);
+                first.checkpoint.updated_at = first.checkpoint.updated_at.max(c.updated_at);
+            }
+            let doc = format!("[{}]", first.elements.join(","));
+            first.checkpoint.content_hash = Sha256::digest(doc.as_bytes()).into();
+            first.checkpoint.document = doc;
+            first
+        })
+        .collect()
+}
+
+/// A key's value as read: the JSON value, its text, binary hash fields.
+type Document<'a> = (Value, Cow<'a, str>, Vec<(String, usize)>);
+
+/// The document as a JSON value, its text (what is stored and hashed), and the hash fields that
+/// are not UTF-8 (name, valid bytes).
+fn document(raw: Raw<'_>) -> Result<Document<'_>, Reject> {
+    match raw {
+        Raw::Text(bytes) => {
+            let text = std::str::from_utf8(bytes).map_err(|e| Reject::NotUtf8 {
+                valid_up_to: e.valid_up_to(),
+            })?;
+            let doc = serde_json::from_str(text).map_err(|e| Reject::NotJson(e.to_string()))?;
+            Ok((doc, Cow::Borrowed(text), Vec::new()))
+        }
+        Raw::List(elements) => {
+            let mut items = Vec::with_capacity(elements.len());
+            let mut text = String::from("[");
+            for (i, e) in elements.iter().enumerate() {
+                let s = std::str::from_utf8(e).map_err(|err| {
+                    Reject::BadMessages(format!(
+                        "list element {i} is not UTF-8 (after byte {})",
+                        err.valid_up_to()
+                    ))
+                })?;
+                let v: Value = serde_json::from_str(s).map_err(|err| {
+                    Reject::BadMessages(format!("list element {i} is not JSON: {err}"))
+                })?;
+                items.push(v);
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(s);
+            }
+            text.push(']');
+            Ok((Value::Array(items), Cow::Owned(text), Vec::new()))
+        }
+        Raw::Hash(pairs) => {
+            let mut map = Map::new();
+            let mut binary = Vec::new();
+            for (f, v) in pairs {
+                let field = std::str::from_utf8(f).map_err(|e| Reject::BadField {
+                    field: "hash field",
+                    problem: format!("a field name is not UTF-8 (after byte {})", e.valid_up_to()),
+                })?;
+                let value = match std::str::from_utf8(v) {
+                    Ok(s) => Value::String(s.to_string()),
+                    Err(e) => {
+                        binary.push((field.to_string(), e.valid_up_to()));
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(v);
+                        Value::Object(Map::from_iter([(
+                            BASE64_MARKER.to_string(),
+                            Value::String(b64),
+                        )]))
+                    }
+                };
+                map.insert(field.to_string(), value);
+            }
+            // Fields sorted by name (serde_json's map): the same hash is the same text, whatever
+            // order HGETALL gave.
+            let doc = Value::Object(map);
+            let text = doc.to_string();
+            Ok((doc, Cow::Owned(text), binary))
+        }
+    }
+}
+
+/// A time from a document field.
+fn doc_time(
+    path: Option<&Path>,
+    doc: &Value,
+    field: &'static str,
+) -> Result<Option<DateTime<Utc>>, Reject> {
+    match path.map(|p| p.text(doc, "")) {
+        Some(Found::Text { text, number }) => {
+            parse_ts(&text, number)
+                .map(Some)
+                .map_err(|e| Reject::BadField {
+                    field,
+                    problem: format!(
+                        "({}) {text:?} is not a time: {e}",
+                        path.map_or("", |p| &p.text)
+                    ),
+                })
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A time as libraries write it: RFC 3339 (a time without offset is UTC), or epoch seconds or
+/// milliseconds as a number or numeric text (more than 1e11 is milliseconds: 1973 in seconds).
+/// Years 1 to 9999, microseconds (what PostgreSQL stores).
+pub fn parse_ts(text: &str, number: bool) -> Result<DateTime<Utc>, String> {
+    let t = match text.trim().parse::<f64>() {
+        Ok(x) if number || x.is_finite() => {
+            let micros = if x.abs() >= 1e11 { x * 1e3 } else { x * 1e6 };
+            if !micros.is_finite() || micros.abs() > 2.6e17 {
+                return Err("out of range".into());
+            }
+            DateTime::from_timestamp_micros(micros.round() as i64).ok_or("out of range")?
+        }
+        _ => match DateTime::parse_from_rfc3339(text) {
+            Ok(t) => t.with_timezone(&Utc),
+            Err(e) => NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .map_err(|_| e.to_string())?
+                .and_utc(),
+        },
+    };
+    if !(1..=9999).contains(&t.year()) {
+        return Err(format!("year {} is outside 1..9999", t.year()));
+    }
+    let nanos = t.timestamp_subsec_nanos();
+    Ok(t.with_nanosecond(nanos - nanos % 1000).unwrap_or(t))
+}
+
+fn check_id<'s>(id: &'s str, what: &'static str) -> Result<&'s str, Reject> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(Reject::TooLong {
+            what,
+            bytes: id.len(),
+        });
+    }
+    Ok(id)
+}
+
+fn names(paths: &[Path]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("`{}`", p.text))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A message's identity, as [`crate::checkpoint`] makes it: `id:<id>`, or for a message without
+/// an id a hash of role, content, ts and how many identical messages came before it.
+fn identity(
+    id: Option<&str>,
+    role: &str,
+    content: &str,
+    ts_raw: Option<&str>,
+    seen: &mut HashMap<[u8; 32], u32>,
+) -> String {
+    if let Some(id) = id {
+        return format!("id:{id}");
+    }
+    let mut h = Sha256::new();
+    for part in [role, content, ts_raw.unwrap_or("")] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let base: [u8; 32] = h.finalize().into();
+    let nth = seen.entry(base).or_insert(0);
+    let mut h = Sha256::new();
+    h.update(base);
+    h.update(nth.to_le_bytes());
+    *nth += 1;
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("h:{hex}")
+}
+
+/// PostgreSQL's `text` and `jsonb` cannot hold U+0000.
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+pub(super) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}

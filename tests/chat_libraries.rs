@@ -1,0 +1,605 @@
+//! The mapping presets against the real chat-memory clients: each library writes conversations
+//! into a Redis Stack (tests/layouts/client.py, tests/layouts/langchain.mjs), its keys are read
+//! as the preset says and decoded by `sweeper::mapping`, the messages compared with what the
+//! library wrote (count, roles, text, order); then the keys are deleted, written back by the
+//! preset's restore, and the library itself reads the same messages. tests/layouts/setup.sh
+//! provides the venvs, the npm install and the server (cached); without them the tests skip,
+//! saying why.
+//!
+//! The `sweep_*` tests go through the binary: the library writes, `sweeper run --format NAME`
+//! saves, the rows are checked, a re-sweep changes nothing, the keys are deleted, `sweeper
+//! restore --format NAME` puts each conversation back, and the library reads the same messages.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::servers::free_port;
+use common::{TestEnv, skip, stderr};
+use serde_json::Value;
+use sweeper::mapping::{Decoded, Mapping, Raw, RedisType, Unit, Write, decode::group};
+
+fn harness() -> Result<HashMap<String, String>, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layouts/setup.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("setup.sh failed").to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// A Redis Stack server of the test's own, stopped on drop.
+struct Stack {
+    child: Option<Child>,
+    url: String,
+}
+
+impl Stack {
+    fn start(h: &HashMap<String, String>) -> Stack {
+        if let Some(url) = h.get("redis_url") {
+            return Stack {
+                child: None,
+                url: url.clone(),
+            };
+        }
+        let port = free_port();
+        let mut cmd = Command::new(&h["redis_server"]);
+        cmd.env("LD_LIBRARY_PATH", &h["ld_library_path"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        for m in h["redis_modules"].split(':') {
+            cmd.args(["--loadmodule", m]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Redis Stack server");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "Redis Stack did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Stack {
+            child: Some(child),
+            url: format!("redis://127.0.0.1:{port}/"),
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+type Messages = Vec<(String, String)>;
+
+/// Runs a library's client: `write` gives each session's messages, `read` one session's.
+fn client(h: &HashMap<String, String>, lib: &str, args: &[&str]) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layouts");
+    let mut cmd = if lib == "langchain-js" {
+        let mut c = Command::new("node");
+        c.env("NODE_PATH", &h["node_path"])
+            .arg(dir.join("langchain.mjs"));
+        c
+    } else {
+        let venv = &h[&format!("venv_{}", lib.replace('-', "_"))];
+        let mut c = Command::new(Path::new(venv).join("bin/python"));
+        c.arg(dir.join("client.py")).arg(lib);
+        c
+    };
+    let out = cmd.args(args).output().expect("run the client");
+    assert!(
+        out.status.success(),
+        "{lib} {args:?} failed: {}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}
+
+fn messages(v: &Value) -> Messages {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn keys(con: &mut redis::Connection, pattern: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(con).unwrap();
+    keys.sort();
+    keys
+}
+
+/// What the sweep reads for one key of `m`'s layout, decoded.
+fn read(con: &mut redis::Connection, m: &Mapping, key: &str) -> Decoded {
+    let got = match m.redis_type {
+        RedisType::String => {
+            let v: Vec<u8> = redis::cmd("GET").arg(key).query(con).unwrap();
+            m.decode(key, Raw::Text(&v))
+        }
+        RedisType::Json => {
+            let v: Vec<u8> = redis::cmd("JSON.GET").arg(key).query(con).unwrap();
+            m.decode(key, Raw::Text(&v))
+        }
+        RedisType::List => {
+            let v: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query(con)
+                .unwrap();
+            m.decode(key, Raw::List(&v))
+        }
+        RedisType::Hash => {
+            let v: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL").arg(key).query(con).unwrap();
+            m.decode(key, Raw::Hash(&v))
+        }
+    };
+    got.unwrap_or_else(|r| panic!("{key}: {r}"))
+}
+
+fn apply(con: &mut redis::Connection, w: &Write) {
+    let c = match w {
+        Write::Set { key, value } => {
+            let mut c = redis::cmd("SET");
+            c.arg(key).arg(value);
+            c
+        }
+        Write::JsonSet { key, value } => {
+            let mut c = redis::cmd("JSON.SET");
+            c.arg(key).arg("$").arg(value);
+            c
+        }
+        Write::RPush { key, values } => {
+            let mut c = redis::cmd("RPUSH");
+            c.arg(key).arg(values);
+            c
+        }
+        Write::HSet { key, fields } => {
+            let mut c = redis::cmd("HSET");
+            c.arg(key);
+            for (f, v) in fields {
+                c.arg(f).arg(v);
+            }
+            c
+        }
+    };
+    let _: () = c.query(con).unwrap();
+}
+
+/// The whole round trip for one library: write, read and decode, compare, delete, restore, read
+/// back through the library.
+fn round_trip(test: &str, lib: &str, preset: &str, pattern: Option<&str>) {
+    let h = match harness() {
+        Ok(h) => h,
+        Err(why) => return skip(test, &why),
+    };
+    let stack = Stack::start(&h);
+    let prefix = format!("{lib}-s");
+    let wrote = client(
+        &h,
+        lib,
+        &[
+            "write",
+            "--url",
+            &stack.url,
+            "--prefix",
+            &prefix,
+            "--conversations",
+            "3",
+            "--messages",
+            "5",
+            "--ttl",
+            "3600",
+        ],
+    );
+    let want: BTreeMap<String, Messages> = wrote["sessions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), messages(v)))
+        .collect();
+    let m = Mapping::preset(preset).unwrap();
+    let pattern = pattern.map_or_else(|| m.pattern(), str::to_string);
+    let mut con = redis::Client::open(stack.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let found = keys(&mut con, &pattern);
+    assert!(!found.is_empty(), "{lib} wrote no key matching {pattern}");
+    let decoded: Vec<Decoded> = found.iter().map(|k| read(&mut con, &m, k)).collect();
+    let conversations = if m.unit == Unit::Message {
+        group(decoded)
+    } else {
+        decoded
+    };
+    let got: BTreeMap<String, Messages> = conversations
+        .iter()
+        .map(|d| {
+            let msgs = d
+                .checkpoint
+                .messages
+                .iter()
+                .map(|m| (m.role.clone(), m.content.clone()))
+                .collect();
+            (d.checkpoint.conversation_id.clone(), msgs)
+        })
+        .collect();
+    assert_eq!(
+        got, want,
+        "{lib}: what the preset decodes is what the library wrote"
+    );
+
+    // Delete every key the conversations were read from, restore, and have the library read.
+    let _: () = redis::cmd("DEL").arg(&found).query(&mut con).unwrap();
+    for d in &conversations {
+        if m.unit == Unit::Message {
+            for (k, e) in d.keys.iter().zip(&d.elements) {
+                apply(&mut con, &m.restore_message(k, e).unwrap());
+            }
+        } else {
+            apply(
+                &mut con,
+                &m.restore_conversation(&d.checkpoint.redis_key, &d.checkpoint.document)
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(
+        keys(&mut con, &pattern),
+        found,
+        "{lib}: the same keys are back"
+    );
+    for (sid, msgs) in &want {
+        let back = messages(&client(
+            &h,
+            lib,
+            &["read", "--url", &stack.url, "--id", sid],
+        ));
+        assert_eq!(
+            &back, msgs,
+            "{lib}: {sid} read back by the library after restore"
+        );
+    }
+}
+
+#[test]
+fn langchain_python() {
+    round_trip("langchain_python", "langchain", "langchain", None);
+}
+
+#[test]
+fn langchain_js() {
+    // LangChain.js keys are the bare session ids.
+    round_trip(
+        "langchain_js",
+        "langchain-js",
+        "langchain",
+        Some("langchain-js-s*"),
+    );
+}
+
+#[test]
+fn langchain_redis() {
+    round_trip(
+        "langchain_redis",
+        "langchain-redis",
+        "langchain-redis",
+        None,
+    );
+}
+
+#[test]
+fn llamaindex() {
+    round_trip(
+        "llamaindex",
+        "llamaindex",
+        "llamaindex",
+        Some("llamaindex-s*"),
+    );
+}
+
+#[test]
+fn redisvl() {
+    round_trip("redisvl", "redisvl", "redisvl", Some("sweeper_test:*"));
+}
+
+#[test]
+fn openai_agents() {
+    round_trip("openai_agents", "openai-agents", "openai-agents", None);
+}
+
+#[test]
+fn agent_framework() {
+    round_trip(
+        "agent_framework",
+        "agent-framework",
+        "agent-framework",
+        None,
+    );
+}
+
+/// Each conversation's messages as stored, by seq.
+async fn stored(env: &TestEnv) -> BTreeMap<String, Messages> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT conversation_id, role, content FROM messages ORDER BY conversation_id, seq",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .unwrap();
+    let mut out: BTreeMap<String, Messages> = BTreeMap::new();
+    for (c, r, t) in rows {
+        out.entry(c).or_default().push((r, t));
+    }
+    out
+}
+
+fn sweep(env: &TestEnv, format: &str, pattern: Option<&str>, idle: bool) -> Value {
+    let mut cmd = env.command();
+    cmd.args([
+        "run",
+        "--format",
+        format,
+        "--threshold",
+        "2h",
+        "--protect-ttl",
+        "3h",
+    ]);
+    cmd.args(["--output", "json"]);
+    if let Some(p) = pattern {
+        cmd.args(["--match", p]);
+    }
+    if idle {
+        cmd.args(["--save-idle", "1s"]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "sweep failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Write with the library, sweep, check the rows, re-sweep, delete, restore, read back.
+async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&str>, idle: bool) {
+    let h = match harness() {
+        Ok(h) => h,
+        Err(why) => return skip(test, &why),
+    };
+    let stack = Stack::start(&h);
+    let admin = std::env::var("SWEEPER_TEST_PG_ADMIN").expect("run through `make test`");
+    let env = TestEnv::on(&test.replace('-', "_"), &stack.url, &admin)
+        .await
+        .migrate();
+    let prefix = format!("{lib}-s");
+    let wrote = client(
+        &h,
+        lib,
+        &[
+            "write",
+            "--url",
+            &stack.url,
+            "--prefix",
+            &prefix,
+            "--conversations",
+            "3",
+            "--messages",
+            "5",
+            "--ttl",
+            "3600",
+        ],
+    );
+    let want: BTreeMap<String, Messages> = wrote["sessions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), messages(v)))
+        .collect();
+    let m = Mapping::preset(format).unwrap();
+    let pattern_used = pattern.map_or_else(|| m.pattern(), str::to_string);
+    let mut con = redis::Client::open(stack.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let found = keys(&mut con, &pattern_used);
+    if idle {
+        // The library sets no TTL: --save-idle 1s makes its keys due once left alone that long
+        // (OBJECT IDLETIME counts whole seconds).
+        let pttls: Vec<i64> = found
+            .iter()
+            .map(|k| redis::cmd("PTTL").arg(k).query(&mut con).unwrap())
+            .collect();
+        assert!(
+            pttls.iter().all(|&t| t == -1),
+            "{lib} set no TTL: {pttls:?}"
+        );
+        let without = sweep(&env, format, pattern, false);
+        assert_eq!(
+            without["due"], 0,
+            "without --save-idle: never due {without}"
+        );
+        std::thread::sleep(Duration::from_millis(2100));
+    }
+
+    let first = sweep(&env, format, pattern, idle);
+    assert_eq!(first["due"], found.len(), "{first}");
+    assert_eq!(first["rejected"], 0, "{first}");
+    let total: usize = want.values().map(Vec::len).sum();
+    assert_eq!(first["messages_added"], total, "{first}");
+    assert_eq!(
+        stored(&env).await,
+        want,
+        "{lib}: the rows hold what the library wrote"
+    );
+
+    if idle {
+        std::thread::sleep(Duration::from_millis(2100));
+    }
+    let again = sweep(&env, format, pattern, idle);
+    assert_eq!(again["persisted"], 0, "a re-sweep changes nothing: {again}");
+    assert_eq!(again["messages_added"], 0, "{again}");
+    assert_eq!(stored(&env).await, want);
+
+    let _: () = redis::cmd("DEL").arg(&found).query(&mut con).unwrap();
+    for sid in want.keys() {
+        let out = env
+            .command()
+            .args(["restore", "--conversation", sid, "--format", format])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "restore {sid}: {}", stderr(&out));
+    }
+    assert_eq!(
+        keys(&mut con, &pattern_used),
+        found,
+        "{lib}: the same keys are back"
+    );
+    for (sid, msgs) in &want {
+        let back = messages(&client(
+            &h,
+            lib,
+            &["read", "--url", &stack.url, "--id", sid],
+        ));
+        assert_eq!(
+            &back, msgs,
+            "{lib}: {sid} read back by the library after restore"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sweep_langchain_python() {
+    sweep_round_trip(
+        "sweep_langchain_python",
+        "langchain",
+        "langchain",
+        None,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_langchain_js() {
+    sweep_round_trip(
+        "sweep_langchain_js",
+        "langchain-js",
+        "langchain",
+        Some("langchain-js-s*"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_llamaindex() {
+    sweep_round_trip(
+        "sweep_llamaindex",
+        "llamaindex",
+        "llamaindex",
+        Some("llamaindex-s*"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_openai_agents() {
+    sweep_round_trip(
+        "sweep_openai_agents",
+        "openai-agents",
+        "openai-agents",
+        None,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_langchain_redis() {
+    sweep_round_trip(
+        "sweep_langchain_redis",
+        "langchain-redis",
+        "langchain-redis",
+        None,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_redisvl() {
+    sweep_round_trip(
+        "sweep_redisvl",
+        "redisvl",
+        "redisvl",
+        Some("sweeper_test:*"),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sweep_agent_framework() {
+    sweep_round_trip(
+        "sweep_agent_framework",
+        "agent-framework",
+        "agent-framework",
+        None,
+        true,
+    )
+    .await;
+}
+
+#[test]
+fn agent_memory_server() {
+    round_trip(
+        "agent_memory_server",
+        "agent-memory-server",
+        "agent-memory-server",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn sweep_agent_memory_server() {
+    sweep_round_trip(
+        "sweep_agent_memory_server",
+        "agent-memory-server",
+        "agent-memory-server",
+        None,
+        false,
+    )
+    .await;
+}
+
+#[test]
+fn rasa() {
+    round_trip("rasa", "rasa", "rasa", None);
+}
+
+#[tokio::test]
+async fn sweep_rasa() {
+    sweep_round_trip("sweep_rasa", "rasa", "rasa", None, false).await;
+}
