@@ -8,7 +8,7 @@ SWEEPER := target/release/sweeper
 # The test build of the binary, wherever CARGO_TARGET_DIR puts it.
 DEBUG_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/sweeper
 
-.PHONY: all build test test-orchestrators unit soak bench bench-quick demo demo-steps lint fmt image clean audit licenses deb
+.PHONY: all build test test-orchestrators unit soak bench bench-quick bench-curve bench-live demo demo-steps lint fmt image clean audit licenses deb
 
 IMAGE ?= sweeper:dev
 
@@ -41,6 +41,16 @@ bench: build
 
 bench-quick: build
 	$(SERVERS) $(CARGO) bench --locked --bench sweep -- --sizes 100000 $(BENCH_ARGS)
+
+# The cost curve: floor, copy limit, dry run and sweep at 100k, 1M and 5M keys, with checkpoints of
+# 4 messages (about 1.3 KB: 5M of 10 messages would need 15 GB of Redis). Long: see performance.md.
+bench-curve: build
+	$(SERVERS) $(CARGO) bench --locked --bench sweep -- --curve --messages 4 --sizes 100000,1000000,5000000 $(BENCH_ARGS)
+
+# The design's saving, measured: a chat service simulated live on a compressed clock, persisted
+# three ways (a write per turn, `sweeper daemon` on its schedule, one write per session). One table.
+bench-live: build
+	$(SERVERS) $(CARGO) bench --locked --bench live -- $(BENCH_ARGS)
 
 # Unit tests only: no servers needed.
 unit:

@@ -15,7 +15,11 @@
 //! The floor and the dry run are each run three times, alternately, and the fastest kept (noise
 //! only adds time).
 //!
-//! Usage: cargo bench --bench sweep -- [--sizes 100000,1000000] [--naive]
+//! With `--curve` (`make bench-curve`) it measures only the floor, the copy limit, the dry run and
+//! the sweep at each size, and ends with the cost curve: how each grows from size to size against
+//! the key count, and the peak RSS.
+//!
+//! Usage: cargo bench --bench sweep -- [--sizes 100000,1000000] [--naive] [--curve] [--messages 10]
 //! (needs REDIS_URL and SWEEPER_TEST_PG_ADMIN, as `tests/servers.sh exec` sets them).
 
 use std::fmt::Write as _;
@@ -33,7 +37,10 @@ use sweeper::cmd::simulate::{SimulateConfig, simulate};
 use sweeper::redis::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
 
-const THRESHOLD: Duration = Duration::from_secs(600);
+/// Two hours, not the default ten minutes: on a loaded machine loading and measuring 5M keys
+/// takes longer than a due key of a ten-minute threshold lives. Which keys are due depends on the
+/// TTL alone, so the work is the same.
+const THRESHOLD: Duration = Duration::from_secs(7200);
 /// Runs of the reads-only measurements (the floor, the dry run); the best is kept.
 const RUNS: usize = 3;
 const PREFIX: &str = "checkpoint:";
@@ -103,6 +110,8 @@ impl Env {
         let mut c = Command::new(&self.bin);
         c.env("REDIS_URL", &self.redis_url)
             .env("DATABASE_URL", &self.db_url)
+            .env("SWEEPER_THRESHOLD", "2h")
+            .env("SWEEPER_PROTECT_TTL", "3h")
             .arg("-q");
         c
     }
@@ -437,36 +446,51 @@ fn parse_csv_line(line: &str) -> Vec<String> {
     out
 }
 
+/// What a run measures besides the sweep itself.
+#[derive(Clone, Copy)]
+struct Opts {
+    naive: bool,
+    /// Only the floor, the copy limit, the dry run and the sweep (`--curve`).
+    curve: bool,
+    /// Messages per checkpoint (10; `--messages` makes them smaller for 5M keys).
+    messages: usize,
+}
+
 async fn bench_size(
     env: &Env,
     keys: u64,
-    with_naive: bool,
+    opts: Opts,
     rows: &mut Vec<Row>,
     notes: &mut Vec<String>,
 ) {
     eprintln!("bench: {keys} keys: loading");
     let redis = redis::Client::open(env.redis_url.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    // ASYNC: freeing millions of keys takes longer than the client's response timeout.
+    let () = redis::cmd("FLUSHALL")
+        .arg("ASYNC")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let pg = reset(env).await;
     let mut source = redis_node(env).await;
     let load = Instant::now();
-    // 10% due (TTL 5-6 minutes left) and 90% active (30-60 minutes): far enough apart that the due
-    // set stays the same while every measurement of this size runs.
+    // 10% due (TTL 90-96 minutes left, under the 2-hour threshold) and 90% active (3-6 hours): far
+    // enough apart that the due set stays the same while every measurement of this size runs.
     let due_cfg = SimulateConfig {
         conversations: keys / 10,
         prefix: PREFIX.into(),
-        ttl_min: Duration::from_secs(300),
-        ttl_max: Duration::from_secs(360),
-        messages_min: 10,
-        messages_max: 10,
+        ttl_min: Duration::from_secs(5400),
+        ttl_max: Duration::from_secs(5760),
+        messages_min: opts.messages,
+        messages_max: opts.messages,
         seed: 1,
     };
     let mut report = simulate(&mut source, &due_cfg).await.unwrap();
     let active = SimulateConfig {
         conversations: keys - keys / 10,
-        ttl_min: Duration::from_secs(1800),
-        ttl_max: Duration::from_secs(3600),
+        ttl_min: Duration::from_secs(3 * 3600),
+        ttl_max: Duration::from_secs(6 * 3600),
         seed: 2,
         ..due_cfg.clone()
     };
@@ -498,7 +522,8 @@ async fn bench_size(
     // that noise which comes and goes hits both alike.
     let mut best = None;
     let mut best_dry: Option<Measured> = None;
-    for _ in 0..RUNS {
+    // Two runs each for the curve: 5M keys are long enough.
+    for _ in 0..if opts.curve { 2 } else { RUNS } {
         let r = redis_floor(env).await;
         if best
             .as_ref()
@@ -573,6 +598,12 @@ async fn bench_size(
     notes.push(format!(
         "{keys} keys: sweep / (Redis floor + copy limit) = {ratio:.2}"
     ));
+    if opts.curve {
+        let _ = std::fs::remove_file(conv_csv);
+        let _ = std::fs::remove_file(msg_csv);
+        pg.close().await;
+        return;
+    }
 
     let m = run_measured(env.sweeper().args(["run", "--output", "json"]));
     let s: Value = serde_json::from_slice(&m.stdout).unwrap();
@@ -646,7 +677,7 @@ async fn bench_size(
         ));
     }
 
-    if with_naive {
+    if opts.naive {
         eprintln!("bench: {keys} keys: naive");
         let d = naive(env, &pg, &msg_csv, messages).await;
         rows.push(Row {
@@ -664,11 +695,57 @@ async fn bench_size(
     pg.close().await;
 }
 
+/// The cost curve: each size's dry run and sweep against the one before, beside the key ratio.
+/// Linear means the time grows no faster than the keys (within 10%).
+fn curve(rows: &[Row]) -> Vec<String> {
+    let wall = |label: &str| -> Vec<(u64, f64)> {
+        rows.iter()
+            .filter(|r| r.label == label)
+            .map(|r| (r.keys, r.wall.as_secs_f64()))
+            .collect()
+    };
+    let mut notes = Vec::new();
+    for label in [
+        "Redis floor (SCAN+PTTL+GET)",
+        "psql \\copy of the due rows",
+        "sweeper run --dry-run",
+        "sweeper run",
+    ] {
+        let w = wall(label);
+        for pair in w.windows(2) {
+            let (k, t) = (pair[1].0 as f64 / pair[0].0 as f64, pair[1].1 / pair[0].1);
+            notes.push(format!(
+                "curve: {label}: {} -> {} keys ({k:.1}x): {:.2} s -> {:.2} s, {t:.2}x ({})",
+                pair[0].0,
+                pair[1].0,
+                pair[0].1,
+                pair[1].1,
+                if t <= k * 1.1 {
+                    "linear"
+                } else {
+                    "FASTER THAN LINEAR"
+                }
+            ));
+        }
+    }
+    let rss: Vec<String> = rows
+        .iter()
+        .filter(|r| r.label == "sweeper run" || r.label == "sweeper run --dry-run")
+        .map(|r| format!("{} {}: {:.1} MB", r.label, r.keys, r.rss_mb.unwrap_or(0.0)))
+        .collect();
+    notes.push(format!("curve: peak RSS: {}", rss.join(", ")));
+    notes
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut sizes = vec![100_000u64, 1_000_000];
-    let mut with_naive = false;
+    let mut opts = Opts {
+        naive: false,
+        curve: false,
+        messages: 10,
+    };
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -679,7 +756,12 @@ async fn main() {
                     .collect();
                 i += 1;
             }
-            "--naive" => with_naive = true,
+            "--naive" => opts.naive = true,
+            "--curve" => opts.curve = true,
+            "--messages" => {
+                opts.messages = args[i + 1].parse().expect("--messages 4");
+                i += 1;
+            }
             _ => {} // cargo bench passes --bench
         }
         i += 1;
@@ -706,7 +788,10 @@ async fn main() {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &n in &sizes {
-        bench_size(&env, n, with_naive, &mut rows, &mut notes).await;
+        bench_size(&env, n, opts, &mut rows, &mut notes).await;
+    }
+    if opts.curve {
+        notes.extend(curve(&rows));
     }
     // Memory must not grow with the keyspace.
     let rss: Vec<(u64, f64)> = rows
