@@ -52,7 +52,7 @@ pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// PostgreSQL's `text` and `jsonb` cannot hold U+0000, in values or in object keys.
-pub(super) fn holds_nul(v: &Value) -> bool {
+pub(crate) fn holds_nul(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains('\0'),
         Value::Array(a) => a.iter().any(holds_nul),
@@ -61,7 +61,7 @@ pub(super) fn holds_nul(v: &Value) -> bool {
     }
 }
 
-pub(super) fn json_kind(v: &Value) -> &'static str {
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

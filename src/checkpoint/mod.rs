@@ -13,7 +13,8 @@ mod borrowed;
 mod fields;
 
 pub(crate) use fields::{hex, parse_time};
-use fields::{holds_nul, json_kind, optional_string, optional_time};
+pub(crate) use fields::{holds_nul, json_kind};
+use fields::{optional_string, optional_time};
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -345,7 +346,7 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, Reject> {
 
 /// A message's identity within its conversation (see [`Message::identity`]). `seen` counts the
 /// id-less messages so far, by content.
-fn identity(
+pub(crate) fn identity(
     id: Option<&str>,
     role: &str,
     content: &str,

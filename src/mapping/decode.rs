@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::path::{Found, Path};
 use super::{IdSource, Mapping, Order, RedisType, Unit};
-use crate::checkpoint::{Checkpoint, MAX_ID_BYTES, Message, MessageSource, Reject};
+use crate::checkpoint::{
+    Checkpoint, MAX_ID_BYTES, Message, MessageSource, Reject, holds_nul, identity, json_kind,
+};
 
 /// The marker under which a hash field that is not UTF-8 is kept in the stored document, so that
 /// restore can write its bytes back (a hash field value is otherwise always a JSON string).
@@ -444,53 +446,4 @@ fn names(paths: &[Path]) -> String {
         .map(|p| format!("`{}`", p.text))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A message's identity, as [`crate::checkpoint`] makes it: `id:<id>`, or for a message without
-/// an id a hash of role, content, ts and how many identical messages came before it.
-fn identity(
-    id: Option<&str>,
-    role: &str,
-    content: &str,
-    ts_raw: Option<&str>,
-    seen: &mut HashMap<[u8; 32], u32>,
-) -> String {
-    if let Some(id) = id {
-        return format!("id:{id}");
-    }
-    let mut h = Sha256::new();
-    for part in [role, content, ts_raw.unwrap_or("")] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    let base: [u8; 32] = h.finalize().into();
-    let nth = seen.entry(base).or_insert(0);
-    let mut h = Sha256::new();
-    h.update(base);
-    h.update(nth.to_le_bytes());
-    *nth += 1;
-    let digest = h.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("h:{hex}")
-}
-
-/// PostgreSQL's `text` and `jsonb` cannot hold U+0000.
-fn holds_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(holds_nul),
-        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
-}
-
-pub(super) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
