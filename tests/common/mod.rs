@@ -5,6 +5,7 @@
 pub mod pki;
 pub mod proxy;
 pub mod servers;
+pub mod stack;
 pub mod topologies;
 
 use std::process::{Command, Output};
