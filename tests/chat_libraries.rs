@@ -41,6 +41,36 @@ fn harness() -> Result<HashMap<String, String>, String> {
 
 type Messages = Vec<(String, String)>;
 
+/// The library's client writes 3 conversations of 5 messages (TTL 1 h); returns each session's
+/// messages as the client wrote them.
+fn write_conversations(
+    h: &HashMap<String, String>,
+    lib: &str,
+    url: &str,
+) -> BTreeMap<String, Messages> {
+    let prefix = format!("{lib}-s");
+    let args = [
+        "write",
+        "--url",
+        url,
+        "--prefix",
+        &prefix,
+        "--conversations",
+        "3",
+        "--messages",
+        "5",
+        "--ttl",
+        "3600",
+    ];
+    let wrote = client(h, lib, &args);
+    wrote["sessions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), messages(v)))
+        .collect()
+}
+
 /// Runs a library's client: `write` gives each session's messages, `read` one session's.
 fn client(h: &HashMap<String, String>, lib: &str, args: &[&str]) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layouts");
@@ -148,30 +178,7 @@ fn round_trip(test: &str, lib: &str, preset: &str, pattern: Option<&str>) {
         Err(why) => return skip(test, &why),
     };
     let stack = Stack::start(&h);
-    let prefix = format!("{lib}-s");
-    let wrote = client(
-        &h,
-        lib,
-        &[
-            "write",
-            "--url",
-            &stack.url,
-            "--prefix",
-            &prefix,
-            "--conversations",
-            "3",
-            "--messages",
-            "5",
-            "--ttl",
-            "3600",
-        ],
-    );
-    let want: BTreeMap<String, Messages> = wrote["sessions"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), messages(v)))
-        .collect();
+    let want = write_conversations(&h, lib, &stack.url);
     let m = Mapping::preset(preset).unwrap();
     let pattern = pattern.map_or_else(|| m.pattern(), str::to_string);
     let mut con = redis::Client::open(stack.url.as_str())
@@ -341,30 +348,7 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
     let env = TestEnv::on(&test.replace('-', "_"), &stack.url, &admin)
         .await
         .migrate();
-    let prefix = format!("{lib}-s");
-    let wrote = client(
-        &h,
-        lib,
-        &[
-            "write",
-            "--url",
-            &stack.url,
-            "--prefix",
-            &prefix,
-            "--conversations",
-            "3",
-            "--messages",
-            "5",
-            "--ttl",
-            "3600",
-        ],
-    );
-    let want: BTreeMap<String, Messages> = wrote["sessions"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), messages(v)))
-        .collect();
+    let want = write_conversations(&h, lib, &stack.url);
     let m = Mapping::preset(format).unwrap();
     let pattern_used = pattern.map_or_else(|| m.pattern(), str::to_string);
     let mut con = redis::Client::open(stack.url.as_str())
