@@ -23,7 +23,7 @@ use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
 use crate::retry::{self, Backoff};
-use crate::run::{Counters, DueKey};
+use crate::run::{Counters, DueList};
 use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
 
 /// The writers of one sweep.
@@ -42,7 +42,8 @@ pub(super) struct Writers<'a> {
 /// What the writers did.
 pub(super) struct Wrote {
     pub counters: Counters,
-    pub due_keys: Vec<DueKey>,
+    /// A dry run's most urgent due keys.
+    pub due_keys: DueList,
     /// Why PostgreSQL could not take the sweep's writes.
     pub error: Option<Error>,
 }
@@ -53,7 +54,7 @@ impl Writers<'_> {
         let cfg = self.cfg;
         let mut out = Wrote {
             counters: Counters::default(),
-            due_keys: Vec::new(),
+            due_keys: DueList::new(cfg.list),
             error: None,
         };
         // Set by a write task at its first failure, cleared when a retry succeeds.
