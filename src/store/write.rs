@@ -32,7 +32,22 @@ impl Store {
             stored = lookup(&rows, &mut tx).await?;
             statements += 1;
         }
-        let unchanged = unchanged(&batch.checkpoints, &rows, &stored);
+        let mut unchanged = unchanged(&batch.checkpoints, &rows, &stored);
+        // Only the conversations about to change are locked (a lock writes WAL): an unchanged one
+        // stays unchanged whatever a concurrent writer does, as the stored row never regresses.
+        let to_lock: Vec<&Checkpoint> = rows
+            .iter()
+            .copied()
+            .filter(|c| {
+                stored.contains_key(&c.conversation_id)
+                    && !unchanged.contains(c.conversation_id.as_str())
+            })
+            .collect();
+        if !to_lock.is_empty() {
+            stored.extend(lock(&to_lock, &mut tx).await?);
+            statements += 1;
+            unchanged = self::unchanged(&batch.checkpoints, &rows, &stored);
+        }
         let is_new = |c: &Checkpoint| !stored.contains_key(&c.conversation_id);
         let is_changed =
             |c: &Checkpoint| !is_new(c) && !unchanged.contains(c.conversation_id.as_str());
@@ -104,14 +119,28 @@ type Tx<'t> = sqlx::Transaction<'t, sqlx::Postgres>;
 
 /// The content hash stored for each conversation of the batch that is stored already.
 async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<HashMap<String, Vec<u8>>> {
+    hashes(rows, LOOKUP, tx).await
+}
+
+/// Locks the stored conversations about to change and reads their hash again. FOR UPDATE: a
+/// concurrent writer of the same conversations (another sweep whose lock was lost with a
+/// PostgreSQL restart) waits here; message numbering reads then writes. Two writers inserting the
+/// same new conversation collide on a key instead, which is retried (see Error::is_transient).
+async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<HashMap<String, Vec<u8>>> {
+    hashes(rows, LOCK, tx).await
+}
+
+const LOOKUP: &str =
+    "SELECT conversation_id, content_hash FROM conversations WHERE conversation_id = ANY($1)";
+const LOCK: &str = "SELECT conversation_id, content_hash FROM conversations WHERE conversation_id = ANY($1) FOR UPDATE";
+
+async fn hashes(
+    rows: &[&Checkpoint],
+    sql: &'static str,
+    tx: &mut Tx<'_>,
+) -> Result<HashMap<String, Vec<u8>>> {
     let ids: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
-    // FOR UPDATE: a concurrent writer of the same conversations (another sweep whose lock was
-    // lost with a PostgreSQL restart) waits here; message numbering reads then writes. Two
-    // writers inserting the same new conversation collide on a key instead, which is retried
-    // (see Error::is_transient).
-    let found: Vec<(String, Vec<u8>)> = super::query_as(
-        "SELECT conversation_id, content_hash FROM conversations WHERE conversation_id = ANY($1) FOR UPDATE",
-    )
+    let found: Vec<(String, Vec<u8>)> = super::query_as(sql)
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await
