@@ -14,24 +14,43 @@ impl Store {
     /// come; those of changed conversations are merged with what is stored.
     /// Bounded by `--operation-timeout` as a whole: a server gone silent mid-batch fails it as a
     /// lost connection (retried, the batch's keys protected first, by the caller).
-    pub async fn write_batch(&self, run_id: Option<i64>, batch: &Batch) -> Result<BatchOutcome> {
+    pub async fn write_batch(
+        &self,
+        run_id: Option<i64>,
+        batch: &mut Batch,
+    ) -> Result<BatchOutcome> {
         match tokio::time::timeout(self.operation, self.write_batch_in_tx(run_id, batch)).await {
             Ok(r) => r,
             Err(_) => Err(super::timed_out("write batch", self.operation)),
         }
     }
 
-    async fn write_batch_in_tx(&self, run_id: Option<i64>, batch: &Batch) -> Result<BatchOutcome> {
+    async fn write_batch_in_tx(
+        &self,
+        run_id: Option<i64>,
+        batch: &mut Batch,
+    ) -> Result<BatchOutcome> {
         let started = std::time::Instant::now();
         let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
         let mut statements = 2; // BEGIN, COMMIT
 
-        let rows = newest_per_conversation(&batch.checkpoints);
         let mut stored: HashMap<String, Vec<u8>> = HashMap::new();
-        if !rows.is_empty() {
-            stored = lookup(&rows, &mut tx).await?;
+        if !batch.checkpoints.is_empty() {
+            stored = lookup(&newest_per_conversation(&batch.checkpoints), &mut tx).await?;
             statements += 1;
         }
+        // Messages are built only for what is new or changed: a checkpoint stored as it is adds
+        // none (its messages were stored with it).
+        for c in &mut batch.checkpoints {
+            if stored
+                .get(&c.conversation_id)
+                .is_none_or(|h| h[..] != c.content_hash[..])
+            {
+                c.unpack();
+            }
+        }
+        let batch = &*batch;
+        let rows = newest_per_conversation(&batch.checkpoints);
         let mut unchanged = unchanged(&batch.checkpoints, &rows, &stored);
         // Only the conversations about to change are locked (a lock writes WAL): an unchanged one
         // stays unchanged whatever a concurrent writer does, as the stored row never regresses.
@@ -141,10 +160,10 @@ async fn hashes(
 ) -> Result<HashMap<String, Vec<u8>>> {
     let ids: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
     let found: Vec<(String, Vec<u8>)> = super::query_as(sql)
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(Error::postgres("look up conversations"))?;
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(Error::postgres("look up conversations"))?;
     Ok(found.into_iter().collect())
 }
 
@@ -188,7 +207,7 @@ async fn upsert(
         .bind(column(write, |c| c.user_id.as_deref()))
         .bind(column(write, |c| c.redis_key.as_str()))
         .bind(column(write, |c| c.document.as_str()))
-        .bind(column(write, |c| c.messages.len() as i32))
+        .bind(column(write, |c| c.message_count() as i32))
         .bind(column(write, |c| {
             added.get(c.conversation_id.as_str()).copied().unwrap_or(0)
         }))
@@ -229,7 +248,7 @@ fn newest_per_conversation(all: &[Checkpoint]) -> Vec<&Checkpoint> {
         match at.get(c.conversation_id.as_str()) {
             Some(&i) => {
                 let kept = out[i];
-                if (c.updated_at, c.messages.len()) >= (kept.updated_at, kept.messages.len()) {
+                if (c.updated_at, c.message_count()) >= (kept.updated_at, kept.message_count()) {
                     out[i] = c;
                 }
             }

@@ -190,7 +190,9 @@ impl Decoder {
         let id = checkpoint::conversation_id(key, &self.cfg.prefix)?;
         match self.cfg.dry_run {
             true => checkpoint::check(v).map(|n| (n, None)),
-            false => checkpoint::decode(key, id, v).map(|c| (c.messages.len(), Some(c))),
+            // Messages are built by the store for the conversations it writes (not for those
+            // it already holds as they are).
+            false => checkpoint::decode_packed(key, id, v).map(|c| (c.message_count(), Some(c))),
         }
     }
 

@@ -174,7 +174,7 @@ struct Written {
 async fn write(
     s: &Store,
     run_id: Option<i64>,
-    batch: Batch,
+    mut batch: Batch,
     deadline: Option<Instant>,
     mut guard: Guard,
 ) -> (Written, Option<(Error, Batch)>) {
@@ -185,7 +185,7 @@ async fn write(
         w.messages_added += out.messages_added;
         w.statements += out.statements;
     };
-    match write_once(s, run_id, &batch, deadline, &mut guard).await {
+    match write_once(s, run_id, &mut batch, deadline, &mut guard).await {
         Ok(out) => {
             add(&mut w, out);
             return (w, None);
@@ -213,8 +213,8 @@ async fn write(
         .map(|c| single(Some(c), None))
         .chain(threads.into_iter().map(|t| single(None, Some(t))))
         .collect();
-    while let Some(one) = pending.pop_front() {
-        match write_once(s, run_id, &one, deadline, &mut guard).await {
+    while let Some(mut one) = pending.pop_front() {
+        match write_once(s, run_id, &mut one, deadline, &mut guard).await {
             Ok(out) => add(&mut w, out),
             Err(e) if e.is_data_error() => {
                 rejects.push(refused(one, &format!("postgres_refused: {e}")));
@@ -233,11 +233,11 @@ async fn write(
             }
         }
     }
-    let rest = Batch {
+    let mut rest = Batch {
         rejects,
         ..Batch::default()
     };
-    match write_once(s, run_id, &rest, deadline, &mut guard).await {
+    match write_once(s, run_id, &mut rest, deadline, &mut guard).await {
         Ok(out) => {
             add(&mut w, out);
             (w, None)
@@ -275,7 +275,7 @@ fn refused(one: Batch, reason: &str) -> RejectRecord {
 async fn write_once(
     s: &Store,
     run_id: Option<i64>,
-    batch: &Batch,
+    batch: &mut Batch,
     deadline: Option<Instant>,
     guard: &mut Guard,
 ) -> Result<BatchOutcome> {
