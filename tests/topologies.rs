@@ -325,6 +325,77 @@ async fn silent_partition_to_redis_mid_run_ends_with_exit_3_and_the_next_run_sav
     );
 }
 
+/// The kernel timers (`ss -o`) of `pid`'s established connections to `port`, one per
+/// connection: `timer:(keepalive,4.9sec,0)` while idle with keepalive on, `timer:(on,...)` while
+/// bytes wait for an acknowledgement, empty with neither.
+fn tcp_timers(pid: u32, port: u16) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnpoH", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .unwrap();
+    let owner = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&owner))
+        .map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("timer:("))
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Issue 17, "TCP keepalive plus per-operation timeouts": every connection to Redis has TCP
+/// keepalive on, its idle time the `--operation-timeout` (5s here, not the system's 2 hours), so
+/// a connection whose peer went silent is closed by the kernel rather than kept. Read from the
+/// kernel with `ss -o` while a paced run holds its connections. PostgreSQL's connections are
+/// shown in the figure only: sqlx 0.9 sets no keepalive (the operation deadline bounds them).
+#[tokio::test]
+async fn redis_connections_carry_tcp_keepalive_at_the_operation_deadline() {
+    common::topologies::ensure_installed("ss", "iproute2");
+    let redis = PrivateRedis::start();
+    let env = TestEnv::with_redis("topo_keepalive", &redis).await;
+    env.seed(N, DUE_TTL).await;
+    let mut args = PACED.to_vec();
+    args.extend(["--operation-timeout", "5s"]);
+    let mut child = spawn(&env, &[], &args);
+    let pg_port = port_of(&env.database_url);
+    let (mut redis_timers, mut pg_timers) = (HashSet::new(), HashSet::new());
+    while child.try_wait().unwrap().is_none() {
+        for t in tcp_timers(child.id(), redis.port) {
+            redis_timers.insert(t);
+        }
+        for t in tcp_timers(child.id(), pg_port) {
+            pg_timers.insert(t.split(',').next().unwrap_or("").to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = finish(child, Duration::from_secs(80));
+    assert_exit(&out, 0);
+    let keepalive: Vec<&String> = redis_timers
+        .iter()
+        .filter(|t| t.starts_with("timer:(keepalive,"))
+        .collect();
+    figure(
+        "TCP keepalive",
+        format!(
+            "Redis connections' timers seen: {} keepalive of {} distinct; PostgreSQL's: {pg_timers:?}",
+            keepalive.len(),
+            redis_timers.len()
+        ),
+    );
+    assert!(
+        !keepalive.is_empty(),
+        "no Redis connection of the run had keepalive on: {redis_timers:?}"
+    );
+    // ss prints the time left before the next probe: under a minute, not the system's 2h.
+    for t in keepalive {
+        assert!(!t.contains("min"), "keepalive idle time not applied: {t}");
+    }
+}
+
 /// Every connection to PostgreSQL reset mid-run (a load balancer or a NAT table dropping them):
 /// retried on fresh connections, nothing lost, exit 0.
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! Both go through rustls: no OpenSSL is linked.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
@@ -29,11 +30,15 @@ impl RedisTls {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.insecure
     }
 
-    /// A client for `url` with these settings (none of them with a `redis://` URL).
-    pub fn client(&self, url: &str) -> Result<redis::Client> {
+    /// A client for `url` with these settings (none of them with a `redis://` URL), whose
+    /// connections give up on a silent peer after about `deadline` ([`crate::redis::node::tcp`]).
+    pub fn client(&self, url: &str, deadline: Duration) -> Result<redis::Client> {
         let shown = redact_url(url);
         let bad = |e: redis::RedisError| Error::Usage(format!("invalid --redis-url {shown}: {e}"));
-        let info = url.into_connection_info().map_err(bad)?;
+        let info = url
+            .into_connection_info()
+            .map_err(bad)?
+            .set_tcp_settings(crate::redis::node::tcp(deadline));
         let ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() else {
             if self.any() {
                 return Err(Error::Usage(format!(
@@ -106,20 +111,22 @@ fn read_pem(path: &Path, flag: &str) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    const S: Duration = Duration::from_secs(15);
+
     #[test]
     fn tls_options_need_a_tls_url_and_readable_files() {
         let none = RedisTls::default();
-        assert!(none.client("redis://127.0.0.1:6379/").is_ok());
-        assert!(none.client("rediss://127.0.0.1:6379/").is_ok());
+        assert!(none.client("redis://127.0.0.1:6379/", S).is_ok());
+        assert!(none.client("rediss://127.0.0.1:6379/", S).is_ok());
         let insecure = RedisTls {
             insecure: true,
             ..RedisTls::default()
         };
         assert!(matches!(
-            insecure.client("redis://127.0.0.1:6379/"),
+            insecure.client("redis://127.0.0.1:6379/", S),
             Err(Error::Usage(m)) if m.contains("rediss://")
         ));
-        let c = insecure.client("rediss://127.0.0.1:6379/").unwrap();
+        let c = insecure.client("rediss://127.0.0.1:6379/", S).unwrap();
         assert!(matches!(
             c.get_connection_info().addr(),
             ConnectionAddr::TcpTls { insecure: true, .. }
@@ -129,16 +136,16 @@ mod tests {
             ..RedisTls::default()
         };
         assert!(matches!(
-            missing.client("rediss://127.0.0.1:6379/"),
+            missing.client("rediss://127.0.0.1:6379/", S),
             Err(Error::Usage(m)) if m.starts_with("--redis-ca /nonexistent/ca.crt")
         ));
         let half = RedisTls {
             cert: Some("/x.crt".into()),
             ..RedisTls::default()
         };
-        assert!(half.client("rediss://127.0.0.1:6379/").is_err());
+        assert!(half.client("rediss://127.0.0.1:6379/", S).is_err());
         let bad = none
-            .client("rediss://:hunter2@[bad")
+            .client("rediss://:hunter2@[bad", S)
             .unwrap_err()
             .to_string();
         assert!(!bad.contains("hunter2"), "{bad}");
