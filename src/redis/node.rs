@@ -3,10 +3,9 @@
 //! never uses KEYS.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
-use redis::io::tcp::{TcpSettings, socket2};
 use redis::{AsyncConnectionConfig, Value};
 
 use crate::config::Timeouts;
@@ -21,27 +20,6 @@ use crate::retry::{self, Backoff};
 /// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
 /// even when a page holds many large checkpoints.
 const FETCH_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
-
-/// The TCP settings of every connection to Redis (nodes and sentinels). `--operation-timeout`
-/// bounds a pipeline the client waits on; the kernel is told the same deadline, so a connection
-/// whose peer went silent is closed rather than kept for the next command: `TCP_USER_TIMEOUT`
-/// for bytes sent and not acknowledged, keepalive probes for a connection left idle (between a
-/// daemon's runs, a sentinel's or a cluster node's connection not used for a while).
-/// `TCP_NODELAY`: a pipeline is one write, sent at once.
-pub(crate) fn tcp(deadline: Duration) -> TcpSettings {
-    // Keepalive counts whole seconds, from 1.
-    let idle = deadline.max(Duration::from_secs(1));
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(idle)
-        .with_interval((idle / 3).max(Duration::from_secs(1)))
-        .with_retries(3);
-    let tcp = TcpSettings::default()
-        .set_nodelay(true)
-        .set_keepalive(keepalive);
-    #[cfg(target_os = "linux")]
-    let tcp = tcp.set_user_timeout(deadline);
-    tcp
-}
 
 /// A connection to one Redis node. Reads are retried on transient errors (a dropped connection
 /// is replaced first): every command here is safe to repeat.
@@ -454,19 +432,6 @@ impl Sentinels {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_connection_is_told_the_operation_deadline() {
-        let t = tcp(Duration::from_millis(300));
-        assert!(t.nodelay());
-        assert!(t.keepalive().is_some());
-        #[cfg(target_os = "linux")]
-        assert_eq!(t.user_timeout(), Some(Duration::from_millis(300)));
-        let c = crate::redis::tls::RedisTls::default()
-            .client("rediss://127.0.0.1:6379/", Duration::from_secs(15))
-            .unwrap();
-        assert!(c.get_connection_info().tcp_settings().keepalive().is_some());
-    }
 
     #[test]
     fn evictions_come_from_info_memory_and_stats() {
