@@ -788,9 +788,9 @@ async fn evictions_under_volatile_ttl_are_warned_about_and_counted() {
 }
 
 /// A managed-style TLS cluster: `CLUSTER SLOTS` answers with IP addresses, the certificates name
-/// only the host name the operator configured. Verified against that name, no --redis-insecure.
+/// only the host name the operator configured. Each node is dialled at its address and verified
+/// against that name, no --redis-insecure; a CA that did not sign them is still refused.
 #[tokio::test]
-#[ignore = "issue 17, not done: redis-rs verifies a node against the address it dials"]
 async fn tls_cluster_announcing_ips_is_verified_against_the_configured_host_name() {
     use common::pki::Pki;
     use common::servers::{PrivateCluster, free_port};
@@ -798,40 +798,32 @@ async fn tls_cluster_announcing_ips_is_verified_against_the_configured_host_name
     pki.server_dns_only();
     let tls_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let cluster = PrivateCluster::start_with(3, |i| {
-        [
-            "--tls-port",
-            &tls_ports[i].to_string(),
-            "--tls-cert-file",
-            &pki.path("server-dns.crt"),
-            "--tls-key-file",
-            &pki.path("server-dns.key"),
-            "--tls-client-cert-file",
-            &pki.path("client.crt"),
-            "--tls-client-key-file",
-            &pki.path("client.key"),
-            "--tls-ca-cert-file",
-            &pki.path("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-            "--tls-cluster",
-            "yes",
-        ]
-        .map(String::from)
-        .to_vec()
+        pki.cluster_node_args(tls_ports[i], "server-dns", false)
     });
     let env = TestEnv::with_cluster("topo_tls_ips", &cluster).await;
     let ids: Vec<String> = (0..300).map(|i| format!("c{i:03}")).collect();
     seed_cluster(&cluster, &env, &ids, DUE_TTL).await;
-    let out = output_within(
-        env.command()
-            .env("REDIS_URL", format!("rediss://localhost:{}/", tls_ports[0]))
-            .env("SWEEPER_REDIS_CLUSTER", "true")
-            .env("SWEEPER_REDIS_CA", pki.path("ca.crt"))
-            .args(["run", "--output", "json", "--match", &env.pattern()]),
-        Duration::from_secs(60),
+    let sweep = |ca: &str| {
+        output_within(
+            env.command()
+                .env("REDIS_URL", format!("rediss://localhost:{}/", tls_ports[0]))
+                .env("SWEEPER_REDIS_CLUSTER", "true")
+                .env("SWEEPER_REDIS_CA", pki.path(ca))
+                .args(["run", "--output", "json", "--match", &env.pattern()]),
+            Duration::from_secs(60),
+        )
+    };
+    let refused = sweep("wrong-ca.crt");
+    assert_exit(&refused, 3);
+    assert!(
+        error_line(&refused).contains("UnknownIssuer"),
+        "{}",
+        stderr(&refused)
     );
+    let out = sweep("ca.crt");
     assert_exit(&out, 0);
     let s = summary(&out);
+    figure("TLS cluster announcing IPs", format!("exit 0, {s}"));
     assert_eq!(n(&s, "persisted"), 300, "{s}");
 }
 
