@@ -827,6 +827,36 @@ async fn tls_cluster_announcing_ips_is_verified_against_the_configured_host_name
     assert_eq!(n(&s, "persisted"), 300, "{s}");
 }
 
+/// The same seed name, but the other nodes' certificates name only their address (a self-run
+/// cluster): checked against the seed's name they are refused, so each is checked against its
+/// address instead, as before, and the sweep still reaches them all.
+#[tokio::test]
+async fn tls_cluster_nodes_whose_certificates_name_their_address_are_checked_against_it() {
+    use common::pki::Pki;
+    use common::servers::{PrivateCluster, free_port};
+    let pki = Pki::new();
+    pki.server_ip_only();
+    let tls_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let cluster = PrivateCluster::start_with(3, |i| {
+        let cert = if i == 0 { "server" } else { "server-ip" };
+        pki.cluster_node_args(tls_ports[i], cert, false)
+    });
+    let env = TestEnv::with_cluster("topo_tls_ip_certs", &cluster).await;
+    let ids: Vec<String> = (0..300).map(|i| format!("c{i:03}")).collect();
+    seed_cluster(&cluster, &env, &ids, DUE_TTL).await;
+    let out = output_within(
+        env.command()
+            .env("REDIS_URL", format!("rediss://localhost:{}/", tls_ports[0]))
+            .env("SWEEPER_REDIS_CLUSTER", "true")
+            .env("SWEEPER_REDIS_CA", pki.path("ca.crt"))
+            .args(["run", "--output", "json", "--match", &env.pattern()]),
+        Duration::from_secs(60),
+    );
+    assert_exit(&out, 0);
+    let s = summary(&out);
+    assert_eq!(n(&s, "persisted"), 300, "{s}");
+}
+
 /// A Redis 6.2-compatible server (no `PEXPIRE ... GT`): PostgreSQL down, the due keys are still
 /// protected (by a script that only raises), the others left as they are.
 #[tokio::test]

@@ -114,6 +114,15 @@ impl Pki {
         );
     }
 
+    /// A server certificate naming only 127.0.0.1 (no host name), as a self-run cluster's nodes
+    /// may have. Written as `server-ip.crt` / `server-ip.key`.
+    pub fn server_ip_only(&self) {
+        self.leaf(
+            "server-ip",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment",
+        );
+    }
+
     /// The `redis-server` arguments of a cluster node on TLS for its clients and its bus
     /// (`tls-cluster yes`), with the certificate `server` (`server` or `server-dns`), client
     /// certificates required or not.
