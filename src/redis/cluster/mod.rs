@@ -337,8 +337,12 @@ fn node_url(seed: &str, addr: &str) -> Result<String> {
 /// URL under the seed's host name, and the address to dial.
 fn by_name(seed: &str, addr: &str) -> Option<(String, SocketAddr)> {
     let seed_url = url::Url::parse(seed).ok()?;
-    let named =
-        seed_url.scheme() == "rediss" && matches!(seed_url.host(), Some(url::Host::Domain(_)));
+    // `rediss` is no special scheme to the url crate: its hosts are not parsed as addresses.
+    let host = seed_url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let named = seed_url.scheme() == "rediss" && host.parse::<std::net::IpAddr>().is_err();
     let dial: SocketAddr = addr.parse().ok()?;
     let port = dial.port();
     let mut u = seed_url;
@@ -371,6 +375,7 @@ mod tests {
         // Without TLS, with a seed that is an address, or a node announced by name: as announced.
         assert!(by_name("redis://cfg.example.com:6379/", "10.0.0.2:6380").is_none());
         assert!(by_name("rediss://10.0.0.1:6379/", "10.0.0.2:6380").is_none());
+        assert!(by_name("rediss://[::1]:6379/", "10.0.0.2:6380").is_none());
         assert!(by_name("rediss://cfg.example.com:6379/", "node-2.example.com:6380").is_none());
     }
 }
