@@ -891,9 +891,15 @@ async fn valkey_sweeps_and_protects_the_due_keys() {
         .redis_cmd(redis::cmd("PTTL").arg(env.key("active")))
         .await;
     assert!(active > 3_500_000, "never lowered: {active}");
+    let calls = redis_cli(valkey.port, &["info", "commandstats"]);
+    assert!(
+        calls.contains("cmdstat_pexpire:") && !calls.contains("cmdstat_eval"),
+        "protected with PEXPIRE ... GT, not the script for Redis 6.2: {calls}"
+    );
 
     // Protected to 15m, due again under a 20m threshold: saved once PostgreSQL is back.
-    let out = run_within(&env, &[], &["--threshold", "20m"], Duration::from_secs(60));
+    let again = ["--threshold", "20m", "--protect-ttl", "30m"];
+    let out = run_within(&env, &[], &again, Duration::from_secs(60));
     assert_exit(&out, 0);
     let s = summary(&out);
     assert_identity(&s);
