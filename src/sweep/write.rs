@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::decode::ReadBatch;
-use super::protect::protect;
+use super::protect::{count, protect};
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
@@ -80,7 +80,8 @@ impl Writers<'_> {
                         }
                         Err(e) => {
                             let keys = in_flight.remove(&e.id()).unwrap_or_default();
-                            out.counters.protected += protect(&mut self.protector, &keys, cfg).await;
+                            let p = protect(&mut self.protector, &keys, cfg).await;
+                            count(&mut out.counters, p, &keys);
                             let e = Error::Other(format!("a batch writer failed: {e}"));
                             (Written::default(), Some((e, Batch::default())))
                         }
@@ -88,7 +89,9 @@ impl Writers<'_> {
                     written.add_to(&mut out.counters);
                     if let Some((e, batch)) = failed {
                         self.failed(&mut out, e);
-                        out.counters.protected += protect(&mut self.protector, &batch_keys(&batch), cfg).await;
+                        let keys = batch_keys(&batch);
+                        let p = protect(&mut self.protector, &keys, cfg).await;
+                        count(&mut out.counters, p, &keys);
                     }
                 }
                 read = rx.recv(), if reading && (!full || in_trouble) => {
@@ -102,7 +105,9 @@ impl Writers<'_> {
                         // PostgreSQL cannot take batches now (for good, or while a retry is under
                         // way and no writer is free): keep these keys alive for a later sweep.
                         Some(_) if out.error.is_some() || full => {
-                            out.counters.protected += protect(&mut self.protector, &batch_keys(&read.batch), cfg).await;
+                            let keys = batch_keys(&read.batch);
+                            let p = protect(&mut self.protector, &keys, cfg).await;
+                            count(&mut out.counters, p, &keys);
                         }
                         Some(s) => {
                             let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);

@@ -32,6 +32,7 @@ mod keys;
 mod route;
 mod walk;
 
+pub use keys::Protected;
 pub use walk::{SLOT_KEYS_MAX, Walk};
 
 use std::net::SocketAddr;
