@@ -295,3 +295,27 @@ impl Nodes {
         Ok(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protection_tells_kept_keys_from_keys_gone_meanwhile() {
+        let keys: Vec<Vec<u8>> = ["raised", "turn", "forever", "gone", "refused"]
+            .map(|k| k.as_bytes().to_vec())
+            .to_vec();
+        let replies = vec![
+            vec![Value::Int(1), Value::Int(19_990)],
+            // Not raised: a new turn set 30s, above the protection's 20s.
+            vec![Value::Int(0), Value::Int(29_000)],
+            vec![Value::Int(0), Value::Int(-1)],
+            vec![Value::Int(0), Value::Int(-2)],
+            // The raise refused (an error reply), and little left: not protected.
+            vec![Value::Nil, Value::Int(900)],
+        ];
+        let p = Protected::of(&keys, &replies, 20_000);
+        assert_eq!(p.kept, 3);
+        assert_eq!(p.gone, vec![b"gone".to_vec()]);
+    }
+}
