@@ -78,15 +78,3 @@ pub(super) async fn protect(source: &mut Nodes, keys: &[Vec<u8>], cfg: &SweepCon
         }
     }
 }
-
-/// Counts a protection of the due keys `due`: the keys kept as `protected`; a due key gone
-/// before it could be protected leaves `due` for `expired_before_read`, with its warning (its
-/// last state may not be saved), so the summary still adds up. (Other keys protected with them,
-/// a LangGraph thread's older ones, are not due keys of their own.)
-pub(super) fn count(counters: &mut Counters, p: Protected, due: &[Vec<u8>]) {
-    counters.protected += p.kept;
-    for key in p.gone.iter().filter(|k| due.contains(k)) {
-        counters.due = counters.due.saturating_sub(1);
-        super::decode::expired(counters, key);
-    }
-}

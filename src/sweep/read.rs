@@ -195,7 +195,7 @@ impl Reader {
                 .keys_to_protect(source, keys.clone())
                 .await?;
             let p = source.protect(&all, self.cfg.protect_ttl).await?;
-            super::protect::count(&mut self.counters, p, &keys);
+            self.counters.due -= decode::count_protected(&mut self.counters, p, &keys);
         } else if !self.read_due(source, due, tx).await? {
             return Ok(Some(Stop::WriterGone));
         }

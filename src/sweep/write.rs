@@ -17,8 +17,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::decode::ReadBatch;
-use super::protect::{count, protect};
+use super::decode::{ReadBatch, count_protected};
+use super::protect::protect;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
@@ -45,6 +45,9 @@ pub(super) struct Wrote {
     pub due_keys: Vec<DueKey>,
     /// Why PostgreSQL could not take the sweep's writes.
     pub error: Option<Error>,
+    /// Due keys gone before they could be protected: counted in `expired_before_read` here,
+    /// to be taken off the decoder's `due`.
+    pub gone_due: u64,
 }
 
 impl Writers<'_> {
@@ -55,6 +58,7 @@ impl Writers<'_> {
             counters: Counters::default(),
             due_keys: Vec::new(),
             error: None,
+            gone_due: 0,
         };
         // Set by a write task at its first failure, cleared when a retry succeeds.
         let (trouble_tx, mut trouble) = watch::channel(false);
@@ -81,7 +85,7 @@ impl Writers<'_> {
                         Err(e) => {
                             let keys = in_flight.remove(&e.id()).unwrap_or_default();
                             let p = protect(&mut self.protector, &keys, cfg).await;
-                            count(&mut out.counters, p, &keys);
+                            out.gone_due += count_protected(&mut out.counters, p, &keys);
                             let e = Error::Other(format!("a batch writer failed: {e}"));
                             (Written::default(), Some((e, Batch::default())))
                         }
@@ -91,7 +95,7 @@ impl Writers<'_> {
                         self.failed(&mut out, e);
                         let keys = batch_keys(&batch);
                         let p = protect(&mut self.protector, &keys, cfg).await;
-                        count(&mut out.counters, p, &keys);
+                        out.gone_due += count_protected(&mut out.counters, p, &keys);
                     }
                 }
                 read = rx.recv(), if reading && (!full || in_trouble) => {
@@ -107,7 +111,7 @@ impl Writers<'_> {
                         Some(_) if out.error.is_some() || full => {
                             let keys = batch_keys(&read.batch);
                             let p = protect(&mut self.protector, &keys, cfg).await;
-                            count(&mut out.counters, p, &keys);
+                            out.gone_due += count_protected(&mut out.counters, p, &keys);
                         }
                         Some(s) => {
                             let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
