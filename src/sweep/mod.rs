@@ -251,5 +251,6 @@ async fn stages(
         .await
         .map_err(|e| Error::Other(format!("the decode task failed: {e}")))?;
     counters.merge_read(&decoded);
+    counters.due = counters.due.saturating_sub(wrote.gone_due);
     Ok((counters, stop, wrote.error.or(read_error), wrote.due_keys))
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::decode::ReadBatch;
+use super::decode::{ReadBatch, count_protected};
 use super::protect::protect;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
@@ -46,6 +46,9 @@ pub(super) struct Wrote {
     pub due_keys: DueList,
     /// Why PostgreSQL could not take the sweep's writes.
     pub error: Option<Error>,
+    /// Due keys gone before they could be protected: counted in `expired_before_read` here,
+    /// to be taken off the decoder's `due`.
+    pub gone_due: u64,
 }
 
 impl Writers<'_> {
@@ -56,6 +59,7 @@ impl Writers<'_> {
             counters: Counters::default(),
             due_keys: DueList::new(cfg.list),
             error: None,
+            gone_due: 0,
         };
         // Set by a write task at its first failure, cleared when a retry succeeds.
         let (trouble_tx, mut trouble) = watch::channel(false);
@@ -81,7 +85,8 @@ impl Writers<'_> {
                         }
                         Err(e) => {
                             let keys = in_flight.remove(&e.id()).unwrap_or_default();
-                            out.counters.protected += protect(&mut self.protector, &keys, cfg).await;
+                            let p = protect(&mut self.protector, &keys, cfg).await;
+                            out.gone_due += count_protected(&mut out.counters, p, &keys);
                             let e = Error::Other(format!("a batch writer failed: {e}"));
                             (Written::default(), Some((e, Batch::default())))
                         }
@@ -89,7 +94,9 @@ impl Writers<'_> {
                     written.add_to(&mut out.counters);
                     if let Some((e, batch)) = failed {
                         self.failed(&mut out, e);
-                        out.counters.protected += protect(&mut self.protector, &batch_keys(&batch), cfg).await;
+                        let keys = batch_keys(&batch);
+                        let p = protect(&mut self.protector, &keys, cfg).await;
+                        out.gone_due += count_protected(&mut out.counters, p, &keys);
                     }
                 }
                 read = rx.recv(), if reading && (!full || in_trouble) => {
@@ -103,7 +110,9 @@ impl Writers<'_> {
                         // PostgreSQL cannot take batches now (for good, or while a retry is under
                         // way and no writer is free): keep these keys alive for a later sweep.
                         Some(_) if out.error.is_some() || full => {
-                            out.counters.protected += protect(&mut self.protector, &batch_keys(&read.batch), cfg).await;
+                            let keys = batch_keys(&read.batch);
+                            let p = protect(&mut self.protector, &keys, cfg).await;
+                            out.gone_due += count_protected(&mut out.counters, p, &keys);
                         }
                         Some(s) => {
                             let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
