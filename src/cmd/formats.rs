@@ -3,13 +3,18 @@
 
 use std::path::Path;
 
-use crate::cli::Format;
+use crate::cli::{Format, LayoutArgs};
+use crate::config::defaults;
 use crate::error::{Error, Result};
 use crate::mapping::{Mapping, PRESETS, RedisType, preset_text};
 use crate::redis::layout::Layout;
 
 /// The mapping `--mapping FILE` or a chat library's `--format` names; None for the native formats.
-pub fn resolve(format: Format, file: Option<&Path>) -> Result<Option<Mapping>> {
+pub fn resolve(l: &LayoutArgs) -> Result<Option<Mapping>> {
+    mapping(l.format, l.mapping.as_deref())
+}
+
+fn mapping(format: Format, file: Option<&Path>) -> Result<Option<Mapping>> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Usage(format!("--mapping {}: {e}", path.display())))?;
@@ -18,6 +23,16 @@ pub fn resolve(format: Format, file: Option<&Path>) -> Result<Option<Mapping>> {
         return Ok(Some(m));
     }
     Ok(format.preset().and_then(Mapping::preset))
+}
+
+/// The `--match` of a command reading a layout's keys: the one given, or when it is the default,
+/// the layout's own (a mapping's key template; LangGraph's `checkpoint_latest:*`).
+pub fn pattern(format: Format, mapping: Option<&Mapping>, given: &str) -> String {
+    match (mapping, format, given) {
+        (Some(m), _, defaults::MATCH) => m.pattern(),
+        (None, Format::Langgraph, defaults::MATCH) => "checkpoint_latest:*".into(),
+        _ => given.into(),
+    }
 }
 
 /// How the sweep reads a mapping's keys.
