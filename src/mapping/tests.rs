@@ -300,6 +300,8 @@ fn rejects_name_the_field() {
             .unwrap_err();
         assert_eq!(code(&r), *want, "{r}");
         assert!(r.to_string().contains(says), "{r}");
+        // A dry run's check rejects the same, for the same reason.
+        assert_eq!(m.check("message_store:x", Raw::List(&list(items))), Err(r));
     }
     let bin = vec![vec![b'{', 0xff]];
     let r = m.decode("message_store:x", Raw::List(&bin)).unwrap_err();

@@ -185,21 +185,38 @@ impl Decoder {
                 let size = v.len() as u64;
                 (decoded, v, size)
             }
+            // A reject keeps the elements or fields as a JSON array of strings; a value decoded
+            // is sized as it is stored (the elements in a JSON array), without building that.
             Fetched::List(items) => {
                 let decoded = self.decode(key, Raw::List(&items));
-                let value = lossy_json_array(&items);
-                let size = value.len() as u64;
+                let (value, size) = match &decoded {
+                    Ok(_) => (
+                        Vec::new(),
+                        items.iter().map(|e| e.len() as u64 + 1).sum::<u64>() + 1,
+                    ),
+                    Err(_) => {
+                        let value = lossy_json_array(&items);
+                        let size = value.len() as u64;
+                        (value, size)
+                    }
+                };
                 (decoded, value, size)
             }
             Fetched::Hash(pairs) => {
                 let decoded = self.decode(key, Raw::Hash(&pairs));
-                let value = pairs
-                    .iter()
-                    .flat_map(|(f, v)| [f, v])
-                    .cloned()
-                    .collect::<Vec<_>>();
-                let value = lossy_json_array(&value);
-                let size = value.len() as u64;
+                let (value, size) = match &decoded {
+                    Ok(_) => (
+                        Vec::new(),
+                        pairs.iter().map(|(f, v)| (f.len() + v.len()) as u64).sum(),
+                    ),
+                    Err(_) => {
+                        let flat: Vec<Vec<u8>> =
+                            pairs.iter().flat_map(|(f, v)| [f, v]).cloned().collect();
+                        let value = lossy_json_array(&flat);
+                        let size = value.len() as u64;
+                        (value, size)
+                    }
+                };
                 (decoded, value, size)
             }
         })
@@ -210,9 +227,11 @@ impl Decoder {
     fn decode(&self, key: &[u8], raw: Raw) -> Result<(usize, Option<Checkpoint>), Reject> {
         let key = std::str::from_utf8(key).map_err(|_| Reject::KeyNotUtf8)?;
         if let Some(m) = &self.cfg.mapping {
+            if self.cfg.dry_run {
+                return m.check(key, raw).map(|n| (n, None));
+            }
             let d = m.decode(key, raw)?;
-            let n = d.checkpoint.messages.len();
-            return Ok((n, (!self.cfg.dry_run).then_some(d.checkpoint)));
+            return Ok((d.checkpoint.messages.len(), Some(d.checkpoint)));
         }
         let Raw::Text(v) = raw else {
             return Err(Reject::NotJson("a list or hash needs a mapping".into()));
