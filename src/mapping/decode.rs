@@ -34,9 +34,9 @@ pub struct Decoded {
     /// Messages oldest first; `document` is what restore writes back: the text read (string,
     /// RedisJSON), the elements as a JSON array in list order, the hash as a JSON object.
     pub checkpoint: Checkpoint,
-    /// Each message's element as JSON text (a list element exactly as Redis held it), in the
-    /// order of `checkpoint.messages`: what restore writes back for one key per message. Empty
-    /// for a document holding a whole conversation, which is restored whole.
+    /// One key per message: each message's value as JSON text, in the order of
+    /// `checkpoint.messages`, what restore writes back. Empty for a key holding a conversation,
+    /// which is restored from its document.
     pub elements: Vec<String>,
     /// The Redis key holding each message (differs between messages once [`group`] has merged
     /// the keys of a one-key-per-message layout).
@@ -58,10 +58,15 @@ impl Mapping {
 
     /// `full`: the messages' identities, the elements and the stored document too.
     fn decode_with(&self, key: &str, raw: Raw<'_>, full: bool) -> Result<Decoded, Reject> {
-        let (text, binary) = document_text(raw, full)?;
+        // A list's elements, each checked to be UTF-8 (a reject names the element).
+        let strs = match raw {
+            Raw::List(l) => list_strs(l)?,
+            _ => Vec::new(),
+        };
+        let (text, binary) = document_text(raw, &strs, full)?;
         // NUL can only be written as an escape: a value without one holds none.
         let (doc, maybe_nul) = match raw {
-            Raw::List(l) => list_items(l)?,
+            Raw::List(_) => list_items(&strs)?,
             _ => (
                 Json::parse(&text).map_err(|e| Reject::NotJson(e.to_string()))?,
                 text.contains(NUL_ESCAPE),
@@ -91,17 +96,14 @@ impl Mapping {
                 continue;
             }
             messages.push(self.message(n, item, full.then_some(&mut seen))?);
-            if full {
-                match (raw, self.unit) {
-                    (Raw::List(l), _) => elements.push(String::from_utf8_lossy(&l[i]).into_owned()),
-                    // The key's whole value, as `serde_json` writes it (the stored element).
-                    (_, Unit::Message) => elements.push(
-                        serde_json::from_str::<serde_json::Value>(&text)
-                            .map_err(|e| Reject::NotJson(e.to_string()))?
-                            .to_string(),
-                    ),
-                    _ => {}
-                }
+            // One key per message: its value, as `serde_json` writes it, is what restore writes
+            // back (a conversation per key is restored from its document).
+            if full && self.unit == Unit::Message {
+                elements.push(
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| Reject::NotJson(e.to_string()))?
+                        .to_string(),
+                );
             }
         }
         // The conversation-level fields come from the document, or the message in a key of its own.
@@ -361,7 +363,11 @@ type BinaryFields = Vec<(String, usize)>;
 
 /// A key's value as text (what is stored and hashed; a list's only when `full`: the dry run
 /// stores nothing), and the hash fields that are not UTF-8 (name, valid bytes).
-fn document_text(raw: Raw<'_>, full: bool) -> Result<(Cow<'_, str>, BinaryFields), Reject> {
+fn document_text<'a>(
+    raw: Raw<'a>,
+    list: &[&str],
+    full: bool,
+) -> Result<(Cow<'a, str>, BinaryFields), Reject> {
     match raw {
         Raw::Text(bytes) => {
             let text = std::str::from_utf8(bytes).map_err(|e| Reject::NotUtf8 {
@@ -369,16 +375,15 @@ fn document_text(raw: Raw<'_>, full: bool) -> Result<(Cow<'_, str>, BinaryFields
             })?;
             Ok((Cow::Borrowed(text), Vec::new()))
         }
-        Raw::List(elements) if full => {
+        Raw::List(_) if full => {
             let mut text =
-                String::with_capacity(elements.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+                String::with_capacity(list.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
             text.push('[');
-            for (i, e) in elements.iter().enumerate() {
+            for (i, e) in list.iter().enumerate() {
                 if i > 0 {
                     text.push(',');
                 }
-                // Checked by list_items: a reject there names the element.
-                text.push_str(&String::from_utf8_lossy(e));
+                text.push_str(e);
             }
             text.push(']');
             Ok((Cow::Owned(text), Vec::new()))
@@ -418,17 +423,27 @@ fn document_text(raw: Raw<'_>, full: bool) -> Result<(Cow<'_, str>, BinaryFields
 /// How a NUL is written in JSON (a raw one is not valid JSON).
 const NUL_ESCAPE: &str = "\\u0000";
 
+/// A list's elements as text.
+fn list_strs(elements: &[Vec<u8>]) -> Result<Vec<&str>, Reject> {
+    elements
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            std::str::from_utf8(e).map_err(|err| {
+                Reject::BadMessages(format!(
+                    "list element {i} is not UTF-8 (after byte {})",
+                    err.valid_up_to()
+                ))
+            })
+        })
+        .collect()
+}
+
 /// A list's elements, each parsed from its own text; and whether one may hold NUL.
-fn list_items(elements: &[Vec<u8>]) -> Result<(Json<'_>, bool), Reject> {
+fn list_items<'a>(elements: &[&'a str]) -> Result<(Json<'a>, bool), Reject> {
     let mut items = Vec::with_capacity(elements.len());
     let mut maybe_nul = false;
-    for (i, e) in elements.iter().enumerate() {
-        let s = std::str::from_utf8(e).map_err(|err| {
-            Reject::BadMessages(format!(
-                "list element {i} is not UTF-8 (after byte {})",
-                err.valid_up_to()
-            ))
-        })?;
+    for (i, &s) in elements.iter().enumerate() {
         let v = Json::parse(s)
             .map_err(|err| Reject::BadMessages(format!("list element {i} is not JSON: {err}")))?;
         maybe_nul |= s.contains(NUL_ESCAPE);
