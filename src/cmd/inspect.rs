@@ -389,7 +389,7 @@ impl InspectReport {
 /// `sweeper inspect`.
 pub async fn execute(g: &crate::cli::GlobalOpts, i: &crate::cli::InspectArgs) -> Result<u8> {
     let mapping = super::formats::resolve(&i.layout)?;
-    let pattern = super::formats::pattern(i.layout.format, mapping.as_ref(), &i.select.pattern);
+    let pattern = super::formats::pattern(i.layout.format, mapping.as_ref(), &i.select.pattern)?;
     let layout = match &mapping {
         Some(m) => super::formats::layout(m),
         None => i.layout.format.into(),

@@ -90,7 +90,7 @@ pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpo
     let mut cfg = sweep_config(r);
     if let Some(m) = super::formats::resolve(&r.layout)? {
         // A chat library's keys: the default --match follows its key template.
-        cfg.pattern = super::formats::pattern(r.layout.format, Some(&m), &r.select.pattern);
+        cfg.pattern = super::formats::pattern(r.layout.format, Some(&m), &r.select.pattern)?;
         cfg.layout = super::formats::layout(&m);
         cfg.mapping = Some(std::sync::Arc::new(m));
     }
@@ -130,7 +130,9 @@ fn sweep_config(r: &RunArgs) -> SweepConfig {
     let (select, pace) = (&r.select, &r.pace);
     SweepConfig {
         // LangGraph threads are due by their `checkpoint_latest:` keys: the default --match follows.
-        pattern: super::formats::pattern(r.layout.format, None, &select.pattern),
+        // (Without a mapping there is nothing to refuse.)
+        pattern: super::formats::pattern(r.layout.format, None, &select.pattern)
+            .unwrap_or_else(|_| select.pattern.clone()),
         threshold: select.threshold.threshold,
         batch_size: r.batch_size as usize,
         scan_count: select.scan_count as usize,
