@@ -10,6 +10,8 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
+use crate::checkpoint::borrowed::Text;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json<'a> {
     Null,
@@ -91,28 +93,6 @@ impl<'de> Deserialize<'de> for Json<'de> {
     }
 }
 
-/// A key, borrowed unless it holds escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 struct JsonVisitor;
 
 impl<'de> Visitor<'de> for JsonVisitor {
@@ -157,7 +137,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
         let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some((Key(k), v)) = map.next_entry::<Key, Json>()? {
+        while let Some((Text(k), v)) = map.next_entry::<Text, Json>()? {
             fields.push((k, v));
         }
         Ok(Json::Object(fields))

@@ -523,6 +523,38 @@ async fn load_keys(env: &Env, keys: u64, messages: usize, layout: Layout) -> (u6
     (bytes, msgs)
 }
 
+/// An empty Redis and a fresh database, then `keys` conversations loaded in `layout`; says how
+/// long that took in `notes`.
+async fn fresh_load(
+    env: &Env,
+    keys: u64,
+    messages: usize,
+    layout: Layout,
+    tag: &str,
+    notes: &mut Vec<String>,
+) -> PgPool {
+    eprintln!("bench: {keys} keys: loading{tag}");
+    let redis = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    // ASYNC: freeing millions of keys takes longer than the client's response timeout.
+    let () = redis::cmd("FLUSHALL")
+        .arg("ASYNC")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let pg = reset(env).await;
+    let load = Instant::now();
+    let (bytes, n) = load_keys(env, keys, messages, layout).await;
+    notes.push(format!(
+        "{keys} keys{tag}: loaded in {:.1}s, {:.0} bytes and {:.1} messages per conversation on average, plus {} noise keys",
+        load.elapsed().as_secs_f64(),
+        bytes as f64 / keys as f64,
+        n as f64 / keys as f64,
+        keys / 10
+    ));
+    pg
+}
+
 /// `simulate`'s conversations (the same generator, draws and TTLs, so the same ids, messages and
 /// due set) written as LangChain's `RedisChatMessageHistory` keeps them: `LPUSH
 /// message_store:{id}` of each message in turn (newest first), then `PEXPIRE`. Returns the bytes
@@ -659,23 +691,10 @@ async fn bench_langchain(
             " --format langchain",
         ),
     ] {
-        eprintln!("bench: {keys} keys: loading{tag}");
-        let redis = redis::Client::open(env.redis_url.as_str()).unwrap();
-        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-        let () = redis::cmd("FLUSHALL")
-            .arg("ASYNC")
-            .query_async(&mut conn)
+        fresh_load(env, keys, opts.messages, layout, tag, notes)
             .await
-            .unwrap();
-        reset(env).await.close().await;
-        let load = Instant::now();
-        let (bytes, messages) = load_keys(env, keys, opts.messages, layout).await;
-        notes.push(format!(
-            "{keys} keys{tag}: loaded in {:.1}s, {:.0} bytes and {:.1} messages per conversation",
-            load.elapsed().as_secs_f64(),
-            bytes as f64 / keys as f64,
-            messages as f64 / keys as f64,
-        ));
+            .close()
+            .await;
         eprintln!("bench: {keys} keys: dry run, sweep, re-sweep{tag}");
         walls.push(sweeps_of(env, keys, args, tag, rows).await);
     }
@@ -695,25 +714,7 @@ async fn bench_size(
     rows: &mut Vec<Row>,
     notes: &mut Vec<String>,
 ) {
-    eprintln!("bench: {keys} keys: loading");
-    let redis = redis::Client::open(env.redis_url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    // ASYNC: freeing millions of keys takes longer than the client's response timeout.
-    let () = redis::cmd("FLUSHALL")
-        .arg("ASYNC")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let pg = reset(env).await;
-    let load = Instant::now();
-    let (bytes, messages) = load_keys(env, keys, opts.messages, Layout::Native).await;
-    notes.push(format!(
-        "{keys} keys: loaded in {:.1}s, {:.0} bytes and {:.1} messages per checkpoint on average, plus {} noise keys",
-        load.elapsed().as_secs_f64(),
-        bytes as f64 / keys as f64,
-        messages as f64 / keys as f64,
-        keys / 10
-    ));
+    let pg = fresh_load(env, keys, opts.messages, Layout::Native, "", notes).await;
 
     eprintln!("bench: {keys} keys: Redis floor and dry run, alternately");
     // Best of three, for the floor and the dry run: on a shared VM noise only ever adds time,
