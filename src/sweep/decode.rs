@@ -331,6 +331,19 @@ mod tests {
     use super::*;
     use crate::config::SweepConfig;
 
+    #[test]
+    fn a_due_key_gone_before_protection_is_counted_expired_not_protected() {
+        let mut c = Counters::default();
+        let due = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+        let p = Protected {
+            kept: 2,
+            // "old" was protected with the due keys (a thread's older key): not a due key.
+            gone: vec![b"c".to_vec(), b"old".to_vec()],
+        };
+        assert_eq!(count_protected(&mut c, p, &due), 1);
+        assert_eq!((c.protected, c.expired_before_read), (2, 1));
+    }
+
     fn decoder(dry_run: bool) -> Decoder {
         let cfg = SweepConfig {
             batch_size: 10,
