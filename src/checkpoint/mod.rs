@@ -41,6 +41,9 @@ pub struct Checkpoint {
     pub document: String,
     /// SHA-256 of the document: an identical re-sweep writes nothing.
     pub content_hash: [u8; 32],
+    /// Whether message `i`'s text is the document's `messages[i].content` (a checkpoint document;
+    /// a mapped layout's document may hold it elsewhere): the store then keeps it only there.
+    pub texts_in_document: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +198,7 @@ fn decode_with(
         messages: fields.messages,
         document: text.to_string(),
         content_hash: Sha256::digest(raw).into(),
+        texts_in_document: true,
     })
 }
 

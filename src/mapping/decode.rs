@@ -112,6 +112,7 @@ impl Mapping {
                 messages,
                 content_hash: Sha256::digest(text.as_bytes()).into(),
                 document: text,
+                texts_in_document: false,
             },
             keys: vec![key.to_string(); elements.len()],
             elements,

@@ -27,34 +27,50 @@ impl Store {
         let mut statements = 2; // BEGIN, COMMIT
 
         let rows = newest_per_conversation(&batch.checkpoints);
-        let mut stored: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut ids = Ids::default();
         if !rows.is_empty() {
-            stored = lookup(&rows, &mut tx).await?;
+            ids = lookup(&rows, &mut tx).await?;
             statements += 1;
         }
-        let unchanged = unchanged(&batch.checkpoints, &rows, &stored);
+        let stored = &ids.stored;
+        let unchanged = unchanged(&batch.checkpoints, &rows, stored);
         let is_new = |c: &Checkpoint| !stored.contains_key(&c.conversation_id);
         let is_changed =
             |c: &Checkpoint| !is_new(c) && !unchanged.contains(c.conversation_id.as_str());
 
-        // Messages first, so each conversation row can count what was added.
-        let mut added_to: Vec<String> = Vec::new();
-        let fresh = MessageColumns::of(batch.checkpoints.iter().filter(|c| is_new(c)));
+        // Messages first, so each conversation row can count what was added. Each conversation's
+        // newest checkpoint first: its messages are numbered from 0 in its order, so their text
+        // can stay in its document alone.
+        let mut added_to: Vec<i64> = Vec::new();
+        let fresh = {
+            let winners: Vec<&Checkpoint> = rows.iter().copied().filter(|c| is_new(c)).collect();
+            let first: HashSet<*const Checkpoint> =
+                winners.iter().map(|c| *c as *const _).collect();
+            let others = batch
+                .checkpoints
+                .iter()
+                .filter(|c| is_new(c) && !first.contains(&(*c as *const _)));
+            MessageColumns::of(winners.into_iter().chain(others), &ids.id, true)
+        };
         if !fresh.message_key.is_empty() {
             // COPY: nothing to merge, so the fastest way in (about 20% faster than UNNEST here).
             let n = fresh.copy_in(run_id, &mut tx).await?;
-            added_to.extend(fresh.conversation_id.iter().take(n).map(|c| c.to_string()));
+            added_to.extend(fresh.conversation.iter().take(n));
             statements += 1;
         }
-        let merged = MessageColumns::of(batch.checkpoints.iter().filter(|c| is_changed(c)));
+        let merged = MessageColumns::of(
+            batch.checkpoints.iter().filter(|c| is_changed(c)),
+            &ids.id,
+            false,
+        );
         if !merged.message_key.is_empty() {
             added_to.extend(merged.merge_in(run_id, &mut tx).await?);
             statements += 1;
         }
         let messages_ms = started.elapsed().as_millis() as u64;
-        let mut added: HashMap<&str, i32> = HashMap::new();
+        let mut added: HashMap<i64, i32> = HashMap::new();
         for c in &added_to {
-            *added.entry(c.as_str()).or_default() += 1;
+            *added.entry(*c).or_default() += 1;
         }
 
         let write: Vec<&Checkpoint> = rows
@@ -64,7 +80,7 @@ impl Store {
             .collect();
         let mut persisted = 0;
         if !write.is_empty() {
-            persisted = upsert(&write, &added, run_id, &mut tx).await?;
+            persisted = upsert(&write, &ids.id, &added, run_id, &mut tx).await?;
             statements += 1;
         }
         let conversations_ms = started.elapsed().as_millis() as u64 - messages_ms;
@@ -83,6 +99,7 @@ impl Store {
             conversations = rows.len(),
             unchanged = rows.len() - write.len(),
             new_messages = fresh.message_key.len(),
+            texts_in_documents = fresh.content.iter().filter(|c| c.is_none()).count(),
             merged_messages = merged.message_key.len(),
             messages_ms,
             conversations_ms,
@@ -102,21 +119,40 @@ impl Store {
 
 type Tx<'t> = sqlx::Transaction<'t, sqlx::Postgres>;
 
-/// The content hash stored for each conversation of the batch that is stored already.
-async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<HashMap<String, Vec<u8>>> {
-    let ids: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
+/// The conversations of a batch as stored.
+#[derive(Default)]
+struct Ids {
+    /// Each conversation's row id: a new one drawn from the sequence when it is not stored.
+    id: HashMap<String, i64>,
+    /// The content hash of each conversation stored already.
+    stored: HashMap<String, Vec<u8>>,
+}
+
+async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Ids> {
+    let names: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
     // FOR UPDATE: a concurrent writer of the same conversations (another sweep whose lock was
     // lost with a PostgreSQL restart) waits here; message numbering reads then writes. Two
-    // writers inserting the same new conversation collide on a key instead, which is retried
-    // (see Error::is_transient).
-    let found: Vec<(String, Vec<u8>)> = super::query_as(
-        "SELECT conversation_id, content_hash FROM conversations WHERE conversation_id = ANY($1) FOR UPDATE",
+    // writers inserting the same new conversation collide on a key (or on the id their messages
+    // reference) instead, which is retried (see Error::is_transient).
+    let found: Vec<(String, i64, Option<Vec<u8>>)> = super::query_as(
+        "WITH found AS MATERIALIZED (
+             SELECT conversation_id, id, content_hash FROM conversations
+             WHERE conversation_id = ANY($1) FOR UPDATE)
+         SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
+         FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)",
     )
-    .bind(&ids)
+    .bind(&names)
     .fetch_all(&mut **tx)
     .await
     .map_err(Error::postgres("look up conversations"))?;
-    Ok(found.into_iter().collect())
+    let mut ids = Ids::default();
+    for (name, id, hash) in found {
+        if let Some(h) = hash {
+            ids.stored.insert(name.clone(), h);
+        }
+        ids.id.insert(name, id);
+    }
+    Ok(ids)
 }
 
 /// Conversations unchanged: every copy in the batch is the stored document, so it brings nothing
@@ -150,7 +186,8 @@ fn unchanged<'c>(
 /// stored one is not).
 async fn upsert(
     write: &[&Checkpoint],
-    added: &HashMap<&str, i32>,
+    ids: &HashMap<String, i64>,
+    added: &HashMap<i64, i32>,
     run_id: Option<i64>,
     tx: &mut Tx<'_>,
 ) -> Result<usize> {
@@ -161,12 +198,13 @@ async fn upsert(
         .bind(column(write, |c| c.document.as_str()))
         .bind(column(write, |c| c.messages.len() as i32))
         .bind(column(write, |c| {
-            added.get(c.conversation_id.as_str()).copied().unwrap_or(0)
+            added.get(&ids[&c.conversation_id]).copied().unwrap_or(0)
         }))
         .bind(column(write, |c| c.content_hash.to_vec()))
         .bind(column(write, |c| c.started_at))
         .bind(column(write, |c| c.updated_at))
         .bind(run_id)
+        .bind(column(write, |c| ids[&c.conversation_id]))
         .fetch_all(&mut **tx)
         .await
         .map_err(Error::postgres("upsert conversations"))?;
@@ -217,13 +255,15 @@ fn newest_per_conversation(all: &[Checkpoint]) -> Vec<&Checkpoint> {
 /// messages had in their checkpoints; `seq` numbers each conversation's messages from 0.
 #[derive(Default)]
 struct MessageColumns<'a> {
-    conversation_id: Vec<&'a str>,
-    message_key: Vec<&'a str>,
+    conversation: Vec<i64>,
+    /// The identity as the 32 hex digits of `message_rows.message_key` (see [`message_key`]).
+    message_key: Vec<String>,
     pos: Vec<i32>,
     seq: Vec<i32>,
     message_id: Vec<Option<&'a str>>,
     role: Vec<&'a str>,
-    content: Vec<&'a str>,
+    /// None: the text is in the conversation's document, at `messages[seq]`.
+    content: Vec<Option<&'a str>>,
     created_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     /// One key per message: the key and value it was read from (None otherwise).
     redis_key: Vec<Option<&'a str>>,
@@ -231,24 +271,40 @@ struct MessageColumns<'a> {
 }
 
 impl<'a> MessageColumns<'a> {
-    fn of(checkpoints: impl Iterator<Item = &'a Checkpoint>) -> Self {
+    /// With `in_document` (conversations not stored yet, each one's newest checkpoint coming
+    /// first), a message whose text its conversation's document holds at `messages[seq]` is
+    /// written without it.
+    fn of(
+        checkpoints: impl Iterator<Item = &'a Checkpoint>,
+        ids: &HashMap<String, i64>,
+        in_document: bool,
+    ) -> Self {
         let mut cols = MessageColumns::default();
         let mut seen: HashSet<(&str, &str)> = HashSet::new();
         let mut next_seq: HashMap<&str, i32> = HashMap::new();
+        // The document each conversation's row will hold: its first checkpoint here.
+        let mut document: HashMap<&str, &Checkpoint> = HashMap::new();
         for c in checkpoints {
+            let doc = *document.entry(&c.conversation_id).or_insert(c);
             for m in &c.messages {
                 if !seen.insert((&c.conversation_id, &m.identity)) {
                     continue;
                 }
                 let seq = next_seq.entry(&c.conversation_id).or_default();
+                let held = in_document
+                    && doc.texts_in_document
+                    && doc
+                        .messages
+                        .get(*seq as usize)
+                        .is_some_and(|d| d.content == m.content);
+                cols.content.push((!held).then_some(m.content.as_str()));
                 cols.seq.push(*seq);
                 *seq += 1;
-                cols.pos.push(cols.conversation_id.len() as i32);
-                cols.conversation_id.push(&c.conversation_id);
-                cols.message_key.push(&m.identity);
+                cols.pos.push(cols.conversation.len() as i32);
+                cols.conversation.push(ids[&c.conversation_id]);
+                cols.message_key.push(message_key(&m.identity));
                 cols.message_id.push(m.id.as_deref());
                 cols.role.push(&m.role);
-                cols.content.push(&m.content);
                 cols.created_at.push(m.created_at);
                 let source = m.source.as_deref();
                 cols.redis_key.push(source.map(|s| s.redis_key.as_str()));
@@ -267,12 +323,18 @@ impl<'a> MessageColumns<'a> {
     ) -> Result<usize> {
         use std::fmt::Write as _;
         let run = run_id.map_or("\\N".to_string(), |r| r.to_string());
-        let mut data = String::with_capacity(self.content.iter().map(|c| c.len() + 96).sum());
+        let mut data = String::with_capacity(
+            self.content
+                .iter()
+                .map(|c| c.map_or(0, str::len) + 96)
+                .sum(),
+        );
         for i in 0..self.message_key.len() {
-            copy_text(&mut data, self.conversation_id[i]);
-            data.push('\t');
-            copy_text(&mut data, self.message_key[i]);
-            let _ = write!(data, "\t{}\t", self.seq[i]);
+            let _ = write!(
+                data,
+                "{}\t{}\t{}\t",
+                self.conversation[i], self.message_key[i], self.seq[i]
+            );
             match self.message_id[i] {
                 Some(id) => copy_text(&mut data, id),
                 None => data.push_str("\\N"),
@@ -280,7 +342,10 @@ impl<'a> MessageColumns<'a> {
             data.push('\t');
             copy_text(&mut data, self.role[i]);
             data.push('\t');
-            copy_text(&mut data, self.content[i]);
+            match self.content[i] {
+                Some(text) => copy_text(&mut data, text),
+                None => data.push_str("\\N"),
+            }
             data.push('\t');
             match self.created_at[i] {
                 Some(t) => data.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
@@ -298,7 +363,7 @@ impl<'a> MessageColumns<'a> {
         }
         let mut copy = tx
             .copy_in_raw(
-                "COPY messages (conversation_id, message_key, seq, message_id, role, content, created_at, run_id, redis_key, element) FROM STDIN",
+                "COPY message_rows (conversation, message_key, seq, message_id, role, content, created_at, run_id, redis_key, element) FROM STDIN",
             )
             .await
             .map_err(Error::postgres("copy messages"))?;
@@ -318,9 +383,9 @@ impl<'a> MessageColumns<'a> {
         &self,
         run_id: Option<i64>,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<i64>> {
         super::query_scalar(include_str!("insert_messages.sql"))
-            .bind(&self.conversation_id)
+            .bind(&self.conversation)
             .bind(&self.message_key)
             .bind(&self.pos)
             .bind(&self.message_id)
@@ -333,6 +398,19 @@ impl<'a> MessageColumns<'a> {
             .fetch_all(&mut **tx)
             .await
             .map_err(Error::postgres("insert messages"))
+    }
+}
+
+/// A message identity as `message_rows.message_key` takes it (32 hex digits of a uuid): the
+/// hash of an `h:` identity, the first 16 bytes of SHA-256 of an `id:` one. As
+/// `sweeper_message_key` computes it in SQL.
+fn message_key(identity: &str) -> String {
+    use sha2::{Digest, Sha256};
+    match identity.strip_prefix("h:") {
+        Some(h) if h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            h.to_string()
+        }
+        _ => crate::checkpoint::hex(&Sha256::digest(identity.as_bytes())[..16]),
     }
 }
 
@@ -389,6 +467,34 @@ mod tests {
     }
 
     #[test]
+    fn message_keys_are_the_hash_of_h_identities_and_a_digest_of_the_others() {
+        let h = "h:0123456789abcdef0123456789abcdef";
+        assert_eq!(message_key(h), &h[2..]);
+        let id = message_key("id:m1");
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, message_key("id:m2"));
+        // Not 32 lowercase hex digits: digested like any other identity.
+        assert_eq!(message_key("h:XYZ").len(), 32);
+    }
+
+    #[test]
+    fn a_text_stays_in_the_document_only_where_the_document_holds_it() {
+        let c = cp(
+            "a",
+            r#"{"messages": [{"id": "1", "role": "u", "content": "x"}, {"id": "1", "role": "u", "content": "y"},
+                             {"id": "2", "role": "u", "content": "z"}]}"#,
+        );
+        let ids: HashMap<String, i64> = [("a".to_string(), 1)].into();
+        let m = MessageColumns::of([&c].into_iter(), &ids, true);
+        // The repeated id is one message: "z" is numbered 1 but the document's [1] is "y".
+        assert_eq!(m.content, vec![None, Some("z")]);
+        let mut mapped = c.clone();
+        mapped.texts_in_document = false;
+        let m = MessageColumns::of([&mapped].into_iter(), &ids, true);
+        assert_eq!(m.content, vec![Some("x"), Some("z")]);
+    }
+
+    #[test]
     fn duplicates_in_a_batch_keep_the_newest_checkpoint() {
         let old = cp(
             "a",
@@ -403,10 +509,26 @@ mod tests {
         let rows = newest_per_conversation(&all);
         assert_eq!(rows, vec![&new, &other]);
         // Every message of both copies is still written, once.
-        let m = MessageColumns::of(all.iter());
-        assert_eq!(m.message_key, vec!["id:2", "id:1"]);
+        let ids: HashMap<String, i64> = [("a".to_string(), 7), ("b".to_string(), 8)].into();
+        let m = MessageColumns::of(all.iter(), &ids, true);
+        assert_eq!(
+            m.message_key,
+            vec![message_key("id:2"), message_key("id:1")]
+        );
         assert_eq!(m.seq, vec![0, 1], "numbered per conversation");
+        assert_eq!(m.conversation, vec![7, 7]);
+        // The newest checkpoint's message is in its document; the older copy's is not.
+        assert_eq!(m.content, vec![None, Some("x")]);
         let twice = [old.clone(), old.clone()];
-        assert_eq!(MessageColumns::of(twice.iter()).message_key.len(), 1);
+        assert_eq!(
+            MessageColumns::of(twice.iter(), &ids, false)
+                .message_key
+                .len(),
+            1
+        );
+        assert_eq!(
+            MessageColumns::of(twice.iter(), &ids, false).content,
+            vec![Some("x")]
+        );
     }
 }
