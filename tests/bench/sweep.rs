@@ -19,7 +19,11 @@
 //! the sweep at each size, and ends with the cost curve: how each grows from size to size against
 //! the key count, and the peak RSS.
 //!
+//! With `--storage` (`make bench-storage`) it measures only bytes: the WAL and the table growth of
+//! a sweep against the bytes it read from Redis, and what took them (see `storage.rs`).
+//!
 //! Usage: cargo bench --bench sweep -- [--sizes 100000,1000000] [--naive] [--curve] [--messages 10]
+//! [--storage]
 //! (needs REDIS_URL and SWEEPER_TEST_PG_ADMIN, as `tests/servers.sh exec` sets them).
 
 use std::fmt::Write as _;
@@ -36,6 +40,9 @@ use sweeper::checkpoint::{conversation_id, decode};
 use sweeper::cmd::simulate::{SimulateConfig, simulate};
 use sweeper::redis::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
+
+mod storage;
+mod wal;
 
 /// Two hours, not the default ten minutes: on a loaded machine loading and measuring 5M keys
 /// takes longer than a due key of a ten-minute threshold lives. Which keys are due depends on the
@@ -746,9 +753,11 @@ async fn main() {
         curve: false,
         messages: 10,
     };
+    let mut storage = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
+            "--storage" => storage = true,
             "--sizes" => {
                 sizes = args[i + 1]
                     .split(',')
@@ -785,6 +794,11 @@ async fn main() {
         dir: dir.clone(),
     };
 
+    if storage {
+        storage::bench(&env).await;
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &n in &sizes {
