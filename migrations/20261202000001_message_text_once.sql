@@ -40,12 +40,22 @@ CREATE TABLE message_rows (
     PRIMARY KEY (conversation, message_key)
 );
 
+-- Each document's message texts by position, read once per conversation (not once per message).
+WITH held AS (
+    SELECT c.conversation_id, e.n - 1 AS seq, e.message->>'content' AS content
+    FROM conversations c,
+         jsonb_array_elements(CASE jsonb_typeof(c.checkpoint->'messages')
+                                   WHEN 'array' THEN c.checkpoint->'messages' ELSE '[]' END)
+             WITH ORDINALITY AS e(message, n)
+)
 INSERT INTO message_rows (conversation, message_key, run_id, created_at, seq, message_id, role, content,
                           redis_key, element)
 SELECT c.id, sweeper_message_key(m.message_key), m.run_id, m.created_at, m.seq, m.message_id, m.role,
-       CASE WHEN m.content = c.checkpoint->'messages'->m.seq->>'content' THEN NULL ELSE m.content END,
+       CASE WHEN m.content = h.content THEN NULL ELSE m.content END,
        m.redis_key, m.element
-FROM messages m JOIN conversations c USING (conversation_id);
+FROM messages m
+JOIN conversations c USING (conversation_id)
+LEFT JOIN held h ON h.conversation_id = m.conversation_id AND h.seq = m.seq;
 
 DROP TABLE messages;
 
