@@ -70,7 +70,8 @@ SELECT c.conversation_id,
 FROM message_rows m LEFT JOIN conversations c ON c.id = m.conversation;
 
 -- When a conversation's document changes, the rows whose text it held at their position and no
--- longer holds keep the text they had.
+-- longer holds keep the text they had. (The batch write leaves a new message's text out only
+-- past the end of the document it replaces.)
 CREATE FUNCTION sweeper_keep_message_text() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -78,8 +79,9 @@ DECLARE
     old_messages jsonb := OLD.checkpoint->'messages';
     new_messages jsonb := NEW.checkpoint->'messages';
 BEGIN
+    -- Past the old document's end: a message added with the new document, whose text it holds.
     UPDATE message_rows m SET content = old_messages->m.seq->>'content'
-    WHERE m.conversation = OLD.id AND m.content IS NULL
+    WHERE m.conversation = OLD.id AND m.content IS NULL AND old_messages->m.seq IS NOT NULL
       AND (new_messages->m.seq->>'content') IS DISTINCT FROM (old_messages->m.seq->>'content');
     RETURN NULL;
 END

@@ -258,6 +258,20 @@ async fn a_message_keeps_its_text_when_the_document_no_longer_holds_it() {
         .await;
     assert_eq!(in_document, 3, "stored once: in the document");
 
+    // The user came back: the added message's text is in the newer document alone too.
+    env.set(
+        "c",
+        &doc(Some("2026-11-22T10:30:00Z"), &["m1", "m2", "m3", "m4"]),
+        SOON,
+    )
+    .await;
+    env.run_json(&[]);
+    assert_eq!(texts(&env).await, want(&["m1", "m2", "m3", "m4"]));
+    let in_document: i64 = env
+        .count("SELECT count(*) FROM message_rows WHERE content IS NULL")
+        .await;
+    assert_eq!(in_document, 4, "the added message too");
+
     // A window of the recent messages: m1 drops out, every position shifts.
     env.set(
         "c",
