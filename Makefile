@@ -30,7 +30,8 @@ test-orchestrators:
 	$(CARGO) build --locked --bin sweeper
 	$(SERVERS) tests/orchestrators/check.sh $(DEBUG_BIN)
 
-# The zero-loss soak test, long: `make soak DURATION=30m` (make test runs it for 60s).
+# The zero-loss soaks (kills and a restart; partitions and failovers), long: `make soak
+# DURATION=30m` (make test runs each for 60s, side by side).
 soak:
 	$(SERVERS) env SWEEPER_SOAK_DURATION=$(DURATION) $(CARGO) test --locked --release --test soak -- --nocapture
 

@@ -301,6 +301,10 @@ pub struct RunArgs {
     #[arg(long, env = "SWEEPER_DRY_RUN")]
     pub dry_run: bool,
 
+    /// How many due keys a dry run lists, the most urgent first (the summary counts the rest).
+    #[arg(long, env = "SWEEPER_LIST", default_value_t = defaults::LIST)]
+    pub list: u64,
+
     #[command(flatten)]
     pub out: OutputArg,
 

@@ -23,6 +23,8 @@ pub mod defaults {
     pub const BUSY_REDIS_OPS_PER_SEC: u32 = 10_000;
     pub const CONNECT_TIMEOUT: &str = "10s";
     pub const OPERATION_TIMEOUT: &str = "15s";
+    /// Due keys a dry run lists, most urgent first.
+    pub const LIST: u64 = 1000;
 }
 
 /// The client's own deadlines: a server that goes silent (a partition drops packets without a
@@ -110,6 +112,8 @@ pub struct SweepConfig {
     pub mapping: Option<std::sync::Arc<crate::mapping::Mapping>>,
     /// A key without TTL is due once idle this long (`--save-idle`); None: never.
     pub save_idle: Option<Duration>,
+    /// A dry run lists this many due keys, the most urgent (its memory is bounded by it).
+    pub list: usize,
 }
 
 impl Default for SweepConfig {
@@ -132,6 +136,7 @@ impl Default for SweepConfig {
             shard: None,
             mapping: None,
             save_idle: None,
+            list: defaults::LIST as usize,
         }
     }
 }

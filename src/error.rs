@@ -149,6 +149,16 @@ impl Error {
         }
     }
 
+    /// A server's certificate refused because it does not name the host dialled (it may name
+    /// another: see [`crate::redis::Nodes`] for cluster nodes announced by address).
+    pub fn is_certificate_name_refusal(&self) -> bool {
+        let Error::Redis { source, .. } = self else {
+            return false;
+        };
+        let text = source.to_string();
+        text.contains("NotValidForName") || text.contains("not valid for name")
+    }
+
     /// PostgreSQL refused the data itself (a value it cannot store, a key too long for an index):
     /// retrying the same rows cannot help, but the other rows of the batch may go in alone.
     pub fn is_data_error(&self) -> bool {

@@ -62,6 +62,65 @@ pub struct Counters {
     pub evicted_keys: u64,
 }
 
+/// The most urgent due keys of a dry run, at most `limit` of them (`--list`): a dry run over
+/// millions of keys keeps memory bounded by the list, not by the keyspace.
+#[derive(Debug, Default)]
+pub struct DueList {
+    limit: usize,
+    /// A max-heap by TTL left: the least urgent key kept is the first to go.
+    kept: std::collections::BinaryHeap<ByUrgency>,
+    omitted: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ByUrgency(DueKey);
+
+impl Ord for ByUrgency {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.ttl_ms, &self.0.key).cmp(&(other.0.ttl_ms, &other.0.key))
+    }
+}
+
+impl PartialOrd for ByUrgency {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl DueList {
+    pub fn new(limit: usize) -> DueList {
+        DueList {
+            limit,
+            ..DueList::default()
+        }
+    }
+
+    pub fn push(&mut self, key: DueKey) {
+        self.kept.push(ByUrgency(key));
+        if self.kept.len() > self.limit {
+            self.kept.pop();
+            self.omitted += 1;
+        }
+    }
+
+    /// The keys kept, most urgent first, and how many less urgent ones were left out.
+    pub fn into_sorted(self) -> (Vec<DueKey>, u64) {
+        let keys = self
+            .kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|k| k.0)
+            .collect();
+        (keys, self.omitted)
+    }
+}
+
+impl Extend<DueKey> for DueList {
+    fn extend<I: IntoIterator<Item = DueKey>>(&mut self, keys: I) {
+        keys.into_iter().for_each(|k| self.push(k));
+    }
+}
+
 /// A due key as a dry run shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DueKey {
@@ -96,8 +155,12 @@ pub struct Summary {
     #[serde(flatten)]
     pub counters: Counters,
     pub duration_ms: u64,
+    /// A dry run's most urgent due keys (`--list` of them), most urgent first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub due_keys: Option<Vec<DueKey>>,
+    /// Due keys a dry run left out of `due_keys` (less urgent than the `--list` shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_keys_omitted: Option<u64>,
 }
 
 impl Summary {
@@ -121,6 +184,7 @@ impl Summary {
             counters,
             duration_ms: duration.as_millis() as u64,
             due_keys: None,
+            due_keys_omitted: None,
         }
     }
 
@@ -184,6 +248,34 @@ pub struct RunRecord {
 mod exit_tests {
     use super::*;
 
+    fn due(key: &str, ttl_ms: u64) -> DueKey {
+        DueKey {
+            key: key.into(),
+            ttl_ms,
+            bytes: 1,
+            messages: Some(1),
+            reject: None,
+        }
+    }
+
+    #[test]
+    fn a_due_list_keeps_the_most_urgent_keys_and_counts_the_rest() {
+        let mut list = DueList::new(3);
+        list.extend([
+            due("e", 50),
+            due("a", 10),
+            due("d", 40),
+            due("b", 20),
+            due("c", 10),
+        ]);
+        let (keys, omitted) = list.into_sorted();
+        let kept: Vec<_> = keys.iter().map(|k| (k.key.as_str(), k.ttl_ms)).collect();
+        assert_eq!(kept, [("a", 10), ("c", 10), ("b", 20)]);
+        assert_eq!(omitted, 2);
+        let (keys, omitted) = DueList::new(0).into_sorted();
+        assert!(keys.is_empty() && omitted == 0);
+    }
+
     #[test]
     fn each_status_has_its_documented_exit_code() {
         let mut s = Summary {
@@ -198,6 +290,7 @@ mod exit_tests {
             counters: Counters::default(),
             duration_ms: 0,
             due_keys: None,
+            due_keys_omitted: None,
         };
         assert_eq!(s.exit_code(), 0);
         s.status = RunStatus::Skipped;

@@ -192,6 +192,43 @@ async fn a_dry_run_shows_the_due_keys_and_changes_nothing() {
     }
 }
 
+#[tokio::test]
+async fn a_dry_run_lists_the_most_urgent_due_keys_and_counts_the_rest() {
+    let env = TestEnv::migrated("dryrunlist").await;
+    for (name, ttl) in [("d", 240_000), ("a", 30_000), ("c", 180_000), ("b", 90_000)] {
+        env.set(name, &doc(None, &["x"]), Some(ttl)).await;
+    }
+    let out = env
+        .command()
+        .env("SWEEPER_LIST", "2")
+        .args(["run", "--dry-run", "--output", "json", "--match"])
+        .arg(env.pattern())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["due"], 4);
+    let listed: Vec<&str> = s["due_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [env.key("a"), env.key("b")]);
+    assert_eq!(s["due_keys_omitted"], 2);
+
+    let out = env.sweeper(&["run", "--dry-run", "--list", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&env.key("a")) && !text.contains(&env.key("b")),
+        "{text}"
+    );
+    assert!(
+        text.contains("and 3 less urgent due keys not listed"),
+        "{text}"
+    );
+}
+
 async fn keys_and_ttls(env: &TestEnv) -> Vec<(Vec<u8>, i64)> {
     let mut keys: Vec<Vec<u8>> = env.redis_cmd(redis::cmd("KEYS").arg(env.pattern())).await;
     keys.sort();

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sweeper::checkpoint::{check, decode, decode_by_tree};
+use sweeper::checkpoint::{Checkpoint, check, decode, decode_by_tree, decode_packed};
 
 #[test]
 fn every_corpus_file_decodes_as_its_name_says() {
@@ -17,6 +17,7 @@ fn every_corpus_file_decodes_as_its_name_says() {
         let raw = std::fs::read(&path).unwrap();
         let decoded = decode("checkpoint:x", "x", &raw);
         assert_eq!(decoded, decode_by_tree("checkpoint:x", "x", &raw), "{name}");
+        assert_eq!(unpacked(&raw), decoded, "{name}");
         assert_eq!(
             check(&raw),
             decoded
@@ -68,11 +69,23 @@ fn message_with(content: impl Strategy<Value = String>) -> impl Strategy<Value =
         })
 }
 
-/// The fast way of reading a document, and a dry run's check, answer as the general way does:
-/// the same checkpoint, or the same reject.
+/// A checkpoint decoded packed (as a sweep reads it), its messages built afterwards (as the
+/// store does for what it writes); its message count is the same before and after.
+fn unpacked(raw: &[u8]) -> Result<Checkpoint, sweeper::checkpoint::Reject> {
+    decode_packed("checkpoint:x", "x", raw).map(|mut c| {
+        let n = c.message_count();
+        c.unpack();
+        assert_eq!((n, c.packed), (c.messages.len(), None));
+        c
+    })
+}
+
+/// The fast way of reading a document, packed or not, and a dry run's check, answer as the
+/// general way does: the same checkpoint, or the same reject.
 fn same_as_the_tree(raw: &[u8]) -> Result<(), TestCaseError> {
     let tree = decode_by_tree("checkpoint:x", "x", raw);
     prop_assert_eq!(&decode("checkpoint:x", "x", raw), &tree);
+    prop_assert_eq!(&unpacked(raw), &tree);
     prop_assert_eq!(check(raw), tree.map(|c| c.messages.len()));
     Ok(())
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use sweeper::checkpoint::decode;
+use sweeper::checkpoint::{decode, decode_packed};
 use sweeper::store::{Batch, Store};
 
 async fn conversation(env: &TestEnv, id: &str) -> (serde_json::Value, i32, String) {
@@ -183,7 +183,7 @@ async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts(
         .unwrap();
     let old = doc(Some("2026-11-22T10:00:00Z"), &["m1"]).to_string();
     let new = doc(Some("2026-11-22T10:05:00Z"), &["m1", "m2"]).to_string();
-    let batch = Batch {
+    let mut batch = Batch {
         checkpoints: vec![
             decode("checkpoint:c", "c", new.as_bytes()).unwrap(),
             decode("checkpoint:c", "c", old.as_bytes()).unwrap(),
@@ -191,7 +191,7 @@ async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts(
         ],
         ..Batch::default()
     };
-    let out = store.write_batch(None, &batch).await.unwrap();
+    let out = store.write_batch(None, &mut batch).await.unwrap();
     assert_eq!(out.persisted, 1);
     assert_eq!(out.unchanged, 0);
     assert_eq!(out.messages_added, 2);
@@ -199,11 +199,66 @@ async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts(
     assert_eq!(stored.to_string(), new);
     assert_eq!(count, 2);
     // Written again, the same batch changes nothing.
-    let again = store.write_batch(None, &batch).await.unwrap();
+    let again = store.write_batch(None, &mut batch).await.unwrap();
     assert_eq!(
         (again.persisted, again.unchanged, again.messages_added),
         (0, 1, 0)
     );
+}
+
+/// A sweep reads checkpoints packed (messages counted, not built) and the store builds messages
+/// only for what it writes: a copy stored as it is beside a changed one of the same
+/// conversation, and an unchanged conversation beside a new one, lose nothing.
+#[tokio::test]
+async fn packed_checkpoints_build_messages_only_where_they_are_written() {
+    let env = TestEnv::migrated("packed").await;
+    let store = Store::connect(&env.database_url, sweeper::config::Timeouts::default(), 1)
+        .await
+        .unwrap();
+    let old = doc(Some("2026-11-22T10:00:00Z"), &["m1"]).to_string();
+    let new = doc(Some("2026-11-22T10:05:00Z"), &["m1", "m2", "m3"]).to_string();
+    let packed =
+        |id: &str, d: &str| decode_packed(&format!("checkpoint:{id}"), id, d.as_bytes()).unwrap();
+    let mut first = Batch {
+        checkpoints: vec![packed("c", &old), packed("u", &old)],
+        ..Batch::default()
+    };
+    let out = store.write_batch(None, &mut first).await.unwrap();
+    assert_eq!((out.persisted, out.messages_added), (2, 2));
+
+    let mut batch = Batch {
+        checkpoints: vec![
+            packed("c", &old),
+            packed("c", &new),
+            packed("u", &old),
+            packed("n", &new),
+        ],
+        ..Batch::default()
+    };
+    let out = store.write_batch(None, &mut batch).await.unwrap();
+    assert_eq!(
+        (out.persisted, out.unchanged, out.messages_added),
+        (2, 1, 5),
+        "c changed (m2, m3 added), u unchanged, n new (3 messages)"
+    );
+    let packed_left: Vec<_> = batch
+        .checkpoints
+        .iter()
+        .map(|c| (c.conversation_id.as_str(), c.packed.is_some()))
+        .collect();
+    assert_eq!(
+        packed_left,
+        [("c", true), ("c", false), ("u", true), ("n", false)]
+    );
+    for (id, want) in [("c", &new), ("u", &old), ("n", &new)] {
+        let (stored, count, _) = conversation(&env, id).await;
+        assert_eq!(&stored.to_string(), want, "{id}");
+        assert_eq!(
+            count as usize,
+            decode("k", id, want.as_bytes()).unwrap().messages.len(),
+            "{id}"
+        );
+    }
 }
 
 #[tokio::test]

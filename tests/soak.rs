@@ -10,26 +10,40 @@
 //! next to another killed sweep or to the sweep PostgreSQL's restart fails (that one protects the
 //! due keys instead). Any loss is a bug.
 //!
-//! `SWEEPER_SOAK_DURATION` (default 60s) sets how long the chat service runs; `make soak
-//! DURATION=30m` runs it long.
+//! The second soak plays the same chat service on the topologies of issue 17: sweeps reach
+//! PostgreSQL through a fault proxy and Redis through Sentinel (`redis+sentinel://`). Every 30s
+//! the chat service fails Redis over (`SENTINEL FAILOVER`), and 10s later PostgreSQL goes silent
+//! (packets held, nothing reset) at a random point of a sweep, for 7s. Every
+//! sweep's summary must add up (scanned = due + not_due + no_ttl + expired_before_read, due =
+//! persisted + unchanged + rejected + protected), and nothing may be lost.
+//!
+//! `SWEEPER_SOAK_DURATION` (default 60s) sets how long the chat service runs in each; `make soak
+//! DURATION=30m` runs both long, side by side.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
+use common::proxy::FaultProxy;
 use common::servers::PrivatePg;
+use common::topologies::SentinelSet;
 use common::*;
+use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
 const TTL_MS: u64 = 30_000;
 const THRESHOLD: &str = "12s";
 const PROTECT_TTL: &str = "20s";
 const SCHEDULE: Duration = Duration::from_secs(5);
+/// The topology soak's faults come round this often: a failover 10s into each cycle, when few
+/// keys are due yet, a partition 20s into it, when many are.
+const CYCLE: Duration = Duration::from_secs(30);
+const PARTITION: Duration = Duration::from_secs(7);
 
 #[derive(Default)]
 struct Conversation {
@@ -47,6 +61,8 @@ struct Conversation {
 
 struct Chat {
     env: Arc<TestEnv>,
+    /// The chat service's connection: to the primary of the moment.
+    redis: MultiplexedConnection,
     rng: fastrand::Rng,
     conversations: HashMap<String, Conversation>,
     turns: u64,
@@ -54,9 +70,24 @@ struct Chat {
 }
 
 impl Chat {
+    fn new(env: Arc<TestEnv>) -> Chat {
+        Chat {
+            redis: env.redis.clone(),
+            env,
+            rng: fastrand::Rng::with_seed(1),
+            conversations: HashMap::new(),
+            turns: 0,
+            comebacks: 0,
+        }
+    }
+
+    async fn cmd<T: redis::FromRedisValue>(&mut self, cmd: &mut redis::Cmd) -> T {
+        cmd.query_async(&mut self.redis).await.unwrap()
+    }
+
     async fn turn(&mut self, id: &str, now: Instant) {
         let key = self.env.key(id);
-        let exists: bool = self.env.redis_cmd(redis::cmd("EXISTS").arg(&key)).await;
+        let exists: bool = self.cmd(redis::cmd("EXISTS").arg(&key)).await;
         let c = self.conversations.get_mut(id).unwrap();
         if !exists && !c.current.is_empty() {
             // The key expired: the chat service starts over with only the new turns.
@@ -71,9 +102,10 @@ impl Chat {
         }
         let doc = json!({"conversation_id": id, "user_id": "u", "updated_at": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
                          "messages": c.current, "metadata": {"generation": c.generations}});
+        c.last_doc = Some(doc.clone());
+        c.next_turn = Some(now + Duration::from_millis(self.rng.u64(500..3000)));
         let () = self
-            .env
-            .redis_cmd(
+            .cmd(
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(doc.to_string())
@@ -81,9 +113,7 @@ impl Chat {
                     .arg(TTL_MS),
             )
             .await;
-        c.last_doc = Some(doc);
         self.turns += 1;
-        c.next_turn = Some(now + Duration::from_millis(self.rng.u64(500..3000)));
     }
 
     /// One tick of the chat service: conversations start, talk, go quiet, and some come back.
@@ -126,6 +156,29 @@ impl Chat {
             }
         }
     }
+
+    /// The chat service through a `SENTINEL FAILOVER`: it waits for its writes to reach the
+    /// replica (`WAIT`), so Redis's own asynchronous replication loses none of them (that loss
+    /// would not be the sweeper's), then writes to the new primary. Returns its port.
+    async fn fail_over(&mut self, set: &Arc<SentinelSet>) -> u16 {
+        let acked: i64 = self.cmd(redis::cmd("WAIT").arg(1).arg(5000)).await;
+        assert_eq!(acked, 1, "the replica has the chat service's writes");
+        let set = set.clone();
+        let primary = tokio::task::spawn_blocking(move || {
+            let p = set.failover();
+            // The old primary is a replica again before anything else happens.
+            set.wait_settled(None);
+            p
+        })
+        .await
+        .unwrap();
+        self.redis = redis::Client::open(format!("redis://127.0.0.1:{primary}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        primary
+    }
 }
 
 fn soak_duration() -> Duration {
@@ -133,6 +186,97 @@ fn soak_duration() -> Duration {
         .ok()
         .map(|s| humantime::parse_duration(&s).expect("SWEEPER_SOAK_DURATION like 60s or 30m"))
         .unwrap_or(Duration::from_secs(60))
+}
+
+/// How the sweeps ended, and their summaries.
+#[derive(Default)]
+struct Sweeps {
+    /// `exit N` or `killed`, counted.
+    outcomes: HashMap<String, u32>,
+    /// Summaries read (every sweep not killed prints one) whose identity was checked.
+    summaries: u32,
+    protected: u64,
+    /// The longest sweep, as its summary says (`duration_ms`).
+    slowest_ms: u64,
+    /// Summaries that did not add up, or sweeps that ended without one.
+    wrong: Vec<String>,
+}
+
+impl Sweeps {
+    /// Records a finished sweep: its outcome and, unless it was killed, its summary's identity.
+    fn record(&mut self, child: Child) -> Option<i32> {
+        let out = child.wait_with_output().unwrap();
+        let outcome = match out.status.code() {
+            Some(c) => format!("exit {c}"),
+            None => "killed".into(),
+        };
+        *self.outcomes.entry(outcome.clone()).or_default() += 1;
+        let code = out.status.code()?;
+        let s: Value = match serde_json::from_slice(&out.stdout) {
+            Ok(s) => s,
+            Err(e) => {
+                self.wrong.push(format!("{outcome} without a summary: {e}"));
+                return Some(code);
+            }
+        };
+        let n = |k: &str| s[k].as_u64().unwrap_or(u64::MAX / 8);
+        // Every scanned key in one bucket (a key SCAN returns twice counts in `scanned` only),
+        // every due key saved, unchanged, rejected or protected.
+        let buckets = n("due") + n("not_due") + n("no_ttl") + n("expired_before_read");
+        let due = n("persisted") + n("unchanged") + n("rejected") + n("protected");
+        if n("due") != due || n("scanned") < buckets {
+            self.wrong.push(format!("{outcome}: {s}"));
+        }
+        self.summaries += 1;
+        self.protected += n("protected");
+        self.slowest_ms = self.slowest_ms.max(n("duration_ms"));
+        Some(code)
+    }
+}
+
+/// One scheduled sweep, its summary on stdout.
+fn sweep(env: &TestEnv, vars: &[(&str, &str)]) -> Child {
+    env.command()
+        .envs(vars.iter().copied())
+        .args(["-q", "run", "--output", "json", "--match", &env.pattern()])
+        .args(["--threshold", THRESHOLD, "--protect-ttl", PROTECT_TTL])
+        .args([
+            "--deadline",
+            "4s",
+            "--connect-timeout",
+            "1s",
+            "--batch-size",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child`, running `act` once when `at` comes (if it does before the child ends).
+fn wait_acting(child: &mut Child, at: Option<Instant>, act: impl FnOnce(&mut Child)) {
+    let mut act = Some(act);
+    while child.try_wait().unwrap().is_none() {
+        if at.is_some_and(|t| Instant::now() >= t)
+            && let Some(act) = act.take()
+        {
+            act(child);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sleeps until sweep `k`'s tick.
+fn wait_tick(started: Instant, k: u32) {
+    if let Some(wait) = (started + SCHEDULE * k).checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// A point at random in the first three quarters of a typical sweep.
+fn during(rng: &mut fastrand::Rng, typical_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(rng.u64(1..=(typical_ms * 3 / 4).max(2)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,15 +292,12 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
         let (env, pg, stop) = (env.clone(), pg.clone(), stop.clone());
         tokio::task::spawn_blocking(move || {
             let mut rng = fastrand::Rng::with_seed(42);
-            let mut outcomes: HashMap<String, u32> = HashMap::new();
+            let mut sweeps = Sweeps::default();
             let mut restarted = false;
             let mut typical_ms = 50;
             let mut k = 0u32;
             while !stop.load(Ordering::SeqCst) {
-                let tick = started + SCHEDULE * k;
-                if let Some(wait) = tick.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
+                wait_tick(started, k);
                 // PostgreSQL goes down just as this sweep starts and comes back 3s later: the
                 // sweep protects the due keys and exits 4; its neighbours run normally.
                 let restart_pg =
@@ -170,77 +311,35 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
                         pg.up();
                     })
                 });
-                let mut child = env
-                    .command()
-                    .args([
-                        "-q",
-                        "run",
-                        "--match",
-                        &env.pattern(),
-                        "--threshold",
-                        THRESHOLD,
-                        "--protect-ttl",
-                        PROTECT_TTL,
-                    ])
-                    .args([
-                        "--deadline",
-                        "4s",
-                        "--connect-timeout",
-                        "1s",
-                        "--batch-size",
-                        "20",
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                // Every fourth sweep is SIGKILLed at a random point of a typical run.
-                let kill_at = (k % 4 == 2).then(|| {
-                    Instant::now() + Duration::from_millis(rng.u64(1..=(typical_ms * 3 / 4).max(2)))
-                });
+                let mut child = sweep(&env, &[]);
+                // Every fourth sweep is SIGKILLed at a random point of a typical run. Only the
+                // planned kills: a sweep slowed by a loaded machine is left to end at its own
+                // --deadline (4s, under the 5s gap), as it would in production.
+                let kill_at = (k % 4 == 2).then(|| during(&mut rng, typical_ms));
                 let run_start = Instant::now();
-                let status = loop {
-                    if let Some(s) = child.try_wait().unwrap() {
-                        break s;
-                    }
-                    // Only the planned kills: a sweep slowed by a loaded machine is left to end at its
-                    // own --deadline (4s, under the 5s gap), as it would in production.
-                    if kill_at.is_some_and(|t| Instant::now() >= t) {
-                        let _ = child.kill();
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                };
-                if status.success() {
+                wait_acting(&mut child, kill_at, |c| {
+                    let _ = c.kill();
+                });
+                if sweeps.record(child) == Some(0) {
                     typical_ms = run_start.elapsed().as_millis() as u64;
                 }
-                let outcome = match status.code() {
-                    Some(c) => format!("exit {c}"),
-                    None => "killed".into(),
-                };
-                *outcomes.entry(outcome).or_default() += 1;
                 if let Some(r) = restarter {
                     r.join().unwrap();
                 }
                 k += 1;
             }
-            (outcomes, restarted)
+            (sweeps, restarted)
         })
     };
 
-    // The chat service, until the duration is up.
-    let mut chat = Chat {
-        env: env.clone(),
-        rng: fastrand::Rng::with_seed(1),
-        conversations: HashMap::new(),
-        turns: 0,
-        comebacks: 0,
-    };
+    let mut chat = Chat::new(env.clone());
     while started.elapsed() < duration {
         chat.tick(Instant::now(), started).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let (outcomes, restarted) = sweeps.await.unwrap();
+    let (sweeps, restarted) = sweeps.await.unwrap();
+    let outcomes = &sweeps.outcomes;
     if duration >= Duration::from_secs(30) {
         assert!(restarted, "PostgreSQL was never restarted");
         assert!(
@@ -253,20 +352,160 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
             "no sweep was killed: {outcomes:?}"
         );
     }
-    for o in outcomes.keys() {
+    let last = final_sweep(&env, env.command());
+    check(
+        &env,
+        &chat,
+        &sweeps,
+        &last,
+        &format!("PostgreSQL restarted: {restarted}"),
+    )
+    .await;
+}
+
+/// Issue 17's soak: PostgreSQL partitioned silently mid-sweep and Redis failed over through
+/// Sentinel, again and again, while the chat service talks and the sweeps run on schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
+    let duration = soak_duration();
+    let set = Arc::new(SentinelSet::start());
+    let env = Arc::new(TestEnv::with_redis("soak_topo", &set.nodes[0]).await);
+    let proxy = Arc::new(FaultProxy::start(port_of(&env.database_url)));
+    let via = {
+        let mut u = url::Url::parse(&env.database_url).unwrap();
+        u.set_port(Some(proxy.port)).unwrap();
+        u.to_string()
+    };
+    let sentinel_url = set.url();
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let sweeps = {
+        let (env, proxy, stop) = (env.clone(), proxy.clone(), stop.clone());
+        let vars = [
+            ("REDIS_URL".to_string(), sentinel_url.clone()),
+            ("DATABASE_URL".to_string(), via),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut rng = fastrand::Rng::with_seed(42);
+            let mut sweeps = Sweeps::default();
+            let mut partitions = 0u32;
+            let mut typical_ms = 50;
+            let mut k = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                wait_tick(started, k);
+                // PostgreSQL goes silent at a random point of the first sweep 20s into a cycle
+                // (a batch in flight, most often), and heals 7s later: the held bytes then go
+                // through, as TCP would retransmit them.
+                let partition = started.elapsed() >= CYCLE * partitions + Duration::from_secs(20);
+                let mut child = sweep(&env, &vars);
+                let run_start = Instant::now();
+                let mut healer = None;
+                let at = partition.then(|| during(&mut rng, typical_ms));
+                wait_acting(&mut child, at, |_| healer = Some(partition_for(&proxy)));
+                if partition {
+                    // A sweep that ended before its partition came: the partition starts now.
+                    healer.get_or_insert_with(|| partition_for(&proxy));
+                    partitions += 1;
+                }
+                if sweeps.record(child) == Some(0) && healer.is_none() {
+                    typical_ms = run_start.elapsed().as_millis() as u64;
+                }
+                // Not joined: the next sweeps run into the partition.
+                drop(healer);
+                k += 1;
+            }
+            (sweeps, partitions)
+        })
+    };
+
+    let mut chat = Chat::new(env.clone());
+    let mut failovers = Vec::new();
+    while started.elapsed() < duration {
+        let due = CYCLE * failovers.len() as u32 + Duration::from_secs(10);
+        if started.elapsed() >= due {
+            let t = Instant::now();
+            chat.fail_over(&set).await;
+            failovers.push(t.elapsed().as_secs_f64());
+        }
+        chat.tick(Instant::now(), started).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (sweeps, partitions) = sweeps.await.unwrap();
+    proxy.heal();
+    let mut last = env.command();
+    last.env("REDIS_URL", &sentinel_url);
+    let last = final_sweep(&env, last);
+    check(
+        &env,
+        &chat,
+        &sweeps,
+        &last,
+        &format!(
+            "PostgreSQL partitioned {partitions} times for {PARTITION:?}; Redis failed over {} times (chat paused {failovers:.1?} s)",
+            failovers.len()
+        ),
+    )
+    .await;
+    // Checked after the losses, so that a run without faults still says what it lost.
+    if duration >= Duration::from_secs(30) {
+        assert!(partitions >= 1, "PostgreSQL was never partitioned");
+        assert!(!failovers.is_empty(), "Redis was never failed over");
+        assert!(
+            sweeps.outcomes.contains_key("exit 4"),
+            "no sweep met the partition: {:?}",
+            sweeps.outcomes
+        );
+        assert!(
+            sweeps.protected > 0,
+            "no sweep protected anything: {:?}",
+            sweeps.outcomes
+        );
+    }
+}
+
+/// PostgreSQL silent for [`PARTITION`] from now; the thread that heals it.
+fn partition_for(proxy: &Arc<FaultProxy>) -> std::thread::JoinHandle<()> {
+    proxy.blackhole();
+    let proxy = proxy.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(PARTITION);
+        proxy.heal();
+    })
+}
+
+fn port_of(url: &str) -> u16 {
+    url::Url::parse(url).unwrap().port().unwrap()
+}
+
+/// Conversations still live at the end are not ending yet: a last sweep with a wide threshold
+/// saves them too, so the check covers every conversation. It cannot bring back a key that
+/// already expired unsaved: those are the losses.
+fn final_sweep(env: &TestEnv, mut cmd: Command) -> Value {
+    let out = cmd
+        .args(["run", "--output", "json", "--match", &env.pattern()])
+        .args(["--threshold", "2h", "--protect-ttl", "3h"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "last sweep: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every message the chat service wrote is stored once, every conversation's stored checkpoint is
+/// the last one written, and every sweep's summary added up.
+async fn check(env: &TestEnv, chat: &Chat, sweeps: &Sweeps, last: &Value, faults: &str) {
+    assert_eq!(last["status"], "ok", "{last}");
+    for o in sweeps.outcomes.keys() {
         assert!(
             // exit 5: a sweep slowed by a loaded machine stops at its deadline; the next goes on.
             ["exit 0", "exit 4", "exit 5", "killed"].contains(&o.as_str()),
-            "unexpected sweep outcome {o}: {outcomes:?}"
+            "unexpected sweep outcome {o}: {:?}",
+            sweeps.outcomes
         );
     }
-
-    // Conversations still live at the end are not ending yet: a last sweep with a wide threshold
-    // saves them too, so the check below covers every conversation. It cannot bring back a key
-    // that already expired unsaved: those are the losses.
-    let last = env.run_json(&["--threshold", "2h", "--protect-ttl", "3h"]);
-    assert_eq!(last["status"], "ok");
-
     let pg_pool = env.fresh_pg().await;
     let stored: Vec<(String, String)> =
         sqlx::query_as("SELECT conversation_id, message_key FROM messages")
@@ -329,16 +568,23 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
     }
     let duplicated = stored.len() - stored_ids.values().map(HashSet::len).sum::<usize>();
     println!(
-        "soak {:?}: {} conversations ({} came back), {} turns, {} messages; sweeps {:?}; PostgreSQL restarted: {}",
-        duration,
+        "soak {:?}: {} conversations ({} came back), {} turns, {} messages; sweeps {:?}, {} summaries add up, {} keys protected, slowest sweep {} ms; {faults}",
+        soak_duration(),
         chat.conversations.len(),
         chat.comebacks,
         chat.turns,
         total_messages,
-        outcomes,
-        restarted
+        sweeps.outcomes,
+        sweeps.summaries,
+        sweeps.protected,
+        sweeps.slowest_ms,
     );
     println!("lost {lost} / duplicated {duplicated} / regressed {regressed}");
+    assert!(
+        sweeps.wrong.is_empty(),
+        "summaries that do not add up: {:?}",
+        sweeps.wrong
+    );
     assert!(
         chat.conversations.len() > 50 && total_messages > 500,
         "the chat service did too little to prove anything"

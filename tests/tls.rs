@@ -253,32 +253,8 @@ async fn sweeps_over_tls_with_acl_users_and_fails_clearly_on_a_wrong_ca_or_passw
 async fn sweeps_a_cluster_over_tls() {
     let pki = Pki::new();
     let tls_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let cluster = PrivateCluster::start_with(3, |i| {
-        [
-            "--tls-port",
-            &tls_ports[i].to_string(),
-            "--tls-cert-file",
-            &pki.path("server.crt"),
-            "--tls-key-file",
-            &pki.path("server.key"),
-            // On the bus a node is a client of the others: it shows a client certificate (the
-            // server one is for serverAuth only, which the others refuse).
-            "--tls-client-cert-file",
-            &pki.path("client.crt"),
-            "--tls-client-key-file",
-            &pki.path("client.key"),
-            "--tls-ca-cert-file",
-            &pki.path("ca.crt"),
-            "--tls-auth-clients",
-            "yes",
-            "--tls-cluster",
-            "yes",
-            "--tls-replication",
-            "yes",
-        ]
-        .map(String::from)
-        .to_vec()
-    });
+    let cluster =
+        PrivateCluster::start_with(3, |i| pki.cluster_node_args(tls_ports[i], "server", true));
     let env = TestEnv::with_cluster("tls_cluster", &cluster).await;
     let ids: Vec<String> = (0..600).map(|i| format!("c{i:03}")).collect();
     seed_cluster(&cluster, &env, &ids[..300], 120_000).await;

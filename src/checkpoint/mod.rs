@@ -37,6 +37,10 @@ pub struct Checkpoint {
     pub started_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     pub messages: Vec<Message>,
+    /// Set while `messages` is not decoded yet ([`decode_packed`]): how many the document holds.
+    /// The store decodes them ([`Checkpoint::unpack`]) only for the conversations it writes, so a
+    /// re-sweep of unchanged conversations builds no message rows.
+    pub packed: Option<usize>,
     /// The document exactly as Redis held it; PostgreSQL parses it into `jsonb`.
     pub document: String,
     /// SHA-256 of the document: an identical re-sweep writes nothing.
@@ -196,10 +200,51 @@ fn decode_with(
         started_at: fields.started_at,
         updated_at: fields.updated_at,
         messages: fields.messages,
+        packed: None,
         document: text.to_string(),
         content_hash: Sha256::digest(raw).into(),
         texts_in_document: true,
     })
+}
+
+/// [`decode`], but a plain valid document's messages are only counted, not built: they are built
+/// by [`Checkpoint::unpack`] when the checkpoint is written. Rejects are the same as `decode`'s.
+pub fn decode_packed(
+    redis_key: &str,
+    conversation_id: &str,
+    raw: &[u8],
+) -> Result<Checkpoint, Reject> {
+    let text = std::str::from_utf8(raw).ok();
+    let Some((text, doc)) = text.and_then(|t| Some((t, borrowed::read(t)?))) else {
+        return decode_with(redis_key, conversation_id, raw, false);
+    };
+    Ok(Checkpoint {
+        redis_key: redis_key.to_string(),
+        conversation_id: conversation_id.to_string(),
+        user_id: doc.user_id.map(Cow::into_owned),
+        started_at: doc.started_at,
+        updated_at: doc.updated_at,
+        messages: Vec::new(),
+        packed: Some(doc.messages.len()),
+        document: text.to_string(),
+        content_hash: Sha256::digest(raw).into(),
+        texts_in_document: true,
+    })
+}
+
+impl Checkpoint {
+    /// How many messages the checkpoint holds, decoded or not.
+    pub fn message_count(&self) -> usize {
+        self.packed.unwrap_or(self.messages.len())
+    }
+
+    /// Decodes the messages of a packed checkpoint (see [`decode_packed`]); nothing otherwise.
+    pub fn unpack(&mut self) {
+        if self.packed.take().is_some() {
+            let fields = fast_fields(&self.document).expect("read the same way when packed");
+            self.messages = fields.messages;
+        }
+    }
 }
 
 /// The fields of a plain, valid document read without a tree of values (see [`borrowed`]);

@@ -150,6 +150,7 @@ fn sweep_config(r: &RunArgs) -> SweepConfig {
         layout: r.format.into(),
         shard: r.shard,
         save_idle: r.save_idle,
+        list: r.list as usize,
         ..SweepConfig::default()
     }
 }

@@ -110,6 +110,7 @@ impl Mapping {
                     t => t,
                 },
                 messages,
+                packed: None,
                 content_hash: Sha256::digest(text.as_bytes()).into(),
                 document: text,
                 texts_in_document: false,

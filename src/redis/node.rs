@@ -2,6 +2,7 @@
 //! routes per-key commands to the node owning each key), the only code that speaks Redis. It
 //! never uses KEYS.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,6 +74,22 @@ impl Evictions {
     }
 }
 
+/// A resolver answering one address whatever the name: see [`Source::connect_via`].
+struct Dial(SocketAddr);
+
+impl redis::io::AsyncDNSResolver for Dial {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _host: &'b str,
+        _port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        let addr = self.0;
+        Box::pin(async move {
+            Ok(Box::new(std::iter::once(addr)) as Box<dyn Iterator<Item = SocketAddr> + Send>)
+        })
+    }
+}
+
 /// What a source needs to ask the sentinels again.
 struct Sentinels {
     url: SentinelUrl,
@@ -84,6 +101,18 @@ impl Source {
     /// Connects, failing within `timeouts.connect` when Redis is down. A `redis+sentinel://` URL
     /// connects to the primary the sentinels name.
     pub async fn connect(url: &str, tls: &RedisTls, timeouts: Timeouts) -> Result<Source> {
+        Source::connect_via(url, tls, timeouts, None).await
+    }
+
+    /// [`Source::connect`], dialling `dial` whatever the URL's host resolves to: TLS still checks
+    /// the certificate against the URL's host name (a cluster node announced by its address,
+    /// reached under the name the operator configured).
+    pub async fn connect_via(
+        url: &str,
+        tls: &RedisTls,
+        timeouts: Timeouts,
+        dial: Option<SocketAddr>,
+    ) -> Result<Source> {
         let (url, sentinel) = match sentinel::is_sentinel_url(url) {
             false => (url.to_string(), None),
             true => {
@@ -96,11 +125,19 @@ impl Source {
             }
         };
         let shown = redact_url(&url);
-        let client = tls.client(&url)?;
+        let client = tls.client(&url, timeouts.operation)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeouts.connect))
             // No answer within this, the connection counts as lost (a silent network).
             .set_response_timeout(Some(timeouts.operation));
+        let config = match dial {
+            Some(addr) => config.set_dns_resolver(Dial(addr)),
+            None => config,
+        };
+        let shown = match dial {
+            Some(addr) => format!("{shown} ({addr})"),
+            None => shown,
+        };
         // Refused or reset connections are retried until `timeout`.
         let conn = retry::within("connecting to Redis", timeouts.connect, || async {
             client
@@ -166,7 +203,7 @@ impl Source {
             match s.primary().await {
                 Ok(url) if redact_url(&url) != self.url => {
                     tracing::warn!(from = %self.url, to = %redact_url(&url), "Redis Sentinel names another primary: following it");
-                    if let Ok(client) = s.tls.client(&url) {
+                    if let Ok(client) = s.tls.client(&url, s.timeouts.operation) {
                         self.client = client;
                         self.url = redact_url(&url);
                         self.epoch += 1;

@@ -134,7 +134,7 @@ impl SentinelUrl {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         let mut conn = tls
-            .client(&sentinel)?
+            .client(&sentinel, timeout)?
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(failed)?;
@@ -157,7 +157,7 @@ impl SentinelUrl {
         let node_shown = redact_url(&node);
         // A sentinel may name a primary that was just demoted: it must say it is one.
         let mut n = tls
-            .client(&node)?
+            .client(&node, timeout)?
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|source| Error::Redis {

@@ -3,10 +3,13 @@
 //! checked here, before any connection, so a bad path is a usage error and not a Redis failure.
 //! (PostgreSQL's TLS is all in its URL: `sslmode=verify-full&sslrootcert=/path/ca.crt`.)
 //!
-//! Both go through rustls: no OpenSSL is linked.
+//! Both go through rustls: no OpenSSL is linked. Every Redis client is made here, so here too
+//! is the TCP side of every connection.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use redis::io::tcp::{TcpSettings, socket2};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
 use crate::error::{Error, Result};
@@ -29,11 +32,15 @@ impl RedisTls {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.insecure
     }
 
-    /// A client for `url` with these settings (none of them with a `redis://` URL).
-    pub fn client(&self, url: &str) -> Result<redis::Client> {
+    /// A client for `url` with these settings (none of them with a `redis://` URL), whose
+    /// connections give up on a silent peer after about `deadline` ([`tcp`]).
+    pub fn client(&self, url: &str, deadline: Duration) -> Result<redis::Client> {
         let shown = redact_url(url);
         let bad = |e: redis::RedisError| Error::Usage(format!("invalid --redis-url {shown}: {e}"));
-        let info = url.into_connection_info().map_err(bad)?;
+        let info = url
+            .into_connection_info()
+            .map_err(bad)?
+            .set_tcp_settings(tcp(deadline));
         let ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() else {
             if self.any() {
                 return Err(Error::Usage(format!(
@@ -89,6 +96,27 @@ impl RedisTls {
     }
 }
 
+/// The TCP settings of every connection to Redis (nodes and sentinels). `--operation-timeout`
+/// bounds a pipeline the client waits on; the kernel is told the same deadline, so a connection
+/// whose peer went silent is closed rather than kept for the next command: `TCP_USER_TIMEOUT`
+/// for bytes sent and not acknowledged, keepalive probes for a connection left idle (between a
+/// daemon's runs, a sentinel's or a cluster node's connection not used for a while).
+/// `TCP_NODELAY`: a pipeline is one write, sent at once.
+fn tcp(deadline: Duration) -> TcpSettings {
+    // Keepalive counts whole seconds, from 1.
+    let idle = deadline.max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval((idle / 3).max(Duration::from_secs(1)))
+        .with_retries(3);
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(deadline);
+    tcp
+}
+
 /// A PEM file's bytes; a missing file or one with no PEM block is a usage error.
 fn read_pem(path: &Path, flag: &str) -> Result<Vec<u8>> {
     let bytes =
@@ -106,20 +134,35 @@ fn read_pem(path: &Path, flag: &str) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    const S: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn every_connection_is_told_the_operation_deadline() {
+        let t = tcp(Duration::from_millis(300));
+        assert!(t.nodelay());
+        assert!(t.keepalive().is_some());
+        #[cfg(target_os = "linux")]
+        assert_eq!(t.user_timeout(), Some(Duration::from_millis(300)));
+        let c = RedisTls::default()
+            .client("rediss://127.0.0.1:6379/", Duration::from_secs(15))
+            .unwrap();
+        assert!(c.get_connection_info().tcp_settings().keepalive().is_some());
+    }
+
     #[test]
     fn tls_options_need_a_tls_url_and_readable_files() {
         let none = RedisTls::default();
-        assert!(none.client("redis://127.0.0.1:6379/").is_ok());
-        assert!(none.client("rediss://127.0.0.1:6379/").is_ok());
+        assert!(none.client("redis://127.0.0.1:6379/", S).is_ok());
+        assert!(none.client("rediss://127.0.0.1:6379/", S).is_ok());
         let insecure = RedisTls {
             insecure: true,
             ..RedisTls::default()
         };
         assert!(matches!(
-            insecure.client("redis://127.0.0.1:6379/"),
+            insecure.client("redis://127.0.0.1:6379/", S),
             Err(Error::Usage(m)) if m.contains("rediss://")
         ));
-        let c = insecure.client("rediss://127.0.0.1:6379/").unwrap();
+        let c = insecure.client("rediss://127.0.0.1:6379/", S).unwrap();
         assert!(matches!(
             c.get_connection_info().addr(),
             ConnectionAddr::TcpTls { insecure: true, .. }
@@ -129,16 +172,16 @@ mod tests {
             ..RedisTls::default()
         };
         assert!(matches!(
-            missing.client("rediss://127.0.0.1:6379/"),
+            missing.client("rediss://127.0.0.1:6379/", S),
             Err(Error::Usage(m)) if m.starts_with("--redis-ca /nonexistent/ca.crt")
         ));
         let half = RedisTls {
             cert: Some("/x.crt".into()),
             ..RedisTls::default()
         };
-        assert!(half.client("rediss://127.0.0.1:6379/").is_err());
+        assert!(half.client("rediss://127.0.0.1:6379/", S).is_err());
         let bad = none
-            .client("rediss://:hunter2@[bad")
+            .client("rediss://:hunter2@[bad", S)
             .unwrap_err()
             .to_string();
         assert!(!bad.contains("hunter2"), "{bad}");

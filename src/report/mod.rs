@@ -40,6 +40,12 @@ impl Summary {
         if let Some(keys) = &self.due_keys {
             out.push_str(&due_table(keys));
         }
+        if let Some(n @ 1..) = self.due_keys_omitted {
+            let _ = writeln!(
+                out,
+                "... and {n} less urgent due keys not listed (--list sets how many are)"
+            );
+        }
         let threshold =
             humantime::format_duration(std::time::Duration::from_millis(self.threshold_ms));
         let scope = match &self.shard {
@@ -247,6 +253,7 @@ mod tests {
                     reject: None,
                 }]
             }),
+            due_keys_omitted: dry_run.then_some(0),
         }
     }
 

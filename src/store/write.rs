@@ -14,26 +14,61 @@ impl Store {
     /// come; those of changed conversations are merged with what is stored.
     /// Bounded by `--operation-timeout` as a whole: a server gone silent mid-batch fails it as a
     /// lost connection (retried, the batch's keys protected first, by the caller).
-    pub async fn write_batch(&self, run_id: Option<i64>, batch: &Batch) -> Result<BatchOutcome> {
+    pub async fn write_batch(
+        &self,
+        run_id: Option<i64>,
+        batch: &mut Batch,
+    ) -> Result<BatchOutcome> {
         match tokio::time::timeout(self.operation, self.write_batch_in_tx(run_id, batch)).await {
             Ok(r) => r,
             Err(_) => Err(super::timed_out("write batch", self.operation)),
         }
     }
 
-    async fn write_batch_in_tx(&self, run_id: Option<i64>, batch: &Batch) -> Result<BatchOutcome> {
+    async fn write_batch_in_tx(
+        &self,
+        run_id: Option<i64>,
+        batch: &mut Batch,
+    ) -> Result<BatchOutcome> {
         let started = std::time::Instant::now();
         let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
         let mut statements = 2; // BEGIN, COMMIT
 
-        let rows = newest_per_conversation(&batch.checkpoints);
         let mut ids = Ids::default();
-        if !rows.is_empty() {
-            ids = lookup(&rows, &mut tx).await?;
+        if !batch.checkpoints.is_empty() {
+            ids.absorb(lookup(&newest_per_conversation(&batch.checkpoints), &mut tx).await?);
             statements += 1;
         }
+        // Messages are built only for what is new or changed: a checkpoint stored as it is adds
+        // none (its messages were stored with it).
+        for c in &mut batch.checkpoints {
+            if ids
+                .stored
+                .get(&c.conversation_id)
+                .is_none_or(|h| h[..] != c.content_hash[..])
+            {
+                c.unpack();
+            }
+        }
+        let batch = &*batch;
+        let rows = newest_per_conversation(&batch.checkpoints);
+        let mut unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
+        // Only the conversations about to change are locked (a lock writes WAL): an unchanged one
+        // stays unchanged whatever a concurrent writer does, as the stored row never regresses.
+        let to_lock: Vec<&Checkpoint> = rows
+            .iter()
+            .copied()
+            .filter(|c| {
+                ids.stored.contains_key(&c.conversation_id)
+                    && !unchanged.contains(c.conversation_id.as_str())
+            })
+            .collect();
+        if !to_lock.is_empty() {
+            ids.absorb(lock(&to_lock, &mut tx).await?);
+            statements += 1;
+            unchanged = self::unchanged(&batch.checkpoints, &rows, &ids.stored);
+        }
         let stored = &ids.stored;
-        let unchanged = unchanged(&batch.checkpoints, &rows, stored);
         let is_new = |c: &Checkpoint| !stored.contains_key(&c.conversation_id);
         let is_changed =
             |c: &Checkpoint| !is_new(c) && !unchanged.contains(c.conversation_id.as_str());
@@ -130,31 +165,54 @@ struct Ids {
     stored: HashMap<String, Vec<u8>>,
 }
 
-async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Ids> {
-    let names: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
-    // FOR UPDATE: a concurrent writer of the same conversations (another sweep whose lock was
-    // lost with a PostgreSQL restart) waits here; message numbering reads then writes. Two
-    // writers inserting the same new conversation collide on a key (or on the id their messages
-    // reference) instead, which is retried (see Error::is_transient).
-    let found: Vec<(String, i64, Option<Vec<u8>>)> = super::query_as(
-        "WITH found AS MATERIALIZED (
-             SELECT conversation_id, id, content_hash FROM conversations
-             WHERE conversation_id = ANY($1) FOR UPDATE)
-         SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
-         FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)",
-    )
-    .bind(&names)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(Error::postgres("look up conversations"))?;
-    let mut ids = Ids::default();
-    for (name, id, hash) in found {
-        if let Some(h) = hash {
-            ids.stored.insert(name.clone(), h);
+/// Each conversation asked for: its name, its id (drawn when not stored) and its stored hash.
+type Found = Vec<(String, i64, Option<Vec<u8>>)>;
+
+impl Ids {
+    fn absorb(&mut self, found: Found) {
+        for (name, id, hash) in found {
+            match hash {
+                Some(h) => self.stored.insert(name.clone(), h),
+                // Deleted since the lookup: new again.
+                None => self.stored.remove(&name),
+            };
+            self.id.insert(name, id);
         }
-        ids.id.insert(name, id);
     }
-    Ok(ids)
+}
+
+/// The id and content hash stored for each conversation of the batch (a new id for one not
+/// stored).
+async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
+    hashes(rows, LOOKUP, tx).await
+}
+
+/// Locks the stored conversations about to change and reads their hash again. FOR UPDATE: a
+/// concurrent writer of the same conversations (another sweep whose lock was lost with a
+/// PostgreSQL restart) waits here; message numbering reads then writes. Two writers inserting the
+/// same new conversation collide on a key (or on the id their messages reference) instead, which
+/// is retried (see Error::is_transient).
+async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
+    hashes(rows, LOCK, tx).await
+}
+
+const LOOKUP: &str = "WITH found AS MATERIALIZED (
+        SELECT conversation_id, id, content_hash FROM conversations WHERE conversation_id = ANY($1))
+    SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
+    FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
+const LOCK: &str = "WITH found AS MATERIALIZED (
+        SELECT conversation_id, id, content_hash FROM conversations WHERE conversation_id = ANY($1)
+        FOR UPDATE)
+    SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
+    FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
+
+async fn hashes(rows: &[&Checkpoint], sql: &'static str, tx: &mut Tx<'_>) -> Result<Found> {
+    let names: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
+    super::query_as(sql)
+        .bind(&names)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(Error::postgres("look up conversations"))
 }
 
 /// Conversations unchanged: every copy in the batch is the stored document, so it brings nothing
@@ -198,7 +256,7 @@ async fn upsert(
         .bind(column(write, |c| c.user_id.as_deref()))
         .bind(column(write, |c| c.redis_key.as_str()))
         .bind(column(write, |c| c.document.as_str()))
-        .bind(column(write, |c| c.messages.len() as i32))
+        .bind(column(write, |c| c.message_count() as i32))
         .bind(column(write, |c| {
             added.get(&ids[&c.conversation_id]).copied().unwrap_or(0)
         }))
@@ -240,7 +298,7 @@ fn newest_per_conversation(all: &[Checkpoint]) -> Vec<&Checkpoint> {
         match at.get(c.conversation_id.as_str()) {
             Some(&i) => {
                 let kept = out[i];
-                if (c.updated_at, c.messages.len()) >= (kept.updated_at, kept.messages.len()) {
+                if (c.updated_at, c.message_count()) >= (kept.updated_at, kept.message_count()) {
                     out[i] = c;
                 }
             }
@@ -416,7 +474,7 @@ impl<'a> MessageColumns<'a> {
             .bind(&self.at)
             .bind(column(newest, |c| ids[&c.conversation_id]))
             .bind(column(newest, |c| c.updated_at))
-            .bind(column(newest, |c| c.messages.len() as i32))
+            .bind(column(newest, |c| c.message_count() as i32))
             .bind(column(newest, |c| c.content_hash.to_vec()))
             .fetch_all(&mut **tx)
             .await

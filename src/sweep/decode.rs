@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::checkpoint::{self, Checkpoint, Reject};
 use crate::config::SweepConfig;
 use crate::mapping::{Raw, Unit};
+use crate::redis::cluster::Protected;
 use crate::redis::langgraph::ThreadRead;
 use crate::redis::layout::{Fetched, lossy_json_array};
 use crate::redis::node::display_key;
@@ -25,6 +26,21 @@ const BATCH_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) fn expired(counters: &mut Counters, key: &[u8]) {
     counters.expired_before_read += 1;
     tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
+}
+
+/// Counts a protection of the due keys `due`: the keys kept as `protected`, a due key gone
+/// before it could be protected as `expired_before_read`, with its warning (its last state may
+/// not be saved). Returns how many due keys were gone, for the caller to take off `due` (the
+/// writers' counts are merged with the decoder's, which counted them due), so the summary still
+/// adds up. (Other keys protected with them, a LangGraph thread's older ones, are not due keys.)
+pub(crate) fn count_protected(counters: &mut Counters, p: Protected, due: &[Vec<u8>]) -> u64 {
+    counters.protected += p.kept;
+    let mut gone = 0;
+    for key in p.gone.iter().filter(|k| due.contains(k)) {
+        expired(counters, key);
+        gone += 1;
+    }
+    gone
 }
 
 /// What the writers receive.
@@ -190,7 +206,9 @@ impl Decoder {
         let id = checkpoint::conversation_id(key, &self.cfg.prefix)?;
         match self.cfg.dry_run {
             true => checkpoint::check(v).map(|n| (n, None)),
-            false => checkpoint::decode(key, id, v).map(|c| (c.messages.len(), Some(c))),
+            // Messages are built by the store for the conversations it writes (not for those
+            // it already holds as they are).
+            false => checkpoint::decode_packed(key, id, v).map(|c| (c.message_count(), Some(c))),
         }
     }
 

@@ -153,6 +153,7 @@ async fn try_run(
         duration_ms: started.elapsed().as_millis() as u64,
         error: None,
         due_keys: None,
+        due_keys_omitted: None,
     };
     let (lock, run_id) = match store {
         None => (None, None),
@@ -199,7 +200,11 @@ async fn try_run(
         status
     };
     let mut summary = summary(status, run_id, counters);
-    summary.due_keys = cfg.dry_run.then_some(due_keys);
+    if cfg.dry_run {
+        let (keys, omitted) = due_keys.into_sorted();
+        summary.due_keys = Some(keys);
+        summary.due_keys_omitted = Some(omitted);
+    }
     summary.error = error.as_ref().map(|e| e.to_string());
     Ok(Outcome {
         summary,
@@ -218,7 +223,7 @@ async fn stages(
     run_id: Option<i64>,
     shutdown: &Shutdown,
     deadline: Option<Instant>,
-) -> Result<(Counters, Stop, Option<Error>, Vec<crate::run::DueKey>)> {
+) -> Result<(Counters, Stop, Option<Error>, crate::run::DueList)> {
     let store_down = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<ReadBatch>(CHANNEL_DEPTH);
     source.set_deadline(deadline);
@@ -246,5 +251,6 @@ async fn stages(
         .await
         .map_err(|e| Error::Other(format!("the decode task failed: {e}")))?;
     counters.merge_read(&decoded);
+    counters.due = counters.due.saturating_sub(wrote.gone_due);
     Ok((counters, stop, wrote.error.or(read_error), wrote.due_keys))
 }

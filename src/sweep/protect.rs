@@ -11,6 +11,7 @@ use super::read::Reader;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
+use crate::redis::cluster::Protected;
 use crate::redis::read::Read;
 use crate::run::Counters;
 use crate::shutdown::Shutdown;
@@ -63,17 +64,17 @@ async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> 
     }
 }
 
-/// Raises the TTL of `keys` to `--protect-ttl`; returns how many were raised. A failure here is
+/// Raises the TTL of `keys` to `--protect-ttl`; says what became of them. A failure here is
 /// logged: the sweep is already failing for a better reason.
-pub(super) async fn protect(source: &mut Nodes, keys: &[Vec<u8>], cfg: &SweepConfig) -> u64 {
+pub(super) async fn protect(source: &mut Nodes, keys: &[Vec<u8>], cfg: &SweepConfig) -> Protected {
     if cfg.protect_ttl.is_zero() || keys.is_empty() {
-        return 0;
+        return Protected::default();
     }
     match source.protect(keys, cfg.protect_ttl).await {
-        Ok(n) => n,
+        Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, keys = keys.len(), "could not protect due keys");
-            0
+            Protected::default()
         }
     }
 }

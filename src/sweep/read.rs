@@ -190,8 +190,12 @@ impl Reader {
             let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
             self.counters.due += keys.len() as u64;
             // A LangGraph thread lives in all its keys: each is raised, not only the latest.
-            let keys = self.due_reader.keys_to_protect(source, keys).await?;
-            self.counters.protected += source.protect(&keys, self.cfg.protect_ttl).await?;
+            let all = self
+                .due_reader
+                .keys_to_protect(source, keys.clone())
+                .await?;
+            let p = source.protect(&all, self.cfg.protect_ttl).await?;
+            self.counters.due -= decode::count_protected(&mut self.counters, p, &keys);
         } else if !self.read_due(source, due, tx).await? {
             return Ok(Some(Stop::WriterGone));
         }

@@ -17,13 +17,13 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::decode::ReadBatch;
+use super::decode::{ReadBatch, count_protected};
 use super::protect::protect;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
 use crate::retry::{self, Backoff};
-use crate::run::{Counters, DueKey};
+use crate::run::{Counters, DueList};
 use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
 
 /// The writers of one sweep.
@@ -42,9 +42,13 @@ pub(super) struct Writers<'a> {
 /// What the writers did.
 pub(super) struct Wrote {
     pub counters: Counters,
-    pub due_keys: Vec<DueKey>,
+    /// A dry run's most urgent due keys.
+    pub due_keys: DueList,
     /// Why PostgreSQL could not take the sweep's writes.
     pub error: Option<Error>,
+    /// Due keys gone before they could be protected: counted in `expired_before_read` here,
+    /// to be taken off the decoder's `due`.
+    pub gone_due: u64,
 }
 
 impl Writers<'_> {
@@ -53,8 +57,9 @@ impl Writers<'_> {
         let cfg = self.cfg;
         let mut out = Wrote {
             counters: Counters::default(),
-            due_keys: Vec::new(),
+            due_keys: DueList::new(cfg.list),
             error: None,
+            gone_due: 0,
         };
         // Set by a write task at its first failure, cleared when a retry succeeds.
         let (trouble_tx, mut trouble) = watch::channel(false);
@@ -80,7 +85,8 @@ impl Writers<'_> {
                         }
                         Err(e) => {
                             let keys = in_flight.remove(&e.id()).unwrap_or_default();
-                            out.counters.protected += protect(&mut self.protector, &keys, cfg).await;
+                            let p = protect(&mut self.protector, &keys, cfg).await;
+                            out.gone_due += count_protected(&mut out.counters, p, &keys);
                             let e = Error::Other(format!("a batch writer failed: {e}"));
                             (Written::default(), Some((e, Batch::default())))
                         }
@@ -88,7 +94,9 @@ impl Writers<'_> {
                     written.add_to(&mut out.counters);
                     if let Some((e, batch)) = failed {
                         self.failed(&mut out, e);
-                        out.counters.protected += protect(&mut self.protector, &batch_keys(&batch), cfg).await;
+                        let keys = batch_keys(&batch);
+                        let p = protect(&mut self.protector, &keys, cfg).await;
+                        out.gone_due += count_protected(&mut out.counters, p, &keys);
                     }
                 }
                 read = rx.recv(), if reading && (!full || in_trouble) => {
@@ -102,7 +110,9 @@ impl Writers<'_> {
                         // PostgreSQL cannot take batches now (for good, or while a retry is under
                         // way and no writer is free): keep these keys alive for a later sweep.
                         Some(_) if out.error.is_some() || full => {
-                            out.counters.protected += protect(&mut self.protector, &batch_keys(&read.batch), cfg).await;
+                            let keys = batch_keys(&read.batch);
+                            let p = protect(&mut self.protector, &keys, cfg).await;
+                            out.gone_due += count_protected(&mut out.counters, p, &keys);
                         }
                         Some(s) => {
                             let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
@@ -173,7 +183,7 @@ struct Written {
 async fn write(
     s: &Store,
     run_id: Option<i64>,
-    batch: Batch,
+    mut batch: Batch,
     deadline: Option<Instant>,
     mut guard: Guard,
 ) -> (Written, Option<(Error, Batch)>) {
@@ -184,7 +194,7 @@ async fn write(
         w.messages_added += out.messages_added;
         w.statements += out.statements;
     };
-    match write_once(s, run_id, &batch, deadline, &mut guard).await {
+    match write_once(s, run_id, &mut batch, deadline, &mut guard).await {
         Ok(out) => {
             add(&mut w, out);
             return (w, None);
@@ -212,8 +222,8 @@ async fn write(
         .map(|c| single(Some(c), None))
         .chain(threads.into_iter().map(|t| single(None, Some(t))))
         .collect();
-    while let Some(one) = pending.pop_front() {
-        match write_once(s, run_id, &one, deadline, &mut guard).await {
+    while let Some(mut one) = pending.pop_front() {
+        match write_once(s, run_id, &mut one, deadline, &mut guard).await {
             Ok(out) => add(&mut w, out),
             Err(e) if e.is_data_error() => {
                 rejects.push(refused(one, &format!("postgres_refused: {e}")));
@@ -232,11 +242,11 @@ async fn write(
             }
         }
     }
-    let rest = Batch {
+    let mut rest = Batch {
         rejects,
         ..Batch::default()
     };
-    match write_once(s, run_id, &rest, deadline, &mut guard).await {
+    match write_once(s, run_id, &mut rest, deadline, &mut guard).await {
         Ok(out) => {
             add(&mut w, out);
             (w, None)
@@ -274,7 +284,7 @@ fn refused(one: Batch, reason: &str) -> RejectRecord {
 async fn write_once(
     s: &Store,
     run_id: Option<i64>,
-    batch: &Batch,
+    batch: &mut Batch,
     deadline: Option<Instant>,
     guard: &mut Guard,
 ) -> Result<BatchOutcome> {

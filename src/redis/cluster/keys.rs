@@ -23,6 +23,34 @@ fn no_gt_option(e: &crate::error::Error) -> bool {
         && (text.contains("wrong number of arguments") || text.contains("unsupported option"))
 }
 
+/// What protection did to a set of keys.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Protected {
+    /// Keys whose TTL is now the protection's or more: raised, already above it (the chat
+    /// service wrote a turn meanwhile), or without TTL.
+    pub kept: u64,
+    /// Keys gone before they could be protected: they expired meanwhile.
+    pub gone: Vec<Vec<u8>>,
+}
+
+impl Protected {
+    /// From each key's replies: the raise (1 when raised), then its PTTL.
+    fn of(keys: &[Vec<u8>], replies: &[Vec<Value>], ms: u64) -> Protected {
+        let mut out = Protected::default();
+        for (key, r) in keys.iter().zip(replies) {
+            let raised = matches!(r.first(), Some(Value::Int(1)));
+            match r.get(1) {
+                Some(Value::Int(-2)) if !raised => out.gone.push(key.clone()),
+                // Read just after the raise: at least about the protection's TTL when kept.
+                Some(Value::Int(t)) if raised || *t == -1 || *t as u64 >= ms / 2 => out.kept += 1,
+                // A raise refused (an error reply) on a key with less left: not protected.
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 impl Nodes {
     /// PTTL of every key: milliseconds left, -1 without TTL, -2 gone.
     pub async fn pttls(&mut self, keys: &[Vec<u8>]) -> Result<Vec<i64>> {
@@ -125,16 +153,17 @@ impl Nodes {
     }
 
     /// Raises the TTL of `keys` to `ttl`, never lowering it (PEXPIRE GT: a key without TTL or
-    /// with more left is untouched). Returns how many keys were raised. A server older than
-    /// Redis 7.0 (Redis 6.2-compatible managed services) has no GT: the same is done by a
-    /// script, from the first refusal on.
-    pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<u64> {
+    /// with more left is untouched), then reads each key's TTL to tell what became of it. A
+    /// server older than Redis 7.0 (Redis 6.2-compatible managed services) has no GT: the same
+    /// is done by a script, from the first refusal on.
+    pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<Protected> {
         let ms = ttl.as_millis() as u64;
         let replies = match self.raise_by_script {
             false => {
                 let gt = self
                     .per_key(keys, |pipe, i| {
                         pipe.cmd("PEXPIRE").arg(&keys[i]).arg(ms).arg("GT");
+                        pipe.cmd("PTTL").arg(&keys[i]);
                     })
                     .await;
                 match gt {
@@ -150,15 +179,13 @@ impl Nodes {
             }
             true => self.raise_with_script(keys, ms).await?,
         };
-        Ok(replies
-            .iter()
-            .filter(|r| matches!(r.first(), Some(Value::Int(1))))
-            .count() as u64)
+        Ok(Protected::of(keys, &replies, ms))
     }
 
     async fn raise_with_script(&mut self, keys: &[Vec<u8>], ms: u64) -> Result<Vec<Vec<Value>>> {
         self.per_key(keys, |pipe, i| {
             pipe.cmd("EVAL").arg(RAISE_TTL).arg(1).arg(&keys[i]).arg(ms);
+            pipe.cmd("PTTL").arg(&keys[i]);
         })
         .await
     }
@@ -266,5 +293,29 @@ impl Nodes {
             )));
         }
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protection_tells_kept_keys_from_keys_gone_meanwhile() {
+        let keys: Vec<Vec<u8>> = ["raised", "turn", "forever", "gone", "refused"]
+            .map(|k| k.as_bytes().to_vec())
+            .to_vec();
+        let replies = vec![
+            vec![Value::Int(1), Value::Int(19_990)],
+            // Not raised: a new turn set 30s, above the protection's 20s.
+            vec![Value::Int(0), Value::Int(29_000)],
+            vec![Value::Int(0), Value::Int(-1)],
+            vec![Value::Int(0), Value::Int(-2)],
+            // The raise refused (an error reply), and little left: not protected.
+            vec![Value::Nil, Value::Int(900)],
+        ];
+        let p = Protected::of(&keys, &replies, 20_000);
+        assert_eq!(p.kept, 3);
+        assert_eq!(p.gone, vec![b"gone".to_vec()]);
     }
 }

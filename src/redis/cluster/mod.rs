@@ -32,8 +32,10 @@ mod keys;
 mod route;
 mod walk;
 
+pub use keys::Protected;
 pub use walk::{SLOT_KEYS_MAX, Walk};
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::Timeouts;
@@ -213,7 +215,20 @@ impl Nodes {
             return Ok(i);
         }
         let url = node_url(&self.seed_url, addr)?;
-        let mut source = Source::connect(&url, &self.tls, self.timeout).await?;
+        let mut source = match by_name(&self.seed_url, addr) {
+            // A TLS node announced by its address (ElastiCache, Azure): its certificate names the
+            // host the operator configured, not the address. Dialled at the address, checked
+            // against that name; against the address when its certificate names that instead.
+            Some((named, dial)) => {
+                match Source::connect_via(&named, &self.tls, self.timeout, Some(dial)).await {
+                    Err(e) if e.is_certificate_name_refusal() => {
+                        Source::connect(&url, &self.tls, self.timeout).await?
+                    }
+                    connected => connected?,
+                }
+            }
+            None => Source::connect(&url, &self.tls, self.timeout).await?,
+        };
         source.set_deadline(self.deadline);
         source.set_pacing(self.pacing);
         self.nodes.push(Node {
@@ -319,6 +334,23 @@ fn node_url(seed: &str, addr: &str) -> Result<String> {
     Ok(u.to_string())
 }
 
+/// For a `rediss://` seed named by a host name and a node announced by an IP address: the node's
+/// URL under the seed's host name, and the address to dial.
+fn by_name(seed: &str, addr: &str) -> Option<(String, SocketAddr)> {
+    let seed_url = url::Url::parse(seed).ok()?;
+    // `rediss` is no special scheme to the url crate: its hosts are not parsed as addresses.
+    let host = seed_url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let named = seed_url.scheme() == "rediss" && host.parse::<std::net::IpAddr>().is_err();
+    let dial: SocketAddr = addr.parse().ok()?;
+    let port = dial.port();
+    let mut u = seed_url;
+    u.set_port(Some(port)).ok()?;
+    named.then(|| (u.to_string(), dial))
+}
+
 fn client_error(detail: String) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "cluster", detail))
 }
@@ -334,5 +366,17 @@ mod tests {
             "rediss://sweeper:pw@10.0.0.2:7001/0"
         );
         assert_eq!(host_port("redis://127.0.0.1:7000/"), "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn tls_nodes_announced_by_address_keep_the_seeds_host_name() {
+        let (url, dial) = by_name("rediss://u:pw@cfg.example.com:6379/0", "10.0.0.2:6380").unwrap();
+        assert_eq!(url, "rediss://u:pw@cfg.example.com:6380/0");
+        assert_eq!(dial, "10.0.0.2:6380".parse().unwrap());
+        // Without TLS, with a seed that is an address, or a node announced by name: as announced.
+        assert!(by_name("redis://cfg.example.com:6379/", "10.0.0.2:6380").is_none());
+        assert!(by_name("rediss://10.0.0.1:6379/", "10.0.0.2:6380").is_none());
+        assert!(by_name("rediss://[::1]:6379/", "10.0.0.2:6380").is_none());
+        assert!(by_name("rediss://cfg.example.com:6379/", "node-2.example.com:6380").is_none());
     }
 }
