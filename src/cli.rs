@@ -175,6 +175,28 @@ pub struct OutputArg {
     pub output: Output,
 }
 
+/// `--format` / `--mapping`: how conversations are kept in Redis, for every command that reads
+/// conversation keys (run, run --dry-run, daemon, inspect, restore).
+#[derive(Debug, Clone, Args)]
+pub struct LayoutArgs {
+    /// How checkpoints are stored in Redis: json (a string holding the document), hash (its
+    /// fields, `messages` a JSON array string), list (message JSON objects, newest last), rejson
+    /// (a RedisJSON document), or auto (each key by its TYPE). A key of another type is rejected.
+    /// langgraph: a LangGraph app's threads (langgraph-checkpoint-redis) into LangGraph's own
+    /// PostgresSaver tables; --match then names the `checkpoint_latest:*` keys (the default).
+    /// Chat libraries (`sweeper formats` lists them): langchain, langchain-redis, llamaindex,
+    /// redisvl, openai-agents, agent-framework, rasa, agent-memory-server; --match then defaults to
+    /// the library's key pattern. restore writes a conversation back in this layout (the one it
+    /// was swept with); inspect decodes its sample keys with it.
+    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// A mapping file (TOML) saying how your chat service keeps conversations in Redis; takes the
+    /// place of --format. `sweeper formats NAME` prints a preset as one, to start from.
+    #[arg(long, env = "SWEEPER_MAPPING")]
+    pub mapping: Option<PathBuf>,
+}
+
 /// `--threshold`: what counts as ending.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct ThresholdArg {
@@ -308,21 +330,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub out: OutputArg,
 
-    /// How checkpoints are stored in Redis: json (a string holding the document), hash (its
-    /// fields, `messages` a JSON array string), list (message JSON objects, newest last), rejson
-    /// (a RedisJSON document), or auto (each key by its TYPE). A key of another type is rejected.
-    /// langgraph: a LangGraph app's threads (langgraph-checkpoint-redis) into LangGraph's own
-    /// PostgresSaver tables; --match then names the `checkpoint_latest:*` keys (the default).
-    /// Chat libraries (`sweeper formats` lists them): langchain, langchain-redis, llamaindex,
-    /// redisvl, openai-agents, agent-framework, rasa, agent-memory-server; --match then defaults to
-    /// the library's key pattern.
-    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
-    pub format: Format,
-
-    /// A mapping file (TOML) saying how your chat service keeps conversations in Redis; takes the
-    /// place of --format. `sweeper formats NAME` prints a preset as one, to start from.
-    #[arg(long, env = "SWEEPER_MAPPING")]
-    pub mapping: Option<PathBuf>,
+    #[command(flatten)]
+    pub layout: LayoutArgs,
 
     /// Also save keys without TTL (RedisVL, Agent Framework set none) once OBJECT IDLETIME says
     /// nobody touched them this long (e.g. 30m). Not under an LFU maxmemory-policy, which keeps
@@ -418,6 +427,9 @@ pub struct InspectArgs {
     pub samples: usize,
 
     #[command(flatten)]
+    pub layout: LayoutArgs,
+
+    #[command(flatten)]
     pub out: OutputArg,
 }
 
@@ -435,14 +447,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// The layout to write back: the --format the conversation was swept with (a chat library's
-    /// is written as the library keeps it); native formats restore the saved document.
-    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
-    pub format: Format,
-
-    /// The mapping file the conversation was swept with; takes the place of --format.
-    #[arg(long, env = "SWEEPER_MAPPING")]
-    pub mapping: Option<PathBuf>,
+    #[command(flatten)]
+    pub layout: LayoutArgs,
 
     #[command(flatten)]
     pub out: OutputArg,
@@ -492,7 +498,7 @@ mod tests {
         assert_eq!(r.batch_size, 500);
         assert_eq!(r.max_value_bytes, 16 << 20);
         assert!(!r.dry_run);
-        assert_eq!(r.format, Format::Json);
+        assert_eq!(r.layout.format, Format::Json);
         assert_eq!(cli.global.connect_timeout, Duration::from_secs(10));
     }
 

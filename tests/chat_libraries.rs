@@ -17,6 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::layouts::{Messages, keys, restore, stored, sweep};
 use common::stack::Stack;
 use common::{TestEnv, skip, stderr};
 use serde_json::Value;
@@ -38,8 +39,6 @@ fn harness() -> Result<HashMap<String, String>, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect())
 }
-
-type Messages = Vec<(String, String)>;
 
 /// The library's client writes 3 conversations of 5 messages (TTL 1 h); returns each session's
 /// messages as the client wrote them.
@@ -105,12 +104,6 @@ fn messages(v: &Value) -> Messages {
             )
         })
         .collect()
-}
-
-fn keys(con: &mut redis::Connection, pattern: &str) -> Vec<String> {
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(con).unwrap();
-    keys.sort();
-    keys
 }
 
 /// What the sweep reads for one key of `m`'s layout, decoded.
@@ -299,44 +292,6 @@ fn agent_framework() {
     );
 }
 
-/// Each conversation's messages as stored, by seq.
-async fn stored(env: &TestEnv) -> BTreeMap<String, Messages> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT conversation_id, role, content FROM messages ORDER BY conversation_id, seq",
-    )
-    .fetch_all(&env.pg)
-    .await
-    .unwrap();
-    let mut out: BTreeMap<String, Messages> = BTreeMap::new();
-    for (c, r, t) in rows {
-        out.entry(c).or_default().push((r, t));
-    }
-    out
-}
-
-fn sweep(env: &TestEnv, format: &str, pattern: Option<&str>, idle: bool) -> Value {
-    let mut cmd = env.command();
-    cmd.args([
-        "run",
-        "--format",
-        format,
-        "--threshold",
-        "2h",
-        "--protect-ttl",
-        "3h",
-    ]);
-    cmd.args(["--output", "json"]);
-    if let Some(p) = pattern {
-        cmd.args(["--match", p]);
-    }
-    if idle {
-        cmd.args(["--save-idle", "1s"]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "sweep failed: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Write with the library, sweep, check the rows, re-sweep, delete, restore, read back.
 async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&str>, idle: bool) {
     let h = match harness() {
@@ -350,6 +305,7 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
         .migrate();
     let want = write_conversations(&h, lib, &stack.url);
     let m = Mapping::preset(format).unwrap();
+    let layout = ["--format", format];
     let pattern_used = pattern.map_or_else(|| m.pattern(), str::to_string);
     let mut con = redis::Client::open(stack.url.as_str())
         .unwrap()
@@ -367,7 +323,7 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
             pttls.iter().all(|&t| t == -1),
             "{lib} set no TTL: {pttls:?}"
         );
-        let without = sweep(&env, format, pattern, false);
+        let without = sweep(&env, &layout, pattern, false);
         assert_eq!(
             without["due"], 0,
             "without --save-idle: never due {without}"
@@ -375,7 +331,7 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
         std::thread::sleep(Duration::from_millis(2100));
     }
 
-    let first = sweep(&env, format, pattern, idle);
+    let first = sweep(&env, &layout, pattern, idle);
     assert_eq!(first["due"], found.len(), "{first}");
     assert_eq!(first["rejected"], 0, "{first}");
     let total: usize = want.values().map(Vec::len).sum();
@@ -389,19 +345,14 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
     if idle {
         std::thread::sleep(Duration::from_millis(2100));
     }
-    let again = sweep(&env, format, pattern, idle);
+    let again = sweep(&env, &layout, pattern, idle);
     assert_eq!(again["persisted"], 0, "a re-sweep changes nothing: {again}");
     assert_eq!(again["messages_added"], 0, "{again}");
     assert_eq!(stored(&env).await, want);
 
     let _: () = redis::cmd("DEL").arg(&found).query(&mut con).unwrap();
     for sid in want.keys() {
-        let out = env
-            .command()
-            .args(["restore", "--conversation", sid, "--format", format])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "restore {sid}: {}", stderr(&out));
+        restore(&env, sid, &layout);
     }
     assert_eq!(
         keys(&mut con, &pattern_used),

@@ -139,3 +139,119 @@ async fn the_spinner_shows_on_a_terminal_only() {
     assert!(all.contains("keys scanned, 3 due"), "{all}");
     assert!(all.contains("dry run: 8 keys"), "{all}");
 }
+
+/// LangChain's layout (src/mapping/presets/langchain.toml): a list, LPUSH, newest first.
+fn langchain(kind: &str, text: &str) -> String {
+    serde_json::json!({"type": kind, "data": {"content": text, "additional_kwargs": {},
+        "response_metadata": {}, "type": kind, "name": null, "id": null}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn inspect_decodes_its_samples_with_a_chat_librarys_layout() {
+    // A Redis of its own: the preset's key template is the default --match.
+    let redis = common::servers::PrivateRedis::start();
+    let env = TestEnv::with_redis("inspect_format", &redis).await;
+    let lpush = |key: &str, items: Vec<String>| {
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(key).arg(items);
+        cmd
+    };
+    let _: i64 = env
+        .redis_cmd(&mut lpush(
+            "message_store:s-1",
+            vec![langchain("human", "Hi"), langchain("ai", "Hello!")],
+        ))
+        .await;
+    // An element with neither `data.role` nor `type`: a sweep would reject the key, naming them.
+    let _: i64 = env
+        .redis_cmd(&mut lpush(
+            "message_store:s-2",
+            vec![r#"{"data": {"content": "no type"}}"#.to_string()],
+        ))
+        .await;
+    for key in ["message_store:s-1", "message_store:s-2"] {
+        let () = env
+            .redis_cmd(redis::cmd("PEXPIRE").arg(key).arg(120_000))
+            .await;
+    }
+    // Not LangChain's: not matched.
+    env.set_raw("other", "x", SOON).await;
+
+    let out = env
+        .command()
+        .args(["inspect", "--format", "langchain", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["match"], "message_store:*", "{r}");
+    assert_eq!((r["keys"].as_u64(), r["due"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(r["types"]["list"], 2, "{r}");
+    let mut decoded = r["decoded"].as_array().unwrap().clone();
+    decoded.sort_by_key(|d| d["key"].as_str().unwrap().to_string());
+    assert_eq!(decoded.len(), 2, "{r}");
+    assert_eq!(decoded[0]["key"], "message_store:s-1");
+    assert_eq!(decoded[0]["conversation_id"], "s-1");
+    assert_eq!(decoded[0]["messages"], 2);
+    assert_eq!(decoded[0]["reject"], Value::Null);
+    assert_eq!(decoded[1]["key"], "message_store:s-2");
+    assert_eq!(
+        decoded[1]["reject"], "bad_messages: message 0 has no role (`data.role`, `type`)",
+        "the reason names the fields: {r}"
+    );
+
+    // The text says the same per sample key.
+    let text = env
+        .command()
+        .args(["inspect", "--format", "langchain"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("message_store:s-1  -> conversation \"s-1\", 2 messages"),
+        "{text}"
+    );
+    assert!(
+        text.contains("message_store:s-2  -> rejected: bad_messages: message 0 has no role"),
+        "{text}"
+    );
+
+    // A mapping file, with --match of the user's own; SWEEPER_MAPPING is its twin.
+    let mapping =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/layouts/session-document.toml");
+    for (key, doc) in [
+        (
+            "session:a",
+            r#"{"session_id": "a", "messages": [{"sender": "user", "text": "Hi"}]}"#,
+        ),
+        (
+            "session:b",
+            r#"{"session_id": "b", "messages": [{"from": "user", "text": "Hi"}]}"#,
+        ),
+    ] {
+        let () = env
+            .redis_cmd(redis::cmd("SET").arg(key).arg(doc).arg("PX").arg(120_000))
+            .await;
+    }
+    let out = env
+        .command()
+        .env("SWEEPER_MAPPING", &mapping)
+        .args(["inspect", "--match", "session:*", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut decoded = r["decoded"].as_array().unwrap().clone();
+    decoded.sort_by_key(|d| d["key"].as_str().unwrap().to_string());
+    assert_eq!(decoded[0]["conversation_id"], "a", "{r}");
+    assert_eq!(
+        decoded[1]["reject"], "bad_messages: message 0 has no role (`sender`)",
+        "{r}"
+    );
+    // Inspect changed nothing.
+    let pttl: i64 = env
+        .redis_cmd(redis::cmd("PTTL").arg("message_store:s-1"))
+        .await;
+    assert!(pttl > 100_000 && pttl <= 120_000, "{pttl}");
+}

@@ -346,3 +346,51 @@ async fn rejson_documents_sweep_like_json_strings() {
         "{s}"
     );
 }
+
+#[test]
+fn a_preset_without_a_prefix_of_its_own_needs_a_match() {
+    // LlamaIndex keeps conversations under the application's own keys (`{id}`: every key), RedisVL
+    // under `{name}:...`: without --match a sweep would read every key of every application.
+    for (format, pattern) in [("llamaindex", "*"), ("redisvl", "*:*:*:*")] {
+        for cmd in [&["run", "--dry-run"][..], &["run"], &["inspect"]] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_sweeper"))
+                .args(cmd)
+                .args(["--format", format])
+                .env("REDIS_URL", "redis://127.0.0.1:1/")
+                .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x")
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{format} {cmd:?}: {}",
+                stderr(&out)
+            );
+            let line = error_line(&out);
+            assert!(
+                line.contains(&format!(
+                    "--format {format} has no key prefix of its own (its keys are {pattern}"
+                )) && line.contains("give --match the pattern of your conversation keys"),
+                "{line}"
+            );
+        }
+    }
+    // The same for a mapping file whose template has no word of its own.
+    let dir = std::env::temp_dir().join(format!("sweeper-nomatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.toml");
+    std::fs::write(
+        &file,
+        "key = \"{id}\"\nredis_type = \"list\"\n[message]\nrole = \"r\"\ncontent = \"c\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sweeper"))
+        .args(["run", "--dry-run", "--mapping"])
+        .arg(&file)
+        .env("REDIS_URL", "redis://127.0.0.1:1/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(error_line(&out).contains("this --mapping has no key prefix of its own"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -57,7 +57,7 @@ fn time<E: de::Error>(ts: &Option<Cow<str>>) -> Result<Option<DateTime<Utc>>, E>
 }
 
 /// A JSON string, borrowed from the input unless it holds escapes.
-struct Text<'a>(Cow<'a, str>);
+pub(crate) struct Text<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

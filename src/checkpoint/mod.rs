@@ -9,7 +9,7 @@
 //!  "metadata": {"channel": "web"}}
 //! ```
 
-mod borrowed;
+pub(crate) mod borrowed;
 mod fields;
 
 pub(crate) use fields::{hex, parse_time};

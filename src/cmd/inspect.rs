@@ -1,7 +1,9 @@
 //! `sweeper inspect`: what an operator looks at before trusting a sweep. How many keys match,
 //! their types, how many have no TTL (never saved), how TTLs left spread around the threshold,
-//! the largest values and a few sample keys. Reads types, sizes and TTLs only, never a value;
-//! memory stays bounded (counts, a top-N and a fixed-size sample).
+//! the largest values and a few sample keys, decoded as a sweep with the same `--format` or
+//! `--mapping` would (a chat library's keys, a mapping file being written: does it fit?). Reads
+//! types, sizes and TTLs, and the values of the sample keys only; memory stays bounded (counts, a
+//! top-N and a fixed-size sample).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::SweepConfig;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::redis::cluster::Nodes;
@@ -26,6 +29,19 @@ pub struct InspectConfig {
     pub top: usize,
     /// How many keys to pick at random as samples.
     pub samples: usize,
+    /// How a sweep would read and decode the keys (its layout, mapping, prefix and size limit):
+    /// the samples are decoded so. None: not decoded (LangGraph threads are read whole).
+    pub decode: Option<SweepConfig>,
+}
+
+/// A sample key decoded as a sweep would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decoded {
+    pub key: String,
+    pub conversation_id: Option<String>,
+    pub messages: Option<usize>,
+    /// Why a sweep would set it aside (the reason `sweep_rejects` would hold).
+    pub reject: Option<String>,
 }
 
 /// Keys whose TTL left is in `[from_ms, to_ms)` (no upper bound: `to_ms` None).
@@ -65,6 +81,8 @@ pub struct InspectReport {
     pub ttl_histogram: Vec<TtlBucket>,
     pub largest: Vec<KeySize>,
     pub samples: Vec<String>,
+    /// The samples decoded (gone ones left out).
+    pub decoded: Vec<Decoded>,
     pub duration_ms: u64,
     pub redis_round_trips: u64,
 }
@@ -146,21 +164,51 @@ impl Largest {
 struct Sample {
     n: usize,
     seen: u64,
-    keys: Vec<String>,
+    keys: Vec<Vec<u8>>,
 }
 
 impl Sample {
     fn offer(&mut self, key: &[u8]) {
         self.seen += 1;
         if self.keys.len() < self.n {
-            self.keys.push(display_key(key));
+            self.keys.push(key.to_vec());
         } else if self.n > 0 {
             let slot = fastrand::u64(..self.seen) as usize;
             if slot < self.n {
-                self.keys[slot] = display_key(key);
+                self.keys[slot] = key.to_vec();
             }
         }
     }
+}
+
+/// The sample keys read and decoded as a sweep configured by `cfg` would.
+async fn decode_samples(
+    source: &mut Nodes,
+    cfg: &SweepConfig,
+    keys: &[Vec<u8>],
+) -> Result<Vec<Decoded>> {
+    let fetched = source.read(cfg.layout, keys, cfg.max_value_bytes).await?;
+    Ok(keys
+        .iter()
+        .zip(fetched)
+        .filter_map(|(key, f)| {
+            let got = crate::sweep::decode::decode_sample(cfg, key, f)?;
+            Some(match got {
+                Ok((id, n)) => Decoded {
+                    key: display_key(key),
+                    conversation_id: Some(id),
+                    messages: Some(n),
+                    reject: None,
+                },
+                Err(reason) => Decoded {
+                    key: display_key(key),
+                    conversation_id: None,
+                    messages: None,
+                    reject: Some(reason),
+                },
+            })
+        })
+        .collect())
 }
 
 /// Scans the keys matching the pattern and sums them up.
@@ -184,6 +232,7 @@ pub async fn inspect(
         ttl_histogram: empty_histogram(&bounds, threshold_ms),
         largest: Vec::new(),
         samples: Vec::new(),
+        decoded: Vec::new(),
         duration_ms: 0,
         redis_round_trips: 0,
     };
@@ -245,7 +294,10 @@ pub async fn inspect(
     }
     progress.finish();
     report.largest = largest.into_sorted();
-    report.samples = sample.keys;
+    if let Some(d) = &cfg.decode {
+        report.decoded = decode_samples(source, d, &sample.keys).await?;
+    }
+    report.samples = sample.keys.iter().map(|k| display_key(k)).collect();
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.redis_round_trips = source.round_trips();
     Ok(report)
@@ -311,7 +363,23 @@ impl InspectReport {
         if !self.samples.is_empty() {
             let _ = writeln!(out, "\nsample keys:");
             for k in &self.samples {
-                let _ = writeln!(out, "  {k}");
+                match self.decoded.iter().find(|d| d.key == *k) {
+                    Some(Decoded {
+                        conversation_id: Some(id),
+                        messages: Some(n),
+                        ..
+                    }) => {
+                        let _ = writeln!(out, "  {k}  -> conversation {id:?}, {n} messages");
+                    }
+                    Some(Decoded {
+                        reject: Some(r), ..
+                    }) => {
+                        let _ = writeln!(out, "  {k}  -> rejected: {r}");
+                    }
+                    _ => {
+                        let _ = writeln!(out, "  {k}");
+                    }
+                }
             }
         }
         out
@@ -320,12 +388,31 @@ impl InspectReport {
 
 /// `sweeper inspect`.
 pub async fn execute(g: &crate::cli::GlobalOpts, i: &crate::cli::InspectArgs) -> Result<u8> {
+    let mapping = super::formats::resolve(&i.layout)?;
+    let pattern = super::formats::pattern(i.layout.format, mapping.as_ref(), &i.select.pattern)?;
+    let layout = match &mapping {
+        Some(m) => super::formats::layout(m),
+        None => i.layout.format.into(),
+    };
+    // The samples are decoded as a sweep of the same settings would decode them.
+    let decode = (layout != Layout::LangGraph)
+        .then(|| {
+            SweepConfig {
+                pattern: pattern.clone(),
+                layout,
+                mapping: mapping.map(std::sync::Arc::new),
+                ..SweepConfig::default()
+            }
+            .validate()
+        })
+        .transpose()?;
     let cfg = InspectConfig {
-        pattern: i.select.pattern.clone(),
+        pattern,
         threshold: i.select.threshold.threshold,
         scan_count: i.select.scan_count as usize,
         top: i.top,
         samples: i.samples,
+        decode,
     };
     let mut source = super::connect_redis(g).await?;
     if let Some(e) = source
@@ -411,7 +498,10 @@ mod tests {
             }
             assert_eq!(s.keys.len(), 2);
             for k in s.keys {
-                hits[k[1..].parse::<usize>().unwrap()] += 1;
+                hits[std::str::from_utf8(&k[1..])
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()] += 1;
             }
         }
         // Each key is drawn 2/10 of the time: 400 of 2000, give or take.

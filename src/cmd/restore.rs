@@ -154,7 +154,7 @@ pub async fn execute(g: &crate::cli::GlobalOpts, rs: &crate::cli::RestoreArgs) -
     let store = super::connect_store(g).await?;
     store.ensure_migrated().await?;
     let mut source = super::connect_redis(g).await?;
-    let mapping = super::formats::resolve(rs.format, rs.mapping.as_deref())?;
+    let mapping = super::formats::resolve(&rs.layout)?;
     let restored = restore(
         &store,
         &mut source,

@@ -1,8 +1,8 @@
 //! `sweeper run`: one sweep, its summary printed and published. `daemon` runs the same on a
 //! schedule.
 
-use crate::cli::{Format, GlobalOpts, Output, RunArgs};
-use crate::config::{SweepConfig, defaults};
+use crate::cli::{GlobalOpts, Output, RunArgs};
+use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::redact::redact_url;
@@ -88,11 +88,9 @@ pub async fn sweep_and_report(
 /// Checks the settings and resolves where the sweep connects: usage errors, before any I/O.
 pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpoints)> {
     let mut cfg = sweep_config(r);
-    if let Some(m) = super::formats::resolve(r.format, r.mapping.as_deref())? {
+    if let Some(m) = super::formats::resolve(&r.layout)? {
         // A chat library's keys: the default --match follows its key template.
-        if r.select.pattern == defaults::MATCH {
-            cfg.pattern = m.pattern();
-        }
+        cfg.pattern = super::formats::pattern(r.layout.format, Some(&m), &r.select.pattern)?;
         cfg.layout = super::formats::layout(&m);
         cfg.mapping = Some(std::sync::Arc::new(m));
     }
@@ -130,13 +128,11 @@ pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpo
 /// The run flags as sweep settings, not yet validated.
 fn sweep_config(r: &RunArgs) -> SweepConfig {
     let (select, pace) = (&r.select, &r.pace);
-    // LangGraph threads are due by their `checkpoint_latest:` keys: the default --match follows.
-    let pattern = match (r.format, select.pattern.as_str()) {
-        (Format::Langgraph, defaults::MATCH) => "checkpoint_latest:*",
-        (_, p) => p,
-    };
     SweepConfig {
-        pattern: pattern.to_string(),
+        // LangGraph threads are due by their `checkpoint_latest:` keys: the default --match follows.
+        // (Without a mapping there is nothing to refuse.)
+        pattern: super::formats::pattern(r.layout.format, None, &select.pattern)
+            .unwrap_or_else(|_| select.pattern.clone()),
         threshold: select.threshold.threshold,
         batch_size: r.batch_size as usize,
         scan_count: select.scan_count as usize,
@@ -147,7 +143,7 @@ fn sweep_config(r: &RunArgs) -> SweepConfig {
         writers: r.writers as usize,
         max_redis_ops_per_sec: pace.max_redis_ops_per_sec,
         busy_redis_ops_per_sec: pace.busy_redis_ops_per_sec,
-        layout: r.format.into(),
+        layout: r.layout.format.into(),
         shard: r.shard,
         save_idle: r.save_idle,
         list: r.list as usize,

@@ -6,14 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::json::Json;
 use super::path::{Found, Path};
-use super::{IdSource, Mapping, Order, RedisType, Unit};
-use crate::checkpoint::{
-    Checkpoint, MAX_ID_BYTES, Message, MessageSource, Reject, holds_nul, identity, json_kind,
-};
+use super::{IdSource, Mapping, Order, Unit};
+use crate::checkpoint::{Checkpoint, MAX_ID_BYTES, Message, MessageSource, Reject, identity};
 
 /// The marker under which a hash field that is not UTF-8 is kept in the stored document, so that
 /// restore can write its bytes back (a hash field value is otherwise always a JSON string).
@@ -36,8 +34,9 @@ pub struct Decoded {
     /// Messages oldest first; `document` is what restore writes back: the text read (string,
     /// RedisJSON), the elements as a JSON array in list order, the hash as a JSON object.
     pub checkpoint: Checkpoint,
-    /// Each message's element as JSON text (a list element exactly as Redis held it), in the
-    /// order of `checkpoint.messages`: what restore writes back for one key per message.
+    /// One key per message: each message's value as JSON text, in the order of
+    /// `checkpoint.messages`, what restore writes back. Empty for a key holding a conversation,
+    /// which is restored from its document.
     pub elements: Vec<String>,
     /// The Redis key holding each message (differs between messages once [`group`] has merged
     /// the keys of a one-key-per-message layout).
@@ -47,33 +46,65 @@ pub struct Decoded {
 impl Mapping {
     /// Decodes what Redis returned for `key`.
     pub fn decode(&self, key: &str, raw: Raw<'_>) -> Result<Decoded, Reject> {
-        let (doc, text, binary) = document(raw)?;
-        if holds_nul(&doc) {
+        self.decode_with(key, raw, true)
+    }
+
+    /// Checks what Redis returned for `key` as [`Mapping::decode`] does (the same rejects) and
+    /// counts its messages, building no rows: a dry run's decode.
+    pub fn check(&self, key: &str, raw: Raw<'_>) -> Result<usize, Reject> {
+        self.decode_with(key, raw, false)
+            .map(|d| d.checkpoint.messages.len())
+    }
+
+    /// `full`: the messages' identities, the elements and the stored document too.
+    fn decode_with(&self, key: &str, raw: Raw<'_>, full: bool) -> Result<Decoded, Reject> {
+        // A list's elements, each checked to be UTF-8 (a reject names the element).
+        let strs = match raw {
+            Raw::List(l) => list_strs(l)?,
+            _ => Vec::new(),
+        };
+        let (text, binary) = document_text(raw, &strs, full)?;
+        // NUL can only be written as an escape: a value without one holds none.
+        let (doc, maybe_nul) = match raw {
+            Raw::List(_) => list_items(&strs)?,
+            _ => (
+                Json::parse(&text).map_err(|e| Reject::NotJson(e.to_string()))?,
+                text.contains(NUL_ESCAPE),
+            ),
+        };
+        if maybe_nul && doc.holds_nul() {
             return Err(Reject::NulCharacter);
         }
         self.refuse_binary(&binary)?;
-        let array = match (self.unit, self.redis_type) {
+        let array = match (self.unit, raw) {
             (Unit::Message, _) => Cow::Borrowed(std::slice::from_ref(&doc)),
-            (_, RedisType::List) => Cow::Borrowed(doc.as_array().map_or(&[][..], |a| a.as_slice())),
+            (_, Raw::List(_)) => match &doc {
+                Json::Array(items) => Cow::Borrowed(items.as_slice()),
+                _ => Cow::Borrowed(&[][..]),
+            },
             _ => self.message_array(&doc)?,
         };
-        let items: Vec<&Value> = array.iter().collect();
-        let mut order: Vec<usize> = (0..items.len()).collect();
+        let mut order: Vec<usize> = (0..array.len()).collect();
         if self.order == Order::NewestFirst {
             order.reverse();
         }
         let mut seen = HashMap::new();
         let (mut messages, mut elements) = (Vec::new(), Vec::new());
         for (n, &i) in order.iter().enumerate() {
-            let item = items[i];
+            let item = &array[i];
             if !self.kept(item) {
                 continue;
             }
-            messages.push(self.message(n, item, &mut seen)?);
-            elements.push(match raw {
-                Raw::List(l) => String::from_utf8_lossy(&l[i]).into_owned(),
-                _ => item.to_string(),
-            });
+            messages.push(self.message(n, item, full.then_some(&mut seen))?);
+            // One key per message: its value, as `serde_json` writes it, is what restore writes
+            // back (a conversation per key is restored from its document).
+            if full && self.unit == Unit::Message {
+                elements.push(
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| Reject::NotJson(e.to_string()))?
+                        .to_string(),
+                );
+            }
         }
         // The conversation-level fields come from the document, or the message in a key of its own.
         let conversation_id = self.conversation_id(key, &doc)?;
@@ -86,6 +117,10 @@ impl Mapping {
             Some(Found::Text { text, .. }) => Some(check_id(&text, "user_id")?.to_string()),
             _ => None,
         };
+        let started_at = doc_time(c.started_at.as_ref(), &doc, "started_at")?;
+        let updated_at = doc_time(c.updated_at.as_ref(), &doc, "updated_at")?;
+        drop(array);
+        drop(doc);
         let text = text.into_owned();
         if self.unit == Unit::Message {
             for (m, e) in messages.iter_mut().zip(&elements) {
@@ -100,10 +135,10 @@ impl Mapping {
                 redis_key: key.to_string(),
                 conversation_id,
                 user_id,
-                started_at: doc_time(c.started_at.as_ref(), &doc, "started_at")?,
+                started_at,
                 // A message in a key of its own dates its conversation: the newest message's
                 // key gives the conversation row (newest wins).
-                updated_at: match doc_time(c.updated_at.as_ref(), &doc, "updated_at")? {
+                updated_at: match updated_at {
                     None if self.unit == Unit::Message => {
                         messages.first().and_then(|m| m.created_at)
                     }
@@ -111,7 +146,10 @@ impl Mapping {
                 },
                 messages,
                 packed: None,
-                content_hash: Sha256::digest(text.as_bytes()).into(),
+                content_hash: match full {
+                    true => Sha256::digest(text.as_bytes()).into(),
+                    false => [0; 32],
+                },
                 document: text,
                 texts_in_document: false,
             },
@@ -141,7 +179,7 @@ impl Mapping {
     }
 
     /// The conversation id, from the key or a field of the document.
-    fn conversation_id(&self, key: &str, doc: &Value) -> Result<String, Reject> {
+    fn conversation_id(&self, key: &str, doc: &Json) -> Result<String, Reject> {
         Ok(match &self.conversation_id {
             // A key of the user's own --match (LangChain.js keys are bare session ids) is the
             // conversation id whole.
@@ -184,10 +222,10 @@ impl Mapping {
     }
 
     /// The message array of a document (parsed from JSON text when a hash field holds it).
-    fn message_array<'d>(&self, doc: &'d Value) -> Result<Cow<'d, [Value]>, Reject> {
+    fn message_array<'d>(&self, doc: &'d Json<'d>) -> Result<Cow<'d, [Json<'d>]>, Reject> {
         match self.messages.value(doc) {
-            Some(Cow::Borrowed(Value::Array(a))) => Ok(Cow::Borrowed(a.as_slice())),
-            Some(Cow::Owned(Value::Array(a))) => Ok(Cow::Owned(a)),
+            Some(Cow::Borrowed(Json::Array(a))) => Ok(Cow::Borrowed(a.as_slice())),
+            Some(Cow::Owned(Json::Array(a))) => Ok(Cow::Owned(a)),
             None => Err(Reject::BadMessages(format!(
                 "the document has no `{}`",
                 self.messages.text
@@ -195,12 +233,12 @@ impl Mapping {
             Some(other) => Err(Reject::BadMessages(format!(
                 "`{}` is a JSON {}, not an array",
                 self.messages.text,
-                json_kind(&other)
+                other.kind()
             ))),
         }
     }
 
-    fn kept(&self, item: &Value) -> bool {
+    fn kept(&self, item: &Json) -> bool {
         match &self.message.keep {
             None => true,
             Some((path, values)) => match path.text(item, "") {
@@ -210,18 +248,19 @@ impl Mapping {
         }
     }
 
-    /// Message `n` (in conversation order) of the conversation.
+    /// Message `n` (in conversation order) of the conversation; its identity with `seen` (the
+    /// id-less messages so far), left empty without.
     fn message(
         &self,
         n: usize,
-        item: &Value,
-        seen: &mut HashMap<[u8; 32], u32>,
+        item: &Json,
+        seen: Option<&mut HashMap<[u8; 32], u32>>,
     ) -> Result<Message, Reject> {
         let m = &self.message;
         if !item.is_object() {
             return Err(Reject::BadMessages(format!(
                 "message {n} is a JSON {}, not an object",
-                json_kind(item)
+                item.kind()
             )));
         }
         let first = |paths: &[Path], join: &str| {
@@ -259,7 +298,10 @@ impl Mapping {
             .transpose()?;
         let ts_raw = ts.as_ref().map(|(t, _)| t.as_ref());
         Ok(Message {
-            identity: identity(id.as_deref(), &role, &content, ts_raw, seen),
+            identity: match seen {
+                Some(seen) => identity(id.as_deref(), &role, &content, ts_raw, seen),
+                None => String::new(),
+            },
             id,
             role,
             content,
@@ -318,44 +360,39 @@ pub fn group(units: Vec<Decoded>) -> Vec<Decoded> {
         .collect()
 }
 
-/// A key's value as read: the JSON value, its text, binary hash fields.
-type Document<'a> = (Value, Cow<'a, str>, Vec<(String, usize)>);
+/// Hash fields that are not UTF-8: name, valid bytes.
+type BinaryFields = Vec<(String, usize)>;
 
-/// The document as a JSON value, its text (what is stored and hashed), and the hash fields that
-/// are not UTF-8 (name, valid bytes).
-fn document(raw: Raw<'_>) -> Result<Document<'_>, Reject> {
+/// A key's value as text (what is stored and hashed; a list's only when `full`: the dry run
+/// stores nothing), and the hash fields that are not UTF-8 (name, valid bytes).
+fn document_text<'a>(
+    raw: Raw<'a>,
+    list: &[&str],
+    full: bool,
+) -> Result<(Cow<'a, str>, BinaryFields), Reject> {
     match raw {
         Raw::Text(bytes) => {
             let text = std::str::from_utf8(bytes).map_err(|e| Reject::NotUtf8 {
                 valid_up_to: e.valid_up_to(),
             })?;
-            let doc = serde_json::from_str(text).map_err(|e| Reject::NotJson(e.to_string()))?;
-            Ok((doc, Cow::Borrowed(text), Vec::new()))
+            Ok((Cow::Borrowed(text), Vec::new()))
         }
-        Raw::List(elements) => {
-            let mut items = Vec::with_capacity(elements.len());
-            let mut text = String::from("[");
-            for (i, e) in elements.iter().enumerate() {
-                let s = std::str::from_utf8(e).map_err(|err| {
-                    Reject::BadMessages(format!(
-                        "list element {i} is not UTF-8 (after byte {})",
-                        err.valid_up_to()
-                    ))
-                })?;
-                let v: Value = serde_json::from_str(s).map_err(|err| {
-                    Reject::BadMessages(format!("list element {i} is not JSON: {err}"))
-                })?;
-                items.push(v);
+        Raw::List(_) if full => {
+            let mut text =
+                String::with_capacity(list.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+            text.push('[');
+            for (i, e) in list.iter().enumerate() {
                 if i > 0 {
                     text.push(',');
                 }
-                text.push_str(s);
+                text.push_str(e);
             }
             text.push(']');
-            Ok((Value::Array(items), Cow::Owned(text), Vec::new()))
+            Ok((Cow::Owned(text), Vec::new()))
         }
+        Raw::List(_) => Ok((Cow::Borrowed(""), Vec::new())),
         Raw::Hash(pairs) => {
-            let mut map = Map::new();
+            let mut map = serde_json::Map::new();
             let mut binary = Vec::new();
             for (f, v) in pairs {
                 let field = std::str::from_utf8(f).map_err(|e| Reject::BadField {
@@ -363,13 +400,13 @@ fn document(raw: Raw<'_>) -> Result<Document<'_>, Reject> {
                     problem: format!("a field name is not UTF-8 (after byte {})", e.valid_up_to()),
                 })?;
                 let value = match std::str::from_utf8(v) {
-                    Ok(s) => Value::String(s.to_string()),
+                    Ok(s) => serde_json::Value::String(s.to_string()),
                     Err(e) => {
                         binary.push((field.to_string(), e.valid_up_to()));
                         let b64 = base64::engine::general_purpose::STANDARD.encode(v);
-                        Value::Object(Map::from_iter([(
+                        serde_json::Value::Object(serde_json::Map::from_iter([(
                             BASE64_MARKER.to_string(),
-                            Value::String(b64),
+                            serde_json::Value::String(b64),
                         )]))
                     }
                 };
@@ -377,17 +414,50 @@ fn document(raw: Raw<'_>) -> Result<Document<'_>, Reject> {
             }
             // Fields sorted by name (serde_json's map): the same hash is the same text, whatever
             // order HGETALL gave.
-            let doc = Value::Object(map);
-            let text = doc.to_string();
-            Ok((doc, Cow::Owned(text), binary))
+            Ok((
+                Cow::Owned(serde_json::Value::Object(map).to_string()),
+                binary,
+            ))
         }
     }
+}
+
+/// How a NUL is written in JSON (a raw one is not valid JSON).
+const NUL_ESCAPE: &str = "\\u0000";
+
+/// A list's elements as text.
+fn list_strs(elements: &[Vec<u8>]) -> Result<Vec<&str>, Reject> {
+    elements
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            std::str::from_utf8(e).map_err(|err| {
+                Reject::BadMessages(format!(
+                    "list element {i} is not UTF-8 (after byte {})",
+                    err.valid_up_to()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A list's elements, each parsed from its own text; and whether one may hold NUL.
+fn list_items<'a>(elements: &[&'a str]) -> Result<(Json<'a>, bool), Reject> {
+    let mut items = Vec::with_capacity(elements.len());
+    let mut maybe_nul = false;
+    for (i, &s) in elements.iter().enumerate() {
+        let v = Json::parse(s)
+            .map_err(|err| Reject::BadMessages(format!("list element {i} is not JSON: {err}")))?;
+        maybe_nul |= s.contains(NUL_ESCAPE);
+        items.push(v);
+    }
+    Ok((Json::Array(items), maybe_nul))
 }
 
 /// A time from a document field.
 fn doc_time(
     path: Option<&Path>,
-    doc: &Value,
+    doc: &Json,
     field: &'static str,
 ) -> Result<Option<DateTime<Utc>>, Reject> {
     match path.map(|p| p.text(doc, "")) {

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod decode;
+pub mod json;
 pub mod path;
 pub mod restore;
 

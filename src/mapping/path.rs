@@ -4,9 +4,8 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
 use super::MappingError;
+use super::json::Json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -76,25 +75,25 @@ impl Path {
     }
 
     /// The value at the path (no `[]` steps), parsing JSON text on the way.
-    pub fn value<'v>(&self, v: &'v Value) -> Option<Cow<'v, Value>> {
+    pub fn value<'v>(&self, v: &'v Json<'v>) -> Option<Cow<'v, Json<'v>>> {
         value_at(Cow::Borrowed(v), &self.steps)
     }
 
     /// The text at the path: a string, a number's text, or through `[]` the text parts found in
     /// each element joined by `join` (an array with none gives "").
-    pub fn text<'v>(&self, v: &'v Value, join: &str) -> Found<'v> {
+    pub fn text<'v>(&self, v: &'v Json<'v>, join: &str) -> Found<'v> {
         if !self.has_each() {
             return match self.value(v) {
-                Some(Cow::Borrowed(Value::String(s))) => Found::Text {
-                    text: Cow::Borrowed(s),
+                Some(Cow::Borrowed(Json::String(s))) => Found::Text {
+                    text: Cow::Borrowed(s.as_ref()),
                     number: false,
                 },
-                Some(Cow::Owned(Value::String(s))) => Found::Text {
-                    text: Cow::Owned(s),
+                Some(Cow::Owned(Json::String(s))) => Found::Text {
+                    text: Cow::Owned(s.into_owned()),
                     number: false,
                 },
                 Some(found) => match &*found {
-                    Value::Number(n) => Found::Text {
+                    Json::Number(n) => Found::Text {
                         text: Cow::Owned(n.to_string()),
                         number: true,
                     },
@@ -115,55 +114,55 @@ impl Path {
     }
 }
 
-fn value_at<'v>(v: Cow<'v, Value>, steps: &[Step]) -> Option<Cow<'v, Value>> {
+fn value_at<'v>(v: Cow<'v, Json<'v>>, steps: &[Step]) -> Option<Cow<'v, Json<'v>>> {
     let Some((step, rest)) = steps.split_first() else {
         return Some(v);
     };
     let Step::Field(f) = step else { return None };
     match v {
-        Cow::Borrowed(Value::Object(m)) => value_at(Cow::Borrowed(m.get(f)?), rest),
-        Cow::Owned(Value::Object(mut m)) => value_at(Cow::Owned(m.remove(f)?), rest),
-        Cow::Borrowed(Value::String(s)) => {
-            value_at(Cow::Owned(serde_json::from_str(s).ok()?), steps)
+        Cow::Borrowed(Json::Object(_)) => {
+            let Cow::Borrowed(o) = v else { unreachable!() };
+            value_at(Cow::Borrowed(o.get(f)?), rest)
         }
-        Cow::Owned(Value::String(s)) => value_at(Cow::Owned(serde_json::from_str(&s).ok()?), steps),
+        Cow::Owned(Json::Object(mut fields)) => {
+            let i = fields.iter().rposition(|(k, _)| k == f)?;
+            value_at(Cow::Owned(fields.swap_remove(i).1), rest)
+        }
+        Cow::Borrowed(Json::String(s)) => value_at(Cow::Owned(Json::parse_owned(s).ok()?), steps),
+        Cow::Owned(Json::String(s)) => value_at(Cow::Owned(Json::parse_owned(&s).ok()?), steps),
         _ => None,
     }
 }
 
 /// Pushes the text parts at `steps` under `v`; false when the path leads nowhere (no array where
 /// `[]` is, or a missing field before it).
-fn collect(v: &Value, steps: &[Step], out: &mut Vec<String>) -> bool {
+fn collect(v: &Json, steps: &[Step], out: &mut Vec<String>) -> bool {
     match steps.split_first() {
         None => match v {
-            Value::String(s) => {
-                out.push(s.clone());
+            Json::String(s) => {
+                out.push(s.to_string());
                 true
             }
-            Value::Number(n) => {
+            Json::Number(n) => {
                 out.push(n.to_string());
                 true
             }
             _ => false,
         },
         Some((Step::Field(f), rest)) => match v {
-            Value::Object(m) => m.get(f).is_some_and(|x| collect(x, rest, out)),
-            Value::String(s) => {
-                serde_json::from_str::<Value>(s).is_ok_and(|x| collect(&x, steps, out))
-            }
+            Json::Object(_) => v.get(f).is_some_and(|x| collect(x, rest, out)),
+            Json::String(s) => Json::parse_owned(s).is_ok_and(|x| collect(&x, steps, out)),
             _ => false,
         },
         Some((Step::Each, rest)) => match v {
-            Value::Array(items) => {
+            Json::Array(items) => {
                 for item in items {
                     // An element without the part (an image block) adds nothing.
                     collect(item, rest, out);
                 }
                 true
             }
-            Value::String(s) => {
-                serde_json::from_str::<Value>(s).is_ok_and(|x| collect(&x, steps, out))
-            }
+            Json::String(s) => Json::parse_owned(s).is_ok_and(|x| collect(&x, steps, out)),
             _ => false,
         },
     }

@@ -43,6 +43,28 @@ pub(crate) fn count_protected(counters: &mut Counters, p: Protected, due: &[Vec<
     gone
 }
 
+/// A fetched value decoded (see [`Decoder::decode_fetched`]).
+type DecodedValue = (Result<(usize, Option<Checkpoint>), Reject>, Vec<u8>, u64);
+
+/// One value decoded as a sweep decodes it (the same rejects), for `inspect`'s samples: the
+/// conversation id and message count, or the reject's reason. None: the key was gone.
+pub fn decode_sample(
+    cfg: &SweepConfig,
+    key: &[u8],
+    fetched: Fetched,
+) -> Option<Result<(String, usize), String>> {
+    let cfg = SweepConfig {
+        dry_run: false,
+        ..cfg.clone()
+    };
+    let (decoded, _, _) = Decoder::new(cfg).decode_fetched(key, fetched)?;
+    Some(match decoded {
+        Ok((n, Some(c))) => Ok((c.conversation_id, n)),
+        Ok((n, None)) => Ok((String::new(), n)),
+        Err(reject) => Err(reject.to_string()),
+    })
+}
+
 /// What the writers receive.
 pub(crate) struct ReadBatch {
     pub batch: Batch,
@@ -117,51 +139,8 @@ impl Decoder {
     /// counts its messages: building the rows took most of its CPU.
     fn take_value(&mut self, key: Vec<u8>, ttl_ms: u64, fetched: Fetched) {
         let shown = display_key(&key);
-        // How many messages, and the checkpoint to write (None on dry runs).
-        let (decoded, value, size) = match fetched {
-            Fetched::Gone => return expired(&mut self.counters, &key),
-            Fetched::WrongType(found) => (
-                Err(Reject::WrongType {
-                    expected: self.cfg.layout.expected(),
-                    found: found.clone(),
-                }),
-                found.into_bytes(),
-                0,
-            ),
-            Fetched::Invalid { reject, raw } => {
-                let size = raw.len() as u64;
-                (Err(reject), raw, size)
-            }
-            Fetched::TooLarge { size, sample } => (
-                Err(Reject::TooLarge {
-                    size,
-                    limit: self.cfg.max_value_bytes,
-                }),
-                sample,
-                size,
-            ),
-            Fetched::Value(v) => {
-                let decoded = self.decode(&key, Raw::Text(&v));
-                let size = v.len() as u64;
-                (decoded, v, size)
-            }
-            Fetched::List(items) => {
-                let decoded = self.decode(&key, Raw::List(&items));
-                let value = lossy_json_array(&items);
-                let size = value.len() as u64;
-                (decoded, value, size)
-            }
-            Fetched::Hash(pairs) => {
-                let decoded = self.decode(&key, Raw::Hash(&pairs));
-                let value = pairs
-                    .iter()
-                    .flat_map(|(f, v)| [f, v])
-                    .cloned()
-                    .collect::<Vec<_>>();
-                let value = lossy_json_array(&value);
-                let size = value.len() as u64;
-                (decoded, value, size)
-            }
+        let Some((decoded, value, size)) = self.decode_fetched(&key, fetched) else {
+            return expired(&mut self.counters, &key);
         };
         self.counters.due += 1;
         self.taken += 1;
@@ -191,14 +170,84 @@ impl Decoder {
         }
     }
 
+    /// What a fetch gave, decoded: the message count and the checkpoint to write (None on dry
+    /// runs) or the reject, with the value as a reject keeps it and its size. None: the key was
+    /// gone.
+    fn decode_fetched(&self, key: &[u8], fetched: Fetched) -> Option<DecodedValue> {
+        Some(match fetched {
+            Fetched::Gone => return None,
+            Fetched::WrongType(found) => (
+                Err(Reject::WrongType {
+                    expected: self.cfg.layout.expected(),
+                    found: found.clone(),
+                }),
+                found.into_bytes(),
+                0,
+            ),
+            Fetched::Invalid { reject, raw } => {
+                let size = raw.len() as u64;
+                (Err(reject), raw, size)
+            }
+            Fetched::TooLarge { size, sample } => (
+                Err(Reject::TooLarge {
+                    size,
+                    limit: self.cfg.max_value_bytes,
+                }),
+                sample,
+                size,
+            ),
+            Fetched::Value(v) => {
+                let decoded = self.decode(key, Raw::Text(&v));
+                let size = v.len() as u64;
+                (decoded, v, size)
+            }
+            // A reject keeps the elements or fields as a JSON array of strings; a value decoded
+            // is sized as it is stored (the elements in a JSON array), without building that.
+            Fetched::List(items) => {
+                let decoded = self.decode(key, Raw::List(&items));
+                let (value, size) = match &decoded {
+                    Ok(_) => (
+                        Vec::new(),
+                        items.iter().map(|e| e.len() as u64 + 1).sum::<u64>() + 1,
+                    ),
+                    Err(_) => {
+                        let value = lossy_json_array(&items);
+                        let size = value.len() as u64;
+                        (value, size)
+                    }
+                };
+                (decoded, value, size)
+            }
+            Fetched::Hash(pairs) => {
+                let decoded = self.decode(key, Raw::Hash(&pairs));
+                let (value, size) = match &decoded {
+                    Ok(_) => (
+                        Vec::new(),
+                        pairs.iter().map(|(f, v)| (f.len() + v.len()) as u64).sum(),
+                    ),
+                    Err(_) => {
+                        let flat: Vec<Vec<u8>> =
+                            pairs.iter().flat_map(|(f, v)| [f, v]).cloned().collect();
+                        let value = lossy_json_array(&flat);
+                        let size = value.len() as u64;
+                        (value, size)
+                    }
+                };
+                (decoded, value, size)
+            }
+        })
+    }
+
     /// A value decoded: its message count, and the checkpoint to write (None on dry runs of the
     /// native document, which only check it). A mapping decodes lists and hashes as they are.
     fn decode(&self, key: &[u8], raw: Raw) -> Result<(usize, Option<Checkpoint>), Reject> {
         let key = std::str::from_utf8(key).map_err(|_| Reject::KeyNotUtf8)?;
         if let Some(m) = &self.cfg.mapping {
+            if self.cfg.dry_run {
+                return m.check(key, raw).map(|n| (n, None));
+            }
             let d = m.decode(key, raw)?;
-            let n = d.checkpoint.messages.len();
-            return Ok((n, (!self.cfg.dry_run).then_some(d.checkpoint)));
+            return Ok((d.checkpoint.messages.len(), Some(d.checkpoint)));
         }
         let Raw::Text(v) = raw else {
             return Err(Reject::NotJson("a list or hash needs a mapping".into()));

@@ -19,11 +19,18 @@
 //! the sweep at each size, and ends with the cost curve: how each grows from size to size against
 //! the key count, and the peak RSS.
 //!
+//! With `--format langchain` (`make bench BENCH_ARGS='--format langchain'`) it measures a chat
+//! library's layout against the native one instead: the same conversations (the same generator,
+//! seeds and TTLs) loaded once as native checkpoints and once as LangChain keeps them (a list
+//! `message_store:{id}`, LPUSH, newest first, each element `{"type": "human", "data": {...}}`),
+//! each alone in Redis, then the dry run (best of three), the sweep and a re-sweep of each, side
+//! by side, with the ratios.
+//!
 //! With `--storage` (`make bench-storage`) it measures only bytes: the WAL and the table growth of
 //! a sweep against the bytes it read from Redis, and what took them (see `storage.rs`).
 //!
 //! Usage: cargo bench --bench sweep -- [--sizes 100000,1000000] [--naive] [--curve] [--messages 10]
-//! [--storage]
+//! [--format langchain] [--storage]
 //! (needs REDIS_URL and SWEEPER_TEST_PG_ADMIN, as `tests/servers.sh exec` sets them).
 
 use std::fmt::Write as _;
@@ -37,7 +44,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 use sweeper::checkpoint::{conversation_id, decode};
-use sweeper::cmd::simulate::{SimulateConfig, simulate};
+use sweeper::cmd::simulate::{SimulateConfig, conversation, simulate};
 use sweeper::redis::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
 
@@ -517,39 +524,34 @@ struct Opts {
     curve: bool,
     /// Messages per checkpoint (10; `--messages` makes them smaller for 5M keys).
     messages: usize,
+    /// `--format langchain`: the native layout against LangChain's, nothing else.
+    langchain: bool,
 }
 
-async fn bench_size(
-    env: &Env,
-    keys: u64,
-    opts: Opts,
-    rows: &mut Vec<Row>,
-    notes: &mut Vec<String>,
-) {
-    eprintln!("bench: {keys} keys: loading");
-    let redis = redis::Client::open(env.redis_url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    // ASYNC: freeing millions of keys takes longer than the client's response timeout.
-    let () = redis::cmd("FLUSHALL")
-        .arg("ASYNC")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let pg = reset(env).await;
+/// How the conversations are kept in Redis.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The native checkpoint document, a string per conversation (`simulate`).
+    Native,
+    /// LangChain's `RedisChatMessageHistory`: a list per conversation, newest first.
+    LangChain,
+}
+
+/// Loads `keys` conversations of `messages` messages in `layout`: 10% due (TTL 90-96 minutes
+/// left, under the 2-hour threshold) and 90% active (3-6 hours), far enough apart that the due set
+/// stays the same while every measurement of this size runs; plus 10% native keys of another
+/// pattern as noise. Returns the bytes and messages of the conversations.
+async fn load_keys(env: &Env, keys: u64, messages: usize, layout: Layout) -> (u64, u64) {
     let mut source = redis_node(env).await;
-    let load = Instant::now();
-    // 10% due (TTL 90-96 minutes left, under the 2-hour threshold) and 90% active (3-6 hours): far
-    // enough apart that the due set stays the same while every measurement of this size runs.
     let due_cfg = SimulateConfig {
         conversations: keys / 10,
         prefix: PREFIX.into(),
         ttl_min: Duration::from_secs(5400),
         ttl_max: Duration::from_secs(5760),
-        messages_min: opts.messages,
-        messages_max: opts.messages,
+        messages_min: messages,
+        messages_max: messages,
         seed: 1,
     };
-    let mut report = simulate(&mut source, &due_cfg).await.unwrap();
     let active = SimulateConfig {
         conversations: keys - keys / 10,
         ttl_min: Duration::from_secs(3 * 3600),
@@ -557,9 +559,18 @@ async fn bench_size(
         seed: 2,
         ..due_cfg.clone()
     };
-    let more = simulate(&mut source, &active).await.unwrap();
-    report.bytes += more.bytes;
-    report.messages += more.messages;
+    let (mut bytes, mut msgs) = (0, 0);
+    for cfg in [&due_cfg, &active] {
+        let (b, m) = match layout {
+            Layout::Native => {
+                let r = simulate(&mut source, cfg).await.unwrap();
+                (r.bytes, r.messages)
+            }
+            Layout::LangChain => load_langchain(env, cfg).await,
+        };
+        bytes += b;
+        msgs += m;
+    }
     simulate(
         &mut source,
         &SimulateConfig {
@@ -571,13 +582,201 @@ async fn bench_size(
     )
     .await
     .unwrap();
+    (bytes, msgs)
+}
+
+/// An empty Redis and a fresh database, then `keys` conversations loaded in `layout`; says how
+/// long that took in `notes`.
+async fn fresh_load(
+    env: &Env,
+    keys: u64,
+    messages: usize,
+    layout: Layout,
+    tag: &str,
+    notes: &mut Vec<String>,
+) -> PgPool {
+    eprintln!("bench: {keys} keys: loading{tag}");
+    let redis = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    // ASYNC: freeing millions of keys takes longer than the client's response timeout.
+    let () = redis::cmd("FLUSHALL")
+        .arg("ASYNC")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let pg = reset(env).await;
+    let load = Instant::now();
+    let (bytes, n) = load_keys(env, keys, messages, layout).await;
     notes.push(format!(
-        "{keys} keys: loaded in {:.1}s, {:.0} bytes and {:.1} messages per checkpoint on average, plus {} noise keys",
+        "{keys} keys{tag}: loaded in {:.1}s, {:.0} bytes and {:.1} messages per conversation on average, plus {} noise keys",
         load.elapsed().as_secs_f64(),
-        report.bytes as f64 / keys as f64,
-        report.messages as f64 / keys as f64,
+        bytes as f64 / keys as f64,
+        n as f64 / keys as f64,
         keys / 10
     ));
+    pg
+}
+
+/// `simulate`'s conversations (the same generator, draws and TTLs, so the same ids, messages and
+/// due set) written as LangChain's `RedisChatMessageHistory` keeps them: `LPUSH
+/// message_store:{id}` of each message in turn (newest first), then `PEXPIRE`. Returns the bytes
+/// of the elements and the messages.
+async fn load_langchain(env: &Env, cfg: &SimulateConfig) -> (u64, u64) {
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let now = chrono::Utc::now();
+    let (mut bytes, mut messages) = (0u64, 0u64);
+    let mut pipe = redis::pipe();
+    for i in 0..cfg.conversations {
+        // The draws in simulate's order: messages, the conversation, then the TTL.
+        let id = format!("sim-{}-{i:07}", cfg.seed);
+        let n = rng.usize(cfg.messages_min..=cfg.messages_max);
+        let doc = conversation(&mut rng, &id, n, now);
+        let ttl_ms = rng
+            .u64(cfg.ttl_min.as_millis() as u64..=cfg.ttl_max.as_millis() as u64)
+            .max(1);
+        let elements: Vec<String> = doc["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| langchain_element(&m["role"], &m["content"]))
+            .collect();
+        bytes += elements.iter().map(|e| e.len() as u64).sum::<u64>();
+        messages += elements.len() as u64;
+        let key = format!("message_store:{id}");
+        pipe.cmd("LPUSH").arg(&key).arg(elements).ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+        if i % 500 == 499 || i + 1 == cfg.conversations {
+            let () = pipe.query_async(&mut conn).await.unwrap();
+            pipe = redis::pipe();
+        }
+    }
+    (bytes, messages)
+}
+
+/// One message as langchain-core's `message_to_dict` gives it (what the real client writes).
+fn langchain_element(role: &Value, content: &Value) -> String {
+    let data = if role == "user" {
+        serde_json::json!({"content": content, "additional_kwargs": {}, "response_metadata": {},
+            "type": "human", "name": null, "id": null})
+    } else {
+        serde_json::json!({"content": content, "additional_kwargs": {}, "response_metadata": {},
+            "type": "ai", "name": null, "id": null, "tool_calls": [], "invalid_tool_calls": [],
+            "usage_metadata": null})
+    };
+    serde_json::json!({"type": data["type"], "data": data}).to_string()
+}
+
+/// The dry run (best of three), the sweep and the re-sweep of one layout's keys, with the extra
+/// arguments `args`; rows labelled with `tag`. Returns the three wall times.
+async fn sweeps_of(
+    env: &Env,
+    keys: u64,
+    args: &[&str],
+    tag: &str,
+    rows: &mut Vec<Row>,
+) -> [f64; 3] {
+    let mut best: Option<Measured> = None;
+    for _ in 0..RUNS {
+        let m = run_measured(
+            env.sweeper()
+                .args(["run", "--dry-run", "--output", "json"])
+                .args(args),
+        );
+        if best.as_ref().is_none_or(|b| m.wall < b.wall) {
+            best = Some(m);
+        }
+    }
+    let dry = best.unwrap();
+    assert_eq!(dry.code, 0, "{}", String::from_utf8_lossy(&dry.stdout));
+    let s: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(s["rejected"], 0, "{s}");
+    rows.push(Row {
+        keys,
+        label: format!("sweeper run --dry-run{tag}"),
+        wall: dry.wall,
+        scanned: s["scanned"].as_u64().unwrap(),
+        rows: s["due"].as_u64().unwrap(),
+        rss_mb: Some(dry.peak_rss_kb as f64 / 1024.0),
+        round_trips: s["redis_round_trips"].as_u64(),
+        note: format!("{} due", s["due"]),
+        ..Row::default()
+    });
+    let mut walls = [dry.wall.as_secs_f64(), 0.0, 0.0];
+    for (i, what) in [(1, "sweeper run"), (2, "sweeper run again")] {
+        let m = run_measured(env.sweeper().args(["run", "--output", "json"]).args(args));
+        assert_eq!(m.code, 0, "{}", String::from_utf8_lossy(&m.stdout));
+        let s: Value = serde_json::from_slice(&m.stdout).unwrap();
+        assert_eq!(s["rejected"], 0, "{s}");
+        let (n, note) = match i {
+            1 => (
+                s["persisted"].as_u64().unwrap(),
+                format!("{} messages", s["messages_added"]),
+            ),
+            _ => (
+                s["unchanged"].as_u64().unwrap(),
+                "nothing written".to_string(),
+            ),
+        };
+        rows.push(Row {
+            keys,
+            label: format!("{what}{tag}"),
+            wall: m.wall,
+            scanned: s["scanned"].as_u64().unwrap(),
+            rows: n,
+            rss_mb: Some(m.peak_rss_kb as f64 / 1024.0),
+            round_trips: s["redis_round_trips"].as_u64(),
+            statements: s["pg_statements"].as_u64(),
+            note,
+        });
+        walls[i] = m.wall.as_secs_f64();
+    }
+    walls
+}
+
+/// `--format langchain`: the same conversations as native checkpoints and as LangChain's lists,
+/// each alone in Redis and swept into a fresh database, side by side.
+async fn bench_langchain(
+    env: &Env,
+    keys: u64,
+    opts: Opts,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    let mut walls = Vec::new();
+    for (layout, args, tag) in [
+        (Layout::Native, &[][..], ""),
+        (
+            Layout::LangChain,
+            &["--format", "langchain"][..],
+            " --format langchain",
+        ),
+    ] {
+        fresh_load(env, keys, opts.messages, layout, tag, notes)
+            .await
+            .close()
+            .await;
+        eprintln!("bench: {keys} keys: dry run, sweep, re-sweep{tag}");
+        walls.push(sweeps_of(env, keys, args, tag, rows).await);
+    }
+    let (native, lc) = (walls[0], walls[1]);
+    notes.push(format!(
+        "{keys} keys: --format langchain / native: dry run {:.2}x, sweep {:.2}x, re-sweep {:.2}x (target: within 1.2x)",
+        lc[0] / native[0],
+        lc[1] / native[1],
+        lc[2] / native[2],
+    ));
+}
+
+async fn bench_size(
+    env: &Env,
+    keys: u64,
+    opts: Opts,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    let pg = fresh_load(env, keys, opts.messages, Layout::Native, "", notes).await;
 
     eprintln!("bench: {keys} keys: Redis floor and dry run, alternately");
     // Best of three, for the floor and the dry run: on a shared VM noise only ever adds time,
@@ -811,6 +1010,7 @@ async fn main() {
         naive: false,
         curve: false,
         messages: 10,
+        langchain: false,
     };
     let mut storage = false;
     let mut i = 1;
@@ -825,6 +1025,15 @@ async fn main() {
                 i += 1;
             }
             "--naive" => opts.naive = true,
+            "--format" => {
+                assert_eq!(
+                    args[i + 1],
+                    "langchain",
+                    "--format langchain is the one compared"
+                );
+                opts.langchain = true;
+                i += 1;
+            }
             "--curve" => opts.curve = true,
             "--messages" => {
                 opts.messages = args[i + 1].parse().expect("--messages 4");
@@ -861,7 +1070,11 @@ async fn main() {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &n in &sizes {
-        bench_size(&env, n, opts, &mut rows, &mut notes).await;
+        if opts.langchain {
+            bench_langchain(&env, n, opts, &mut rows, &mut notes).await;
+        } else {
+            bench_size(&env, n, opts, &mut rows, &mut notes).await;
+        }
     }
     if opts.curve {
         notes.extend(curve(&rows));
@@ -889,8 +1102,10 @@ async fn main() {
     for n in notes {
         println!("- {n}");
     }
-    println!(
-        "- targets: sweep/(floor+copy) <= 1.25 at 1M keys; RSS at 1M within 10% of 100k and < 100 MB; dry run <= 1.2x floor; p99 rise < 2x"
-    );
+    if !opts.langchain {
+        println!(
+            "- targets: sweep/(floor+copy) <= 1.25 at 1M keys; RSS at 1M within 10% of 100k and < 100 MB; dry run <= 1.2x floor; p99 rise < 2x"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

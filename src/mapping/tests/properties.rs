@@ -134,6 +134,8 @@ proptest! {
         let raw: Vec<Vec<u8>> = msgs.iter().map(|m| element(m).to_string().into_bytes()).collect();
         let d = m.decode("p:c", Raw::List(&raw)).unwrap();
         prop_assert_eq!(engine(&d), reference(&msgs, newest_first));
+        // A dry run's check counts the same messages.
+        prop_assert_eq!(m.check("p:c", Raw::List(&raw)), Ok(msgs.len()));
         prop_assert_eq!(&d.checkpoint.conversation_id, "p:c".strip_prefix("p:").unwrap());
         // Identities: one per message, the id's where there is one.
         let mut ids: Vec<&str> = d.checkpoint.messages.iter().map(|m| m.identity.as_str()).collect();
@@ -164,6 +166,7 @@ proptest! {
         let text = doc.to_string();
         let d = m.decode("d:whatever", Raw::Text(text.as_bytes())).unwrap();
         prop_assert_eq!(engine(&d), reference(&msgs, false));
+        prop_assert_eq!(m.check("d:whatever", Raw::Text(text.as_bytes())), Ok(msgs.len()));
         prop_assert_eq!(d.checkpoint.conversation_id.as_str(), "s-1");
         prop_assert_eq!(d.checkpoint.user_id, user.map(|u| u.to_string()));
         prop_assert_eq!(&d.checkpoint.document, &text);

@@ -1,0 +1,73 @@
+//! Sweeping a chat service's own layout through the binary (`--format NAME` or `--mapping FILE`):
+//! the sweep, the rows it left, the keys there are and the restore, for tests/chat_libraries.rs
+//! (the real clients) and tests/doc_mappings.rs (the mapping files shipped in docs/).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{TestEnv, stderr};
+
+/// Each message's (role, text), in conversation order.
+pub type Messages = Vec<(String, String)>;
+
+/// Each conversation's messages as stored, by seq.
+pub async fn stored(env: &TestEnv) -> BTreeMap<String, Messages> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT conversation_id, role, content FROM messages ORDER BY conversation_id, seq",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .unwrap();
+    let mut out: BTreeMap<String, Messages> = BTreeMap::new();
+    for (c, r, t) in rows {
+        out.entry(c).or_default().push((r, t));
+    }
+    out
+}
+
+/// The keys matching `pattern`, sorted.
+pub fn keys(con: &mut redis::Connection, pattern: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(con).unwrap();
+    keys.sort();
+    keys
+}
+
+/// `sweeper run` of the layout `layout` (`["--format", NAME]` or `["--mapping", FILE]`) with a
+/// 2-hour threshold, which must succeed; its JSON summary. `pattern`: a `--match` of the test's
+/// own; `idle`: `--save-idle 1s`.
+pub fn sweep(env: &TestEnv, layout: &[&str], pattern: Option<&str>, idle: bool) -> Value {
+    let mut cmd = env.command();
+    cmd.arg("run").args(layout).args([
+        "--threshold",
+        "2h",
+        "--protect-ttl",
+        "3h",
+        "--output",
+        "json",
+    ]);
+    if let Some(p) = pattern {
+        cmd.args(["--match", p]);
+    }
+    if idle {
+        cmd.args(["--save-idle", "1s"]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "sweep failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `sweeper restore --conversation ID` in the layout `layout`, which must succeed.
+pub fn restore(env: &TestEnv, conversation: &str, layout: &[&str]) {
+    let out = env
+        .command()
+        .args(["restore", "--conversation", conversation])
+        .args(layout)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore {conversation}: {}",
+        stderr(&out)
+    );
+}
