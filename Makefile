@@ -8,7 +8,7 @@ SWEEPER := target/release/sweeper
 # The test build of the binary, wherever CARGO_TARGET_DIR puts it.
 DEBUG_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/sweeper
 
-.PHONY: all build test test-orchestrators unit soak bench bench-quick bench-curve bench-live demo demo-steps lint fmt image clean audit licenses deb
+.PHONY: all build test test-orchestrators unit soak bench bench-quick bench-curve bench-live bench-storage demo demo-steps lint fmt image clean audit licenses deb
 
 IMAGE ?= sweeper:dev
 
@@ -52,6 +52,11 @@ bench-curve: build
 # three ways (a write per turn, `sweeper daemon` on its schedule, one write per session). One table.
 bench-live: build
 	$(SERVERS) $(CARGO) bench --locked --bench live -- $(BENCH_ARGS)
+
+# What a sweep costs PostgreSQL in bytes: WAL and table growth against the bytes read from Redis
+# (20k simulated conversations of 10-30 messages, swept once, then again each 2 messages longer).
+bench-storage: build
+	$(SERVERS) $(CARGO) bench --locked --bench sweep -- --storage $(BENCH_ARGS)
 
 # Unit tests only: no servers needed.
 unit:

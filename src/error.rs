@@ -124,8 +124,11 @@ impl Error {
                     // unique_violation: every statement upserts, so a unique violation is a
                     // race with another writer creating the same conversation (a second sweep
                     // after PostgreSQL dropped the first one's lock); the retry finds the row
-                    // committed and merges into it. read_only_sql_transaction: the endpoint
-                    // still points at a standby not yet promoted (RDS Multi-AZ, Patroni).
+                    // committed and merges into it; foreign_key_violation, the same race seen at
+                    // commit (the messages reference the id this writer drew for the
+                    // conversation; the other writer's row has its own). read_only_sql_transaction:
+                    // the endpoint still points at a standby not yet promoted (RDS Multi-AZ,
+                    // Patroni).
                     matches!(
                         &*c,
                         "25006"
@@ -137,6 +140,7 @@ impl Error {
                             | "55P03"
                             | "57014"
                             | "23505"
+                            | "23503"
                     ) || c.starts_with("08")
                 }),
                 _ => false,

@@ -277,3 +277,74 @@ async fn tiny_pages_and_batches_save_every_key_once() {
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 300);
     assert_eq!(env.count("SELECT count(*) FROM messages").await, 300);
 }
+
+/// Each message's text is stored once, in its conversation's document where that holds it: when
+/// a newer document no longer holds it there (a conversation started again, a window of recent
+/// messages, an edit), the message keeps the text it was first saved with.
+#[tokio::test]
+async fn a_message_keeps_its_text_when_the_document_no_longer_holds_it() {
+    let env = TestEnv::migrated("textonce").await;
+    let texts = |env: &TestEnv| {
+        let pg = env.pg.clone();
+        async move {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT message_key, content FROM messages ORDER BY seq")
+                    .fetch_all(&pg)
+                    .await
+                    .unwrap();
+            rows
+        }
+    };
+    let want = |ids: &[&str]| -> Vec<(String, String)> {
+        ids.iter()
+            .map(|i| (format!("id:{i}"), format!("text of {i}")))
+            .collect()
+    };
+    env.set(
+        "c",
+        &doc(Some("2026-11-22T10:00:00Z"), &["m1", "m2", "m3"]),
+        SOON,
+    )
+    .await;
+    env.run_json(&[]);
+    assert_eq!(texts(&env).await, want(&["m1", "m2", "m3"]));
+    let in_document: i64 = env
+        .count("SELECT count(*) FROM message_rows WHERE content IS NULL")
+        .await;
+    assert_eq!(in_document, 3, "stored once: in the document");
+
+    // The user came back: the added message's text is in the newer document alone too.
+    env.set(
+        "c",
+        &doc(Some("2026-11-22T10:30:00Z"), &["m1", "m2", "m3", "m4"]),
+        SOON,
+    )
+    .await;
+    env.run_json(&[]);
+    assert_eq!(texts(&env).await, want(&["m1", "m2", "m3", "m4"]));
+    let in_document: i64 = env
+        .count("SELECT count(*) FROM message_rows WHERE content IS NULL")
+        .await;
+    assert_eq!(in_document, 4, "the added message too");
+
+    // A window of the recent messages: m1 drops out, every position shifts.
+    env.set(
+        "c",
+        &doc(Some("2026-11-22T11:00:00Z"), &["m2", "m3", "m4"]),
+        SOON,
+    )
+    .await;
+    env.run_json(&[]);
+    assert_eq!(texts(&env).await, want(&["m1", "m2", "m3", "m4"]));
+    // Edited: the message keeps the text it was first saved with, as before.
+    let mut edited = doc(Some("2026-11-22T12:00:00Z"), &["m2", "m3", "m4"]);
+    edited["messages"][0]["content"] = json!("edited");
+    env.set("c", &edited, SOON).await;
+    env.run_json(&[]);
+    assert_eq!(texts(&env).await, want(&["m1", "m2", "m3", "m4"]));
+    // Started again after expiry, with only the new turns.
+    env.set("c", &doc(Some("2026-11-23T09:00:00Z"), &["m5"]), SOON)
+        .await;
+    env.run_json(&[]);
+    assert_eq!(texts(&env).await, want(&["m1", "m2", "m3", "m4", "m5"]));
+}

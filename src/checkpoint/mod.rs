@@ -45,6 +45,9 @@ pub struct Checkpoint {
     pub document: String,
     /// SHA-256 of the document: an identical re-sweep writes nothing.
     pub content_hash: [u8; 32],
+    /// Whether message `i`'s text is the document's `messages[i].content` (a checkpoint document;
+    /// a mapped layout's document may hold it elsewhere): the store then keeps it only there.
+    pub texts_in_document: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +203,7 @@ fn decode_with(
         packed: None,
         document: text.to_string(),
         content_hash: Sha256::digest(raw).into(),
+        texts_in_document: true,
     })
 }
 
@@ -224,6 +228,7 @@ pub fn decode_packed(
         packed: Some(doc.messages.len()),
         document: text.to_string(),
         content_hash: Sha256::digest(raw).into(),
+        texts_in_document: true,
     })
 }
 

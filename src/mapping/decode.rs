@@ -151,6 +151,7 @@ impl Mapping {
                     false => [0; 32],
                 },
                 document: text,
+                texts_in_document: false,
             },
             keys: vec![key.to_string(); elements.len()],
             elements,

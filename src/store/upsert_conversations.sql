@@ -1,15 +1,16 @@
 -- One row per conversation: inserted, or updated when the checkpoint is newer than the stored one
 -- (see sweeper_replaces) or messages were added. An unchanged checkpoint touches nothing
--- and returns no row.
+-- and returns no row. The id of a new row is drawn beforehand (its messages reference it); a
+-- stored row keeps its own.
 INSERT INTO conversations AS c
-    (conversation_id, user_id, redis_key, checkpoint, checkpoint_messages, message_count, content_hash,
+    (id, conversation_id, user_id, redis_key, checkpoint, checkpoint_messages, message_count, content_hash,
      started_at, updated_at, last_run_id)
-SELECT t.conversation_id, t.user_id, t.redis_key, t.checkpoint::jsonb, t.checkpoint_messages, t.added,
+SELECT t.id, t.conversation_id, t.user_id, t.redis_key, t.checkpoint::jsonb, t.checkpoint_messages, t.added,
        t.content_hash, t.started_at, t.updated_at, $10
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::bytea[],
-            $8::timestamptz[], $9::timestamptz[])
+            $8::timestamptz[], $9::timestamptz[], $11::int8[])
      AS t(conversation_id, user_id, redis_key, checkpoint, checkpoint_messages, added, content_hash,
-          started_at, updated_at)
+          started_at, updated_at, id)
 ON CONFLICT (conversation_id) DO UPDATE SET
     -- Checkpoint fields come from whichever of the two rows is newer: the stored one never regresses.
     (user_id, redis_key, checkpoint, checkpoint_messages, content_hash, started_at, updated_at) =

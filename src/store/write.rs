@@ -8,6 +8,9 @@ use super::{Batch, BatchOutcome, RejectRecord, Store};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 
+mod message_rows;
+use message_rows::MessageColumns;
+
 impl Store {
     /// Writes one batch in one transaction: conversations already stored with the same content
     /// are skipped without sending anything; messages of new conversations are inserted as they
@@ -34,15 +37,16 @@ impl Store {
         let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
         let mut statements = 2; // BEGIN, COMMIT
 
-        let mut stored: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut ids = Ids::default();
         if !batch.checkpoints.is_empty() {
-            stored = lookup(&newest_per_conversation(&batch.checkpoints), &mut tx).await?;
+            ids.absorb(lookup(&newest_per_conversation(&batch.checkpoints), &mut tx).await?);
             statements += 1;
         }
         // Messages are built only for what is new or changed: a checkpoint stored as it is adds
         // none (its messages were stored with it).
         for c in &mut batch.checkpoints {
-            if stored
+            if ids
+                .stored
                 .get(&c.conversation_id)
                 .is_none_or(|h| h[..] != c.content_hash[..])
             {
@@ -51,44 +55,30 @@ impl Store {
         }
         let batch = &*batch;
         let rows = newest_per_conversation(&batch.checkpoints);
-        let mut unchanged = unchanged(&batch.checkpoints, &rows, &stored);
+        let mut unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
         // Only the conversations about to change are locked (a lock writes WAL): an unchanged one
         // stays unchanged whatever a concurrent writer does, as the stored row never regresses.
         let to_lock: Vec<&Checkpoint> = rows
             .iter()
             .copied()
             .filter(|c| {
-                stored.contains_key(&c.conversation_id)
+                ids.stored.contains_key(&c.conversation_id)
                     && !unchanged.contains(c.conversation_id.as_str())
             })
             .collect();
         if !to_lock.is_empty() {
-            stored.extend(lock(&to_lock, &mut tx).await?);
+            ids.absorb(lock(&to_lock, &mut tx).await?);
             statements += 1;
-            unchanged = self::unchanged(&batch.checkpoints, &rows, &stored);
+            unchanged = self::unchanged(&batch.checkpoints, &rows, &ids.stored);
         }
-        let is_new = |c: &Checkpoint| !stored.contains_key(&c.conversation_id);
-        let is_changed =
-            |c: &Checkpoint| !is_new(c) && !unchanged.contains(c.conversation_id.as_str());
-
         // Messages first, so each conversation row can count what was added.
-        let mut added_to: Vec<String> = Vec::new();
-        let fresh = MessageColumns::of(batch.checkpoints.iter().filter(|c| is_new(c)));
-        if !fresh.message_key.is_empty() {
-            // COPY: nothing to merge, so the fastest way in (about 20% faster than UNNEST here).
-            let n = fresh.copy_in(run_id, &mut tx).await?;
-            added_to.extend(fresh.conversation_id.iter().take(n).map(|c| c.to_string()));
-            statements += 1;
-        }
-        let merged = MessageColumns::of(batch.checkpoints.iter().filter(|c| is_changed(c)));
-        if !merged.message_key.is_empty() {
-            added_to.extend(merged.merge_in(run_id, &mut tx).await?);
-            statements += 1;
-        }
+        let msgs = write_messages(batch, &rows, &ids, &unchanged, run_id, &mut tx).await?;
+        statements += msgs.statements;
+        let added_to = msgs.added_to;
         let messages_ms = started.elapsed().as_millis() as u64;
-        let mut added: HashMap<&str, i32> = HashMap::new();
+        let mut added: HashMap<i64, i32> = HashMap::new();
         for c in &added_to {
-            *added.entry(c.as_str()).or_default() += 1;
+            *added.entry(*c).or_default() += 1;
         }
 
         let write: Vec<&Checkpoint> = rows
@@ -98,7 +88,7 @@ impl Store {
             .collect();
         let mut persisted = 0;
         if !write.is_empty() {
-            persisted = upsert(&write, &added, run_id, &mut tx).await?;
+            persisted = upsert(&write, &ids.id, &added, run_id, &mut tx).await?;
             statements += 1;
         }
         let conversations_ms = started.elapsed().as_millis() as u64 - messages_ms;
@@ -116,8 +106,9 @@ impl Store {
             thread_rows = threads.rows,
             conversations = rows.len(),
             unchanged = rows.len() - write.len(),
-            new_messages = fresh.message_key.len(),
-            merged_messages = merged.message_key.len(),
+            new_messages = msgs.new,
+            texts_in_documents = msgs.in_documents,
+            merged_messages = msgs.merged,
             messages_ms,
             conversations_ms,
             total_ms = started.elapsed().as_millis() as u64,
@@ -136,35 +127,137 @@ impl Store {
 
 type Tx<'t> = sqlx::Transaction<'t, sqlx::Postgres>;
 
-/// The content hash stored for each conversation of the batch that is stored already.
-async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<HashMap<String, Vec<u8>>> {
+/// What [`write_messages`] did.
+struct Messages {
+    /// The conversation of each message added.
+    added_to: Vec<i64>,
+    new: usize,
+    in_documents: usize,
+    merged: usize,
+    statements: u64,
+}
+
+/// Writes the messages of the batch's new conversations (`COPY`) and of its changed ones (merged
+/// with the stored messages). `rows`: the newest checkpoint of each conversation.
+async fn write_messages(
+    batch: &Batch,
+    rows: &[&Checkpoint],
+    ids: &Ids,
+    unchanged: &HashSet<&str>,
+    run_id: Option<i64>,
+    tx: &mut Tx<'_>,
+) -> Result<Messages> {
+    let is_new = |c: &Checkpoint| !ids.stored.contains_key(&c.conversation_id);
+    let newest: Vec<&Checkpoint> = rows
+        .iter()
+        .copied()
+        .filter(|c| !is_new(c) && !unchanged.contains(c.conversation_id.as_str()))
+        .collect();
+    let mut out = Messages {
+        added_to: Vec::new(),
+        new: 0,
+        in_documents: 0,
+        merged: 0,
+        statements: 0,
+    };
+    // The checkpoint each conversation's row will hold (when newer than the stored one): a
+    // message's text stays in it alone where it holds that text at the message's position.
+    let documents: HashMap<&str, &Checkpoint> = rows
+        .iter()
+        .map(|c| (c.conversation_id.as_str(), *c))
+        .collect();
+    let fresh = MessageColumns::of(
+        batch.checkpoints.iter().filter(|c| is_new(c)),
+        &ids.id,
+        &documents,
+        true,
+    );
+    (out.new, out.in_documents) = (
+        fresh.message_key.len(),
+        fresh.content.iter().filter(|c| c.is_none()).count(),
+    );
+    if !fresh.message_key.is_empty() {
+        // COPY: nothing to merge, so the fastest way in (about 20% faster than UNNEST here).
+        let n = fresh.copy_in(run_id, tx).await?;
+        out.added_to.extend(fresh.conversation.iter().take(n));
+        out.statements += 1;
+    }
+    let changed: HashSet<&str> = newest.iter().map(|c| c.conversation_id.as_str()).collect();
+    let merged = MessageColumns::of(
+        batch
+            .checkpoints
+            .iter()
+            .filter(|c| changed.contains(c.conversation_id.as_str())),
+        &ids.id,
+        &documents,
+        false,
+    );
+    out.merged = merged.message_key.len();
+    if !merged.message_key.is_empty() {
+        out.added_to
+            .extend(merged.merge_in(run_id, &newest, &ids.id, tx).await?);
+        out.statements += 1;
+    }
+    Ok(out)
+}
+
+/// The conversations of a batch as stored.
+#[derive(Default)]
+struct Ids {
+    /// Each conversation's row id: a new one drawn from the sequence when it is not stored.
+    id: HashMap<String, i64>,
+    /// The content hash of each conversation stored already.
+    stored: HashMap<String, Vec<u8>>,
+}
+
+/// Each conversation asked for: its name, its id (drawn when not stored) and its stored hash.
+type Found = Vec<(String, i64, Option<Vec<u8>>)>;
+
+impl Ids {
+    fn absorb(&mut self, found: Found) {
+        for (name, id, hash) in found {
+            match hash {
+                Some(h) => self.stored.insert(name.clone(), h),
+                // Deleted since the lookup: new again.
+                None => self.stored.remove(&name),
+            };
+            self.id.insert(name, id);
+        }
+    }
+}
+
+/// The id and content hash stored for each conversation of the batch (a new id for one not
+/// stored).
+async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
     hashes(rows, LOOKUP, tx).await
 }
 
 /// Locks the stored conversations about to change and reads their hash again. FOR UPDATE: a
 /// concurrent writer of the same conversations (another sweep whose lock was lost with a
 /// PostgreSQL restart) waits here; message numbering reads then writes. Two writers inserting the
-/// same new conversation collide on a key instead, which is retried (see Error::is_transient).
-async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<HashMap<String, Vec<u8>>> {
+/// same new conversation collide on a key (or on the id their messages reference) instead, which
+/// is retried (see Error::is_transient).
+async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
     hashes(rows, LOCK, tx).await
 }
 
-const LOOKUP: &str =
-    "SELECT conversation_id, content_hash FROM conversations WHERE conversation_id = ANY($1)";
-const LOCK: &str = "SELECT conversation_id, content_hash FROM conversations WHERE conversation_id = ANY($1) FOR UPDATE";
+const LOOKUP: &str = "WITH found AS MATERIALIZED (
+        SELECT conversation_id, id, content_hash FROM conversations WHERE conversation_id = ANY($1))
+    SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
+    FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
+const LOCK: &str = "WITH found AS MATERIALIZED (
+        SELECT conversation_id, id, content_hash FROM conversations WHERE conversation_id = ANY($1)
+        FOR UPDATE)
+    SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
+    FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
 
-async fn hashes(
-    rows: &[&Checkpoint],
-    sql: &'static str,
-    tx: &mut Tx<'_>,
-) -> Result<HashMap<String, Vec<u8>>> {
-    let ids: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
-    let found: Vec<(String, Vec<u8>)> = super::query_as(sql)
-        .bind(&ids)
+async fn hashes(rows: &[&Checkpoint], sql: &'static str, tx: &mut Tx<'_>) -> Result<Found> {
+    let names: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
+    super::query_as(sql)
+        .bind(&names)
         .fetch_all(&mut **tx)
         .await
-        .map_err(Error::postgres("look up conversations"))?;
-    Ok(found.into_iter().collect())
+        .map_err(Error::postgres("look up conversations"))
 }
 
 /// Conversations unchanged: every copy in the batch is the stored document, so it brings nothing
@@ -198,7 +291,8 @@ fn unchanged<'c>(
 /// stored one is not).
 async fn upsert(
     write: &[&Checkpoint],
-    added: &HashMap<&str, i32>,
+    ids: &HashMap<String, i64>,
+    added: &HashMap<i64, i32>,
     run_id: Option<i64>,
     tx: &mut Tx<'_>,
 ) -> Result<usize> {
@@ -209,12 +303,13 @@ async fn upsert(
         .bind(column(write, |c| c.document.as_str()))
         .bind(column(write, |c| c.message_count() as i32))
         .bind(column(write, |c| {
-            added.get(c.conversation_id.as_str()).copied().unwrap_or(0)
+            added.get(&ids[&c.conversation_id]).copied().unwrap_or(0)
         }))
         .bind(column(write, |c| c.content_hash.to_vec()))
         .bind(column(write, |c| c.started_at))
         .bind(column(write, |c| c.updated_at))
         .bind(run_id)
+        .bind(column(write, |c| ids[&c.conversation_id]))
         .fetch_all(&mut **tx)
         .await
         .map_err(Error::postgres("upsert conversations"))?;
@@ -261,152 +356,9 @@ fn newest_per_conversation(all: &[Checkpoint]) -> Vec<&Checkpoint> {
     out
 }
 
-/// Messages as columns for `unnest`, each (conversation, identity) once. `pos` keeps the order
-/// messages had in their checkpoints; `seq` numbers each conversation's messages from 0.
-#[derive(Default)]
-struct MessageColumns<'a> {
-    conversation_id: Vec<&'a str>,
-    message_key: Vec<&'a str>,
-    pos: Vec<i32>,
-    seq: Vec<i32>,
-    message_id: Vec<Option<&'a str>>,
-    role: Vec<&'a str>,
-    content: Vec<&'a str>,
-    created_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
-    /// One key per message: the key and value it was read from (None otherwise).
-    redis_key: Vec<Option<&'a str>>,
-    element: Vec<Option<&'a str>>,
-}
-
-impl<'a> MessageColumns<'a> {
-    fn of(checkpoints: impl Iterator<Item = &'a Checkpoint>) -> Self {
-        let mut cols = MessageColumns::default();
-        let mut seen: HashSet<(&str, &str)> = HashSet::new();
-        let mut next_seq: HashMap<&str, i32> = HashMap::new();
-        for c in checkpoints {
-            for m in &c.messages {
-                if !seen.insert((&c.conversation_id, &m.identity)) {
-                    continue;
-                }
-                let seq = next_seq.entry(&c.conversation_id).or_default();
-                cols.seq.push(*seq);
-                *seq += 1;
-                cols.pos.push(cols.conversation_id.len() as i32);
-                cols.conversation_id.push(&c.conversation_id);
-                cols.message_key.push(&m.identity);
-                cols.message_id.push(m.id.as_deref());
-                cols.role.push(&m.role);
-                cols.content.push(&m.content);
-                cols.created_at.push(m.created_at);
-                let source = m.source.as_deref();
-                cols.redis_key.push(source.map(|s| s.redis_key.as_str()));
-                cols.element.push(source.map(|s| s.element.as_str()));
-            }
-        }
-        cols
-    }
-
-    /// COPYs the messages in (text format); returns how many rows went in. Only for messages of
-    /// conversations not stored yet, checked under the batch lock: nothing can conflict.
-    async fn copy_in(
-        &self,
-        run_id: Option<i64>,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ) -> Result<usize> {
-        use std::fmt::Write as _;
-        let run = run_id.map_or("\\N".to_string(), |r| r.to_string());
-        let mut data = String::with_capacity(self.content.iter().map(|c| c.len() + 96).sum());
-        for i in 0..self.message_key.len() {
-            copy_text(&mut data, self.conversation_id[i]);
-            data.push('\t');
-            copy_text(&mut data, self.message_key[i]);
-            let _ = write!(data, "\t{}\t", self.seq[i]);
-            match self.message_id[i] {
-                Some(id) => copy_text(&mut data, id),
-                None => data.push_str("\\N"),
-            }
-            data.push('\t');
-            copy_text(&mut data, self.role[i]);
-            data.push('\t');
-            copy_text(&mut data, self.content[i]);
-            data.push('\t');
-            match self.created_at[i] {
-                Some(t) => data.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-                None => data.push_str("\\N"),
-            }
-            let _ = write!(data, "\t{run}");
-            for v in [self.redis_key[i], self.element[i]] {
-                data.push('\t');
-                match v {
-                    Some(v) => copy_text(&mut data, v),
-                    None => data.push_str("\\N"),
-                }
-            }
-            data.push('\n');
-        }
-        let mut copy = tx
-            .copy_in_raw(
-                "COPY messages (conversation_id, message_key, seq, message_id, role, content, created_at, run_id, redis_key, element) FROM STDIN",
-            )
-            .await
-            .map_err(Error::postgres("copy messages"))?;
-        copy.send(data.into_bytes())
-            .await
-            .map_err(Error::postgres("copy messages"))?;
-        let rows = copy
-            .finish()
-            .await
-            .map_err(Error::postgres("copy messages"))?;
-        Ok(rows as usize)
-    }
-
-    /// Merges the messages of conversations already stored (insert_messages.sql numbers the new
-    /// ones after the stored); returns the conversation of each message added.
-    async fn merge_in(
-        &self,
-        run_id: Option<i64>,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ) -> Result<Vec<String>> {
-        super::query_scalar(include_str!("insert_messages.sql"))
-            .bind(&self.conversation_id)
-            .bind(&self.message_key)
-            .bind(&self.pos)
-            .bind(&self.message_id)
-            .bind(&self.role)
-            .bind(&self.content)
-            .bind(&self.created_at)
-            .bind(run_id)
-            .bind(&self.redis_key)
-            .bind(&self.element)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(Error::postgres("insert messages"))
-    }
-}
-
 /// One column of a batch, for an `unnest($n::type[])` parameter.
 fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
     rows.iter().map(|r| f(r)).collect()
-}
-
-/// Appends `s` escaped for COPY's text format. Runs between the bytes to escape are copied
-/// whole (it was 12% of a sweep's CPU char by char); the escaped bytes are ASCII, so the runs
-/// are whole UTF-8 sequences.
-fn copy_text(out: &mut String, s: &str) {
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escaped = match b {
-            b'\\' => "\\\\",
-            b'\t' => "\\t",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        out.push_str(escaped);
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
 }
 
 /// Each (key, value) once: an upsert cannot touch the same reject row twice in one statement.
@@ -419,21 +371,12 @@ pub(super) fn distinct_rejects(all: &[RejectRecord]) -> Vec<&RejectRecord> {
 
 #[cfg(test)]
 mod tests {
+    use super::message_rows::message_key;
     use super::*;
     use crate::checkpoint::decode;
 
     fn cp(id: &str, doc: &str) -> Checkpoint {
         decode(&format!("checkpoint:{id}"), id, doc.as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn copy_text_escapes_what_copy_reads_specially_and_keeps_the_rest() {
-        let mut out = String::new();
-        copy_text(&mut out, "a\\b\tc\nd\re — ünï\\\\");
-        assert_eq!(out, "a\\\\b\\tc\\nd\\re — ünï\\\\\\\\");
-        out.clear();
-        copy_text(&mut out, "plain");
-        assert_eq!(out, "plain");
     }
 
     #[test]
@@ -451,10 +394,30 @@ mod tests {
         let rows = newest_per_conversation(&all);
         assert_eq!(rows, vec![&new, &other]);
         // Every message of both copies is still written, once.
-        let m = MessageColumns::of(all.iter());
-        assert_eq!(m.message_key, vec!["id:2", "id:1"]);
+        let ids: HashMap<String, i64> = [("a".to_string(), 7), ("b".to_string(), 8)].into();
+        let documents: HashMap<&str, &Checkpoint> = rows
+            .iter()
+            .map(|c| (c.conversation_id.as_str(), *c))
+            .collect();
+        let m = MessageColumns::of(all.iter(), &ids, &documents, true);
+        assert_eq!(
+            m.message_key,
+            vec![message_key("id:2"), message_key("id:1")]
+        );
         assert_eq!(m.seq, vec![0, 1], "numbered per conversation");
+        assert_eq!(m.conversation, vec![7, 7]);
+        // The newest checkpoint's message is in its document; the older copy's is not.
+        assert_eq!(m.content, vec![None, Some("x")]);
         let twice = [old.clone(), old.clone()];
-        assert_eq!(MessageColumns::of(twice.iter()).message_key.len(), 1);
+        assert_eq!(
+            MessageColumns::of(twice.iter(), &ids, &HashMap::new(), false)
+                .message_key
+                .len(),
+            1
+        );
+        assert_eq!(
+            MessageColumns::of(twice.iter(), &ids, &HashMap::new(), false).content,
+            vec![Some("x")]
+        );
     }
 }

@@ -28,6 +28,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+mod wal;
+use wal::{lsn, wal_by_table};
+
 /// One second of the bench is this many seconds of a real service.
 const SCALE: f64 = 60.0;
 const TTL: Duration = Duration::from_secs(30);
@@ -281,44 +284,6 @@ async fn stats(admin: &PgPool, db: &str) -> Stats {
         rows,
         size,
     }
-}
-
-async fn lsn(admin: &PgPool) -> String {
-    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(admin)
-        .await
-        .unwrap()
-}
-
-/// WAL bytes between two positions by the relation each record touches first.
-async fn wal_by_table(admin: &PgPool, db: &PgPool, from: &str, to: &str) -> Vec<(String, i64)> {
-    let by_node: Vec<(Option<i64>, i64)> = sqlx::query_as(
-        "SELECT (regexp_match(block_ref, 'rel \\d+/\\d+/(\\d+)'))[1]::int8, sum(record_length)::int8 \
-         FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn) GROUP BY 1",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(admin)
-    .await
-    .unwrap();
-    let names: HashMap<i64, String> =
-        sqlx::query_as::<_, (i64, String)>("SELECT relfilenode::int8, relname::text FROM pg_class")
-            .fetch_all(db)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    let mut out: HashMap<String, i64> = HashMap::new();
-    for (node, bytes) in by_node {
-        let name = match node {
-            None => "(no relation: commits, ...)".to_string(),
-            Some(n) => names.get(&n).cloned().unwrap_or_else(|| "(other)".into()),
-        };
-        *out.entry(name).or_default() += bytes;
-    }
-    let mut v: Vec<_> = out.into_iter().collect();
-    v.sort_by_key(|(_, b)| -b);
-    v
 }
 
 struct Outcome {

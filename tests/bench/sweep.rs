@@ -26,8 +26,11 @@
 //! each alone in Redis, then the dry run (best of three), the sweep and a re-sweep of each, side
 //! by side, with the ratios.
 //!
+//! With `--storage` (`make bench-storage`) it measures only bytes: the WAL and the table growth of
+//! a sweep against the bytes it read from Redis, and what took them (see `storage.rs`).
+//!
 //! Usage: cargo bench --bench sweep -- [--sizes 100000,1000000] [--naive] [--curve] [--messages 10]
-//! [--format langchain]
+//! [--format langchain] [--storage]
 //! (needs REDIS_URL and SWEEPER_TEST_PG_ADMIN, as `tests/servers.sh exec` sets them).
 
 use std::fmt::Write as _;
@@ -44,6 +47,9 @@ use sweeper::checkpoint::{conversation_id, decode};
 use sweeper::cmd::simulate::{SimulateConfig, conversation, simulate};
 use sweeper::redis::cluster::Nodes;
 use sweeper::select::{Ttl, classify};
+
+mod storage;
+mod wal;
 
 /// Two hours, not the default ten minutes: on a loaded machine loading and measuring 5M keys
 /// takes longer than a due key of a ten-minute threshold lives. Which keys are due depends on the
@@ -272,12 +278,36 @@ async fn redis_node(env: &Env) -> Nodes {
     .unwrap()
 }
 
-/// Writes the due rows as CSV files for `\copy` (not timed): conversations and messages.
-async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
+/// The due rows as CSV files for `\copy` (not timed).
+struct DueRows {
+    conversations: PathBuf,
+    /// As `message_rows` takes them: the text left in the document.
+    message_rows: PathBuf,
+    /// As a writer of every turn stores them (the naive baseline): text ids and text.
+    messages: PathBuf,
+    rows: u64,
+    count: u64,
+}
+
+/// `message_rows.message_key` of an identity, as the store computes it.
+fn message_key(identity: &str) -> String {
+    use sha2::{Digest, Sha256};
+    match identity.strip_prefix("h:") {
+        Some(h) if h.len() == 32 => h.to_string(),
+        _ => Sha256::digest(identity.as_bytes())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
+}
+
+async fn due_rows_csv(env: &Env) -> DueRows {
     let mut source = redis_node(env).await;
     let conv_path = env.dir.join("conversations.csv");
+    let rows_path = env.dir.join("message_rows.csv");
     let msg_path = env.dir.join("messages.csv");
     let mut conv = std::io::BufWriter::new(std::fs::File::create(&conv_path).unwrap());
+    let mut mrows = std::io::BufWriter::new(std::fs::File::create(&rows_path).unwrap());
     let mut msg = std::io::BufWriter::new(std::fs::File::create(&msg_path).unwrap());
     let (mut rows, mut messages) = (0u64, 0u64);
     let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(String::new(), |t| t.to_rfc3339());
@@ -307,7 +337,8 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             let hash: String = c.content_hash.iter().map(|b| format!("{b:02x}")).collect();
             writeln!(
                 conv,
-                "{},{},{},{},{},{},\\x{hash},{},{}",
+                "{},{},{},{},{},{},{},\\x{hash},{},{}",
+                rows + 1,
                 csv(&c.conversation_id),
                 csv(c.user_id.as_deref().unwrap_or("")),
                 csv(&c.redis_key),
@@ -319,6 +350,22 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
             )
             .unwrap();
             for (i, m) in c.messages.iter().enumerate() {
+                // The text stays in the document (an empty field is NULL), as the sweep writes it.
+                writeln!(
+                    mrows,
+                    "{},{},{i},{},{},{},{}",
+                    rows + 1,
+                    message_key(&m.identity),
+                    csv(m.id.as_deref().unwrap_or("")),
+                    csv(&m.role),
+                    if c.texts_in_document {
+                        String::new()
+                    } else {
+                        csv(&m.content)
+                    },
+                    ts(m.created_at)
+                )
+                .unwrap();
                 writeln!(
                     msg,
                     "{},{},{i},{},{},{},{}",
@@ -336,22 +383,29 @@ async fn due_rows_csv(env: &Env) -> (PathBuf, PathBuf, u64, u64) {
         }
     }
     conv.flush().unwrap();
+    mrows.flush().unwrap();
     msg.flush().unwrap();
-    (conv_path, msg_path, rows, messages)
+    DueRows {
+        conversations: conv_path,
+        message_rows: rows_path,
+        messages: msg_path,
+        rows,
+        count: messages,
+    }
 }
 
 fn copy_limit(env: &Env, conv: &Path, msg: &Path) -> Duration {
     env.psql(
         "DROP TABLE IF EXISTS copy_conversations, copy_messages; \
          CREATE TABLE copy_conversations (LIKE conversations INCLUDING ALL); \
-         CREATE TABLE copy_messages (LIKE messages INCLUDING ALL);",
+         CREATE TABLE copy_messages (LIKE message_rows INCLUDING ALL);",
     );
     let a = env.psql(&format!(
-        "\\copy copy_conversations (conversation_id, user_id, redis_key, checkpoint, checkpoint_messages, message_count, content_hash, started_at, updated_at) FROM '{}' WITH (FORMAT csv)",
+        "\\copy copy_conversations (id, conversation_id, user_id, redis_key, checkpoint, checkpoint_messages, message_count, content_hash, started_at, updated_at) FROM '{}' WITH (FORMAT csv)",
         conv.display()
     ));
     let b = env.psql(&format!(
-        "\\copy copy_messages (conversation_id, message_key, seq, message_id, role, content, created_at) FROM '{}' WITH (FORMAT csv)",
+        "\\copy copy_messages (conversation, message_key, seq, message_id, role, content, created_at) FROM '{}' WITH (FORMAT csv)",
         msg.display()
     ));
     a + b
@@ -403,10 +457,18 @@ fn p99_of(load: std::process::Child) -> (f64, f64) {
 }
 
 async fn naive(env: &Env, pg: &PgPool, msg_csv: &Path, messages: u64) -> Duration {
-    sqlx::raw_sql("DROP TABLE IF EXISTS naive_messages; CREATE TABLE naive_messages (LIKE messages INCLUDING ALL);")
-        .execute(pg)
-        .await
-        .unwrap();
+    // The table a writer of every turn would keep (the shape `messages` had before the text was
+    // stored once): text ids, the text, two indexes.
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS naive_messages; \
+         CREATE TABLE naive_messages (conversation_id text NOT NULL, message_key text NOT NULL, \
+             seq integer NOT NULL, message_id text, role text NOT NULL, content text NOT NULL, \
+             created_at timestamptz, PRIMARY KEY (conversation_id, message_key)); \
+         CREATE INDEX ON naive_messages (conversation_id, created_at);",
+    )
+    .execute(pg)
+    .await
+    .unwrap();
     let _ = env;
     let text = std::fs::read_to_string(msg_csv).unwrap();
     // Each message is one autocommitted INSERT, as a chat service writing every turn would do.
@@ -749,8 +811,9 @@ async fn bench_size(
     });
 
     eprintln!("bench: {keys} keys: copy limit");
-    let (conv_csv, msg_csv, due_rows, messages) = due_rows_csv(env).await;
-    let copy = copy_limit(env, &conv_csv, &msg_csv);
+    let due_csv = due_rows_csv(env).await;
+    let (msg_csv, due_rows, messages) = (&due_csv.messages, due_csv.rows, due_csv.count);
+    let copy = copy_limit(env, &due_csv.conversations, &due_csv.message_rows);
     rows.push(Row {
         keys,
         label: "psql \\copy of the due rows".into(),
@@ -799,8 +862,9 @@ async fn bench_size(
         "{keys} keys: sweep / (Redis floor + copy limit) = {ratio:.2}"
     ));
     if opts.curve {
-        let _ = std::fs::remove_file(conv_csv);
+        let _ = std::fs::remove_file(&due_csv.conversations);
         let _ = std::fs::remove_file(msg_csv);
+        let _ = std::fs::remove_file(&due_csv.message_rows);
         pg.close().await;
         return;
     }
@@ -879,7 +943,7 @@ async fn bench_size(
 
     if opts.naive {
         eprintln!("bench: {keys} keys: naive");
-        let d = naive(env, &pg, &msg_csv, messages).await;
+        let d = naive(env, &pg, msg_csv, messages).await;
         rows.push(Row {
             keys,
             label: "naive: one INSERT per message".into(),
@@ -890,8 +954,9 @@ async fn bench_size(
             ..Row::default()
         });
     }
-    let _ = std::fs::remove_file(conv_csv);
+    let _ = std::fs::remove_file(&due_csv.conversations);
     let _ = std::fs::remove_file(msg_csv);
+    let _ = std::fs::remove_file(&due_csv.message_rows);
     pg.close().await;
 }
 
@@ -947,9 +1012,11 @@ async fn main() {
         messages: 10,
         langchain: false,
     };
+    let mut storage = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
+            "--storage" => storage = true,
             "--sizes" => {
                 sizes = args[i + 1]
                     .split(',')
@@ -995,6 +1062,11 @@ async fn main() {
         dir: dir.clone(),
     };
 
+    if storage {
+        storage::bench(&env).await;
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &n in &sizes {
