@@ -34,12 +34,12 @@ impl Store {
         batch: &mut Batch,
     ) -> Result<BatchOutcome> {
         let started = std::time::Instant::now();
-        let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
-        let mut statements = 2; // BEGIN, COMMIT
-
+        let mut statements = 0;
         let mut ids = Ids::default();
         if !batch.checkpoints.is_empty() {
-            ids.absorb(lookup(&newest_per_conversation(&batch.checkpoints), &mut tx).await?);
+            // Before any transaction: a batch of conversations all stored as they are needs none.
+            let rows = newest_per_conversation(&batch.checkpoints);
+            ids.absorb(lookup(&rows, &self.pool).await?);
             statements += 1;
         }
         // Messages are built only for what is new or changed: a checkpoint stored as it is adds
@@ -56,6 +56,15 @@ impl Store {
         let batch = &*batch;
         let rows = newest_per_conversation(&batch.checkpoints);
         let mut unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
+        if unchanged.len() == rows.len() && batch.rejects.is_empty() && batch.threads.is_empty() {
+            return Ok(BatchOutcome {
+                unchanged: rows.len() as u64,
+                statements,
+                ..BatchOutcome::default()
+            });
+        }
+        let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
+        statements += 2; // BEGIN, COMMIT
         // Only the conversations about to change are locked (a lock writes WAL): an unchanged one
         // stays unchanged whatever a concurrent writer does, as the stored row never regresses.
         let to_lock: Vec<&Checkpoint> = rows
@@ -228,8 +237,8 @@ impl Ids {
 
 /// The id and content hash stored for each conversation of the batch (a new id for one not
 /// stored).
-async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
-    hashes(rows, LOOKUP, tx).await
+async fn lookup(rows: &[&Checkpoint], pool: &sqlx::PgPool) -> Result<Found> {
+    hashes(rows, LOOKUP, pool).await
 }
 
 /// Locks the stored conversations about to change and reads their hash again. FOR UPDATE: a
@@ -238,7 +247,7 @@ async fn lookup(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
 /// same new conversation collide on a key (or on the id their messages reference) instead, which
 /// is retried (see Error::is_transient).
 async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
-    hashes(rows, LOCK, tx).await
+    hashes(rows, LOCK, &mut **tx).await
 }
 
 const LOOKUP: &str = "WITH found AS MATERIALIZED (
@@ -251,11 +260,15 @@ const LOCK: &str = "WITH found AS MATERIALIZED (
     SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
     FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
 
-async fn hashes(rows: &[&Checkpoint], sql: &'static str, tx: &mut Tx<'_>) -> Result<Found> {
+async fn hashes<'e>(
+    rows: &[&Checkpoint],
+    sql: &'static str,
+    on: impl sqlx::PgExecutor<'e>,
+) -> Result<Found> {
     let names: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
     super::query_as(sql)
         .bind(&names)
-        .fetch_all(&mut **tx)
+        .fetch_all(on)
         .await
         .map_err(Error::postgres("look up conversations"))
 }
