@@ -34,25 +34,7 @@ impl Store {
         batch: &mut Batch,
     ) -> Result<BatchOutcome> {
         let started = std::time::Instant::now();
-        let mut statements = 0;
-        let mut ids = Ids::default();
-        if !batch.checkpoints.is_empty() {
-            // Before any transaction: a batch of conversations all stored as they are needs none.
-            let rows = newest_per_conversation(&batch.checkpoints);
-            ids.absorb(lookup(&rows, &self.pool).await?);
-            statements += 1;
-        }
-        // Messages are built only for what is new or changed: a checkpoint stored as it is adds
-        // none (its messages were stored with it).
-        for c in &mut batch.checkpoints {
-            if ids
-                .stored
-                .get(&c.conversation_id)
-                .is_none_or(|h| h[..] != c.content_hash[..])
-            {
-                c.unpack();
-            }
-        }
+        let (mut ids, mut statements) = self.look_up_and_unpack(&mut batch.checkpoints).await?;
         let batch = &*batch;
         let rows = newest_per_conversation(&batch.checkpoints);
         let mut unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
@@ -131,6 +113,30 @@ impl Store {
             rejects: batch.rejects.len() as u64,
             statements,
         })
+    }
+}
+
+impl Store {
+    /// The stored state of the batch's conversations, looked up before any transaction (a batch
+    /// of conversations all stored as they are needs none), and the messages built of the
+    /// checkpoints that are new or changed: one stored as it is adds none (its messages were
+    /// stored with it). Returns the statements sent.
+    async fn look_up_and_unpack(&self, checkpoints: &mut [Checkpoint]) -> Result<(Ids, u64)> {
+        let mut ids = Ids::default();
+        if checkpoints.is_empty() {
+            return Ok((ids, 0));
+        }
+        ids.absorb(lookup(&newest_per_conversation(checkpoints), &self.pool).await?);
+        for c in checkpoints.iter_mut() {
+            if ids
+                .stored
+                .get(&c.conversation_id)
+                .is_none_or(|h| h[..] != c.content_hash[..])
+            {
+                c.unpack();
+            }
+        }
+        Ok((ids, 1))
     }
 }
 
