@@ -17,27 +17,30 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::layouts::{Messages, keys, restore, stored, sweep};
+use common::layouts::{Messages, keys, restore, roles_and_text, stored, sweep};
 use common::stack::Stack;
 use common::{TestEnv, skip, stderr};
 use serde_json::Value;
 use sweeper::mapping::{Decoded, Mapping, Raw, RedisType, Unit, Write, decode::group};
 
 fn harness() -> Result<HashMap<String, String>, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layouts/setup.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("setup.sh failed").to_string());
+    common::setup_script("tests/layouts/setup.sh")
+}
+
+/// The library's own client reads each conversation restored as it wrote it.
+fn library_reads_back(
+    h: &HashMap<String, String>,
+    lib: &str,
+    url: &str,
+    want: &BTreeMap<String, Messages>,
+) {
+    for (sid, msgs) in want {
+        let back = messages(&client(h, lib, &["read", "--url", url, "--id", sid]));
+        assert_eq!(
+            &back, msgs,
+            "{lib}: {sid} read back by the library after restore"
+        );
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
 }
 
 /// The library's client writes 3 conversations of 5 messages (TTL 1 h); returns each session's
@@ -188,15 +191,7 @@ fn round_trip(test: &str, lib: &str, preset: &str, pattern: Option<&str>) {
     };
     let got: BTreeMap<String, Messages> = conversations
         .iter()
-        .map(|d| {
-            let msgs = d
-                .checkpoint
-                .messages
-                .iter()
-                .map(|m| (m.role.clone(), m.content.clone()))
-                .collect();
-            (d.checkpoint.conversation_id.clone(), msgs)
-        })
+        .map(|d| roles_and_text(&d.checkpoint))
         .collect();
     assert_eq!(
         got, want,
@@ -223,17 +218,7 @@ fn round_trip(test: &str, lib: &str, preset: &str, pattern: Option<&str>) {
         found,
         "{lib}: the same keys are back"
     );
-    for (sid, msgs) in &want {
-        let back = messages(&client(
-            &h,
-            lib,
-            &["read", "--url", &stack.url, "--id", sid],
-        ));
-        assert_eq!(
-            &back, msgs,
-            "{lib}: {sid} read back by the library after restore"
-        );
-    }
+    library_reads_back(&h, lib, &stack.url, &want);
 }
 
 #[test]
@@ -359,17 +344,7 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
         found,
         "{lib}: the same keys are back"
     );
-    for (sid, msgs) in &want {
-        let back = messages(&client(
-            &h,
-            lib,
-            &["read", "--url", &stack.url, "--id", sid],
-        ));
-        assert_eq!(
-            &back, msgs,
-            "{lib}: {sid} read back by the library after restore"
-        );
-    }
+    library_reads_back(&h, lib, &stack.url, &want);
 }
 
 #[tokio::test]

@@ -26,15 +26,9 @@ fn mapping(file: &str) -> Mapping {
     Mapping::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn roles_and_text(m: &Mapping, key: &str, raw: Raw) -> (String, Vec<(String, String)>) {
+fn roles_and_text(m: &Mapping, key: &str, raw: Raw) -> (String, Messages) {
     let d = m.decode(key, raw).unwrap_or_else(|r| panic!("{key}: {r}"));
-    let msgs = d
-        .checkpoint
-        .messages
-        .iter()
-        .map(|m| (m.role.clone(), m.content.clone()))
-        .collect();
-    (d.checkpoint.conversation_id, msgs)
+    common::layouts::roles_and_text(&d.checkpoint)
 }
 
 #[test]

@@ -16,20 +16,7 @@ use sqlx::PgPool;
 
 /// What tests/langgraph/setup.sh printed, or why it could not.
 fn harness() -> Result<HashMap<String, String>, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/langgraph/setup.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("setup.sh failed").to_string());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
+    common::setup_script("tests/langgraph/setup.sh")
 }
 
 fn python(h: &HashMap<String, String>) -> PathBuf {

@@ -11,6 +11,16 @@ use super::{TestEnv, stderr};
 /// Each message's (role, text), in conversation order.
 pub type Messages = Vec<(String, String)>;
 
+/// A decoded checkpoint's conversation id and messages.
+pub fn roles_and_text(c: &sweeper::checkpoint::Checkpoint) -> (String, Messages) {
+    let msgs = c
+        .messages
+        .iter()
+        .map(|m| (m.role.clone(), m.content.clone()))
+        .collect();
+    (c.conversation_id.clone(), msgs)
+}
+
 /// Each conversation's messages as stored, by seq.
 pub async fn stored(env: &TestEnv) -> BTreeMap<String, Messages> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(

@@ -467,3 +467,22 @@ pub fn skip(test: &str, reason: &str) {
 
 pub const FAR: Option<u64> = Some(3_600_000); // an hour left: not due
 pub const SOON: Option<u64> = Some(120_000); // two minutes left: due
+
+/// Runs a setup script of the repository (`tests/NAME/setup.sh`, which builds cached venvs) and
+/// returns the `KEY=value` lines it printed, or the last line of its error output.
+pub fn setup_script(path: &str) -> Result<std::collections::HashMap<String, String>, String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("setup.sh failed").to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
