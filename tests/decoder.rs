@@ -75,7 +75,7 @@ fn unpacked(raw: &[u8]) -> Result<Checkpoint, sweeper::checkpoint::Reject> {
     decode_packed("checkpoint:x", "x", raw).map(|mut c| {
         let n = c.message_count();
         c.unpack();
-        assert_eq!((n, c.packed), (c.messages.len(), None));
+        assert_eq!((n, c.packed.is_none()), (c.messages.len(), true));
         c
     })
 }

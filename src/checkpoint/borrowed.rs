@@ -80,7 +80,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
 
 /// Any JSON value, checked as `serde_json::Value` would parse it (serde's `IgnoredAny` skips
 /// nested values without the nesting limit or the number range) and dropped.
-struct Checked;
+pub(crate) struct Checked;
 
 impl<'de> Deserialize<'de> for Checked {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -20,6 +20,8 @@ pub use reject::Reject;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -38,10 +40,10 @@ pub struct Checkpoint {
     pub started_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     pub messages: Vec<Message>,
-    /// Set while `messages` is not decoded yet ([`decode_packed`]): how many the document holds.
-    /// The store decodes them ([`Checkpoint::unpack`]) only for the conversations it writes, so a
-    /// re-sweep of unchanged conversations builds no message rows.
-    pub packed: Option<usize>,
+    /// Set while `messages` is not decoded yet ([`decode_packed`], or a mapping's): how many the
+    /// document holds. The store decodes them ([`Checkpoint::unpack`]) only for the
+    /// conversations it writes, so a re-sweep of unchanged conversations builds no message rows.
+    pub packed: Option<Packed>,
     /// The document exactly as Redis held it; PostgreSQL parses it into `jsonb`.
     pub document: String,
     /// SHA-256 of the document: an identical re-sweep writes nothing.
@@ -49,6 +51,37 @@ pub struct Checkpoint {
     /// Whether message `i`'s text is the document's `messages[i].content` (a checkpoint document;
     /// a mapped layout's document may hold it elsewhere): the store then keeps it only there.
     pub texts_in_document: bool,
+}
+
+/// The messages of a checkpoint not decoded yet: how many, and who decodes them.
+#[derive(Debug, Clone)]
+pub enum Packed {
+    /// A checkpoint document (decoded here).
+    Document(usize),
+    /// A layout's document, decoded by its mapping.
+    Mapped(usize, Arc<dyn Unpack>),
+}
+
+impl Packed {
+    pub fn count(&self) -> usize {
+        match self {
+            Packed::Document(n) | Packed::Mapped(n, _) => *n,
+        }
+    }
+}
+
+impl PartialEq for Packed {
+    fn eq(&self, other: &Packed) -> bool {
+        self.count() == other.count()
+            && matches!(self, Packed::Document(_)) == matches!(other, Packed::Document(_))
+    }
+}
+
+/// Decodes the messages of a document checked when it was read (a mapping, which depends on
+/// this module, so not named here).
+pub trait Unpack: fmt::Debug + Send + Sync {
+    /// The messages of `document`, read from `redis_key`: it was checked, so this cannot fail.
+    fn messages(&self, redis_key: &str, document: &str) -> Vec<Message>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,7 +192,7 @@ pub fn decode_packed(
         started_at: doc.started_at,
         updated_at: doc.updated_at,
         messages: Vec::new(),
-        packed: Some(doc.messages.len()),
+        packed: Some(Packed::Document(doc.messages.len())),
         document: text.to_string(),
         content_hash: Sha256::digest(raw).into(),
         texts_in_document: true,
@@ -169,14 +202,22 @@ pub fn decode_packed(
 impl Checkpoint {
     /// How many messages the checkpoint holds, decoded or not.
     pub fn message_count(&self) -> usize {
-        self.packed.unwrap_or(self.messages.len())
+        self.packed
+            .as_ref()
+            .map_or(self.messages.len(), Packed::count)
     }
 
     /// Decodes the messages of a packed checkpoint (see [`decode_packed`]); nothing otherwise.
     pub fn unpack(&mut self) {
-        if self.packed.take().is_some() {
-            let fields = fast_fields(&self.document).expect("read the same way when packed");
-            self.messages = fields.messages;
+        match self.packed.take() {
+            None => {}
+            Some(Packed::Document(_)) => {
+                let fields = fast_fields(&self.document).expect("read the same way when packed");
+                self.messages = fields.messages;
+            }
+            Some(Packed::Mapped(_, mapping)) => {
+                self.messages = mapping.messages(&self.redis_key, &self.document);
+            }
         }
     }
 }

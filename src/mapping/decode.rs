@@ -3,15 +3,18 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use base64::Engine;
 use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 use sha2::{Digest, Sha256};
 
-use super::json::Json;
+use super::json::{Json, Want};
 use super::path::{Found, Path};
-use super::{IdSource, Mapping, Order, Unit};
-use crate::checkpoint::{Checkpoint, MAX_ID_BYTES, Message, MessageSource, Reject, identity};
+use super::{IdSource, Mapping, Order, Unit, Wants};
+use crate::checkpoint::{
+    Checkpoint, MAX_ID_BYTES, Message, MessageSource, Packed, Reject, Unpack, identity,
+};
 
 /// The marker under which a hash field that is not UTF-8 is kept in the stored document, so that
 /// restore can write its bytes back (a hash field value is otherwise always a JSON string).
@@ -43,34 +46,64 @@ pub struct Decoded {
     pub keys: Vec<String>,
 }
 
+/// How much of a key a decode builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Checks and counts the messages (a dry run).
+    Check,
+    /// The checkpoint with its document and hash, its messages counted, built when it is
+    /// written ([`Checkpoint::unpack`]).
+    Packed,
+    /// Everything: messages with their identities, elements.
+    Full,
+}
+
 impl Mapping {
     /// Decodes what Redis returned for `key`.
     pub fn decode(&self, key: &str, raw: Raw<'_>) -> Result<Decoded, Reject> {
-        self.decode_with(key, raw, true)
+        self.decode_with(key, raw, Mode::Full)
     }
 
     /// Checks what Redis returned for `key` as [`Mapping::decode`] does (the same rejects) and
     /// counts its messages, building no rows: a dry run's decode.
     pub fn check(&self, key: &str, raw: Raw<'_>) -> Result<usize, Reject> {
-        self.decode_with(key, raw, false)
-            .map(|d| d.checkpoint.messages.len())
+        self.decode_with(key, raw, Mode::Check)
+            .map(|d| d.checkpoint.message_count())
     }
 
-    /// `full`: the messages' identities, the elements and the stored document too.
-    fn decode_with(&self, key: &str, raw: Raw<'_>, full: bool) -> Result<Decoded, Reject> {
+    /// [`Mapping::decode`] for a sweep: a conversation in a key of its own (a string, RedisJSON
+    /// document or list) is checked and its messages only counted; the store builds them
+    /// ([`Checkpoint::unpack`]) for the conversations it writes, so an unchanged re-sweep
+    /// builds none. Rejects are the same as `decode`'s.
+    pub fn decode_packed(self: &Arc<Self>, key: &str, raw: Raw<'_>) -> Result<Decoded, Reject> {
+        // A hash's document is built of its fields: decoded whole, as its own kind of value.
+        if self.unit == Unit::Message || matches!(raw, Raw::Hash(_)) {
+            return self.decode(key, raw);
+        }
+        let mut d = self.decode_with(key, raw, Mode::Packed)?;
+        let n = d.checkpoint.message_count();
+        let unpack: Arc<dyn Unpack> = self.clone();
+        d.checkpoint.packed = Some(Packed::Mapped(n, unpack));
+        Ok(d)
+    }
+
+    fn decode_with(&self, key: &str, raw: Raw<'_>, mode: Mode) -> Result<Decoded, Reject> {
+        let full = mode == Mode::Full;
         // A list's elements, each checked to be UTF-8 (a reject names the element).
         let strs = match raw {
             Raw::List(l) => list_strs(l)?,
             _ => Vec::new(),
         };
-        let (text, binary) = document_text(raw, &strs, full)?;
+        let (text, binary) = document_text(raw, &strs, mode != Mode::Check)?;
         // NUL can only be written as an escape: a value without one holds none.
         let (doc, maybe_nul) = match raw {
-            Raw::List(_) => list_items(&strs)?,
-            _ => (
-                Json::parse(&text).map_err(|e| Reject::NotJson(e.to_string()))?,
-                text.contains(NUL_ESCAPE),
-            ),
+            Raw::List(_) => list_items(&strs, &self.wants.element)?,
+            _ => {
+                let maybe_nul = text.contains(NUL_ESCAPE);
+                let doc = parse(&text, &self.wants.document, maybe_nul)
+                    .map_err(|e| Reject::NotJson(e.to_string()))?;
+                (doc, maybe_nul)
+            }
         };
         if maybe_nul && doc.holds_nul() {
             return Err(Reject::NulCharacter);
@@ -90,12 +123,18 @@ impl Mapping {
         }
         let mut seen = HashMap::new();
         let (mut messages, mut elements) = (Vec::new(), Vec::new());
+        let mut count = 0;
         for (n, &i) in order.iter().enumerate() {
             let item = &array[i];
             if !self.kept(item) {
                 continue;
             }
-            messages.push(self.message(n, item, full.then_some(&mut seen))?);
+            count += 1;
+            let message = self.message(n, item, full.then_some(&mut seen))?;
+            // Built only to be written; a unit of one message dates its conversation.
+            if full || self.unit == Unit::Message {
+                messages.push(message);
+            }
             // One key per message: its value, as `serde_json` writes it, is what restore writes
             // back (a conversation per key is restored from its document).
             if full && self.unit == Unit::Message {
@@ -144,11 +183,11 @@ impl Mapping {
                     }
                     t => t,
                 },
+                packed: (messages.len() != count).then_some(Packed::Document(count)),
                 messages,
-                packed: None,
-                content_hash: match full {
-                    true => Sha256::digest(text.as_bytes()).into(),
-                    false => [0; 32],
+                content_hash: match mode {
+                    Mode::Check => [0; 32],
+                    _ => Sha256::digest(text.as_bytes()).into(),
                 },
                 document: text,
                 texts_in_document: false,
@@ -204,21 +243,57 @@ impl Mapping {
 
     /// Every path the mapping reads from a message or document.
     fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.message_paths()
+            .chain([&self.messages])
+            .chain(self.conversation_paths())
+    }
+
+    /// The paths read from each message.
+    fn message_paths(&self) -> impl Iterator<Item = &Path> {
         let m = &self.message;
-        let c = &self.conversation;
-        let id = match &self.conversation_id {
-            IdSource::Field(p) => Some(p),
-            IdSource::Key(_) => None,
-        };
         m.role
             .iter()
             .chain(&m.content)
             .chain(&m.id)
             .chain(&m.ts)
             .chain(m.keep.as_ref().map(|k| &k.0))
-            .chain([&self.messages])
-            .chain(id)
+    }
+
+    /// The paths read from the document (or the message of a key of its own) for the
+    /// conversation.
+    fn conversation_paths(&self) -> impl Iterator<Item = &Path> {
+        let c = &self.conversation;
+        let id = match &self.conversation_id {
+            IdSource::Field(p) => Some(p),
+            IdSource::Key(_) => None,
+        };
+        id.into_iter()
             .chain(c.user_id.iter().chain(&c.started_at).chain(&c.updated_at))
+    }
+
+    /// What a decode reads of a list element (a message) and of a document: the message's
+    /// paths (under the message array's, in a conversation's document) and the conversation's.
+    pub(super) fn reads(&self) -> Wants {
+        let in_document: Vec<Path> = self
+            .message_paths()
+            .map(|p| match self.unit {
+                Unit::Message => p.clone(),
+                Unit::Conversation => Path {
+                    text: p.text.clone(),
+                    steps: self
+                        .messages
+                        .steps
+                        .iter()
+                        .chain(&p.steps)
+                        .cloned()
+                        .collect(),
+                },
+            })
+            .collect();
+        Wants {
+            element: Want::of(self.message_paths()),
+            document: Want::of(in_document.iter().chain(self.conversation_paths())),
+        }
     }
 
     /// The message array of a document (parsed from JSON text when a hash field holds it).
@@ -275,12 +350,7 @@ impl Mapping {
                 names(&m.role)
             )));
         };
-        let role = self.role(&raw_role).to_string();
-        // A message without text (a function call) is still a message, with its JSON.
-        let content = first(&m.content, &m.join)
-            .map(|(t, _)| t.into_owned())
-            .unwrap_or_default();
-        let id = first(&m.id, "").map(|(t, _)| t.into_owned());
+        let id = first(&m.id, "").map(|(t, _)| t);
         if let Some(id) = &id {
             check_id(id, "message id")?;
         }
@@ -296,18 +366,43 @@ impl Mapping {
                 })
             })
             .transpose()?;
+        // Checked only (no identity wanted): nothing else is read, nothing copied.
+        let Some(seen) = seen else {
+            return Ok(Message {
+                identity: String::new(),
+                id: None,
+                role: String::new(),
+                content: String::new(),
+                created_at,
+                source: None,
+            });
+        };
+        let role = self.role(&raw_role).to_string();
+        // A message without text (a function call) is still a message, with its JSON.
+        let content = first(&m.content, &m.join)
+            .map(|(t, _)| t.into_owned())
+            .unwrap_or_default();
+        let id = id.map(Cow::into_owned);
         let ts_raw = ts.as_ref().map(|(t, _)| t.as_ref());
         Ok(Message {
-            identity: match seen {
-                Some(seen) => identity(id.as_deref(), &role, &content, ts_raw, seen),
-                None => String::new(),
-            },
+            identity: identity(id.as_deref(), &role, &content, ts_raw, seen),
             id,
             role,
             content,
             created_at,
             source: None,
         })
+    }
+}
+
+impl Unpack for Mapping {
+    fn messages(&self, redis_key: &str, document: &str) -> Vec<Message> {
+        // The document of a list is its elements as a JSON array, which decodes as the list
+        // did (the mapping of a list reads no document fields).
+        self.decode(redis_key, Raw::Text(document.as_bytes()))
+            .expect("a packed checkpoint was checked when read")
+            .checkpoint
+            .messages
     }
 }
 
@@ -441,14 +536,25 @@ fn list_strs(elements: &[Vec<u8>]) -> Result<Vec<&str>, Reject> {
         .collect()
 }
 
-/// A list's elements, each parsed from its own text; and whether one may hold NUL.
-fn list_items<'a>(elements: &[&'a str]) -> Result<(Json<'a>, bool), Reject> {
+/// Parses what `want` reads of a value; all of it where it may hold NUL, which must be found
+/// wherever it is.
+fn parse<'a>(text: &'a str, want: &Want, maybe_nul: bool) -> serde_json::Result<Json<'a>> {
+    match maybe_nul {
+        true => Json::parse(text),
+        false => Json::parse_wanted(text, want),
+    }
+}
+
+/// A list's elements, each parsed from its own text (what `want` reads of it); and whether one
+/// may hold NUL.
+fn list_items<'a>(elements: &[&'a str], want: &Want) -> Result<(Json<'a>, bool), Reject> {
     let mut items = Vec::with_capacity(elements.len());
     let mut maybe_nul = false;
     for (i, &s) in elements.iter().enumerate() {
-        let v = Json::parse(s)
+        let nul = s.contains(NUL_ESCAPE);
+        let v = parse(s, want, nul)
             .map_err(|err| Reject::BadMessages(format!("list element {i} is not JSON: {err}")))?;
-        maybe_nul |= s.contains(NUL_ESCAPE);
+        maybe_nul |= nul;
         items.push(v);
     }
     Ok((Json::Array(items), maybe_nul))

@@ -3,14 +3,50 @@
 //! object) took most of a mapping sweep's CPU; this tree allocates a `Vec` per array and object
 //! and nothing per string without escapes. It accepts exactly the JSON `Value` accepts (the same
 //! parser: nesting limit, number rules), and a duplicate key reads as its last value, as there.
+//! A mapping reads a few fields of each message: [`Json::parse_wanted`] keeps only those (the
+//! rest is checked as JSON and dropped), which roughly halves the parse of a chat library's
+//! message (LangChain's carries seven fields no mapping reads).
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
-use crate::checkpoint::borrowed::Text;
+use super::path::{Path, Step};
+use crate::checkpoint::borrowed::{Checked, Text};
+
+/// The parts of a value a mapping reads: all of it, or some fields of an object (of each
+/// object of an array: a path's `[]` steps read every element alike).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Want {
+    All,
+    Fields(Vec<(String, Want)>),
+}
+
+impl Want {
+    /// What `paths` read of a value: the fields on their way, each path's end whole.
+    pub fn of<'p>(paths: impl IntoIterator<Item = &'p Path>) -> Want {
+        let mut want = Want::Fields(Vec::new());
+        for p in paths {
+            let mut node = &mut want;
+            for step in &p.steps {
+                let Step::Field(f) = step else { continue };
+                let Want::Fields(fields) = node else { break };
+                let i = match fields.iter().position(|(k, _)| k == f) {
+                    Some(i) => i,
+                    None => {
+                        fields.push((f.clone(), Want::Fields(Vec::new())));
+                        fields.len() - 1
+                    }
+                };
+                node = &mut fields[i].1;
+            }
+            *node = Want::All;
+        }
+        want
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json<'a> {
@@ -27,6 +63,15 @@ impl<'a> Json<'a> {
     /// Parses JSON text, borrowing its strings.
     pub fn parse(text: &'a str) -> serde_json::Result<Json<'a>> {
         serde_json::from_str(text)
+    }
+
+    /// Parses JSON text keeping only what `want` reads: the same text is accepted or refused as
+    /// by [`Json::parse`], and the paths of `want` find the same values.
+    pub fn parse_wanted(text: &'a str, want: &Want) -> serde_json::Result<Json<'a>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let v = Wanted(want).deserialize(&mut de)?;
+        de.end()?;
+        Ok(v)
     }
 
     /// Parses JSON text held only for a while (a string field holding JSON): owns its strings.
@@ -139,6 +184,76 @@ impl<'de> Visitor<'de> for JsonVisitor {
         let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0));
         while let Some((Text(k), v)) = map.next_entry::<Text, Json>()? {
             fields.push((k, v));
+        }
+        Ok(Json::Object(fields))
+    }
+}
+
+/// A value parsed keeping the parts wanted.
+struct Wanted<'w>(&'w Want);
+
+impl<'de> DeserializeSeed<'de> for Wanted<'_> {
+    type Value = Json<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        match self.0 {
+            Want::All => Json::deserialize(d),
+            Want::Fields(_) => d.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Wanted<'_> {
+    type Value = Json<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_unit()
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_bool(b)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_u64(n)
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_i64(n)
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_f64(n)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_borrowed_str(s)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_str(s)
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Json<'de>, E> {
+        JsonVisitor.visit_string(s)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element_seed(Wanted(self.0))? {
+            items.push(v);
+        }
+        Ok(Json::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let Want::Fields(wanted) = self.0 else {
+            return JsonVisitor.visit_map(map);
+        };
+        let mut fields = Vec::with_capacity(wanted.len());
+        while let Some(Text(k)) = map.next_key::<Text>()? {
+            match wanted.iter().find(|(f, _)| *f == k) {
+                Some((_, w)) => {
+                    let v = map.next_value_seed(Wanted(w))?;
+                    fields.push((k, v));
+                }
+                None => {
+                    map.next_value::<Checked>()?;
+                }
+            }
         }
         Ok(Json::Object(fields))
     }

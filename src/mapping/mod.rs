@@ -158,6 +158,14 @@ pub struct Mapping {
     /// Raw role -> normalized role; a role not here is kept as it is.
     pub roles: BTreeMap<String, String>,
     pub conversation: ConversationFields,
+    /// What a decode reads of each list element, and of a document (see [`json::Want`]).
+    wants: Wants,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Wants {
+    element: json::Want,
+    document: json::Want,
 }
 
 /// Why a mapping file is not a mapping: one line naming the field.
@@ -295,7 +303,7 @@ impl Mapping {
             return err("mapping: message.role and message.content need at least one path");
         }
         let opt = |name, p: Option<String>| p.map(|p| Path::parse(name, &p)).transpose();
-        Ok(Mapping {
+        let mut m = Mapping {
             description: f.description,
             key,
             redis_type: f.redis_type,
@@ -310,7 +318,13 @@ impl Mapping {
                 started_at: opt("conversation.started_at", f.conversation.started_at)?,
                 updated_at: opt("conversation.updated_at", f.conversation.updated_at)?,
             },
-        })
+            wants: Wants {
+                element: json::Want::All,
+                document: json::Want::All,
+            },
+        };
+        m.wants = m.reads();
+        Ok(m)
     }
 
     /// The SCAN pattern of the key template: each placeholder a `*`, Redis glob characters of the

@@ -43,6 +43,9 @@ pub(crate) fn count_protected(counters: &mut Counters, p: Protected, due: &[Vec<
     gone
 }
 
+/// Values decoded between two yields to the reader's tasks.
+const YIELD_EVERY: usize = 8;
+
 /// A fetched value decoded (see [`Decoder::decode_fetched`]).
 type DecodedValue = (Result<(usize, Option<Checkpoint>), Reject>, Vec<u8>, u64);
 
@@ -111,7 +114,12 @@ impl Decoder {
         tx: mpsc::Sender<ReadBatch>,
     ) -> Counters {
         while let Some(chunk) = reads.recv().await {
-            for read in chunk {
+            for (i, read) in chunk.into_iter().enumerate() {
+                // The runtime has one thread: decoding a whole chunk at once would leave
+                // Redis's replies waiting unread, and Redis idle, meanwhile.
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    tokio::task::yield_now().await;
+                }
                 self.take(read);
                 let full = self.taken >= self.cfg.batch_size || self.current_bytes >= BATCH_BYTES;
                 if full && !self.send(&tx).await {
@@ -246,8 +254,9 @@ impl Decoder {
             if self.cfg.dry_run {
                 return m.check(key, raw).map(|n| (n, None));
             }
-            let d = m.decode(key, raw)?;
-            return Ok((d.checkpoint.messages.len(), Some(d.checkpoint)));
+            // Messages are built by the store for the conversations it writes.
+            let d = m.decode_packed(key, raw)?;
+            return Ok((d.checkpoint.message_count(), Some(d.checkpoint)));
         }
         let Raw::Text(v) = raw else {
             return Err(Reject::NotJson("a list or hash needs a mapping".into()));

@@ -126,6 +126,19 @@ fn engine(d: &Decoded) -> Vec<(String, String, Option<String>, Option<i64>)> {
         .collect()
 }
 
+/// A key decoded packed (messages counted), then unpacked as the store does.
+fn unpacked(m: &Mapping, key: &str, raw: Raw) -> crate::checkpoint::Checkpoint {
+    let m = std::sync::Arc::new(m.clone());
+    let mut c = m.decode_packed(key, raw).unwrap().checkpoint;
+    assert_eq!(
+        c.message_count(),
+        c.packed.as_ref().map_or(0, |p| p.count())
+    );
+    assert!(c.messages.is_empty());
+    c.unpack();
+    c
+}
+
 proptest! {
     #[test]
     fn list_decode_matches_the_reference(msgs in prop::collection::vec(msg(), 0..8), newest_first: bool) {
@@ -136,6 +149,8 @@ proptest! {
         prop_assert_eq!(engine(&d), reference(&msgs, newest_first));
         // A dry run's check counts the same messages.
         prop_assert_eq!(m.check("p:c", Raw::List(&raw)), Ok(msgs.len()));
+        // A sweep's packed decode, unpacked by the store, is the whole decode.
+        prop_assert_eq!(&unpacked(&m, "p:c", Raw::List(&raw)), &d.checkpoint);
         prop_assert_eq!(&d.checkpoint.conversation_id, "p:c".strip_prefix("p:").unwrap());
         // Identities: one per message, the id's where there is one.
         let mut ids: Vec<&str> = d.checkpoint.messages.iter().map(|m| m.identity.as_str()).collect();
@@ -167,6 +182,7 @@ proptest! {
         let d = m.decode("d:whatever", Raw::Text(text.as_bytes())).unwrap();
         prop_assert_eq!(engine(&d), reference(&msgs, false));
         prop_assert_eq!(m.check("d:whatever", Raw::Text(text.as_bytes())), Ok(msgs.len()));
+        prop_assert_eq!(&unpacked(&m, "d:whatever", Raw::Text(text.as_bytes())), &d.checkpoint);
         prop_assert_eq!(d.checkpoint.conversation_id.as_str(), "s-1");
         prop_assert_eq!(d.checkpoint.user_id, user.map(|u| u.to_string()));
         prop_assert_eq!(&d.checkpoint.document, &text);
