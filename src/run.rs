@@ -36,8 +36,9 @@ impl RunStatus {
 }
 
 /// What a sweep counted. Every scanned key lands in exactly one of `not_due`, `no_ttl`,
-/// `expired_before_read` and `due` (SCAN may return a key twice; the second sighting is counted
-/// in `scanned` only). Every due key is then `persisted`, `unchanged` or `rejected`.
+/// `expired_before_read` and `due` (a key SCAN returns twice is counted twice, in `scanned` and
+/// its bucket). Every due key is then `persisted`, `unchanged`, `rejected` or `protected` (the
+/// second read of a key read twice is `unchanged`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Counters {
     pub scanned: u64,

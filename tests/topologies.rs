@@ -100,12 +100,13 @@ fn n(s: &Value, k: &str) -> u64 {
     s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"))
 }
 
-/// Every scanned key is counted in one bucket (a key SCAN returns twice in `scanned` only), and
-/// every due key is accounted for once.
+/// Every scanned key is counted in one bucket (a key SCAN returns twice, twice), and every due
+/// key is accounted for once. A run that failed may have scanned a page or two it never read.
 fn assert_identity(s: &Value) {
+    let buckets = n(s, "due") + n(s, "not_due") + n(s, "no_ttl") + n(s, "expired_before_read");
+    let whole = s["status"] == "ok" || s["status"] == "partial";
     assert!(
-        n(s, "scanned")
-            >= n(s, "due") + n(s, "not_due") + n(s, "no_ttl") + n(s, "expired_before_read"),
+        n(s, "scanned") == buckets || (!whole && n(s, "scanned") > buckets),
         "scanned = due + not_due + no_ttl + expired_before_read: {s}"
     );
     assert_eq!(
@@ -422,7 +423,10 @@ async fn postgres_connections_reset_mid_run_are_retried_on_fresh_ones() {
     assert_exit(&out, 0);
     let s = summary(&out);
     assert_identity(&s);
-    assert_eq!(n(&s, "persisted"), N as u64, "{s}");
+    // A batch whose COMMIT reached PostgreSQL but whose answer died with the connection is
+    // found stored as it is by its retry: unchanged, not persisted twice.
+    assert_eq!(n(&s, "persisted") + n(&s, "unchanged"), N as u64, "{s}");
+    assert_eq!(rows(&env.database_url).await, N as i64, "{s}");
     assert_eq!(lost, 0);
 }
 

@@ -239,6 +239,15 @@ impl Source {
     }
 
     /// Pipelines sent so far (each SCAN, PTTL batch, probe and fetch is one).
+    /// This source on a connection of its own (a clone shares its connection): Redis serves
+    /// each connection's commands in order, so a step that must not queue behind another's
+    /// pipelines gets its own. On failure it stays shared (its queries reconnect as usual).
+    pub async fn detach(&mut self) {
+        if let Ok(conn) = self.reconnect().await {
+            self.conn = conn;
+        }
+    }
+
     pub fn round_trips(&self) -> u64 {
         self.round_trips
     }

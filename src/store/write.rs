@@ -37,10 +37,11 @@ impl Store {
         let (mut ids, mut statements) = self.look_up_and_unpack(&mut batch.checkpoints).await?;
         let batch = &*batch;
         let rows = newest_per_conversation(&batch.checkpoints);
+        let copies = copies(&batch.checkpoints);
         let mut unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
         if unchanged.len() == rows.len() && batch.rejects.is_empty() && batch.threads.is_empty() {
             return Ok(BatchOutcome {
-                unchanged: rows.len() as u64,
+                unchanged: (rows.len() + copies) as u64,
                 statements,
                 ..BatchOutcome::default()
             });
@@ -108,7 +109,7 @@ impl Store {
 
         Ok(BatchOutcome {
             persisted: persisted as u64 + threads.persisted,
-            unchanged: (rows.len() - persisted) as u64 + threads.unchanged,
+            unchanged: (rows.len() - persisted + copies) as u64 + threads.unchanged,
             messages_added: added_to.len() as u64,
             rejects: batch.rejects.len() as u64,
             statements,
@@ -138,6 +139,13 @@ impl Store {
         }
         Ok((ids, 1))
     }
+}
+
+/// Checkpoints of a key already in the batch: a key SCAN returned twice, read twice. One row
+/// holds them (the newest); the others count as unchanged, so every due key is counted once.
+fn copies(checkpoints: &[Checkpoint]) -> usize {
+    let keys: HashSet<&str> = checkpoints.iter().map(|c| c.redis_key.as_str()).collect();
+    checkpoints.len() - keys.len()
 }
 
 type Tx<'t> = sqlx::Transaction<'t, sqlx::Postgres>;

@@ -7,7 +7,7 @@ use redis::Value;
 
 use super::Nodes;
 use crate::error::Result;
-use crate::redis::layout::{Fetched, Layout, Probe};
+use crate::redis::layout::{Fetched, Layout, OTHER_TYPE, Probe};
 use crate::redis::read::ValueReads;
 
 /// `PEXPIRE key ms GT` for servers without GT: a key gone (-2) or without TTL (-1) is left alone,
@@ -125,11 +125,37 @@ impl Nodes {
                 Layout::queue_fetch(pipe, &keys[i], &probes[i]);
             })
             .await?;
-        Ok(probes
+        let mut fetched: Vec<Fetched> = probes
             .iter()
             .zip(replies)
             .map(|(p, r)| Layout::fetched(p.clone(), r.into_iter().next()))
-            .collect())
+            .collect();
+        // Keys the fetch found of another type: their type, for the reject.
+        let other: Vec<usize> = (0..fetched.len())
+            .filter(|&i| matches!(&fetched[i], Fetched::WrongType(t) if t == OTHER_TYPE))
+            .collect();
+        if !other.is_empty() {
+            let keys: Vec<Vec<u8>> = other.iter().map(|&i| keys[i].clone()).collect();
+            let types = self
+                .per_key(&keys, |pipe, i| {
+                    pipe.cmd("TYPE").arg(&keys[i]);
+                })
+                .await?;
+            for (i, t) in other.into_iter().zip(types) {
+                let expected = match &probes[i] {
+                    Probe::Read { layout, .. } | Probe::Sample { layout, .. } => layout.expected(),
+                    _ => "",
+                };
+                fetched[i] = match t.first() {
+                    Some(Value::SimpleString(t)) if t == "none" => Fetched::Gone,
+                    // Replaced twice meanwhile: the next sweep reads what it is then.
+                    Some(Value::SimpleString(t)) if t == expected => continue,
+                    Some(Value::SimpleString(t)) => Fetched::WrongType(t.clone()),
+                    _ => continue,
+                };
+            }
+        }
+        Ok(fetched)
     }
 
     /// Reads the values of a few keys in one go (see [`ValueReads`]).

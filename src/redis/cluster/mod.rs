@@ -291,6 +291,13 @@ impl Nodes {
     }
 
     /// Pipelines sent so far, to every node.
+    /// These nodes on connections of their own (see [`Source::detach`]).
+    pub async fn detach(&mut self) {
+        for n in &mut self.nodes {
+            n.source.detach().await;
+        }
+    }
+
     pub fn round_trips(&self) -> u64 {
         self.nodes.iter().map(|n| n.source.round_trips()).sum()
     }

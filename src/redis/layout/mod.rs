@@ -1,7 +1,10 @@
 //! How a checkpoint is laid out in Redis, and how it is read back without surprises.
 //!
 //! Reading is two pipelined phases per page of due keys, so that a huge or foreign value is never
-//! pulled whole: a *probe* (type and size of each key), then a *fetch* of what the probe allowed.
+//! pulled whole: a *probe* (size of each key, and its type where one layout reads several), then a
+//! *fetch* of what the probe allowed. A key of another type than the layout's is told by the
+//! fetch's WRONGTYPE, and its type asked then ([`OTHER_TYPE`]): such keys are rare, and a TYPE
+//! per due key was a tenth of a list layout's reading.
 //! A `json` key is first read in one bounded command instead (GETRANGE of its first
 //! [`INLINE_BYTES`]): only the keys that read cannot settle are probed and fetched.
 //! Every layout is turned here into the same JSON document, which [`crate::checkpoint`] decodes:
@@ -66,6 +69,19 @@ pub enum Probe {
     Gone,
 }
 
+impl Probe {
+    fn sized(layout: Layout, size: u64, max_value_bytes: u64) -> Probe {
+        match size > max_value_bytes {
+            true => Probe::Sample { layout, size },
+            false => Probe::Read { layout, size },
+        }
+    }
+}
+
+/// What [`Fetched::WrongType`] holds for a key found of another type by its fetch, until its
+/// TYPE is asked ([`crate::redis::Nodes::fetch`]).
+pub const OTHER_TYPE: &str = "value of another type";
+
 /// What the fetch gave for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
@@ -129,15 +145,26 @@ impl Layout {
     pub fn probe_replies(self) -> usize {
         match self {
             Layout::Auto => 3,
-            _ => 2,
+            Layout::Json | Layout::ReJson => 2,
+            _ => 1,
         }
     }
 
-    /// Queues the probe commands for one key ([`Layout::probe_replies`] replies): its TYPE and
-    /// its size (STRLEN for a string: exact and cheap; MEMORY USAGE for the others, the only
-    /// size Redis gives of a whole hash, list or RedisJSON document).
+    /// Whether the probe asks the key's TYPE: for `auto` (which layout to read), `json` (a
+    /// string's STRLEN answers for any type) and `rejson` (JSON.GET of another type fails with
+    /// RedisJSON's own error, not WRONGTYPE); lists and hashes learn a wrong type from the fetch.
+    fn probes_type(self) -> bool {
+        matches!(self, Layout::Json | Layout::Auto | Layout::ReJson)
+    }
+
+    /// Queues the probe commands for one key ([`Layout::probe_replies`] replies): its TYPE where
+    /// [needed](Layout::probes_type) and its size (STRLEN for a string: exact and cheap; MEMORY
+    /// USAGE for the others, the only size Redis gives of a whole hash, list or RedisJSON
+    /// document).
     pub fn queue_probe(self, pipe: &mut Pipeline, key: &[u8]) {
-        pipe.cmd("TYPE").arg(key);
+        if self.probes_type() {
+            pipe.cmd("TYPE").arg(key);
+        }
         if matches!(self, Layout::Json | Layout::Auto) {
             pipe.cmd("STRLEN").arg(key);
         }
@@ -182,6 +209,13 @@ impl Layout {
 
     /// Reads the probe's replies for one key.
     pub fn probe_result(self, replies: &[Value], max_value_bytes: u64) -> Probe {
+        if !self.probes_type() {
+            return match replies.first() {
+                Some(Value::Int(n)) => Probe::sized(self, (*n).max(0) as u64, max_value_bytes),
+                // MEMORY USAGE of a key that is gone.
+                _ => Probe::Gone,
+            };
+        }
         let kind = match &replies[0] {
             Value::SimpleString(s) => s.as_str(),
             Value::Okay => "string",
@@ -200,15 +234,10 @@ impl Layout {
             Layout::Json => &replies[1],
             _ => &replies[replies.len() - 1],
         };
-        let size = match size_reply {
-            Value::Int(n) => (*n).max(0) as u64,
+        match size_reply {
+            Value::Int(n) => Probe::sized(layout, (*n).max(0) as u64, max_value_bytes),
             // MEMORY USAGE of a key gone in between.
-            _ => return Probe::Gone,
-        };
-        if size > max_value_bytes {
-            Probe::Sample { layout, size }
-        } else {
-            Probe::Read { layout, size }
+            _ => Probe::Gone,
         }
     }
 
@@ -250,7 +279,7 @@ impl Layout {
             (Probe::Read { .. } | Probe::Sample { .. }, Some(Value::ServerError(e)))
                 if e.code() == "WRONGTYPE" =>
             {
-                Fetched::WrongType("value of another type".into())
+                Fetched::WrongType(OTHER_TYPE.into())
             }
             (Probe::Read { layout, .. }, Some(v)) => match layout {
                 Layout::Json | Layout::ReJson | Layout::Auto | Layout::LangGraph => match v {
@@ -341,11 +370,12 @@ mod tests {
     use super::*;
 
     fn probe(layout: Layout, kind: &str, len: i64) -> Probe {
-        let mut replies = vec![Value::SimpleString(kind.into())];
-        replies.extend(std::iter::repeat_n(
-            Value::Int(len),
-            layout.probe_replies() - 1,
-        ));
+        let mut replies = Vec::new();
+        if layout.probes_type() {
+            replies.push(Value::SimpleString(kind.into()));
+        }
+        let sizes = layout.probe_replies() - replies.len();
+        replies.extend(std::iter::repeat_n(Value::Int(len), sizes));
         layout.probe_result(&replies, 100)
     }
 
@@ -379,14 +409,33 @@ mod tests {
                 size: 5
             }
         );
+        // A hash layout asks no TYPE: a key of another type is found by its fetch.
         assert_eq!(
-            probe(Layout::Hash, "string", 5),
-            Probe::WrongType("string".into())
+            Layout::Hash.probe_result(&[Value::Int(5)], 100),
+            Probe::Read {
+                layout: Layout::Hash,
+                size: 5
+            }
         );
-        // MEMORY USAGE of a key deleted between TYPE and it.
         assert_eq!(
-            Layout::List.probe_result(&[Value::SimpleString("list".into()), Value::Nil], 100),
-            Probe::Gone
+            Layout::Auto.probe_result(
+                &[
+                    Value::SimpleString("set".into()),
+                    Value::Int(0),
+                    Value::Int(5)
+                ],
+                100
+            ),
+            Probe::WrongType("set".into())
+        );
+        // MEMORY USAGE of a key that is gone.
+        assert_eq!(Layout::List.probe_result(&[Value::Nil], 100), Probe::Gone);
+        assert_eq!(
+            Layout::List.probe_result(&[Value::Int(101)], 100),
+            Probe::Sample {
+                layout: Layout::List,
+                size: 101
+            }
         );
     }
 
