@@ -256,3 +256,37 @@ async fn rows_stored_under_the_previous_schema_read_the_same_after_the_migration
     );
     assert_eq!(now_04.len(), old_04.len() + 1);
 }
+
+/// A message row must name a stored conversation (checked at commit: the race that draws an id
+/// for a conversation another writer created is retried on it), but not a stored run: that
+/// check, a trigger per message row, was a sixth of a first sweep's time.
+#[tokio::test]
+async fn message_rows_reference_their_conversation_and_name_their_run() {
+    let env = TestEnv::migrated("msgkeys").await;
+    env.seed(1, 300_000).await;
+    let s = env.run_json(&[]);
+    assert_eq!(s["persisted"], 1, "{s}");
+    let id: i64 = sqlx::query_scalar("SELECT id FROM conversations")
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    let insert = |conversation: i64, run: i64| {
+        let pg = env.pg.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO message_rows (conversation, message_key, run_id, seq, role, content)
+                 VALUES ($1, gen_random_uuid(), $2, 99, 'user', 'x')",
+            )
+            .bind(conversation)
+            .bind(run)
+            .execute(&pg)
+            .await
+        }
+    };
+    // A run that is not (or no longer) in sweep_runs: accepted.
+    insert(id, 987_654).await.unwrap();
+    // A conversation that is not stored: refused.
+    let e = insert(id + 987_654, 1).await.unwrap_err();
+    let code = e.as_database_error().and_then(|d| d.code()).unwrap();
+    assert_eq!(code, "23503", "{e}");
+}
