@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::json::{Json, Want};
 use super::path::{Found, Path};
-use super::{IdSource, Mapping, Order, Unit, Wants};
+use super::{IdSource, Mapping, Order, Unit};
 use crate::checkpoint::{
     Checkpoint, MAX_ID_BYTES, Message, MessageSource, Packed, Reject, Unpack, identity,
 };
@@ -88,7 +88,6 @@ impl Mapping {
     }
 
     fn decode_with(&self, key: &str, raw: Raw<'_>, mode: Mode) -> Result<Decoded, Reject> {
-        let full = mode == Mode::Full;
         // A list's elements, each checked to be UTF-8 (a reject names the element).
         let strs = match raw {
             Raw::List(l) => list_strs(l)?,
@@ -117,34 +116,7 @@ impl Mapping {
             },
             _ => self.message_array(&doc)?,
         };
-        let mut order: Vec<usize> = (0..array.len()).collect();
-        if self.order == Order::NewestFirst {
-            order.reverse();
-        }
-        let mut seen = HashMap::new();
-        let (mut messages, mut elements) = (Vec::new(), Vec::new());
-        let mut count = 0;
-        for (n, &i) in order.iter().enumerate() {
-            let item = &array[i];
-            if !self.kept(item) {
-                continue;
-            }
-            count += 1;
-            let message = self.message(n, item, full.then_some(&mut seen))?;
-            // Built only to be written; a unit of one message dates its conversation.
-            if full || self.unit == Unit::Message {
-                messages.push(message);
-            }
-            // One key per message: its value, as `serde_json` writes it, is what restore writes
-            // back (a conversation per key is restored from its document).
-            if full && self.unit == Unit::Message {
-                elements.push(
-                    serde_json::from_str::<serde_json::Value>(&text)
-                        .map_err(|e| Reject::NotJson(e.to_string()))?
-                        .to_string(),
-                );
-            }
-        }
+        let (mut messages, elements, count) = self.messages(&array, &text, mode)?;
         // The conversation-level fields come from the document, or the message in a key of its own.
         let conversation_id = self.conversation_id(key, &doc)?;
         check_id(&conversation_id, "conversation id")?;
@@ -197,6 +169,46 @@ impl Mapping {
         })
     }
 
+    /// The messages of `array` in conversation order, the elements restore writes back (one key
+    /// per message), and how many messages there are: built only to be written (a unit of one
+    /// message is built to date its conversation), else only checked.
+    fn messages(
+        &self,
+        array: &[Json],
+        text: &str,
+        mode: Mode,
+    ) -> Result<(Vec<Message>, Vec<String>, usize), Reject> {
+        let full = mode == Mode::Full;
+        let mut order: Vec<usize> = (0..array.len()).collect();
+        if self.order == Order::NewestFirst {
+            order.reverse();
+        }
+        let mut seen = HashMap::new();
+        let (mut messages, mut elements) = (Vec::new(), Vec::new());
+        let mut count = 0;
+        for (n, &i) in order.iter().enumerate() {
+            let item = &array[i];
+            if !self.kept(item) {
+                continue;
+            }
+            count += 1;
+            let message = self.message(n, item, full.then_some(&mut seen))?;
+            if full || self.unit == Unit::Message {
+                messages.push(message);
+            }
+            // One key per message: its value, as `serde_json` writes it, is what restore writes
+            // back (a conversation per key is restored from its document).
+            if full && self.unit == Unit::Message {
+                elements.push(
+                    serde_json::from_str::<serde_json::Value>(text)
+                        .map_err(|e| Reject::NotJson(e.to_string()))?
+                        .to_string(),
+                );
+            }
+        }
+        Ok((messages, elements, count))
+    }
+
     /// A mapped field that is binary names itself (a semantic cache's vector is binary too, but
     /// no mapping reads it).
     fn refuse_binary(&self, binary: &[(String, usize)]) -> Result<(), Reject> {
@@ -239,61 +251,6 @@ impl Mapping {
                 }
             },
         })
-    }
-
-    /// Every path the mapping reads from a message or document.
-    fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.message_paths()
-            .chain([&self.messages])
-            .chain(self.conversation_paths())
-    }
-
-    /// The paths read from each message.
-    fn message_paths(&self) -> impl Iterator<Item = &Path> {
-        let m = &self.message;
-        m.role
-            .iter()
-            .chain(&m.content)
-            .chain(&m.id)
-            .chain(&m.ts)
-            .chain(m.keep.as_ref().map(|k| &k.0))
-    }
-
-    /// The paths read from the document (or the message of a key of its own) for the
-    /// conversation.
-    fn conversation_paths(&self) -> impl Iterator<Item = &Path> {
-        let c = &self.conversation;
-        let id = match &self.conversation_id {
-            IdSource::Field(p) => Some(p),
-            IdSource::Key(_) => None,
-        };
-        id.into_iter()
-            .chain(c.user_id.iter().chain(&c.started_at).chain(&c.updated_at))
-    }
-
-    /// What a decode reads of a list element (a message) and of a document: the message's
-    /// paths (under the message array's, in a conversation's document) and the conversation's.
-    pub(super) fn reads(&self) -> Wants {
-        let in_document: Vec<Path> = self
-            .message_paths()
-            .map(|p| match self.unit {
-                Unit::Message => p.clone(),
-                Unit::Conversation => Path {
-                    text: p.text.clone(),
-                    steps: self
-                        .messages
-                        .steps
-                        .iter()
-                        .chain(&p.steps)
-                        .cloned()
-                        .collect(),
-                },
-            })
-            .collect();
-        Wants {
-            element: Want::of(self.message_paths()),
-            document: Want::of(in_document.iter().chain(self.conversation_paths())),
-        }
     }
 
     /// The message array of a document (parsed from JSON text when a hash field holds it).

@@ -13,7 +13,6 @@ use std::fmt;
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
-use super::path::{Path, Step};
 use crate::checkpoint::borrowed::{Checked, Text};
 
 /// The parts of a value a mapping reads: all of it, or some fields of an object (of each
@@ -22,30 +21,6 @@ use crate::checkpoint::borrowed::{Checked, Text};
 pub enum Want {
     All,
     Fields(Vec<(String, Want)>),
-}
-
-impl Want {
-    /// What `paths` read of a value: the fields on their way, each path's end whole.
-    pub fn of<'p>(paths: impl IntoIterator<Item = &'p Path>) -> Want {
-        let mut want = Want::Fields(Vec::new());
-        for p in paths {
-            let mut node = &mut want;
-            for step in &p.steps {
-                let Step::Field(f) = step else { continue };
-                let Want::Fields(fields) = node else { break };
-                let i = match fields.iter().position(|(k, _)| k == f) {
-                    Some(i) => i,
-                    None => {
-                        fields.push((f.clone(), Want::Fields(Vec::new())));
-                        fields.len() - 1
-                    }
-                };
-                node = &mut fields[i].1;
-            }
-            *node = Want::All;
-        }
-        want
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

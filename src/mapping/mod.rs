@@ -27,6 +27,7 @@
 pub mod decode;
 pub mod json;
 pub mod path;
+mod reads;
 pub mod restore;
 
 #[cfg(test)]
