@@ -61,14 +61,13 @@ enum Mode {
 impl Mapping {
     /// Decodes what Redis returned for `key`.
     pub fn decode(&self, key: &str, raw: Raw<'_>) -> Result<Decoded, Reject> {
-        self.decode_with(key, raw, Mode::Full)
+        self.decode_with(key, raw, Mode::Full).map(|(d, _)| d)
     }
 
     /// Checks what Redis returned for `key` as [`Mapping::decode`] does (the same rejects) and
     /// counts its messages, building no rows: a dry run's decode.
     pub fn check(&self, key: &str, raw: Raw<'_>) -> Result<usize, Reject> {
-        self.decode_with(key, raw, Mode::Check)
-            .map(|d| d.checkpoint.message_count())
+        self.decode_with(key, raw, Mode::Check).map(|(_, n)| n)
     }
 
     /// [`Mapping::decode`] for a sweep: a conversation in a key of its own (a string, RedisJSON
@@ -80,14 +79,14 @@ impl Mapping {
         if self.unit == Unit::Message || matches!(raw, Raw::Hash(_)) {
             return self.decode(key, raw);
         }
-        let mut d = self.decode_with(key, raw, Mode::Packed)?;
-        let n = d.checkpoint.message_count();
+        let (mut d, n) = self.decode_with(key, raw, Mode::Packed)?;
         let unpack: Arc<dyn Unpack> = self.clone();
         d.checkpoint.packed = Some(Packed::Mapped(n, unpack));
         Ok(d)
     }
 
-    fn decode_with(&self, key: &str, raw: Raw<'_>, mode: Mode) -> Result<Decoded, Reject> {
+    /// The key decoded as far as `mode` asks, and how many messages it holds (built or not).
+    fn decode_with(&self, key: &str, raw: Raw<'_>, mode: Mode) -> Result<(Decoded, usize), Reject> {
         // A list's elements, each checked to be UTF-8 (a reject names the element).
         let strs = match raw {
             Raw::List(l) => list_strs(l)?,
@@ -141,7 +140,7 @@ impl Mapping {
                 }));
             }
         }
-        Ok(Decoded {
+        let decoded = Decoded {
             checkpoint: Checkpoint {
                 redis_key: key.to_string(),
                 conversation_id,
@@ -155,7 +154,7 @@ impl Mapping {
                     }
                     t => t,
                 },
-                packed: (messages.len() != count).then_some(Packed::Document(count)),
+                packed: None,
                 messages,
                 content_hash: match mode {
                     Mode::Check => [0; 32],
@@ -166,7 +165,8 @@ impl Mapping {
             },
             keys: vec![key.to_string(); elements.len()],
             elements,
-        })
+        };
+        Ok((decoded, count))
     }
 
     /// The messages of `array` in conversation order, the elements restore writes back (one key
