@@ -402,7 +402,9 @@ mod tests {
     use super::*;
     use crate::checkpoint::decode;
 
-    fn cp(id: &str, doc: &str) -> Checkpoint {
+    /// The checkpoint `doc` of conversation `id`, as a sweep reads it (the write tests' and
+    /// `message_rows`' tests' one helper).
+    pub(super) fn cp(id: &str, doc: &str) -> Checkpoint {
         decode(&format!("checkpoint:{id}"), id, doc.as_bytes()).unwrap()
     }
 

@@ -213,12 +213,8 @@ fn copy_text(out: &mut String, s: &str) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::cp;
     use super::*;
-    use crate::checkpoint::decode;
-
-    fn cp(id: &str, doc: &str) -> Checkpoint {
-        decode(&format!("checkpoint:{id}"), id, doc.as_bytes()).unwrap()
-    }
 
     #[test]
     fn copy_text_escapes_what_copy_reads_specially_and_keeps_the_rest() {
