@@ -149,6 +149,41 @@ impl Error {
         }
     }
 
+    /// No answer in time (a response or a connection that timed out): what a silent network
+    /// partition looks like. Retried once, on a fresh connection; a second silence ends the
+    /// retries (see [`crate::retry::Retries`]), so a partition is called within
+    /// `--operation-timeout` + `--connect-timeout` of the first.
+    pub fn is_silence(&self) -> bool {
+        match self {
+            Error::Redis { source, .. } => source.is_timeout(),
+            Error::Postgres { source, .. } => match source {
+                sqlx::Error::PoolTimedOut => true,
+                sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::TimedOut,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// The connection that saw this cannot be trusted for the next try: it went silent or was
+    /// lost, or its server is a standby or shutting down (a failover: a fresh connection reaches
+    /// the new primary). Such connections are dropped from the pool, not reused.
+    pub fn spoils_connection(&self) -> bool {
+        let Error::Postgres { source, .. } = self else {
+            return false;
+        };
+        match source {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                matches!(&*c, "25006" | "57P01" | "57P02" | "57P03") || c.starts_with("08")
+            }),
+            _ => false,
+        }
+    }
+
     /// A server's certificate refused because it does not name the host dialled (it may name
     /// another: see [`crate::redis::Nodes`] for cluster nodes announced by address).
     pub fn is_certificate_name_refusal(&self) -> bool {

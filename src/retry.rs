@@ -97,6 +97,76 @@ pub fn ride_out(deadline: Option<Instant>) -> Option<Instant> {
     Some(deadline.map_or(end, |d| d.min(end)))
 }
 
+/// The retries of one operation (a batch write, a Redis pipeline, a step of the run's record):
+/// [`Backoff`]'s pauses for transient errors, for at most [`RIDE_OUT`] after the first failure
+/// and never past the deadline, and one retry only after a silence ([`Error::is_silence`]): a
+/// fresh connection that gets no answer either is a partition, and waiting on it longer would
+/// only delay protecting the due keys and the exit. A failover's quick refusals (a standby, a
+/// server shutting down or starting) are retried for the whole ride-out.
+#[derive(Debug)]
+pub struct Retries {
+    backoff: Backoff,
+    deadline: Option<Instant>,
+    n: u32,
+    give_up: Option<Instant>,
+    silent: bool,
+}
+
+impl Retries {
+    pub fn new(deadline: Option<Instant>) -> Retries {
+        Retries {
+            backoff: Backoff {
+                attempts: u32::MAX,
+                ..Backoff::default()
+            },
+            deadline,
+            n: 0,
+            give_up: deadline,
+            silent: false,
+        }
+    }
+
+    /// The pause before the next try after `err`, or None when `err` must be returned.
+    pub fn pause(&mut self, err: &Error, what: &str) -> Option<Duration> {
+        if self.n == 0 {
+            self.give_up = ride_out(self.deadline);
+        }
+        if err.is_silence() && err.is_transient() {
+            if self.silent {
+                tracing::warn!(error = %err, "{what}: no answer on a fresh connection either; giving up");
+                return None;
+            }
+            self.silent = true;
+        }
+        let pause = self.backoff.pause(self.n, err, self.give_up, what)?;
+        self.n += 1;
+        Some(pause)
+    }
+
+    /// Whether a try failed before.
+    pub fn retried(&self) -> bool {
+        self.n > 0
+    }
+}
+
+/// Runs `op` until it succeeds or [`Retries::pause`] says to give up.
+pub async fn again<T, F, Fut>(what: &str, deadline: Option<Instant>, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut retries = Retries::new(deadline);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => match retries.pause(&e, what) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(e),
+            },
+        }
+    }
+}
+
 pub async fn within<T, F, Fut>(what: &str, timeout: Duration, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -176,6 +246,49 @@ mod tests {
             calls.load(Ordering::SeqCst),
             b.attempts,
             "attempts are bounded"
+        );
+    }
+
+    fn silence() -> Error {
+        Error::Postgres {
+            context: "test",
+            source: sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    fn standby() -> Error {
+        Error::Postgres {
+            context: "test",
+            source: sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_silence_ends_the_retries_and_refusals_ride_out() {
+        let mut r = Retries::new(None);
+        assert!(
+            r.pause(&silence(), "op").is_some(),
+            "one retry after a silence"
+        );
+        assert!(r.pause(&standby(), "op").is_some());
+        assert!(
+            r.pause(&silence(), "op").is_none(),
+            "a second silence ends it"
+        );
+
+        let start = tokio::time::Instant::now();
+        let calls = AtomicU32::new(0);
+        let r: Result<()> = again("op", None, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(standby())
+        })
+        .await;
+        assert!(r.is_err());
+        let took = start.elapsed();
+        assert!(
+            took >= RIDE_OUT - Duration::from_secs(5) && took <= RIDE_OUT,
+            "refusals are retried for the ride-out, not a number of tries: {took:?}, {} calls",
+            calls.load(Ordering::SeqCst)
         );
     }
 

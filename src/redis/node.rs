@@ -16,7 +16,7 @@ use crate::redis::layout::Probe;
 use crate::redis::pace::{self, Pace, Pacing};
 use crate::redis::sentinel::{self, SentinelUrl};
 use crate::redis::tls::RedisTls;
-use crate::retry::{self, Backoff};
+use crate::retry::{self, Retries};
 
 /// Values fetched in one pipeline are capped at this many bytes together, so memory stays bounded
 /// even when a page holds many large checkpoints.
@@ -265,21 +265,20 @@ impl Source {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let backoff = Backoff::default();
-        let mut n = 0;
-        // Set at the first failure: retries end RIDE_OUT after it, however long each took.
-        let mut give_up = self.deadline;
+        let mut retries = Retries::new(self.deadline);
         loop {
-            self.round_trips += 1;
-            let reply = {
-                let _shared = self.pace.gate().read().await;
-                self.pace.sent(pipe.len());
-                pipe.query_async::<Value>(&mut self.conn).await
+            let reply = match retries.retried() {
+                // A dropped multiplexed connection stays dropped: open another. A failure to is
+                // this try's failure (a silent network: no second wait on the old connection).
+                true => match self.reconnect().await {
+                    Ok(conn) => {
+                        self.conn = conn;
+                        self.send(pipe).await
+                    }
+                    Err(e) => Err(e),
+                },
+                false => self.send(pipe).await,
             };
-            let reply = reply.and_then(|v| match first_server_error(&v) {
-                Some(e) => Err(e.into()),
-                None => Ok(redis::from_redis_value::<T>(v)?),
-            });
             let err = match reply {
                 Ok(v) => return Ok(v),
                 Err(source) => Error::Redis {
@@ -287,20 +286,28 @@ impl Source {
                     source,
                 },
             };
-            if n == 0 {
-                give_up = retry::ride_out(self.deadline);
-            }
-            let Some(pause) = backoff.pause(n, &err, give_up, "reading from Redis") else {
+            let Some(pause) = retries.pause(&err, "reading from Redis") else {
                 return Err(err);
             };
             tokio::time::sleep(pause).await;
-            n += 1;
-            // A dropped multiplexed connection stays dropped: open another. If that fails, the
-            // retry above fails too and counts against the attempts.
-            if let Ok(conn) = self.reconnect().await {
-                self.conn = conn;
-            }
         }
+    }
+
+    /// One try of a pipeline on the current connection.
+    async fn send<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        self.round_trips += 1;
+        let reply = {
+            let _shared = self.pace.gate().read().await;
+            self.pace.sent(pipe.len());
+            pipe.query_async::<Value>(&mut self.conn).await
+        };
+        reply.and_then(|v| match first_server_error(&v) {
+            Some(e) => Err(e.into()),
+            None => Ok(redis::from_redis_value::<T>(v)?),
+        })
     }
 
     /// Samples `INFO` when due, with none of the sweep's own pipelines in flight, to see whether

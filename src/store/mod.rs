@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::redis::layout::REJECT_SAMPLE_BYTES;
 use crate::retry;
 
+mod faults;
 mod hosts;
 pub mod langgraph;
 mod migrate;
@@ -121,6 +122,8 @@ pub struct Store {
     begin: Arc<str>,
     /// The client's own deadline for one transaction.
     operation: Duration,
+    /// Connections not to reuse after a fault.
+    faults: Arc<faults::Faults>,
 }
 
 /// Every statement is sent unnamed (`persistent(false)`): sqlx names a statement even with its
@@ -188,6 +191,7 @@ impl Store {
     /// through a small pooler pool cannot each hold part of it while waiting for more.
     pub async fn connect(url: &str, timeouts: Timeouts, writers: usize) -> Result<Store> {
         let targets = hosts::Hosts::parse(url)?;
+        let faults = Arc::new(faults::Faults::default());
         // Refused or reset connections are retried until `timeout`, as sqlx-cli does; the hosts
         // are tried again each time, so a standby promoted meanwhile is found.
         let pool = retry::within("connecting to PostgreSQL", timeouts.connect, || async {
@@ -195,7 +199,8 @@ impl Store {
             // No startup parameter a pooler may refuse: PgBouncer knows application_name and
             // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
             let opts = opts.application_name("sweeper").extra_float_digits(None);
-            PgPoolOptions::new()
+            faults
+                .guard(PgPoolOptions::new(), timeouts.operation)
                 .max_connections(writers as u32 + 1)
                 .acquire_timeout(timeouts.connect)
                 .connect_with(opts)
@@ -207,6 +212,7 @@ impl Store {
             pool,
             begin: begin_sql(timeouts.operation).into(),
             operation: timeouts.operation,
+            faults,
         })
     }
 
@@ -236,10 +242,30 @@ impl Store {
         context: &'static str,
         op: impl Future<Output = sqlx::Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.operation, op).await {
-            Ok(r) => r.map_err(Error::postgres(context)),
+        self.bounded(context, async {
+            op.await.map_err(Error::postgres(context))
+        })
+        .await
+    }
+
+    /// `op` within `--operation-timeout`; a fault it meets spoils the pool's connections open
+    /// now. The fault is noted before `op` is dropped: its connection, released then, is closed
+    /// rather than checked (a check on a silent connection waits forever).
+    pub(crate) async fn bounded<T>(
+        &self,
+        context: &'static str,
+        op: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut op = Box::pin(op);
+        let r = match tokio::time::timeout(self.operation, op.as_mut()).await {
+            Ok(r) => r,
             Err(_) => Err(timed_out(context, self.operation)),
+        };
+        if let Err(e) = &r {
+            self.faults.saw(e);
         }
+        drop(op);
+        r
     }
 
     /// A transaction with the server-side limits set, for callers that hold it across steps
@@ -248,6 +274,11 @@ impl Store {
         self.pool
             .begin_with(AssertSqlSafe(self.begin.to_string()))
             .await
+    }
+
+    /// `--operation-timeout`: how long one transaction may take.
+    pub fn operation_timeout(&self) -> Duration {
+        self.operation
     }
 
     /// The newest checkpoint saved for a conversation, as `restore` puts it back.

@@ -43,6 +43,14 @@ impl RunLock {
     }
 }
 
+impl RunLock {
+    /// Stops renewing the lease without releasing it (PostgreSQL cannot be reached): it expires
+    /// after [`LEASE`], or at once for the next run on this host, which sees this process gone.
+    pub fn abandon(self) {
+        self.renewer.abort();
+    }
+}
+
 /// The lock key of sweeps of one pattern (and shard): the first 8 bytes of a SHA-256 of its name.
 fn lock_key(pattern: &str, shard: Option<Shard>) -> i64 {
     let h = Sha256::digest(lock_name(pattern, shard).as_bytes());

@@ -22,10 +22,8 @@ impl Store {
         run_id: Option<i64>,
         batch: &mut Batch,
     ) -> Result<BatchOutcome> {
-        match tokio::time::timeout(self.operation, self.write_batch_in_tx(run_id, batch)).await {
-            Ok(r) => r,
-            Err(_) => Err(super::timed_out("write batch", self.operation)),
-        }
+        self.bounded("write batch", self.write_batch_in_tx(run_id, batch))
+            .await
     }
 
     async fn write_batch_in_tx(

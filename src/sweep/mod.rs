@@ -95,8 +95,13 @@ pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shu
         _ => None,
     };
     let mut outcome = run(cfg, source, store.as_ref(), shutdown).await;
-    if let Some(s) = &store {
-        // For metrics: a failure here leaves them out, it does not fail the sweep.
+    let store_failed = matches!(
+        outcome.error,
+        Some(Error::Postgres { .. } | Error::NotMigrated { .. })
+    );
+    if let (Some(s), false) = (&store, store_failed) {
+        // For metrics: a failure here leaves them out, it does not fail the sweep. Not asked
+        // of a PostgreSQL that just failed the run: that would wait on it once more.
         outcome.history = s.run_history(&cfg.pattern, cfg.shard).await.ok();
     }
     outcome
@@ -157,7 +162,7 @@ async fn try_run(
     };
     let (lock, run_id) = match store {
         None => (None, None),
-        Some(s) => match record::begin(s, cfg).await {
+        Some(s) => match record::begin(s, cfg, deadline).await {
             Ok(Begun::Running { lock, run_id }) => (Some(lock), Some(run_id)),
             Ok(Begun::Skipped { run_id }) => {
                 let c = Counters::default();

@@ -7,6 +7,7 @@ use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
 use crate::redis::layout::Layout;
+use crate::retry;
 use crate::run::{Counters, RunStatus};
 use crate::store::{RunLock, Store};
 
@@ -22,19 +23,50 @@ pub(super) enum Begun {
 }
 
 /// Checks the schema, takes the lock, records the start, and marks failed the runs a killed
-/// sweep left `running`.
-pub(super) async fn begin(s: &Store, cfg: &SweepConfig) -> Result<Begun> {
-    s.ensure_migrated().await?;
+/// sweep left `running`. Each step is retried on its own ([`retry::again`]), until `deadline`:
+/// an endpoint still on a standby (a failover under way) is one a fresh connection may find
+/// promoted, and a lease taken is kept while the later steps are retried.
+pub(super) async fn begin(
+    s: &Store,
+    cfg: &SweepConfig,
+    deadline: Option<Instant>,
+) -> Result<Begun> {
+    retry::again("checking the schema", deadline, || s.ensure_migrated()).await?;
     if cfg.layout == Layout::LangGraph {
-        s.ensure_langgraph().await?;
+        retry::again("checking LangGraph's tables", deadline, || {
+            s.ensure_langgraph()
+        })
+        .await?;
     }
-    let lock = s.try_lock(&cfg.pattern, cfg.shard).await?;
-    let run_id = s.start_run(cfg).await?;
+    let lock = retry::again("taking the sweep lock", deadline, || {
+        s.try_lock(&cfg.pattern, cfg.shard)
+    })
+    .await?;
+    let started = async {
+        let run_id =
+            retry::again("recording the run's start", deadline, || s.start_run(cfg)).await?;
+        if lock.is_none() {
+            return Ok((run_id, 0));
+        }
+        let closed = retry::again("closing abandoned runs", deadline, || {
+            s.close_abandoned_runs(&cfg.pattern, run_id)
+        })
+        .await?;
+        Ok::<_, Error>((run_id, closed))
+    };
+    let (run_id, closed) = match started.await {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(l) = lock {
+                l.abandon();
+            }
+            return Err(e);
+        }
+    };
     let Some(lock) = lock else {
         tracing::info!(run_id, "another sweep of this pattern is running: skipping");
         return Ok(Begun::Skipped { run_id });
     };
-    let closed = s.close_abandoned_runs(&cfg.pattern, run_id).await?;
     if closed > 0 {
         tracing::warn!(
             runs = closed,
@@ -61,13 +93,18 @@ pub(super) async fn finish(
         // Retried a little: a run that failed because PostgreSQL went away records its end
         // once it is back, rather than staying `running` until the next run.
         let took = started.elapsed();
-        let recorded = crate::retry::within("recording the end of the run", RECORD_END, || {
+        let recorded = retry::within("recording the end of the run", RECORD_END, || {
             s.finish_run(id, status, counters, took, message.as_deref())
         })
         .await;
         if let Err(e) = recorded {
             tracing::warn!(error = %e, run_id = id, "could not record the end of the run");
             error.get_or_insert(e);
+            // PostgreSQL cannot be reached: releasing the lock would wait for it once more.
+            if let Some(l) = lock {
+                l.abandon();
+            }
+            return error;
         }
     }
     if let Some(l) = lock {

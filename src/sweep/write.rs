@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -22,7 +22,7 @@ use super::protect::protect;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
-use crate::retry::{self, Backoff};
+use crate::retry::Retries;
 use crate::run::{Counters, DueList};
 use crate::store::{Batch, BatchOutcome, RejectRecord, Store};
 
@@ -72,12 +72,34 @@ impl Writers<'_> {
         let mut writing: JoinSet<(Written, Option<(Error, Batch)>)> = JoinSet::new();
         // The keys of each batch being written, to protect them if its task dies.
         let mut in_flight: HashMap<tokio::task::Id, Vec<Vec<u8>>> = HashMap::new();
+        // A batch waiting for a writer, and since when: at most `handoff`, then it is protected.
+        let mut held: Option<(ReadBatch, tokio::time::Instant)> = None;
+        let handoff = self.store.map_or(Duration::from_secs(3600), |s| {
+            handoff(s.operation_timeout())
+        });
+        // Set when a batch waited `handoff` for a writer, cleared when a writer is free again.
+        let mut stalled = false;
         let mut reading = true;
-        while reading || !writing.is_empty() {
+        while reading || held.is_some() || !writing.is_empty() {
             let in_trouble = *trouble.borrow_and_update();
             let full = writing.len() >= cfg.writers.max(1);
+            // PostgreSQL cannot take batches now (for good, or while a retry is under way or the
+            // writers are stuck, and no writer is free): keep the held batch's keys alive for a
+            // later sweep, and read on.
+            let refuse = out.error.is_some() || (full && (in_trouble || stalled));
+            if let Some((read, _)) = held.take_if(|_| refuse || !full) {
+                match refuse {
+                    true => self.protect_batch(&mut out, &read.batch).await,
+                    false => self.spawn(&mut writing, &mut in_flight, &guard, read),
+                }
+                continue;
+            }
+            let handoff_ends = held
+                .as_ref()
+                .map_or_else(tokio::time::Instant::now, |h| h.1 + handoff);
             tokio::select! {
                 Some(done) = writing.join_next_with_id(), if !writing.is_empty() => {
+                    stalled = false;
                     let (written, failed) = match done {
                         Ok((id, (written, failed))) => {
                             in_flight.remove(&id);
@@ -94,12 +116,10 @@ impl Writers<'_> {
                     written.add_to(&mut out.counters);
                     if let Some((e, batch)) = failed {
                         self.failed(&mut out, e);
-                        let keys = batch_keys(&batch);
-                        let p = protect(&mut self.protector, &keys, cfg).await;
-                        out.gone_due += count_protected(&mut out.counters, p, &keys);
+                        self.protect_batch(&mut out, &batch).await;
                     }
                 }
-                read = rx.recv(), if reading && (!full || in_trouble) => {
+                read = rx.recv(), if reading && held.is_none() => {
                     let Some(read) = read else {
                         reading = false;
                         continue;
@@ -107,24 +127,20 @@ impl Writers<'_> {
                     out.counters.batches += 1;
                     match self.store {
                         None => out.due_keys.extend(read.due_keys),
-                        // PostgreSQL cannot take batches now (for good, or while a retry is under
-                        // way and no writer is free): keep these keys alive for a later sweep.
-                        Some(_) if out.error.is_some() || full => {
-                            let keys = batch_keys(&read.batch);
-                            let p = protect(&mut self.protector, &keys, cfg).await;
-                            out.gone_due += count_protected(&mut out.counters, p, &keys);
-                        }
-                        Some(s) => {
-                            let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
-                            let keys = batch_keys(&read.batch);
-                            let guard = guard.clone();
-                            let task = writing.spawn(async move { write(&s, run_id, read.batch, deadline, guard).await });
-                            in_flight.insert(task.id(), keys);
-                        }
+                        Some(_) if refuse => self.protect_batch(&mut out, &read.batch).await,
+                        Some(_) if full => held = Some((read, tokio::time::Instant::now())),
+                        Some(_) => self.spawn(&mut writing, &mut in_flight, &guard, read),
                     }
                 }
-                // A writer in trouble while all are busy: look at the batches waiting again.
-                Ok(()) = trouble.changed(), if reading && full && !in_trouble => {}
+                () = tokio::time::sleep_until(handoff_ends), if held.is_some() => {
+                    tracing::warn!(
+                        waited_ms = handoff.as_millis() as u64,
+                        "no PostgreSQL writer took a batch in time: protecting due keys instead of waiting, so the reading goes on"
+                    );
+                    stalled = true;
+                }
+                // A writer in trouble while all are busy: look at the batch held again.
+                Ok(()) = trouble.changed(), if held.is_some() && !in_trouble => {}
             }
         }
         if out.error.is_none() && out.counters.protected > 0 {
@@ -135,6 +151,30 @@ impl Writers<'_> {
             );
         }
         out
+    }
+
+    /// Writes `read` on a task of its own.
+    fn spawn(
+        &self,
+        writing: &mut JoinSet<(Written, Option<(Error, Batch)>)>,
+        in_flight: &mut HashMap<tokio::task::Id, Vec<Vec<u8>>>,
+        guard: &Guard,
+        read: ReadBatch,
+    ) {
+        let Some(s) = self.store else { return };
+        let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
+        let keys = batch_keys(&read.batch);
+        let guard = guard.clone();
+        let task =
+            writing.spawn(async move { write(&s, run_id, read.batch, deadline, guard).await });
+        in_flight.insert(task.id(), keys);
+    }
+
+    /// Raises the TTL of a batch's keys instead of writing them.
+    async fn protect_batch(&mut self, out: &mut Wrote, batch: &Batch) {
+        let keys = batch_keys(batch);
+        let p = protect(&mut self.protector, &keys, self.cfg).await;
+        out.gone_due += count_protected(&mut out.counters, p, &keys);
     }
 
     /// The first failure switches the sweep to protecting.
@@ -155,6 +195,14 @@ impl Written {
         c.pg_statements += self.statements;
         c.rejected += self.refused;
     }
+}
+
+/// How long a batch read waits for a free writer before its keys are protected instead: well
+/// under `--operation-timeout`, so the reading never stalls behind writers stuck on a silent
+/// PostgreSQL until they time out (due keys not yet scanned would expire meanwhile), and above
+/// a healthy batch write, which waits for nothing.
+fn handoff(operation: Duration) -> Duration {
+    (operation / 10).max(Duration::from_millis(200))
 }
 
 /// What a write task needs to keep a failing batch's keys alive.
@@ -279,8 +327,7 @@ fn refused(one: Batch, reason: &str) -> RejectRecord {
 }
 
 /// One batch, one transaction (bounded by `--operation-timeout` in the store), retried on
-/// transient errors for at most [`retry::RIDE_OUT`] after the first; the batch's keys are
-/// protected before the first retry.
+/// transient errors as [`Retries`] says; the batch's keys are protected before the first retry.
 async fn write_once(
     s: &Store,
     run_id: Option<i64>,
@@ -288,31 +335,27 @@ async fn write_once(
     deadline: Option<Instant>,
     guard: &mut Guard,
 ) -> Result<BatchOutcome> {
-    let backoff = Backoff::default();
-    let (mut n, mut give_up, mut protected) = (0, deadline, false);
+    let mut retries = Retries::new(deadline);
+    let mut protected = false;
     loop {
         let e = match s.write_batch(run_id, batch).await {
             Ok(out) => {
-                if n > 0 {
+                if retries.retried() {
                     guard.trouble.send_replace(false);
                 }
                 return Ok(out);
             }
             Err(e) => e,
         };
-        if n == 0 {
-            give_up = retry::ride_out(deadline);
-        }
         if e.is_transient() && !protected {
             guard.trouble.send_replace(true);
             protect(&mut guard.protector, &batch_keys(batch), &guard.cfg).await;
             protected = true;
         }
-        let Some(pause) = backoff.pause(n, &e, give_up, "writing a batch to PostgreSQL") else {
+        let Some(pause) = retries.pause(&e, "writing a batch to PostgreSQL") else {
             return Err(e);
         };
         tokio::time::sleep(pause).await;
-        n += 1;
     }
 }
 
