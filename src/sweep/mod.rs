@@ -14,13 +14,12 @@
 //! (`--protect-ttl`), so an outage longer than the schedule gap loses nothing.
 
 pub mod decode;
+pub mod health;
 pub mod protect;
 pub mod read;
 pub mod record;
 pub mod write;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -229,7 +228,7 @@ async fn stages(
     shutdown: &Shutdown,
     deadline: Option<Instant>,
 ) -> Result<(Counters, Stop, Option<Error>, crate::run::DueList)> {
-    let store_down = Arc::new(AtomicBool::new(false));
+    let health = health::Health::default();
     let (tx, rx) = mpsc::channel::<ReadBatch>(CHANNEL_DEPTH);
     source.set_deadline(deadline);
     source.set_pacing(cfg.pacing());
@@ -239,10 +238,10 @@ async fn stages(
         run_id,
         deadline,
         protector: source.clone(),
-        store_down: store_down.clone(),
+        health: health.clone(),
     };
     let (reads_tx, reads_rx) = mpsc::channel::<Vec<Read>>(READS_DEPTH);
-    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
+    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, health);
     let reader = tokio::spawn(reader.run(source, reads_tx));
     let decoder = tokio::spawn(Decoder::new(cfg.clone()).run(reads_rx, tx));
     let wrote = writers.drain(rx).await;

@@ -1,12 +1,11 @@
 //! The protect stage: when PostgreSQL cannot take due keys, their TTL is raised to
 //! `--protect-ttl` (never lowered), so none expires before a later sweep can save it.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::health::Health;
 use super::read::Reader;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
@@ -51,12 +50,11 @@ pub(super) async fn protect_after(
 /// Scans and raises the TTL of every due key to `--protect-ttl`; reads no value.
 async fn protect_only(cfg: &SweepConfig, source: Nodes, shutdown: &Shutdown) -> Result<Counters> {
     let deadline = cfg.deadline.map(|d| Instant::now() + d);
-    let store_down = Arc::new(AtomicBool::new(true));
     let (tx, _rx) = mpsc::channel::<Vec<Read>>(1);
     let mut source = source;
     source.set_deadline(deadline);
     source.set_pacing(cfg.pacing());
-    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, store_down);
+    let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, Health::down());
     let (counters, _, error) = reader.run(source, tx).await;
     match error {
         Some(e) => Err(e),

@@ -1,14 +1,13 @@
 //! The read stage: SCAN every primary (or a shard's slots), select the due keys by their TTL,
-//! and read them with the layout's [`DueReader`] for the decode stage. While PostgreSQL is down,
-//! due keys are protected instead of read.
+//! and read them with the layout's [`DueReader`] for the decode stage. While PostgreSQL is down
+//! or stuck, due keys are protected instead of read.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::decode;
+use super::health::Health;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
@@ -33,8 +32,8 @@ pub(super) struct Reader {
     cfg: SweepConfig,
     shutdown: Shutdown,
     deadline: Option<Instant>,
-    /// Set when PostgreSQL has failed: due keys are protected, not read.
-    store_down: Arc<AtomicBool>,
+    /// While PostgreSQL fails: due keys are protected, not read.
+    health: Health,
     counters: Counters,
     /// Due keys selected so far, for the progress line.
     selected: u64,
@@ -47,12 +46,12 @@ impl Reader {
         cfg: SweepConfig,
         shutdown: Shutdown,
         deadline: Option<Instant>,
-        store_down: Arc<AtomicBool>,
+        health: Health,
     ) -> Reader {
         Reader {
             shutdown,
             deadline,
-            store_down,
+            health,
             counters: Counters::default(),
             selected: 0,
             due_reader: DueReader::new(cfg.layout, cfg.max_value_bytes, &cfg.prefix),
@@ -131,7 +130,7 @@ impl Reader {
             due_reader: self.due_reader.clone(),
             batch_size: self.cfg.batch_size,
             protect_ttl: self.cfg.protect_ttl,
-            store_down: self.store_down.clone(),
+            health: self.health.clone(),
             counters: Counters::default(),
         };
         let (taken, chosen) = {
@@ -293,7 +292,7 @@ struct Taker {
     due_reader: DueReader,
     batch_size: usize,
     protect_ttl: std::time::Duration,
-    store_down: Arc<AtomicBool>,
+    health: Health,
     /// What protection counted (kept whatever happens to the run).
     counters: Counters,
 }
@@ -311,7 +310,7 @@ impl Taker {
         let [first, second] = handles;
         while let Some(due) = due_rx.recv().await {
             let taken = match due_rx.try_recv() {
-                Ok(next) if !self.store_down.load(Ordering::SeqCst) => {
+                Ok(next) if !self.protecting() => {
                     let (a, b) =
                         tokio::join!(self.read(first, due, tx), self.read(second, next, tx));
                     a.and_then(|a| b.map(|b| a.or(b)))
@@ -329,13 +328,19 @@ impl Taker {
         Ok(None)
     }
 
+    /// Whether due keys are protected rather than read: PostgreSQL failed for good, or is stuck
+    /// for now (not with `--protect-ttl 0`: nothing is protected then, so the reading waits).
+    fn protecting(&self) -> bool {
+        self.health.is_down() || (self.health.is_failing() && !self.protect_ttl.is_zero())
+    }
+
     async fn take(
         &mut self,
         source: &mut Nodes,
         due: Vec<(Vec<u8>, u64)>,
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
-        if self.store_down.load(Ordering::SeqCst) {
+        if self.protecting() {
             if self.protect_ttl.is_zero() {
                 return Ok(Some(Stop::WriterGone));
             }

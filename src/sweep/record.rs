@@ -93,7 +93,8 @@ pub(super) async fn finish(
         // Retried a little: a run that failed because PostgreSQL went away records its end
         // once it is back, rather than staying `running` until the next run.
         let took = started.elapsed();
-        let recorded = retry::within("recording the end of the run", RECORD_END, || {
+        let until = Some(Instant::now() + RECORD_END);
+        let recorded = retry::again("recording the end of the run", until, || {
             s.finish_run(id, status, counters, took, message.as_deref())
         })
         .await;

@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::decode::{ReadBatch, count_protected};
+use super::health::Health;
 use super::protect::protect;
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
@@ -35,8 +35,9 @@ pub(super) struct Writers<'a> {
     pub deadline: Option<Instant>,
     /// Raises the TTL of keys that could not be written.
     pub protector: Nodes,
-    /// Set at the first batch PostgreSQL cannot take: the reader then protects instead of reading.
-    pub store_down: Arc<AtomicBool>,
+    /// Down at the first batch PostgreSQL cannot take for good, stuck while writes wait: the
+    /// reader then protects instead of reading.
+    pub health: Health,
 }
 
 /// What the writers did.
@@ -74,15 +75,18 @@ impl Writers<'_> {
         let mut in_flight: HashMap<tokio::task::Id, Vec<Vec<u8>>> = HashMap::new();
         // A batch waiting for a writer, and since when: at most `handoff`, then it is protected.
         let mut held: Option<(ReadBatch, tokio::time::Instant)> = None;
-        let handoff = self.store.map_or(Duration::from_secs(3600), |s| {
-            handoff(s.operation_timeout())
-        });
+        let operation = self
+            .store
+            .map_or(Duration::from_secs(3600), |s| s.operation_timeout());
+        // The longest a batch write took that went through: what a healthy writer needs.
+        let mut slowest = Duration::ZERO;
         // Set when a batch waited `handoff` for a writer, cleared when a writer is free again.
         let mut stalled = false;
         let mut reading = true;
         while reading || held.is_some() || !writing.is_empty() {
             let in_trouble = *trouble.borrow_and_update();
             let full = writing.len() >= cfg.writers.max(1);
+            self.health.set_stuck(in_trouble || stalled);
             // PostgreSQL cannot take batches now (for good, or while a retry is under way or the
             // writers are stuck, and no writer is free): keep the held batch's keys alive for a
             // later sweep, and read on.
@@ -94,6 +98,7 @@ impl Writers<'_> {
                 }
                 continue;
             }
+            let handoff = handoff(operation, slowest);
             let handoff_ends = held
                 .as_ref()
                 .map_or_else(tokio::time::Instant::now, |h| h.1 + handoff);
@@ -114,6 +119,9 @@ impl Writers<'_> {
                         }
                     };
                     written.add_to(&mut out.counters);
+                    if failed.is_none() {
+                        slowest = slowest.max(written.took);
+                    }
                     if let Some((e, batch)) = failed {
                         self.failed(&mut out, e);
                         self.protect_batch(&mut out, &batch).await;
@@ -139,8 +147,8 @@ impl Writers<'_> {
                     );
                     stalled = true;
                 }
-                // A writer in trouble while all are busy: look at the batch held again.
-                Ok(()) = trouble.changed(), if held.is_some() && !in_trouble => {}
+                // A writer in trouble, or out of it: tell the reader, look at the batch held again.
+                Ok(()) = trouble.changed(), if reading || held.is_some() => {}
             }
         }
         if out.error.is_none() && out.counters.protected > 0 {
@@ -165,8 +173,12 @@ impl Writers<'_> {
         let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
         let keys = batch_keys(&read.batch);
         let guard = guard.clone();
-        let task =
-            writing.spawn(async move { write(&s, run_id, read.batch, deadline, guard).await });
+        let task = writing.spawn(async move {
+            let started = Instant::now();
+            let (mut written, failed) = write(&s, run_id, read.batch, deadline, guard).await;
+            written.took = started.elapsed();
+            (written, failed)
+        });
         in_flight.insert(task.id(), keys);
     }
 
@@ -181,7 +193,7 @@ impl Writers<'_> {
     fn failed(&self, out: &mut Wrote, e: Error) {
         if out.error.is_none() {
             tracing::error!(error = %e, "PostgreSQL cannot take the sweep's writes: protecting the due keys instead");
-            self.store_down.store(true, Ordering::SeqCst);
+            self.health.set_down();
             out.error = Some(e);
         }
     }
@@ -200,9 +212,15 @@ impl Written {
 /// How long a batch read waits for a free writer before its keys are protected instead: well
 /// under `--operation-timeout`, so the reading never stalls behind writers stuck on a silent
 /// PostgreSQL until they time out (due keys not yet scanned would expire meanwhile), and above
-/// a healthy batch write, which waits for nothing.
-fn handoff(operation: Duration) -> Duration {
-    (operation / 10).max(Duration::from_millis(200))
+/// a healthy batch write, which waits for nothing: four times the slowest write so far, at
+/// least 200 ms, at most a tenth of `--operation-timeout` (which bounds it before any write has
+/// gone through).
+fn handoff(operation: Duration, slowest: Duration) -> Duration {
+    let most = (operation / 10).max(Duration::from_millis(200));
+    if slowest.is_zero() {
+        return most;
+    }
+    (slowest * 4).max(Duration::from_millis(200)).min(most)
 }
 
 /// What a write task needs to keep a failing batch's keys alive.
@@ -222,6 +240,8 @@ struct Written {
     statements: u64,
     /// Checkpoints (or LangGraph threads) PostgreSQL refused one by one, recorded as rejects.
     refused: u64,
+    /// How long the batch's write took, retries included.
+    took: Duration,
 }
 
 /// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
@@ -367,4 +387,24 @@ pub(super) fn batch_keys(batch: &Batch) -> Vec<Vec<u8>> {
         .map(|c| c.redis_key.clone().into_bytes())
         .chain(threads)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_waits_for_a_writer_a_few_healthy_writes_at_most_a_tenth_of_the_operation_timeout() {
+        let ms = Duration::from_millis;
+        let op = Duration::from_secs(15);
+        assert_eq!(
+            handoff(op, Duration::ZERO),
+            ms(1500),
+            "before any write went through"
+        );
+        assert_eq!(handoff(op, ms(10)), ms(200), "at least 200 ms");
+        assert_eq!(handoff(op, ms(100)), ms(400), "four healthy writes");
+        assert_eq!(handoff(op, ms(900)), ms(1500), "at most a tenth");
+        assert_eq!(handoff(ms(500), ms(900)), ms(200), "never under 200 ms");
+    }
 }

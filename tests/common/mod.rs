@@ -5,6 +5,7 @@
 pub mod layouts;
 pub mod pki;
 pub mod proxy;
+pub mod runs;
 pub mod servers;
 pub mod stack;
 pub mod topologies;
@@ -186,6 +187,11 @@ impl TestEnv {
 
     /// Writes `n` due-or-not checkpoints `c00000`.. with three messages each, pipelined.
     pub async fn seed(&self, n: usize, ttl_ms: u64) {
+        self.seed_with(n, |_| ttl_ms).await
+    }
+
+    /// [`TestEnv::seed`], the TTL of checkpoint `i` being `ttl_ms(i)`.
+    pub async fn seed_with(&self, n: usize, ttl_ms: impl Fn(usize) -> u64) {
         for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
             let mut pipe = redis::pipe();
             for i in chunk {
@@ -194,7 +200,7 @@ impl TestEnv {
                     .arg(self.key(&id))
                     .arg(doc(Some("2026-11-22T10:00:00Z"), &["m1", "m2", "m3"]).to_string())
                     .arg("PX")
-                    .arg(ttl_ms)
+                    .arg(ttl_ms(*i))
                     .ignore();
             }
             let () = pipe.query_async(&mut self.redis.clone()).await.unwrap();

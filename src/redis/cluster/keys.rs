@@ -34,11 +34,15 @@ pub struct Protected {
 }
 
 impl Protected {
-    /// From each key's replies: the raise (1 when raised), then its PTTL.
+    /// From each key's replies: the raise (1 when raised), then, when not raised, its PTTL.
     fn of(keys: &[Vec<u8>], replies: &[Vec<Value>], ms: u64) -> Protected {
         let mut out = Protected::default();
         for (key, r) in keys.iter().zip(replies) {
             let raised = matches!(r.first(), Some(Value::Int(1)));
+            if raised {
+                out.kept += 1;
+                continue;
+            }
             match r.get(1) {
                 Some(Value::Int(-2)) if !raised => out.gone.push(key.clone()),
                 // Read just after the raise: at least about the protection's TTL when kept.
@@ -179,17 +183,18 @@ impl Nodes {
     }
 
     /// Raises the TTL of `keys` to `ttl`, never lowering it (PEXPIRE GT: a key without TTL or
-    /// with more left is untouched), then reads each key's TTL to tell what became of it. A
-    /// server older than Redis 7.0 (Redis 6.2-compatible managed services) has no GT: the same
-    /// is done by a script, from the first refusal on.
+    /// with more left is untouched), then reads the TTL of each key not raised to tell what
+    /// became of it (gone, or kept by a TTL already above). A server older than Redis 7.0 (Redis
+    /// 6.2-compatible managed services) has no GT: the same is done by a script, from the first
+    /// refusal on. One command per due key, nearly always: under a pace, protecting the rest of
+    /// a keyspace costs what reading it does (PTTL and a read, or PTTL and a raise).
     pub async fn protect(&mut self, keys: &[Vec<u8>], ttl: Duration) -> Result<Protected> {
         let ms = ttl.as_millis() as u64;
-        let replies = match self.raise_by_script {
+        let mut replies = match self.raise_by_script {
             false => {
                 let gt = self
                     .per_key(keys, |pipe, i| {
                         pipe.cmd("PEXPIRE").arg(&keys[i]).arg(ms).arg("GT");
-                        pipe.cmd("PTTL").arg(&keys[i]);
                     })
                     .await;
                 match gt {
@@ -205,13 +210,26 @@ impl Nodes {
             }
             true => self.raise_with_script(keys, ms).await?,
         };
+        let unraised: Vec<usize> = (0..keys.len())
+            .filter(|&i| !matches!(replies[i].first(), Some(Value::Int(1))))
+            .collect();
+        if !unraised.is_empty() {
+            let asked: Vec<Vec<u8>> = unraised.iter().map(|&i| keys[i].clone()).collect();
+            let ttls = self
+                .per_key(&asked, |pipe, i| {
+                    pipe.cmd("PTTL").arg(&asked[i]);
+                })
+                .await?;
+            for (i, mut t) in unraised.into_iter().zip(ttls) {
+                replies[i].append(&mut t);
+            }
+        }
         Ok(Protected::of(keys, &replies, ms))
     }
 
     async fn raise_with_script(&mut self, keys: &[Vec<u8>], ms: u64) -> Result<Vec<Vec<Value>>> {
         self.per_key(keys, |pipe, i| {
             pipe.cmd("EVAL").arg(RAISE_TTL).arg(1).arg(&keys[i]).arg(ms);
-            pipe.cmd("PTTL").arg(&keys[i]);
         })
         .await
     }
