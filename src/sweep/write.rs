@@ -70,7 +70,7 @@ impl Writers<'_> {
             trouble: Arc::new(trouble_tx),
         };
         // Batches written at once, each on its own connection: batches hold disjoint conversations.
-        let mut writing: JoinSet<(Written, Option<(Error, Batch)>)> = JoinSet::new();
+        let mut writing: JoinSet<WriteResult> = JoinSet::new();
         // The keys of each batch being written, to protect them if its task dies.
         let mut in_flight: HashMap<tokio::task::Id, Vec<Vec<u8>>> = HashMap::new();
         // A batch waiting for a writer, and since when: at most `handoff`, then it is protected.
@@ -105,26 +105,9 @@ impl Writers<'_> {
             tokio::select! {
                 Some(done) = writing.join_next_with_id(), if !writing.is_empty() => {
                     stalled = false;
-                    let (written, failed) = match done {
-                        Ok((id, (written, failed))) => {
-                            in_flight.remove(&id);
-                            (written, failed)
-                        }
-                        Err(e) => {
-                            let keys = in_flight.remove(&e.id()).unwrap_or_default();
-                            let p = protect(&mut self.protector, &keys, cfg).await;
-                            out.gone_due += count_protected(&mut out.counters, p, &keys);
-                            let e = Error::Other(format!("a batch writer failed: {e}"));
-                            (Written::default(), Some((e, Batch::default())))
-                        }
-                    };
-                    written.add_to(&mut out.counters);
-                    if failed.is_none() {
-                        slowest = slowest.max(written.took);
-                    }
-                    if let Some((e, batch)) = failed {
-                        self.failed(&mut out, e);
-                        self.protect_batch(&mut out, &batch).await;
+                    let keys = in_flight.remove(&done.as_ref().map_or_else(|e| e.id(), |d| d.0));
+                    if let Some(took) = self.done(&mut out, done, keys.unwrap_or_default()).await {
+                        slowest = slowest.max(took);
                     }
                 }
                 read = rx.recv(), if reading && held.is_none() => {
@@ -161,10 +144,37 @@ impl Writers<'_> {
         out
     }
 
+    /// Counts what a write task did; on failure, switches the sweep to protecting and protects
+    /// what it could not write (`keys`, all of the batch, if the task died). Returns how long a
+    /// write that went through took.
+    async fn done(
+        &mut self,
+        out: &mut Wrote,
+        done: std::result::Result<(tokio::task::Id, WriteResult), tokio::task::JoinError>,
+        keys: Vec<Vec<u8>>,
+    ) -> Option<Duration> {
+        let (written, failed) = match done {
+            Ok((_, (written, failed))) => (written, failed),
+            Err(e) => {
+                let p = protect(&mut self.protector, &keys, self.cfg).await;
+                out.gone_due += count_protected(&mut out.counters, p, &keys);
+                let e = Error::Other(format!("a batch writer failed: {e}"));
+                (Written::default(), Some((e, Batch::default())))
+            }
+        };
+        written.add_to(&mut out.counters);
+        let Some((e, batch)) = failed else {
+            return Some(written.took);
+        };
+        self.failed(out, e);
+        self.protect_batch(out, &batch).await;
+        None
+    }
+
     /// Writes `read` on a task of its own.
     fn spawn(
         &self,
-        writing: &mut JoinSet<(Written, Option<(Error, Batch)>)>,
+        writing: &mut JoinSet<WriteResult>,
         in_flight: &mut HashMap<tokio::task::Id, Vec<Vec<u8>>>,
         guard: &Guard,
         read: ReadBatch,
@@ -222,6 +232,9 @@ fn handoff(operation: Duration, slowest: Duration) -> Duration {
     }
     (slowest * 4).max(Duration::from_millis(200)).min(most)
 }
+
+/// What a write task gives back: what it wrote, and on failure the error with what it did not.
+type WriteResult = (Written, Option<(Error, Batch)>);
 
 /// What a write task needs to keep a failing batch's keys alive.
 #[derive(Clone)]
