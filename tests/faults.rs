@@ -378,7 +378,19 @@ async fn signal_finishes_the_batch_in_flight(name: &str, signal: &str, code: i32
     let env = TestEnv::migrated(name).await;
     env.seed(1000, 120_000).await;
     hold_batch_after(&env.pg, 200, 2.0).await;
-    let child = spawn_run(&env, &["--batch-size", "100", "--scan-count", "100"]);
+    // A batch held 2 s is a slow write, not a stuck one, under a hand-off bound of 3 s (a tenth
+    // of the operation timeout): the batches after it wait for it.
+    let child = spawn_run(
+        &env,
+        &[
+            "--batch-size",
+            "100",
+            "--scan-count",
+            "100",
+            "--operation-timeout",
+            "30s",
+        ],
+    );
     wait_for_held_batch(&env).await;
     let ok = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -420,7 +432,11 @@ async fn a_second_sweep_at_the_same_time_is_skipped() {
     // The first sweep's batch is held long enough that a second one which waited for its lock
     // could only end after it.
     hold_batch_after(&env.pg, 0, 10.0).await;
-    let mut first = spawn_run(&env, &["--batch-size", "100"]);
+    // Under a hand-off bound of 12 s, the batches after the held one wait for it.
+    let mut first = spawn_run(
+        &env,
+        &["--batch-size", "100", "--operation-timeout", "120s"],
+    );
     // Wait until the first sweep holds its lock and is in the middle of a batch.
     wait_for_held_batch(&env).await;
     let second = env.run_json(&[]);
@@ -457,6 +473,9 @@ async fn the_deadline_stops_the_scan_saves_what_was_read_and_exits_5() {
             "100",
             "--deadline",
             "1s",
+            // The batches after the held one wait for it (a hand-off bound of 3 s).
+            "--operation-timeout",
+            "30s",
         ],
     );
     let out = finish(child, Duration::from_secs(30));

@@ -93,11 +93,16 @@ pub(super) async fn finish(
         // Retried a little: a run that failed because PostgreSQL went away records its end
         // once it is back, rather than staying `running` until the next run.
         let took = started.elapsed();
-        let until = Some(Instant::now() + RECORD_END);
-        let recorded = retry::again("recording the end of the run", until, || {
-            s.finish_run(id, status, counters, took, message.as_deref())
-        })
-        .await;
+        let record = || s.finish_run(id, status, counters, took, message.as_deref());
+        // After a silence that failed the run, one try: the partition has been called already,
+        // and waiting on it again would push the exit past its bound.
+        let recorded = match error.as_ref().is_some_and(Error::is_silence) {
+            true => record().await,
+            false => {
+                let until = Some(Instant::now() + RECORD_END);
+                retry::again("recording the end of the run", until, record).await
+            }
+        };
         if let Err(e) = recorded {
             tracing::warn!(error = %e, run_id = id, "could not record the end of the run");
             error.get_or_insert(e);

@@ -78,8 +78,6 @@ impl Writers<'_> {
         let operation = self
             .store
             .map_or(Duration::from_secs(3600), |s| s.operation_timeout());
-        // The longest a batch write took that went through: what a healthy writer needs.
-        let mut slowest = Duration::ZERO;
         // Set when a batch waited `handoff` for a writer, cleared when a writer is free again.
         let mut stalled = false;
         let mut reading = true;
@@ -98,7 +96,7 @@ impl Writers<'_> {
                 }
                 continue;
             }
-            let handoff = handoff(operation, slowest);
+            let handoff = handoff(operation);
             let handoff_ends = held
                 .as_ref()
                 .map_or_else(tokio::time::Instant::now, |h| h.1 + handoff);
@@ -106,9 +104,7 @@ impl Writers<'_> {
                 Some(done) = writing.join_next_with_id(), if !writing.is_empty() => {
                     stalled = false;
                     let keys = in_flight.remove(&done.as_ref().map_or_else(|e| e.id(), |d| d.0));
-                    if let Some(took) = self.done(&mut out, done, keys.unwrap_or_default()).await {
-                        slowest = slowest.max(took);
-                    }
+                    self.done(&mut out, done, keys.unwrap_or_default()).await;
                 }
                 read = rx.recv(), if reading && held.is_none() => {
                     let Some(read) = read else {
@@ -145,14 +141,13 @@ impl Writers<'_> {
     }
 
     /// Counts what a write task did; on failure, switches the sweep to protecting and protects
-    /// what it could not write (`keys`, all of the batch, if the task died). Returns how long a
-    /// write that went through took.
+    /// what it could not write (`keys`, all of the batch, if the task died).
     async fn done(
         &mut self,
         out: &mut Wrote,
         done: std::result::Result<(tokio::task::Id, WriteResult), tokio::task::JoinError>,
         keys: Vec<Vec<u8>>,
-    ) -> Option<Duration> {
+    ) {
         let (written, failed) = match done {
             Ok((_, (written, failed))) => (written, failed),
             Err(e) => {
@@ -163,12 +158,10 @@ impl Writers<'_> {
             }
         };
         written.add_to(&mut out.counters);
-        let Some((e, batch)) = failed else {
-            return Some(written.took);
-        };
-        self.failed(out, e);
-        self.protect_batch(out, &batch).await;
-        None
+        if let Some((e, batch)) = failed {
+            self.failed(out, e);
+            self.protect_batch(out, &batch).await;
+        }
     }
 
     /// Writes `read` on a task of its own.
@@ -183,12 +176,8 @@ impl Writers<'_> {
         let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
         let keys = batch_keys(&read.batch);
         let guard = guard.clone();
-        let task = writing.spawn(async move {
-            let started = Instant::now();
-            let (mut written, failed) = write(&s, run_id, read.batch, deadline, guard).await;
-            written.took = started.elapsed();
-            (written, failed)
-        });
+        let task =
+            writing.spawn(async move { write(&s, run_id, read.batch, deadline, guard).await });
         in_flight.insert(task.id(), keys);
     }
 
@@ -222,15 +211,11 @@ impl Written {
 /// How long a batch read waits for a free writer before its keys are protected instead: well
 /// under `--operation-timeout`, so the reading never stalls behind writers stuck on a silent
 /// PostgreSQL until they time out (due keys not yet scanned would expire meanwhile), and above
-/// a healthy batch write, which waits for nothing: four times the slowest write so far, at
-/// least 200 ms, at most a tenth of `--operation-timeout` (which bounds it before any write has
-/// gone through).
-fn handoff(operation: Duration, slowest: Duration) -> Duration {
-    let most = (operation / 10).max(Duration::from_millis(200));
-    if slowest.is_zero() {
-        return most;
-    }
-    (slowest * 4).max(Duration::from_millis(200)).min(most)
+/// a healthy batch write: a tenth of it, at least 100 ms. A batch PostgreSQL takes longer to
+/// write than that makes the next one wait past the bound, so its keys are protected: a slow
+/// PostgreSQL looks like a stuck one, and `--operation-timeout` is the knob.
+fn handoff(operation: Duration) -> Duration {
+    (operation / 10).max(Duration::from_millis(100))
 }
 
 /// What a write task gives back: what it wrote, and on failure the error with what it did not.
@@ -253,8 +238,6 @@ struct Written {
     statements: u64,
     /// Checkpoints (or LangGraph threads) PostgreSQL refused one by one, recorded as rejects.
     refused: u64,
-    /// How long the batch's write took, retries included.
-    took: Duration,
 }
 
 /// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
@@ -407,17 +390,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_waits_for_a_writer_a_few_healthy_writes_at_most_a_tenth_of_the_operation_timeout() {
+    fn a_batch_waits_for_a_writer_a_tenth_of_the_operation_timeout() {
         let ms = Duration::from_millis;
-        let op = Duration::from_secs(15);
-        assert_eq!(
-            handoff(op, Duration::ZERO),
-            ms(1500),
-            "before any write went through"
-        );
-        assert_eq!(handoff(op, ms(10)), ms(200), "at least 200 ms");
-        assert_eq!(handoff(op, ms(100)), ms(400), "four healthy writes");
-        assert_eq!(handoff(op, ms(900)), ms(1500), "at most a tenth");
-        assert_eq!(handoff(ms(500), ms(900)), ms(200), "never under 200 ms");
+        assert_eq!(handoff(Duration::from_secs(15)), ms(1500));
+        assert_eq!(handoff(ms(500)), ms(100), "never under 100 ms");
     }
 }
