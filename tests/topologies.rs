@@ -65,13 +65,13 @@ fn tcp_timers(pid: u32, port: u16) -> Vec<String> {
         .collect()
 }
 
-/// Issue 17, "TCP keepalive plus per-operation timeouts": every connection to Redis has TCP
-/// keepalive on, its idle time the `--operation-timeout` (5s here, not the system's 2 hours), so
-/// a connection whose peer went silent is closed by the kernel rather than kept. Read from the
-/// kernel with `ss -o` while a paced run holds its connections. PostgreSQL's connections are
-/// shown in the figure only: sqlx 0.9 sets no keepalive (the operation deadline bounds them).
+/// Issue 17, "TCP keepalive plus per-operation timeouts", and issue 26 for PostgreSQL: every
+/// connection to Redis and to PostgreSQL has TCP keepalive on, its idle time the
+/// `--operation-timeout` (5s here, not the system's 2 hours), so a connection whose peer went
+/// silent is closed by the kernel rather than kept. Read from the kernel with `ss -o` while a
+/// paced run holds its connections.
 #[tokio::test]
-async fn redis_connections_carry_tcp_keepalive_at_the_operation_deadline() {
+async fn redis_and_postgres_connections_carry_tcp_keepalive_at_the_operation_deadline() {
     common::topologies::ensure_installed("ss", "iproute2");
     let redis = PrivateRedis::start();
     let env = TestEnv::with_redis("topo_keepalive", &redis).await;
@@ -82,34 +82,40 @@ async fn redis_connections_carry_tcp_keepalive_at_the_operation_deadline() {
     let pg_port = port_of(&env.database_url);
     let (mut redis_timers, mut pg_timers) = (HashSet::new(), HashSet::new());
     while child.try_wait().unwrap().is_none() {
-        for t in tcp_timers(child.id(), redis.port) {
-            redis_timers.insert(t);
-        }
-        for t in tcp_timers(child.id(), pg_port) {
-            pg_timers.insert(t.split(',').next().unwrap_or("").to_string());
-        }
+        redis_timers.extend(tcp_timers(child.id(), redis.port));
+        pg_timers.extend(tcp_timers(child.id(), pg_port));
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = finish(child, Duration::from_secs(80));
     assert_exit(&out, 0);
-    let keepalive: Vec<&String> = redis_timers
-        .iter()
-        .filter(|t| t.starts_with("timer:(keepalive,"))
-        .collect();
+    let keepalive = |timers: &HashSet<String>| -> Vec<String> {
+        timers
+            .iter()
+            .filter(|t| t.starts_with("timer:(keepalive,"))
+            .cloned()
+            .collect()
+    };
+    let (on_redis, on_pg) = (keepalive(&redis_timers), keepalive(&pg_timers));
     figure(
         "TCP keepalive",
         format!(
-            "Redis connections' timers seen: {} keepalive of {} distinct; PostgreSQL's: {pg_timers:?}",
-            keepalive.len(),
-            redis_timers.len()
+            "keepalive timers seen: Redis {} of {} distinct, PostgreSQL {} of {}",
+            on_redis.len(),
+            redis_timers.len(),
+            on_pg.len(),
+            pg_timers.len()
         ),
     );
     assert!(
-        !keepalive.is_empty(),
+        !on_redis.is_empty(),
         "no Redis connection of the run had keepalive on: {redis_timers:?}"
     );
+    assert!(
+        !on_pg.is_empty(),
+        "no PostgreSQL connection of the run had keepalive on: {pg_timers:?}"
+    );
     // ss prints the time left before the next probe: under a minute, not the system's 2h.
-    for t in keepalive {
+    for t in on_redis.iter().chain(&on_pg) {
         assert!(!t.contains("min"), "keepalive idle time not applied: {t}");
     }
 }

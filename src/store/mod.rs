@@ -19,6 +19,7 @@ use crate::retry;
 
 mod faults;
 mod hosts;
+mod keepalive;
 pub mod langgraph;
 mod migrate;
 mod runs;
@@ -199,8 +200,13 @@ impl Store {
             // No startup parameter a pooler may refuse: PgBouncer knows application_name and
             // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
             let opts = opts.application_name("sweeper").extra_float_digits(None);
+            let (port, deadline) = (opts.get_port(), timeouts.operation);
             faults
                 .guard(PgPoolOptions::new(), timeouts.operation)
+                .after_connect(move |_, _| {
+                    keepalive::apply(port, deadline);
+                    Box::pin(async { Ok(()) })
+                })
                 .max_connections(writers as u32 + 1)
                 .acquire_timeout(timeouts.connect)
                 .connect_with(opts)
