@@ -490,10 +490,67 @@ pub struct SimulateArgs {
     pub seed: u64,
 }
 
+/// A usage error in one line, as a job log shows it: clap's message with what it lists on the
+/// lines below (the missing arguments), and the `--help` of the subcommand `args` named.
+pub fn usage_line(err: &clap::Error, args: &[String]) -> String {
+    use clap::CommandFactory;
+    let text = err.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .collect();
+    let message = message.join(" ");
+    let cli = Cli::command();
+    let command = match args
+        .iter()
+        .skip(1)
+        .find_map(|a| cli.find_subcommand(a.as_str()))
+    {
+        Some(sub) => format!("sweeper {}", sub.get_name()),
+        None => "sweeper".to_string(),
+    };
+    format!(
+        "{} (see `{command} --help`)",
+        message.trim_start_matches("error: ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    fn usage(args: &[&str]) -> String {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        usage_line(&Cli::try_parse_from(&args).unwrap_err(), &args)
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_naming_what_is_wrong() {
+        assert_eq!(
+            usage(&["sweeper", "restore"]),
+            "the following required arguments were not provided: --conversation <CONVERSATION> (see `sweeper restore --help`)"
+        );
+        assert_eq!(
+            usage(&["sweeper", "check-schedule"]),
+            "the following required arguments were not provided: --schedule <SCHEDULE> (see `sweeper check-schedule --help`)"
+        );
+        let bad = usage(&["sweeper", "run", "--threshold", "soon"]);
+        assert!(
+            bad.starts_with("invalid value 'soon' for '--threshold <THRESHOLD>'")
+                && bad.ends_with("(see `sweeper run --help`)"),
+            "{bad}"
+        );
+        let unknown = usage(&["sweeper", "run", "--bogus"]);
+        assert!(
+            unknown.starts_with("unexpected argument '--bogus' found"),
+            "{unknown}"
+        );
+        for line in [bad, unknown] {
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
 
     #[test]
     fn the_cli_definition_is_consistent() {
