@@ -32,10 +32,15 @@ fn args() -> Vec<&'static str> {
     [PACED, TIMEOUTS].concat()
 }
 
-/// TTLs spread 4-34 s over the conversations, in no order the scan follows: some expire before
-/// any paced sweep reaches them, as in production, so a sweep that reads late loses more.
-fn spread(i: usize) -> u64 {
-    4_000 + (i * 7919 % N) as u64 * 10
+/// TTLs spread 4-34 s from `t0` over the conversations, in no order the scan follows: some
+/// expire before any paced sweep reaches them, as in production, so a sweep that reads late
+/// loses more. The same instants for every side, whichever is seeded first: a side seeded half
+/// a second later lost some 35 fewer.
+fn expiring(t0: Instant) -> impl Fn(usize) -> u64 {
+    move |i| {
+        let at = t0 + Duration::from_millis(4_000 + (i * 7919 % N) as u64 * 10);
+        at.saturating_duration_since(Instant::now()).as_millis() as u64
+    }
 }
 
 /// A run on a Redis of its own, with the spread seed.
@@ -71,18 +76,21 @@ struct Controls {
 }
 
 impl Controls {
-    async fn seed(name: &str) -> Controls {
+    async fn new(name: &str) -> Controls {
         let sides = [
             Side::new(&format!("{name}_ctl_a")).await,
             Side::new(&format!("{name}_ctl_b")).await,
         ];
-        for s in &sides {
-            s.env.seed_with(N, spread).await;
-        }
         Controls {
             sides,
             runs: [None, None],
             ended: [None, None],
+        }
+    }
+
+    async fn seed(&self, t0: Instant) {
+        for s in &self.sides {
+            s.env.seed_with(N, expiring(t0)).await;
         }
     }
 
@@ -133,14 +141,17 @@ impl Controls {
 /// writer: the batches it cannot take are protected and the scan goes on at the healthy pace,
 /// so no more conversations expire unread than beside it in the controls; once writing has
 /// failed for good the rest is protected, and the run ends with exit 4 within the bound (or,
-/// if later, one try to record its end after the scan reaches the end, when the controls' do). Once the network heals, the next run saves the rest.
+/// if later, one try to record its end after the scan reaches the end, when the controls' do).
+/// Once the network heals, the next run saves the rest.
 #[tokio::test]
 async fn silent_partition_to_postgres_loses_no_more_than_healthy_runs_beside_it() {
-    let mut controls = Controls::seed("part_pg").await;
+    let mut controls = Controls::new("part_pg").await;
     let faulted = Side::new("part_pg").await;
     let proxy = FaultProxy::start(port_of(&faulted.env.database_url));
     let via = with_port(&faulted.env.database_url, proxy.port);
-    faulted.env.seed_with(N, spread).await;
+    let t0 = Instant::now();
+    controls.seed(t0).await;
+    faulted.env.seed_with(N, expiring(t0)).await;
     let start = Instant::now();
     controls.start();
     let mut run = spawn(&faulted.env, &[("DATABASE_URL", &via)], &args());
@@ -184,11 +195,13 @@ async fn silent_partition_to_postgres_loses_no_more_than_healthy_runs_beside_it(
 /// losses beside the controls' are a figure only.
 #[tokio::test]
 async fn silent_partition_to_redis_ends_within_the_bound_and_the_next_run_saves_the_rest() {
-    let mut controls = Controls::seed("part_redis").await;
+    let mut controls = Controls::new("part_redis").await;
     let faulted = Side::new("part_redis").await;
     let proxy = FaultProxy::start(port_of(&faulted.env.redis_url));
     let via = format!("redis://127.0.0.1:{}/", proxy.port);
-    faulted.env.seed_with(N, spread).await;
+    let t0 = Instant::now();
+    controls.seed(t0).await;
+    faulted.env.seed_with(N, expiring(t0)).await;
     let start = Instant::now();
     controls.start();
     let mut run = spawn(&faulted.env, &[("REDIS_URL", &via)], &args());

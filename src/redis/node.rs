@@ -34,6 +34,8 @@ pub struct Source {
     deadline: Option<Instant>,
     /// Shared by the clones of this source: they speak over the same connection.
     pace: Pace,
+    /// Whether this handle's pipelines wait for the pace (they are counted either way).
+    paced: bool,
     /// Set when the URL names sentinels: they are asked again for the primary when this one
     /// refuses writes or the connection to it fails.
     sentinel: Option<Arc<Sentinels>>,
@@ -157,6 +159,7 @@ impl Source {
             round_trips: 0,
             deadline: None,
             pace: Pace::default(),
+            paced: true,
             sentinel,
             epoch: 0,
             scan_epoch: 0,
@@ -228,6 +231,11 @@ impl Source {
         self.pace = Pace::new(pacing);
     }
 
+    /// Whether this handle waits for the pace (see [`crate::redis::Nodes::unpaced`]).
+    pub fn set_paced(&mut self, paced: bool) {
+        self.paced = paced;
+    }
+
     /// This node's pace, shared with the clones of this source.
     pub fn pace(&self) -> &Pace {
         &self.pace
@@ -261,9 +269,11 @@ impl Source {
         pipe: &redis::Pipeline,
     ) -> Result<T> {
         self.sample().await;
-        let wait = self.pace.reserve(pipe.len());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        if self.paced {
+            let wait = self.pace.reserve(pipe.len());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
         let mut retries = Retries::new(self.deadline);
         loop {

@@ -124,6 +124,9 @@ impl Writers<'_> {
                         waited_ms = handoff.as_millis() as u64,
                         "no PostgreSQL writer took a batch in time: protecting due keys instead of waiting, so the reading goes on"
                     );
+                    if !stalled {
+                        self.shield(in_flight.values()).await;
+                    }
                     stalled = true;
                 }
                 // A writer in trouble, or out of it: tell the reader, look at the batch held again.
@@ -179,6 +182,16 @@ impl Writers<'_> {
         let task =
             writing.spawn(async move { write(&s, run_id, read.batch, deadline, guard).await });
         in_flight.insert(task.id(), keys);
+    }
+
+    /// Raises the TTL of the keys of batches still being written by stuck writers, as a write
+    /// does before its first retry: uncounted (the write may still go through; if it does not,
+    /// its keys are protected again and counted then), so the keys of a batch in flight when
+    /// PostgreSQL went silent do not run out while its write waits for `--operation-timeout`.
+    async fn shield(&mut self, in_flight: impl Iterator<Item = &Vec<Vec<u8>>>) {
+        for keys in in_flight {
+            protect(&mut self.protector, keys, self.cfg).await;
+        }
     }
 
     /// Raises the TTL of a batch's keys instead of writing them.

@@ -69,6 +69,8 @@ pub struct Nodes {
     deadline: Option<Instant>,
     /// Each node's pacing (its budget already its share of the run's).
     pacing: Pacing,
+    /// False on a handle whose commands do not wait for the pace (see [`Nodes::unpaced`]).
+    paced: bool,
     /// Set when a node refused `PEXPIRE ... GT` (before Redis 7.0): protection raises TTLs with
     /// a script instead ([`Nodes::protect`]).
     raise_by_script: bool,
@@ -114,6 +116,7 @@ impl Nodes {
                 owner: Vec::new(),
                 deadline: None,
                 pacing: Pacing::default(),
+                paced: true,
                 raise_by_script: false,
             });
         }
@@ -138,6 +141,7 @@ impl Nodes {
                         owner: Vec::new(),
                         deadline: None,
                         pacing: Pacing::default(),
+                        paced: true,
                         raise_by_script: false,
                     };
                     nodes.set_topology(slots).await?;
@@ -231,6 +235,7 @@ impl Nodes {
         };
         source.set_deadline(self.deadline);
         source.set_pacing(self.pacing);
+        source.set_paced(self.paced);
         self.nodes.push(Node {
             addr: addr.to_string(),
             source,
@@ -282,6 +287,16 @@ impl Nodes {
         };
         for n in &mut self.nodes {
             n.source.set_pacing(self.pacing);
+        }
+    }
+
+    /// This handle's commands do not wait for the pace (they are still counted as the sweep's
+    /// own): for protecting the few batches already read when PostgreSQL stalls, which would
+    /// otherwise push the scan behind the pace of a healthy run.
+    pub fn unpaced(&mut self) {
+        self.paced = false;
+        for n in &mut self.nodes {
+            n.source.set_paced(false);
         }
     }
 
