@@ -81,6 +81,12 @@ pub struct GlobalOpts {
     #[arg(long, env = "SWEEPER_DATABASE_URL_FILE", global = true)]
     pub database_url_file: Option<PathBuf>,
 
+    /// PostgreSQL schema holding sweeper's tables (created by `migrate` when missing), so they
+    /// sit beside an application's own `conversations` and `messages`. LangGraph's tables
+    /// (--format langgraph) stay in `public`.
+    #[arg(long, env = "SWEEPER_SCHEMA", default_value = crate::store::schema::DEFAULT, value_parser = crate::store::Schema::parse, global = true)]
+    pub schema: crate::store::Schema,
+
     /// How long to wait for Redis or PostgreSQL before calling it down.
     #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = defaults::CONNECT_TIMEOUT, value_parser = parse_duration, global = true)]
     pub connect_timeout: Duration,
