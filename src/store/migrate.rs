@@ -32,6 +32,10 @@ enum Found {
     Nowhere,
 }
 
+/// The oldest PostgreSQL major the schema is made for and tested on (tests/postgres_versions.rs
+/// runs 13 to 18); `migrate` refuses an older server before it changes anything.
+const OLDEST_SERVER: i32 = 13;
+
 impl Store {
     /// Applies the migrations not yet applied; returns the versions it applied.
     ///
@@ -50,6 +54,18 @@ impl Store {
             context: "migrate",
             source: e,
         };
+        let (number, version): (i32, String) = super::query_as(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(failed)?;
+        if number < OLDEST_SERVER * 10_000 {
+            return Err(Error::UnsupportedServer {
+                version,
+                oldest: OLDEST_SERVER,
+            });
+        }
         let mut tx = self.begin().await.map_err(failed)?;
         super::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATE_LOCK)

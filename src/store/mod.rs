@@ -221,7 +221,7 @@ impl Store {
             // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
             let opts = opts.application_name("sweeper").extra_float_digits(None);
             let set_path = set_path.clone();
-            PgPoolOptions::new()
+            match PgPoolOptions::new()
                 .after_connect(move |conn, _| {
                     let set_path = set_path.clone();
                     Box::pin(async move {
@@ -233,9 +233,15 @@ impl Store {
                 })
                 .max_connections(writers as u32 + 1)
                 .acquire_timeout(timeouts.connect)
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await
-                .map_err(Error::postgres("connect"))
+            {
+                Ok(pool) => Ok(pool),
+                Err(sqlx::Error::PoolTimedOut) => {
+                    Err(hosts::why_not(&opts, timeouts.connect).await)
+                }
+                Err(e) => Err(Error::postgres("connect")(e)),
+            }
         })
         .await?;
         Ok(Store {
