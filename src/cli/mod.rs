@@ -287,7 +287,8 @@ pub enum Command {
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
     /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the
-    /// alarm for a schedule that silently stopped).
+    /// alarm for a schedule that silently stopped), 4 when PostgreSQL cannot be read: alert on
+    /// any exit but 0.
     Status(StatusArgs),
     /// Check that a schedule saves every key: its largest gap plus the run time must stay under
     /// the threshold. Exit 0 with the margin, 1 with the window that loses data.
