@@ -33,4 +33,4 @@ SECRET_DATABASE_URL = "database-url"
 # runs when a sweep persisted conversations (sweeper_downstream.py). The URI names where the table
 # is (postgres://HOST:PORT/DATABASE/SCHEMA/TABLE); SWEEPER_ASSET_URI sets yours.
 CONVERSATIONS_ASSET = "sweeper_conversations"
-CONVERSATIONS_URI = os.environ.get("SWEEPER_ASSET_URI", "postgres://postgres:5432/sweeper/public/conversations")
+CONVERSATIONS_URI = os.environ.get("SWEEPER_ASSET_URI", "postgres://postgres:5432/sweeper/sweeper/conversations")

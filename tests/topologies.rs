@@ -183,10 +183,19 @@ async fn a_slow_network_to_both_servers_saves_everything() {
 /// Issue 17, row 1: Debian's PgBouncer (1.18) in transaction mode with the config operators
 /// write. `migrate` through it works or refuses in one line naming the direct URL; lone runs
 /// are never skipped nor failed (no startup options, no named statements left on a pooled
-/// backend, no session lock leaked); two runs at once save each conversation once.
+/// backend, no session lock leaked); two runs at once save each conversation once. The role's
+/// search_path is set as docs/deploying.md says for a pooler in transaction mode (the batch's
+/// lookup runs outside a transaction, on whichever server the pooler picks).
 #[tokio::test]
 async fn pgbouncer_transaction_mode_runs_lock_and_migrate() {
     let env = TestEnv::new("topo_bouncer_tx").await;
+    let db = env.database_url.rsplit_once('/').unwrap().1;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER ROLE CURRENT_USER IN DATABASE {db} SET search_path = sweeper, public"
+    )))
+    .execute(&env.pg)
+    .await
+    .unwrap();
     let bouncer = PrivatePgBouncer::start(port_of(&env.database_url), PoolMode::Transaction, 3);
     let via = bouncer.url_for(&env.database_url);
     let out = output_within(

@@ -23,9 +23,11 @@ mod keepalive;
 pub mod langgraph;
 mod migrate;
 mod runs;
+pub mod schema;
 mod write;
 
 pub use runs::RunLock;
+pub use schema::Schema;
 
 /// What one batch brings to the store.
 #[derive(Debug, Default)]
@@ -125,6 +127,8 @@ pub struct Store {
     operation: Duration,
     /// Connections not to reuse after a fault.
     faults: Arc<faults::Faults>,
+    /// Where sweeper's tables are.
+    schema: Schema,
 }
 
 /// Every statement is sent unnamed (`persistent(false)`): sqlx names a statement even with its
@@ -157,16 +161,18 @@ where
     sqlx::query_scalar(sql).persistent(false)
 }
 
-/// BEGIN, then the server's own limits for this transaction only (`SET LOCAL`): sent as
-/// startup options they are refused by PgBouncer (`unsupported startup parameter: options`) or,
-/// ignored there, silently dropped. A statement or lock wait that hangs ends on the server about
-/// when the client gives up on it.
-fn begin_sql(operation: Duration) -> String {
+/// BEGIN, then the server's own limits and the schema for this transaction only (`SET LOCAL`):
+/// sent as startup options they are refused by PgBouncer (`unsupported startup parameter:
+/// options`) or, ignored there, silently dropped; set for the session, a pooler in transaction
+/// mode runs the next transaction on another server. A statement or lock wait that hangs ends
+/// on the server about when the client gives up on it.
+fn begin_sql(operation: Duration, schema: &Schema) -> String {
     let ms = operation.as_millis().max(1);
     format!(
         "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {}; \
-         SET LOCAL idle_in_transaction_session_timeout = {ms}",
-        (ms * 2 / 3).max(1)
+         SET LOCAL idle_in_transaction_session_timeout = {ms}; SET LOCAL search_path = {}",
+        (ms * 2 / 3).max(1),
+        schema.search_path()
     )
 }
 
@@ -190,7 +196,26 @@ impl Store {
     /// (and takes writes, when asked). The pool holds a connection for each of `writers`
     /// parallel batch writes and one for the run's records and lock: bounded, so two sweeps
     /// through a small pooler pool cannot each hold part of it while waiting for more.
-    pub async fn connect(url: &str, timeouts: Timeouts, writers: usize) -> Result<Store> {
+    ///
+    /// Each connection's `search_path` starts with `schema`, for the statements sent outside a
+    /// transaction (a direct connection or a pooler in session mode); a transaction sets it
+    /// again ([`begin_sql`]), which is what holds behind a pooler in transaction mode. There,
+    /// the batch's lookup (one statement, outside a transaction) finds the schema only by the
+    /// role's own search_path (docs/deploying.md).
+    pub async fn connect(
+        url: &str,
+        schema: &Schema,
+        timeouts: Timeouts,
+        writers: usize,
+    ) -> Result<Store> {
+        // Set only where the role's own default differs: a role given the schema's search_path
+        // (as a pooler in transaction mode needs) then sends no session SET at all.
+        let path = schema.search_path();
+        let set_path: Arc<str> = format!(
+            "SELECT set_config('search_path', '{path}', false) \
+             WHERE current_setting('search_path') <> '{path}'"
+        )
+        .into();
         let targets = hosts::Hosts::parse(url)?;
         let faults = Arc::new(faults::Faults::default());
         // Refused or reset connections are retried until `timeout`, as sqlx-cli does; the hosts
@@ -200,12 +225,19 @@ impl Store {
             // No startup parameter a pooler may refuse: PgBouncer knows application_name and
             // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
             let opts = opts.application_name("sweeper").extra_float_digits(None);
+            let set_path = set_path.clone();
             let (port, deadline) = (opts.get_port(), timeouts.operation);
             match faults
                 .guard(PgPoolOptions::new(), timeouts.operation)
-                .after_connect(move |_, _| {
+                .after_connect(move |conn, _| {
                     keepalive::apply(port, deadline);
-                    Box::pin(async { Ok(()) })
+                    let set_path = set_path.clone();
+                    Box::pin(async move {
+                        sqlx::raw_sql(AssertSqlSafe(set_path.to_string()))
+                            .execute(conn)
+                            .await
+                            .map(drop)
+                    })
                 })
                 .max_connections(writers as u32 + 1)
                 .acquire_timeout(timeouts.connect)
@@ -222,9 +254,10 @@ impl Store {
         .await?;
         Ok(Store {
             pool,
-            begin: begin_sql(timeouts.operation).into(),
+            begin: begin_sql(timeouts.operation, schema).into(),
             operation: timeouts.operation,
             faults,
+            schema: schema.clone(),
         })
     }
 
@@ -313,14 +346,16 @@ impl Store {
         &self,
         conversation_id: &str,
     ) -> Result<Vec<(String, String)>> {
-        sqlx::query_as(
-            "SELECT redis_key, element::text FROM messages \
-             WHERE conversation_id = $1 AND redis_key IS NOT NULL ORDER BY seq",
-        )
-        .bind(conversation_id)
-        .fetch_all(&self.pool)
+        self.in_tx("read the conversation's messages", async |c| {
+            query_as(
+                "SELECT redis_key, element::text FROM messages \
+                 WHERE conversation_id = $1 AND redis_key IS NOT NULL ORDER BY seq",
+            )
+            .bind(conversation_id)
+            .fetch_all(c)
+            .await
+        })
         .await
-        .map_err(Error::postgres("read the conversation's messages"))
     }
 }
 

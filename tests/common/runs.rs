@@ -118,7 +118,7 @@ pub fn assert_exit(out: &Output, code: i32) {
 /// Conversations of `ids` neither saved in PostgreSQL (at `pg_url`) nor kept in Redis (at
 /// `redis_url`) past [`AT_RISK_MS`]: what the chat service's TTL will take for good.
 pub async fn lost(env: &TestEnv, redis_url: &str, pg_url: &str, ids: &[String]) -> usize {
-    let pg = PgPool::connect(pg_url).await.unwrap();
+    let pg = super::pg_pool(pg_url).await;
     let saved: HashSet<String> = sqlx::query_scalar("SELECT conversation_id FROM conversations")
         .fetch_all(&pg)
         .await
@@ -168,7 +168,7 @@ pub async fn last_protected(env: &TestEnv, ids: &[String], cut: Instant) -> f64 
 }
 
 pub async fn rows(pg_url: &str) -> i64 {
-    let pg = PgPool::connect(pg_url).await.unwrap();
+    let pg = super::pg_pool(pg_url).await;
     let n = sqlx::query_scalar("SELECT count(*) FROM conversations")
         .fetch_one(&pg)
         .await
@@ -198,7 +198,7 @@ pub async fn wait_rows(pg: &PgPool, at_least: i64, run: &mut Child) {
 }
 
 pub async fn runs_left_running(pg_url: &str) -> i64 {
-    let pg = PgPool::connect(pg_url).await.unwrap();
+    let pg = super::pg_pool(pg_url).await;
     let n = sqlx::query_scalar("SELECT count(*) FROM sweep_runs WHERE status = 'running'")
         .fetch_one(&pg)
         .await
