@@ -20,7 +20,7 @@
 //!   and the single-run lock, LangGraph's tables. SQL in files beside it.
 //! - [`sweep`]: one sweep as stages: read ([`sweep::read`]), decode ([`sweep::decode`]), write
 //!   ([`sweep::write`]), protect ([`sweep::protect`]), record ([`sweep::record`]), wired by its
-//!   `mod.rs`.
+//!   `mod.rs`; [`sweep::health`] tells the reader when PostgreSQL does not take the writes.
 //! - [`run`]: the model of a run (status, counters, summary, run record) that the store and the
 //!   report both use. [`report`]: the summary as text and JSON, `status`, and publishing (files,
 //!   metrics, Pushgateway).

@@ -11,7 +11,10 @@
 //! and memory is bounded by the batch size and the channel depth, not by the number of keys.
 //! When PostgreSQL fails for good (after retries), the writer raises the TTL of the keys it could
 //! not write and the reader switches to raising the TTL of every due key it still finds
-//! (`--protect-ttl`), so an outage longer than the schedule gap loses nothing.
+//! (`--protect-ttl`), so an outage longer than the schedule gap loses nothing. The reader never
+//! waits on a stuck writer: while writes are retried, or no writer takes a batch in time, it
+//! protects instead of reading ([`health`]), at the pace of a healthy run, so a PostgreSQL
+//! failure mid-run costs no more conversations than a healthy run loses.
 
 pub mod decode;
 pub mod health;
