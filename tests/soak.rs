@@ -12,8 +12,9 @@
 //!
 //! The second soak plays the same chat service on the topologies of issue 17: sweeps reach
 //! PostgreSQL through a fault proxy and Redis through Sentinel (`redis+sentinel://`). Every 30s
-//! the chat service fails Redis over (`SENTINEL FAILOVER`), and 10s later PostgreSQL goes silent
-//! (packets held, nothing reset) at a random point of a sweep, for 7s. Every
+//! the chat service fails Redis over (`SENTINEL FAILOVER`), 10s later PostgreSQL goes silent
+//! (packets held, nothing reset) at a random point of a sweep, for 7s, and 3s into each cycle the
+//! PostgreSQL endpoint moves to a read-only standby for 3s (issue 26's failover). Every
 //! sweep's summary must add up (scanned = due + not_due + no_ttl + expired_before_read, due =
 //! persisted + unchanged + rejected + protected), and nothing may be lost.
 //!
@@ -44,6 +45,10 @@ const SCHEDULE: Duration = Duration::from_secs(5);
 /// keys are due yet, a partition 20s into it, when many are.
 const CYCLE: Duration = Duration::from_secs(30);
 const PARTITION: Duration = Duration::from_secs(7);
+/// 3s into each cycle the PostgreSQL endpoint moves to a read-only standby for this long, then
+/// back to the primary (a DNS name or a proxy re-pointed during a failover, new connections
+/// only): sweeps meet `cannot execute ... in a read-only transaction` at every step.
+const FLIP: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 struct Conversation {
@@ -371,7 +376,11 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
 async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
     let duration = soak_duration();
     let set = Arc::new(SentinelSet::start());
-    let env = Arc::new(TestEnv::with_redis("soak_topo", &set.nodes[0]).await);
+    let primary = PrivatePg::start();
+    let env = TestEnv::on("soak_topo", &set.nodes[0].url(), &primary.admin_url()).await;
+    let env = Arc::new(env.migrate());
+    let standby = PrivatePg::standby_of(&primary);
+    let ends = (primary.port, standby.port);
     let proxy = Arc::new(FaultProxy::start(port_of(&env.database_url)));
     let via = {
         let mut u = url::Url::parse(&env.database_url).unwrap();
@@ -393,7 +402,7 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
                 vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let mut rng = fastrand::Rng::with_seed(42);
             let mut sweeps = Sweeps::default();
-            let mut partitions = 0u32;
+            let (mut partitions, mut flips) = (0u32, 0u32);
             let mut typical_ms = 50;
             let mut k = 0u32;
             while !stop.load(Ordering::SeqCst) {
@@ -402,15 +411,22 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
                 // (a batch in flight, most often), and heals 7s later: the held bytes then go
                 // through, as TCP would retransmit them.
                 let partition = started.elapsed() >= CYCLE * partitions + Duration::from_secs(20);
+                let flip =
+                    !partition && started.elapsed() >= CYCLE * flips + Duration::from_secs(3);
                 let mut child = sweep(&env, &vars);
                 let run_start = Instant::now();
                 let mut healer = None;
-                let at = partition.then(|| during(&mut rng, typical_ms));
-                wait_acting(&mut child, at, |_| healer = Some(partition_for(&proxy)));
-                if partition {
-                    // A sweep that ended before its partition came: the partition starts now.
-                    healer.get_or_insert_with(|| partition_for(&proxy));
-                    partitions += 1;
+                let fault = || match partition {
+                    true => partition_for(&proxy),
+                    false => flip_for(&proxy, ends),
+                };
+                let at = (partition || flip).then(|| during(&mut rng, typical_ms));
+                wait_acting(&mut child, at, |_| healer = Some(fault()));
+                if partition || flip {
+                    // A sweep that ended before its fault came: the fault starts now.
+                    healer.get_or_insert_with(fault);
+                    partitions += u32::from(partition);
+                    flips += u32::from(flip);
                 }
                 if sweeps.record(child) == Some(0) && healer.is_none() {
                     typical_ms = run_start.elapsed().as_millis() as u64;
@@ -419,7 +435,7 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
                 drop(healer);
                 k += 1;
             }
-            (sweeps, partitions)
+            (sweeps, partitions, flips)
         })
     };
 
@@ -436,7 +452,7 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let (sweeps, partitions) = sweeps.await.unwrap();
+    let (sweeps, partitions, flips) = sweeps.await.unwrap();
     proxy.heal();
     let mut last = env.command();
     last.env("REDIS_URL", &sentinel_url);
@@ -447,7 +463,7 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
         &sweeps,
         &last,
         &format!(
-            "PostgreSQL partitioned {partitions} times for {PARTITION:?}; Redis failed over {} times (chat paused {failovers:.1?} s)",
+            "PostgreSQL partitioned {partitions} times for {PARTITION:?}, its endpoint on a read-only standby {flips} times for {FLIP:?}; Redis failed over {} times (chat paused {failovers:.1?} s)",
             failovers.len()
         ),
     )
@@ -455,6 +471,10 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
     // Checked after the losses, so that a run without faults still says what it lost.
     if duration >= Duration::from_secs(30) {
         assert!(partitions >= 1, "PostgreSQL was never partitioned");
+        assert!(
+            flips >= 1,
+            "the PostgreSQL endpoint never moved to the standby"
+        );
         assert!(!failovers.is_empty(), "Redis was never failed over");
         assert!(
             sweeps.outcomes.contains_key("exit 4"),
@@ -467,6 +487,19 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
             sweeps.outcomes
         );
     }
+}
+
+/// The PostgreSQL endpoint on the standby (`ends.1`) for [`FLIP`] from now, then back on the
+/// primary (`ends.0`); the thread that moves it back. Open connections are reset both times.
+fn flip_for(proxy: &Arc<FaultProxy>, ends: (u16, u16)) -> std::thread::JoinHandle<()> {
+    proxy.set_target(ends.1);
+    proxy.reset_all();
+    let proxy = proxy.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(FLIP);
+        proxy.set_target(ends.0);
+        proxy.reset_all();
+    })
 }
 
 /// PostgreSQL silent for [`PARTITION`] from now; the thread that heals it.
