@@ -1,6 +1,6 @@
 //! Zero-loss soak: a chat service played for real with compressed time (TTL 30s refreshed on every
-//! turn, threshold 12s, a sweep every 5s) while the sweeper is SIGKILLed at random and PostgreSQL
-//! is restarted once. At the end every message the chat service ever wrote must be stored exactly
+//! turn, threshold 12s, a sweep every 5s) while the sweeper is SIGKILLed at random, Redis goes
+//! silent to a sweep now and then (issue 26), and PostgreSQL is restarted once. At the end every message the chat service ever wrote must be stored exactly
 //! once and every conversation's final state must be the stored one.
 //!
 //! Spacing keeps the schedule's safety margin: a key becomes due 12s before it expires, so two
@@ -45,9 +45,12 @@ const SCHEDULE: Duration = Duration::from_secs(5);
 /// keys are due yet, a partition 20s into it, when many are.
 const CYCLE: Duration = Duration::from_secs(30);
 const PARTITION: Duration = Duration::from_secs(7);
+/// How long Redis is silent to a sweep of the first soak: about the 4s the sweep takes to give
+/// up on it (a pipeline's 3s, a fresh connection's 1s), so the next sweep finds it back.
+const REDIS_PARTITION: Duration = Duration::from_secs(4);
 /// 3s into each cycle the PostgreSQL endpoint moves to a read-only standby for this long, then
-/// back to the primary (a DNS name or a proxy re-pointed during a failover, new connections
-/// only): sweeps meet `cannot execute ... in a read-only transaction` at every step.
+/// back to the primary (a proxy re-pointed during a failover, open connections reset): sweeps
+/// meet `cannot execute ... in a read-only transaction` at any step.
 const FLIP: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
@@ -291,16 +294,27 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
     let duration = soak_duration();
     let pg = Arc::new(PrivatePg::start());
     let env = Arc::new(TestEnv::with_pg("soak", &pg).await);
+    // The sweeps reach Redis through a fault proxy, the chat service directly: a partition
+    // between the sweeper and Redis only.
+    let redis_proxy = Arc::new(FaultProxy::start(port_of(&env.redis_url)));
+    let via = {
+        let mut u = url::Url::parse(&env.redis_url).unwrap();
+        u.set_port(Some(redis_proxy.port)).unwrap();
+        u.to_string()
+    };
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
 
     // The sweeper on its schedule.
     let sweeps = {
         let (env, pg, stop) = (env.clone(), pg.clone(), stop.clone());
+        let redis_proxy = redis_proxy.clone();
         tokio::task::spawn_blocking(move || {
+            let vars = [("REDIS_URL", via.as_str())];
             let mut rng = fastrand::Rng::with_seed(42);
             let mut sweeps = Sweeps::default();
             let mut restarted = false;
+            let mut redis_cuts = 0u32;
             let mut typical_ms = 50;
             let mut k = 0u32;
             while !stop.load(Ordering::SeqCst) {
@@ -318,24 +332,37 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
                         pg.up();
                     })
                 });
-                let mut child = sweep(&env, &[]);
+                let mut child = sweep(&env, &vars);
                 // Every fourth sweep is SIGKILLed at a random point of a typical run. Only the
                 // planned kills: a sweep slowed by a loaded machine is left to end at its own
-                // --deadline (4s, under the 5s gap), as it would in production.
-                let kill_at = (k % 4 == 2).then(|| during(&mut rng, typical_ms));
+                // --deadline (4s, under the 5s gap), as it would in production. Another fourth,
+                // two sweeps from any kill and not the one PostgreSQL's restart fails, loses
+                // Redis to a silent partition at a random point: it ends with exit 3 (or rides
+                // it out), and the next sweep finds Redis back.
+                let kill = k % 4 == 2;
+                let cut_redis = k.is_multiple_of(4) && k > 0 && !restart_pg;
+                let act_at = (kill || cut_redis).then(|| during(&mut rng, typical_ms));
                 let run_start = Instant::now();
-                wait_acting(&mut child, kill_at, |c| {
-                    let _ = c.kill();
+                let mut healer = None;
+                wait_acting(&mut child, act_at, |c| match kill {
+                    true => {
+                        let _ = c.kill();
+                    }
+                    false => healer = Some(silence_for(&redis_proxy, REDIS_PARTITION)),
                 });
-                if sweeps.record(child) == Some(0) {
+                redis_cuts += u32::from(healer.is_some());
+                if sweeps.record(child) == Some(0) && !cut_redis {
                     typical_ms = run_start.elapsed().as_millis() as u64;
+                }
+                if let Some(h) = healer {
+                    h.join().unwrap();
                 }
                 if let Some(r) = restarter {
                     r.join().unwrap();
                 }
                 k += 1;
             }
-            (sweeps, restarted)
+            (sweeps, restarted, redis_cuts)
         })
     };
 
@@ -345,10 +372,11 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let (sweeps, restarted) = sweeps.await.unwrap();
+    let (sweeps, restarted, redis_cuts) = sweeps.await.unwrap();
     let outcomes = &sweeps.outcomes;
     if duration >= Duration::from_secs(30) {
         assert!(restarted, "PostgreSQL was never restarted");
+        assert!(redis_cuts >= 1, "Redis was never partitioned");
         assert!(
             outcomes.contains_key("exit 4"),
             "no sweep met PostgreSQL down: {outcomes:?}"
@@ -365,7 +393,9 @@ async fn soak_nothing_lost_while_sweeps_are_killed_and_postgres_restarts() {
         &chat,
         &sweeps,
         &last,
-        &format!("PostgreSQL restarted: {restarted}"),
+        &format!(
+            "PostgreSQL restarted: {restarted}; Redis silent to a sweep {redis_cuts} times for {REDIS_PARTITION:?}"
+        ),
     )
     .await;
 }
@@ -417,7 +447,7 @@ async fn soak_nothing_lost_through_silent_partitions_and_sentinel_failovers() {
                 let run_start = Instant::now();
                 let mut healer = None;
                 let fault = || match partition {
-                    true => partition_for(&proxy),
+                    true => silence_for(&proxy, PARTITION),
                     false => flip_for(&proxy, ends),
                 };
                 let at = (partition || flip).then(|| during(&mut rng, typical_ms));
@@ -502,12 +532,12 @@ fn flip_for(proxy: &Arc<FaultProxy>, ends: (u16, u16)) -> std::thread::JoinHandl
     })
 }
 
-/// PostgreSQL silent for [`PARTITION`] from now; the thread that heals it.
-fn partition_for(proxy: &Arc<FaultProxy>) -> std::thread::JoinHandle<()> {
+/// The server behind `proxy` silent for `how_long` from now; the thread that heals it.
+fn silence_for(proxy: &Arc<FaultProxy>, how_long: Duration) -> std::thread::JoinHandle<()> {
     proxy.blackhole();
     let proxy = proxy.clone();
     std::thread::spawn(move || {
-        std::thread::sleep(PARTITION);
+        std::thread::sleep(how_long);
         proxy.heal();
     })
 }
@@ -536,7 +566,8 @@ async fn check(env: &TestEnv, chat: &Chat, sweeps: &Sweeps, last: &Value, faults
     for o in sweeps.outcomes.keys() {
         assert!(
             // exit 5: a sweep slowed by a loaded machine stops at its deadline; the next goes on.
-            ["exit 0", "exit 4", "exit 5", "killed"].contains(&o.as_str()),
+            // exit 3: a sweep that met Redis partitioned.
+            ["exit 0", "exit 3", "exit 4", "exit 5", "killed"].contains(&o.as_str()),
             "unexpected sweep outcome {o}: {:?}",
             sweeps.outcomes
         );
