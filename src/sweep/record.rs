@@ -94,9 +94,10 @@ pub(super) async fn finish(
         // once it is back, rather than staying `running` until the next run.
         let took = started.elapsed();
         let record = || s.finish_run(id, status, counters, took, message.as_deref());
-        // After a silence that failed the run, one try: the partition has been called already,
-        // and waiting on it again would push the exit past its bound.
-        let recorded = match error.as_ref().is_some_and(Error::is_silence) {
+        // After PostgreSQL's silence failed the run, one try: the partition has been called
+        // already, and waiting on it again would push the exit past its bound.
+        let silent = matches!(&error, Some(e @ Error::Postgres { .. }) if e.is_silence());
+        let recorded = match silent {
             true => record().await,
             false => {
                 let until = Some(Instant::now() + RECORD_END);

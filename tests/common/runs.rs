@@ -17,10 +17,6 @@ pub const N: usize = 3000;
 /// Their TTL: due (under the 10m threshold) and gone 90 s after seeding unless saved or
 /// protected, so a sweeper that hangs longer than that before protecting them loses them.
 pub const DUE_TTL: u64 = 90_000;
-/// The TTL of the keys a silent partition catches in flight: shorter than the 53 s the sweeper
-/// of 515ce61 took to protect them on loopback (and the minutes it took on a real network), long
-/// enough for a sweeper that protects at the first failure to do so with time to spare.
-pub const PARTITION_TTL: u64 = 40_000;
 /// A key still in Redis with at most this much TTL and not saved is lost: no one raises it again
 /// before it expires (the seeded TTLs are under it; protection raises them to 15m).
 pub const AT_RISK_MS: i64 = 300_000;
@@ -143,28 +139,6 @@ pub async fn lost(env: &TestEnv, redis_url: &str, pg_url: &str, ids: &[String]) 
         lost += ttls.iter().filter(|&&t| t != -1 && t < AT_RISK_MS).count();
     }
     lost
-}
-
-/// When, in seconds after `cut`, the last key of `ids` not saved was protected: a protected
-/// key's TTL is the default --protect-ttl (15m) less the time since. For the figures only.
-pub async fn last_protected(env: &TestEnv, ids: &[String], cut: Instant) -> f64 {
-    const PROTECT_TTL_MS: i64 = 15 * 60_000;
-    let saved: HashSet<String> = sqlx::query_scalar("SELECT conversation_id FROM conversations")
-        .fetch_all(&env.fresh_pg().await)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    let since_cut = cut.elapsed().as_secs_f64();
-    let mut last = f64::MIN;
-    for id in ids.iter().filter(|id| !saved.contains(*id)) {
-        let ttl: i64 = env.redis_cmd(redis::cmd("PTTL").arg(env.key(id))).await;
-        if ttl > AT_RISK_MS {
-            let ago = (PROTECT_TTL_MS - ttl) as f64 / 1000.0;
-            last = last.max(since_cut - ago);
-        }
-    }
-    last
 }
 
 pub async fn rows(pg_url: &str) -> i64 {
