@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
@@ -36,6 +37,10 @@ pub struct Source {
     pace: Pace,
     /// Whether this handle's pipelines wait for the pace (they are counted either way).
     paced: bool,
+    /// Set when a pipeline of this source or a clone gave up after its retries, cleared by the
+    /// next that goes through: while set, a failing pipeline is not retried. Protecting the
+    /// keys of each batch after Redis died retried for 30 s each, one after the other.
+    gave_up: Arc<AtomicBool>,
     /// Set when the URL names sentinels: they are asked again for the primary when this one
     /// refuses writes or the connection to it fails.
     sentinel: Option<Arc<Sentinels>>,
@@ -160,6 +165,7 @@ impl Source {
             deadline: None,
             pace: Pace::default(),
             paced: true,
+            gave_up: Arc::default(),
             sentinel,
             epoch: 0,
             scan_epoch: 0,
@@ -290,13 +296,23 @@ impl Source {
                 false => self.send(pipe).await,
             };
             let err = match reply {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.gave_up.store(false, Ordering::SeqCst);
+                    return Ok(v);
+                }
                 Err(source) => Error::Redis {
                     url: self.url.clone(),
                     source,
                 },
             };
-            let Some(pause) = retries.pause(&err, "reading from Redis") else {
+            let pause = match self.gave_up.load(Ordering::SeqCst) && err.is_transient() {
+                true => None,
+                false => retries.pause(&err, "reading from Redis"),
+            };
+            let Some(pause) = pause else {
+                if err.is_transient() {
+                    self.gave_up.store(true, Ordering::SeqCst);
+                }
                 return Err(err);
             };
             tokio::time::sleep(pause).await;
