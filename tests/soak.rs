@@ -89,8 +89,17 @@ impl Chat {
         }
     }
 
+    /// One command of the chat service. A reply later than redis-rs's own 500 ms (a machine shared
+    /// with other builds: a 30-minute soak met one) is asked again, as a chat service would: every
+    /// command here (EXISTS, SET, WAIT) is idempotent.
     async fn cmd<T: redis::FromRedisValue>(&mut self, cmd: &mut redis::Cmd) -> T {
-        cmd.query_async(&mut self.redis).await.unwrap()
+        let mut tries = 0;
+        loop {
+            match cmd.query_async(&mut self.redis).await {
+                Err(e) if e.is_timeout() && tries < 10 => tries += 1,
+                reply => return reply.unwrap(),
+            }
+        }
     }
 
     async fn turn(&mut self, id: &str, now: Instant) {
