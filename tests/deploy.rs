@@ -171,6 +171,15 @@ fn schedule_saves_every_key(doc: &str) {
 fn the_migrate_job_and_kustomization_tie_together() {
     let job = read("k8s/migrate-job.yaml");
     assert_eq!(value(&job, "kind"), "Job");
+    // Named after the release it runs, so applying the next release's files makes a new Job
+    // (a Job's template cannot change) instead of failing while the old one lives.
+    let image = value(&job, "image");
+    let tag = image.rsplit_once(':').unwrap().1;
+    assert_eq!(tag, env!("CARGO_PKG_VERSION"), "{image}");
+    assert_eq!(
+        value(&job, "name"),
+        format!("sweeper-migrate-{}", tag.replace('.', "-"))
+    );
     assert!(job.contains(r#"args: ["migrate""#));
     assert!(has(&job, "runAsNonRoot: true") && has(&job, "readOnlyRootFilesystem: true"));
     let kustomization = read("k8s/kustomization.yaml");
