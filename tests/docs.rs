@@ -13,6 +13,7 @@ const PAGES: &[&str] = &[
     "docs/scale-out.md",
     "docs/performance.md",
     "docs/architecture.md",
+    "docs/reference.md",
 ];
 
 fn root() -> &'static Path {

@@ -265,8 +265,8 @@ pub enum Command {
     /// in flight finish, then exits 0 (a second signal exits at once).
     Daemon(RunArgs),
     /// What the keyspace holds, before trusting a sweep: keys matching, types, keys without TTL,
-    /// a histogram of TTL left around the threshold, the largest values, sample keys. Reads no
-    /// value.
+    /// a histogram of TTL left around the threshold, the largest values, and a few sample keys
+    /// decoded as a sweep with the same --format or --mapping would. Reads no other value.
     Inspect(InspectArgs),
     /// Put a saved conversation back into Redis from PostgreSQL (its newest checkpoint, under its
     /// key), refusing to overwrite a live key unless --force.
@@ -377,8 +377,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pace: PaceArgs,
 
-    /// The schedule this run is started on (crontab form): a --threshold not above its largest
-    /// gap is refused, as keys would expire between sweeps.
+    /// The schedule this run is started on (crontab form, read in UTC): a --threshold not above
+    /// its largest gap plus --deadline is refused, as keys would expire between sweeps.
     #[arg(help_heading = SAFETY, long, env = "SWEEPER_SCHEDULE")]
     pub schedule: Option<String>,
 
@@ -456,7 +456,7 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The conversation id (the key without its prefix).
-    #[arg(help_heading = SELECTION, long)]
+    #[arg(help_heading = SELECTION, long, env = "SWEEPER_RESTORE_CONVERSATION")]
     pub conversation: String,
 
     /// TTL of the restored key.
@@ -464,7 +464,7 @@ pub struct RestoreArgs {
     pub ttl: Duration,
 
     /// Overwrite the key even when it is live (the chat service's newer state would be lost).
-    #[arg(help_heading = SAFETY, long)]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_RESTORE_FORCE")]
     pub force: bool,
 
     #[command(flatten)]
