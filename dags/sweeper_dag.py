@@ -6,6 +6,8 @@
 - `sweeper_local`: for installs without Kubernetes, a BashOperator running the binary on the
   worker (`SWEEPER_BIN`, default `sweeper` on PATH), with REDIS_URL and DATABASE_URL from the
   worker's environment; the JSON summary (stdout's last line) goes to XCom.
+- `sweeper_local_sharded`: the same, one mapped task per shard (`SWEEPER_DAG_SHARDS`, 3), each
+  running `sweeper run --shard I/N` on its share of the keys (docs/scale-out.md).
 
 In both, a task `conversations_landed` after the sweep updates the Asset `sweeper_conversations`
 (the conversations table) when the sweep persisted something, with the counts as the event's
@@ -37,6 +39,7 @@ from sweeper_policy import (
     RUN_ENV,
     SCHEDULE,
     SECRET,
+    SHARDS,
     SECRET_DATABASE_URL,
     SECRET_REDIS_URL,
     TIMEOUT,
@@ -87,16 +90,19 @@ def _conversations_landed(sweep) -> None:
 
     @task(task_id="conversations_landed", outlets=[CONVERSATIONS], retries=0)
     def conversations_landed(summary, **context) -> int:
-        # KubernetesPodOperator's XCom is the parsed summary file; BashOperator's the summary line.
-        s = json.loads(summary) if isinstance(summary, str) else summary
-        persisted = int(s.get("persisted") or 0)
+        # One summary, or one per shard of a mapped sweep. KubernetesPodOperator's XCom is the
+        # parsed summary file; BashOperator's the summary line.
+        many = [summary] if isinstance(summary, (str, dict)) else list(summary)
+        runs = [json.loads(s) if isinstance(s, str) else s for s in many]
+        persisted = sum(int(s.get("persisted") or 0) for s in runs)
         if persisted == 0:
             raise AirflowSkipException("the sweep persisted no conversation: no asset event")
+        ids = [s.get("run_id") for s in runs]
         context["outlet_events"][CONVERSATIONS].extra = {
             "persisted": persisted,
-            "messages_added": s.get("messages_added", 0),
-            "sweeper_run_id": s.get("run_id"),
-            "match": s.get("match"),
+            "messages_added": sum(int(s.get("messages_added") or 0) for s in runs),
+            "sweeper_run_id": ids[0] if len(ids) == 1 else ids,
+            "match": runs[0].get("match"),
         }
         return persisted
 
@@ -151,18 +157,30 @@ with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summ
     _conversations_landed(pod)
 
 
+# `exec`: sweeper's exit status is the task's, and the timeout's SIGTERM reaches it (it then saves
+# what it read). Never piped: a pipe would report the last command's status instead.
+LOCAL_SWEEP = 'exec "${SWEEPER_BIN:-sweeper}" run --output json'
+LOCAL_ARGS = {
+    # The worker's environment (REDIS_URL, DATABASE_URL, SWEEPER_BIN, PATH) plus the run policy.
+    "env": dict(RUN_ENV),
+    "append_env": True,
+    # Every non-zero exit fails the task: by default exit 99 would mark it skipped.
+    "skip_on_exit_code": None,
+    # The last line of output is the JSON summary (logs go to stderr before it).
+    "do_xcom_push": True,
+}
+
 with _dag("sweeper_local", "`sweeper run` on the worker (no Kubernetes); the JSON summary in XCom."):
-    bash = BashOperator(
-        task_id="sweep",
-        # `exec`: sweeper's exit status is the task's, and the timeout's SIGTERM reaches it (it then
-        # saves what it read). Never piped: a pipe would report the last command's status instead.
-        bash_command='exec "${SWEEPER_BIN:-sweeper}" run --output json',
-        # The worker's environment (REDIS_URL, DATABASE_URL, SWEEPER_BIN, PATH) plus the run policy.
-        env=dict(RUN_ENV),
-        append_env=True,
-        # Every non-zero exit fails the task: by default exit 99 would mark it skipped.
-        skip_on_exit_code=None,
-        # The last line of output is the JSON summary (logs go to stderr before it).
-        do_xcom_push=True,
-    )
+    bash = BashOperator(task_id="sweep", bash_command=LOCAL_SWEEP, **LOCAL_ARGS)
     _conversations_landed(bash)
+
+
+with _dag(
+    "sweeper_local_sharded",
+    f"`sweeper run --shard I/{SHARDS}` on the worker, one mapped task per shard; the summaries in XCom.",
+):
+    # Each shard has its own lock and its own row in sweep_runs; together they sweep every key once.
+    shards = BashOperator.partial(task_id="sweep", **LOCAL_ARGS).expand(
+        bash_command=[f"{LOCAL_SWEEP} --shard {i}/{SHARDS}" for i in range(SHARDS)]
+    )
+    _conversations_landed(shards)

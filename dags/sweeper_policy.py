@@ -14,6 +14,10 @@ RUN_DEADLINE = "4m"
 # ...before the orchestrator kills the task, and both are under the 5-minute gap between runs.
 TIMEOUT = timedelta(minutes=4, seconds=30)
 
+# Workers of the sharded DAG (sweeper_local_sharded): one mapped task per shard, each running
+# `sweeper run --shard I/N`. Not SWEEPER_SHARDS, which is `--shards`'s own twin.
+SHARDS = int(os.environ.get("SWEEPER_DAG_SHARDS", "3"))
+
 # The environment of every sweep: the run checks the schedule it is started on.
 RUN_ENV = {
     "SWEEPER_THRESHOLD": THRESHOLD,

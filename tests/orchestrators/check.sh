@@ -11,7 +11,8 @@
 #                `airflow dags test sweeper_local` runs the binary for real against the servers of
 #                tests/servers.sh (REDIS_URL, DATABASE_URL): rows land, the run succeeds with the
 #                JSON summary in XCom; and with PostgreSQL unreachable the DAG run fails
-#                (run_as_declared.py: the pod's arguments run the binary, its summary file is JSON)
+#                (run_as_declared.py: the pod's arguments run the binary, its summary file is JSON);
+#                `airflow dags test sweeper_local_sharded`: a mapped task per `--shard I/3`, every key once
 #   flyte        flytekit imports dags/sweeper_flyte.py, `pyflyte package` serialises it, and the
 #                archive holds the task, the workflow and the launch plan every five minutes; the
 #                task's command run for real writes every declared output
@@ -325,6 +326,26 @@ check_airflow_dags_test_fails() {
   [ "$landed" = upstream_failed ]
 }
 
+# The sharded DAG as `airflow dags test` runs it: one mapped task per shard, each `--shard I/3`,
+# every key due, so together they save all 50, once each, in three ok rows of sweep_runs.
+check_airflow_sharded() {
+  fresh_db dags_sharded orch-sharded-dag 2m..5m
+  airflow_env
+  local airflow=${VENV[airflow]}/bin/airflow rc=0
+  airflow_migrate
+  "$airflow" dags test sweeper_local_sharded >"$work/dags-test-sharded.log" 2>&1 || rc=$?
+  grep -E 'Running command|Command exited|DagRun Finished' "$work/dags-test-sharded.log" | cut -c1-300 || true
+  [ "$rc" = 0 ] || { tail -n 40 "$work/dags-test-sharded.log"; echo "airflow dags test exited $rc"; return 1; }
+  local stored shards tasks
+  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM sweeper.conversations')
+  shards=$(psql -X -At "$DATABASE_URL" -c "SELECT string_agg(shard_index || '/' || shard_count, ' ' ORDER BY shard_index)
+    FROM sweeper.sweep_runs WHERE status = 'ok'")
+  tasks=$(airflow_db "SELECT count(*) FROM task_instance WHERE dag_id = 'sweeper_local_sharded' AND task_id = 'sweep'
+    AND state = 'success'")
+  echo "conversations stored: $stored of 50; ok runs by shard: $shards; mapped tasks succeeded: $tasks"
+  [ "$stored" = 50 ] && [ "$shards" = "0/3 1/3 2/3" ] && [ "$tasks" = 3 ]
+}
+
 check_flyte() {
   local flyte=${VENV[flyte]}
   # pyflyte loads the module from the folder it is given as source root; Airflow's files there
@@ -457,7 +478,7 @@ check_deb() {
   for f in /usr/bin/sweeper /usr/share/man/man1/sweeper.1.gz /usr/share/bash-completion/completions/sweeper \
     /usr/share/zsh/vendor-completions/_sweeper /usr/share/fish/vendor_completions.d/sweeper.fish \
     /lib/systemd/system/sweeper.service /lib/systemd/system/sweeper.timer \
-    /lib/systemd/system/sweeper-daemon.service /etc/sweeper/sweeper.env /usr/share/doc/sweeper/copyright \
+    /lib/systemd/system/sweeper-daemon.service /lib/systemd/system/sweeper-migrate.service /etc/sweeper/sweeper.env /usr/share/doc/sweeper/copyright \
     /usr/share/doc/sweeper/installing.md; do
     grep -qx "$f" "$work/deb-contents" || { echo "missing from the package: $f"; missing=1; }
   done
@@ -475,8 +496,13 @@ check_deb() {
   cp -an /lib/systemd/system/. "$root/lib/systemd/system/"
   systemd-analyze --version | head -n 1
   (cd "$root" && systemd-analyze verify --man=no --root="$root" \
-    lib/systemd/system/sweeper.service lib/systemd/system/sweeper.timer lib/systemd/system/sweeper-daemon.service)
-  echo "systemd-analyze verify: the three units are clean"
+    lib/systemd/system/sweeper.service lib/systemd/system/sweeper.timer lib/systemd/system/sweeper-daemon.service \
+    lib/systemd/system/sweeper-migrate.service)
+  echo "systemd-analyze verify: the four units are clean"
+  # migrate is a unit of its own (credentials of its own), which both sweeps require.
+  grep -qx 'Requires=sweeper-migrate.service' "$root/lib/systemd/system/sweeper.service"
+  grep -qx 'Requires=sweeper-migrate.service' "$root/lib/systemd/system/sweeper-daemon.service"
+  [ -z "$(grep '^Exec.*migrate' "$root/lib/systemd/system/sweeper.service" "$root/lib/systemd/system/sweeper-daemon.service")" ]
   # The timer fires on the schedule the settings file gives the runs (which check their threshold).
   grep -qx 'OnCalendar=\*:0/5' "$root/lib/systemd/system/sweeper.timer"
   grep -qx 'SWEEPER_SCHEDULE="\*/5 \* \* \* \*"' "$root/etc/sweeper/sweeper.env"
@@ -534,6 +560,7 @@ lane() {
       run "airflow: the pod's arguments run the binary, the XCom file is its summary" check_airflow_kpo_args
       run "airflow: dags test sweeper_local, rows land, the Asset's event only when some did; the downstream DAG" check_airflow_dags_test
       run "airflow: dags test sweeper_local fails when PostgreSQL is down" check_airflow_dags_test_fails
+      run "airflow: dags test sweeper_local_sharded, one mapped task per --shard I/3, every key once" check_airflow_sharded
       ;;
     flyte) run "flyte: pyflyte package, the launch plan every 5 minutes, the outputs the binary writes" check_flyte ;;
     dagster) run "dagster: asset materialize through Pipes, the summary as metadata; failing on exit 4" check_dagster ;;

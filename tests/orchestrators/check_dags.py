@@ -30,8 +30,8 @@ sys.path.append(folder)
 bag = DagBag(dag_folder=folder)
 
 expect(not bag.import_errors, f"no import errors in {folder}: {dict(bag.import_errors)}")
-expect(set(bag.dag_ids) == {"sweeper", "sweeper_local", "sweeper_conversations_landed"},
-       f"exactly the two sweep DAGs and the downstream example: {sorted(bag.dag_ids)}")
+expect(set(bag.dag_ids) == {"sweeper", "sweeper_local", "sweeper_local_sharded", "sweeper_conversations_landed"},
+       f"exactly the three sweep DAGs and the downstream example: {sorted(bag.dag_ids)}")
 # dags/.airflowignore keeps Airflow from importing the Flyte workflow and the Dagster assets
 # (neither flytekit nor dagster is installed here).
 for other in ("sweeper_flyte", "sweeper_dagster"):
@@ -96,6 +96,19 @@ for dag_id in ("sweeper", "sweeper_local"):
                f"execs $SWEEPER_BIN run --output json: {words}")
         expect(task.skip_on_exit_code is None or not task.skip_on_exit_code, f"no exit code skips: {task.skip_on_exit_code}")
         expect(task.append_env is True, "the worker's environment is kept (REDIS_URL, DATABASE_URL, PATH)")
+
+sharded = bag.dags.get("sweeper_local_sharded")
+if sharded is not None:
+    print("sweeper_local_sharded:")
+    task = sharded.get_task("sweep")
+    expect(type(task).__name__ == "MappedOperator", f"the sweep is one mapped task: {type(task).__name__}")
+    commands = task.expand_input.value.get("bash_command", [])
+    want = [f'exec "${{SWEEPER_BIN:-sweeper}}" run --output json --shard {i}/3' for i in range(3)]
+    expect(commands == want, f"one `--shard I/3` per shard: {commands}")
+    expect(sharded.schedule == "*/5 * * * *" and sharded.max_active_runs == 1 and sharded.catchup is False,
+           "the sweep DAGs' schedule, one run at a time, no catchup")
+    landed = sharded.task_dict.get("conversations_landed")
+    expect(landed is not None and landed.upstream_task_ids == {"sweep"}, "conversations_landed follows the shards")
 
 downstream = bag.dags.get("sweeper_conversations_landed")
 if downstream is not None:
