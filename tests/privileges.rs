@@ -1,28 +1,32 @@
-//! The privileges docs/deploying.md gives each step, run as written: the administrator's
-//! statements, `migrate` as the schema's owner, its grants, then each command as a role with
-//! exactly those rights; and what a role without them cannot do.
+//! The privileges `sweeper grants` gives each step (docs/deploying.md shows them), run as
+//! printed: the administrator's statements, `migrate` as the schema's owner, its grants, then each
+//! command as a role with exactly those rights; and what a role without them cannot do.
 
 mod common;
 
 use common::*;
 use sqlx::PgPool;
 
-/// The ```sql blocks of the section "PostgreSQL: the schema and privileges", in order.
-fn documented_sql() -> Vec<String> {
-    let page =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploying.md")).unwrap();
-    let section = page
-        .split("\n## PostgreSQL: the schema and privileges\n")
-        .nth(1)
-        .expect("the section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    section
-        .split("```sql\n")
-        .skip(1)
-        .map(|b| b.split("\n```").next().unwrap().to_string())
-        .collect()
+/// The PostgreSQL statements `sweeper grants COMMAND` prints for the test's database: the
+/// administrator's, then the schema owner's.
+fn grants(env: &TestEnv, command: &str) -> (String, String) {
+    let out = env.command().args(["grants", command]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (mut admin, mut owner) = (String::new(), String::new());
+    let mut into = None;
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        if line.starts_with('#') {
+            into = match line {
+                l if l.starts_with("# PostgreSQL, as an administrator") => Some(&mut admin),
+                l if l.starts_with("# PostgreSQL, as the schema's owner") => Some(&mut owner),
+                _ => None,
+            };
+        } else if let Some(sql) = into.as_deref_mut() {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    (admin, owner)
 }
 
 /// `url` with another user.
@@ -42,9 +46,10 @@ async fn exec(pg: &PgPool, sql: &str) {
 #[tokio::test]
 async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let env = TestEnv::new("privileges").await;
-    let db = env.database_url.rsplit_once('/').unwrap().1.to_string();
-    let blocks = documented_sql();
-    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    let steps: Vec<(String, String)> = ["migrate", "run", "restore"]
+        .iter()
+        .map(|c| grants(&env, c))
+        .collect();
     // The roles, as the administrator creates them (cluster-wide: kept across runs).
     for role in ["sweeper_migrate", "sweeper_run", "sweeper_restore"] {
         exec(
@@ -55,11 +60,9 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
         )
         .await;
     }
-    exec(
-        &env.pg,
-        &blocks[0].replace("IN DATABASE chat ", &format!("IN DATABASE {db} ")),
-    )
-    .await;
+    for (admin, _) in &steps {
+        exec(&env.pg, admin).await;
+    }
     let url = |role: &str| as_user(&env.database_url, role);
     let as_role = |role: &str, args: &[&str]| {
         let mut cmd = env.command();
@@ -73,7 +76,9 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let out = as_role("sweeper_migrate", &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let owner = PgPool::connect(&url("sweeper_migrate")).await.unwrap();
-    exec(&owner, &blocks[1]).await;
+    for (_, grants) in &steps {
+        exec(&owner, grants).await;
+    }
 
     env.set("a", &doc(Some("2026-11-22T10:00:00Z"), &["m1"]), SOON)
         .await;

@@ -13,6 +13,9 @@ use crate::config::{defaults, parse_count_range, parse_duration, parse_size, par
 use crate::redis::layout::Layout;
 use crate::shard::Shard;
 
+mod grants;
+pub use grants::{GrantFor, GrantsArgs};
+
 // Help headings, the same on every subcommand, as cargo and ripgrep group their flags.
 const CONNECTION: &str = "Connection";
 const SELECTION: &str = "Selection";
@@ -293,6 +296,10 @@ pub enum Command {
     /// Check that a schedule saves every key: its largest gap plus the run time must stay under
     /// the threshold. Exit 0 with the margin, 1 with the window that loses data.
     CheckSchedule(CheckScheduleArgs),
+    /// Print what a command needs and no more: the Redis ACL rule of the commands it sends (for
+    /// its --format or --mapping, --match, --redis-cluster, --shard, --save-idle) and the
+    /// PostgreSQL statements giving its role the rights it uses.
+    Grants(GrantsArgs),
 }
 
 #[derive(Debug, Args)]

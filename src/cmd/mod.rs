@@ -5,6 +5,7 @@
 pub mod completions;
 pub mod daemon;
 pub mod formats;
+pub mod grants;
 pub mod inspect;
 pub mod migrate;
 pub mod restore;
@@ -37,6 +38,7 @@ pub async fn execute(cli: &Cli, shutdown: &Shutdown) -> Result<u8> {
         Command::Restore(rs) => restore::execute(g, rs).await,
         Command::Inspect(i) => inspect::execute(g, i).await,
         Command::Status(st) => status::execute(g, st).await,
+        Command::Grants(a) => grants::execute(g, a),
         Command::Simulate(s) => simulate::execute(g, s).await,
     }
 }
