@@ -9,7 +9,10 @@
 - `sweeper_local_sharded`: the same, one mapped task per shard (`SWEEPER_DAG_SHARDS`, 3), each
   running `sweeper run --shard I/N` on its share of the keys (docs/scale-out.md).
 
-In both, a task `conversations_landed` after the sweep updates the Asset `sweeper_conversations`
+In each, a task `migrate` runs `sweeper migrate` first, with a URL of its own (the Secret
+`SWEEPER_MIGRATE_SECRET`, or the worker's `SWEEPER_MIGRATE_DATABASE_URL`; the sweep's by default),
+and the sweep runs after it whether it succeeded or not: with PostgreSQL down the sweep must still
+protect the due keys (and refuses a schema it finds too old). A task `conversations_landed` after the sweep updates the Asset `sweeper_conversations`
 (the conversations table) when the sweep persisted something, with the counts as the event's
 extra; when nothing was persisted it is skipped and no asset event is emitted, so DAGs scheduled
 on the Asset (sweeper_downstream.py) run only when conversations landed.
@@ -36,6 +39,7 @@ from sweeper_policy import (
     CONVERSATIONS_ASSET,
     CONVERSATIONS_URI,
     IMAGE,
+    MIGRATE_SECRET,
     RUN_ENV,
     SCHEDULE,
     SECRET,
@@ -109,29 +113,18 @@ def _conversations_landed(sweep) -> None:
     conversations_landed(sweep.output)
 
 
-with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summary in XCom."):
-    pod = KubernetesPodOperator(
-        task_id="sweep",
-        name="sweeper",
+def _pod(task_id: str, arguments: list[str], secrets: list[Secret], **kwargs) -> KubernetesPodOperator:
+    """A pod on the sweeper image, locked down as k8s/cronjob.yaml's; the URLs as env from a
+    Secret (a reference: no URL or password is in the DAG or the pod spec)."""
+    return KubernetesPodOperator(
+        task_id=task_id,
+        name=f"sweeper-{task_id}",
         namespace=NAMESPACE,
         image=IMAGE_TEMPLATE,
-        # The image's entrypoint is the binary: these are its arguments. The summary file is what the
-        # xcom sidecar reads; sweeper writes it even for a failed run.
-        arguments=[
-            "run",
-            "--output",
-            "json",
-            "--summary-file",
-            "/airflow/xcom/return.json",
-        ],
+        # The image's entrypoint is the binary: these are its arguments.
+        arguments=arguments,
         env_vars=dict(RUN_ENV),
-        # The URLs as env from the Secret k8s/ uses (keys redis-url, database-url): a reference,
-        # so no URL or password is in the DAG or the pod spec.
-        secrets=[
-            Secret("env", "REDIS_URL", SECRET, SECRET_REDIS_URL),
-            Secret("env", "DATABASE_URL", SECRET, SECRET_DATABASE_URL),
-        ],
-        do_xcom_push=True,
+        secrets=secrets,
         get_logs=True,
         on_finish_action="delete_pod",
         # Kubernetes kills the pod too if the task's timeout somehow did not.
@@ -153,13 +146,38 @@ with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summ
             requests={"cpu": "250m", "memory": "128Mi"},
             limits={"cpu": "1", "memory": "256Mi"},
         ),
+        **kwargs,
     )
+
+
+with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summary in XCom."):
+    migrate = _pod(
+        "migrate",
+        ["migrate", "--log-format", "json"],
+        [Secret("env", "DATABASE_URL", MIGRATE_SECRET, SECRET_DATABASE_URL)],
+        retries=0,
+    )
+    pod = _pod(
+        "sweep",
+        # The summary file is what the xcom sidecar reads; sweeper writes it even for a failed run.
+        ["run", "--output", "json", "--summary-file", "/airflow/xcom/return.json"],
+        # The URLs from the Secret k8s/ uses (keys redis-url, database-url).
+        [
+            Secret("env", "REDIS_URL", SECRET, SECRET_REDIS_URL),
+            Secret("env", "DATABASE_URL", SECRET, SECRET_DATABASE_URL),
+        ],
+        do_xcom_push=True,
+        trigger_rule="all_done",
+    )
+    migrate >> pod
     _conversations_landed(pod)
 
 
 # `exec`: sweeper's exit status is the task's, and the timeout's SIGTERM reaches it (it then saves
 # what it read). Never piped: a pipe would report the last command's status instead.
 LOCAL_SWEEP = 'exec "${SWEEPER_BIN:-sweeper}" run --output json'
+# migrate with the schema owner's URL when the worker has one.
+LOCAL_MIGRATE = 'DATABASE_URL="${SWEEPER_MIGRATE_DATABASE_URL:-$DATABASE_URL}" exec "${SWEEPER_BIN:-sweeper}" -q migrate'
 LOCAL_ARGS = {
     # The worker's environment (REDIS_URL, DATABASE_URL, SWEEPER_BIN, PATH) plus the run policy.
     "env": dict(RUN_ENV),
@@ -170,8 +188,20 @@ LOCAL_ARGS = {
     "do_xcom_push": True,
 }
 
+def _local_migrate() -> BashOperator:
+    return BashOperator(
+        task_id="migrate",
+        bash_command=LOCAL_MIGRATE,
+        env=dict(RUN_ENV),
+        append_env=True,
+        skip_on_exit_code=None,
+        retries=0,
+    )
+
+
 with _dag("sweeper_local", "`sweeper run` on the worker (no Kubernetes); the JSON summary in XCom."):
-    bash = BashOperator(task_id="sweep", bash_command=LOCAL_SWEEP, **LOCAL_ARGS)
+    bash = BashOperator(task_id="sweep", bash_command=LOCAL_SWEEP, trigger_rule="all_done", **LOCAL_ARGS)
+    _local_migrate() >> bash
     _conversations_landed(bash)
 
 
@@ -180,7 +210,8 @@ with _dag(
     f"`sweeper run --shard I/{SHARDS}` on the worker, one mapped task per shard; the summaries in XCom.",
 ):
     # Each shard has its own lock and its own row in sweep_runs; together they sweep every key once.
-    shards = BashOperator.partial(task_id="sweep", **LOCAL_ARGS).expand(
+    shards = BashOperator.partial(task_id="sweep", trigger_rule="all_done", **LOCAL_ARGS).expand(
         bash_command=[f"{LOCAL_SWEEP} --shard {i}/{SHARDS}" for i in range(SHARDS)]
     )
+    _local_migrate() >> shards
     _conversations_landed(shards)

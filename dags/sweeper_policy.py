@@ -30,6 +30,9 @@ RUN_ENV = {
 IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
 # The Kubernetes Secret holding the URLs, and its keys (as in k8s/).
 SECRET = "sweeper"
+# The Secret of the migrate step's URL (key database-url): the schema owner's, so the sweep's
+# credentials cannot change the schema (docs/deploying.md); by default the sweep's own.
+MIGRATE_SECRET = os.environ.get("SWEEPER_MIGRATE_SECRET", SECRET)
 SECRET_REDIS_URL = "redis-url"
 SECRET_DATABASE_URL = "database-url"
 

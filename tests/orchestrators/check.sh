@@ -19,7 +19,8 @@
 #   dagster      dags/sweeper_dagster.py loads (schedule, max runtime); `dagster asset materialize`
 #                runs the binary through Dagster Pipes against the servers: the materialization's
 #                metadata is the summary, as stored; with PostgreSQL down it fails, nothing recorded
-#   helm         k8s/helm/sweeper on Helm 3.17, 4.1 and 4.3: `helm lint --strict`, `helm template`
+#   helm         docs/installing.md's commands, as written or by their offline twins
+#                (check_install_docs.py); k8s/helm/sweeper on Helm 3.17, 4.1 and 4.3: `helm lint --strict`, `helm template`
 #                (defaults, sharded); the newest's renders through
 #                kubernetes-validate --strict and checkov, the same objects as k8s/ in substance,
 #                refusals judged by `sweeper check-schedule`; `kubectl kustomize k8s/` rendered and
@@ -316,8 +317,14 @@ check_airflow_dags_test_fails() {
   [ "$rc" != 0 ]
   [ "$state" = failed ]
   [ "$task" = failed ]
-  # retries=1: the task ran twice (after retry_delay, 30s), sweeper exiting 4 both times.
-  [ "$exits" = 2 ]
+  # migrate once (no retries), exiting 4; then the sweep anyway (its trigger rule: it protects due
+  # keys), twice (retries=1, after retry_delay, 30s), exiting 4 both times.
+  [ "$exits" = 3 ]
+  local migrate
+  migrate=$(airflow_db "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
+    WHERE r.dag_id = 'sweeper_local' AND ti.task_id = 'migrate' ORDER BY r.id DESC LIMIT 1")
+  echo "migrate: $migrate"
+  [ "$migrate" = failed ]
   # A failed sweep emits no asset event: conversations_landed is upstream_failed.
   local landed
   landed=$(airflow_db "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
@@ -414,6 +421,11 @@ check_helm() {
     --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_21 -d "$out"
 }
 
+# docs/installing.md's blocks, command by command, as written or by their offline twins.
+check_install_docs() {
+  "${VENV[lint]}/bin/python" tests/orchestrators/check_install_docs.py "${TOOL[helm]}" "${TOOL[kubectl]}"
+}
+
 check_monitoring() {
   local promtool=${TOOL[promtool]}
   "$promtool" --version | head -n 1
@@ -499,9 +511,11 @@ check_deb() {
     lib/systemd/system/sweeper.service lib/systemd/system/sweeper.timer lib/systemd/system/sweeper-daemon.service \
     lib/systemd/system/sweeper-migrate.service)
   echo "systemd-analyze verify: the four units are clean"
-  # migrate is a unit of its own (credentials of its own), which both sweeps require.
-  grep -qx 'Requires=sweeper-migrate.service' "$root/lib/systemd/system/sweeper.service"
-  grep -qx 'Requires=sweeper-migrate.service' "$root/lib/systemd/system/sweeper-daemon.service"
+  # migrate is a unit of its own (credentials of its own), which both sweeps want and start after,
+  # but do not require: with PostgreSQL down the sweep must still run to protect the due keys.
+  grep -qx 'Wants=sweeper-migrate.service' "$root/lib/systemd/system/sweeper.service"
+  grep -qx 'Wants=sweeper-migrate.service' "$root/lib/systemd/system/sweeper-daemon.service"
+  [ -z "$(grep -h '^Requires=' "$root/lib/systemd/system/sweeper.service" "$root/lib/systemd/system/sweeper-daemon.service")" ]
   [ -z "$(grep '^Exec.*migrate' "$root/lib/systemd/system/sweeper.service" "$root/lib/systemd/system/sweeper-daemon.service")" ]
   # The timer fires on the schedule the settings file gives the runs (which check their threshold).
   grep -qx 'OnCalendar=\*:0/5' "$root/lib/systemd/system/sweeper.timer"
@@ -564,7 +578,10 @@ lane() {
       ;;
     flyte) run "flyte: pyflyte package, the launch plan every 5 minutes, the outputs the binary writes" check_flyte ;;
     dagster) run "dagster: asset materialize through Pipes, the summary as metadata; failing on exit 4" check_dagster ;;
-    helm) run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm ;;
+    helm)
+      run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm
+      run "docs: installing.md's commands as written, or their offline twins" check_install_docs
+      ;;
     monitoring) run "monitoring: promtool test rules, the dashboard's PromQL, only exported metrics" check_monitoring ;;
     pushgateway) run "pushgateway: three shards, three groups, the failing shard's last success old" check_pushgateway ;;
     deb) run "deb: cargo-deb builds it, its contents, systemd-analyze verify, the packaged binary sweeps" check_deb ;;

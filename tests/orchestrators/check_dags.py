@@ -47,9 +47,13 @@ for dag_id in ("sweeper", "sweeper_local"):
         continue
     print(f"{dag_id}:")
     tasks = dag.tasks
-    expect(sorted(t.task_id for t in tasks) == ["conversations_landed", "sweep"],
-           f"the sweep and conversations_landed: {[t.task_id for t in tasks]}")
+    expect(sorted(t.task_id for t in tasks) == ["conversations_landed", "migrate", "sweep"],
+           f"migrate, the sweep and conversations_landed: {[t.task_id for t in tasks]}")
     task = dag.get_task("sweep")
+    migrate = dag.task_dict.get("migrate")
+    expect(migrate is not None and migrate.downstream_task_ids == {"sweep"} and task.trigger_rule == "all_done",
+           f"migrate runs first, and the sweep after it even when it failed (due keys are protected): "
+           f"{task.trigger_rule}")
     landed = dag.task_dict.get("conversations_landed")
     if landed is not None:
         outlets = [(o.name, o.uri) for o in landed.outlets]
@@ -73,6 +77,10 @@ for dag_id in ("sweeper", "sweeper_local"):
 
     if dag_id == "sweeper":
         expect(type(task).__name__ == "KubernetesPodOperator", f"a KubernetesPodOperator: {type(task).__name__}")
+        if migrate is not None:
+            expect(list(migrate.arguments)[:1] == ["migrate"]
+                   and {(s.deploy_target, s.key) for s in migrate.secrets} == {("DATABASE_URL", "database-url")},
+                   f"the migrate pod runs `migrate` with a database URL from its Secret: {migrate.arguments}")
         args = list(task.arguments)
         joined = " ".join(args)
         expect(args[:3] == ["run", "--output", "json"], f"arguments {args}")
@@ -107,6 +115,9 @@ if sharded is not None:
     expect(commands == want, f"one `--shard I/3` per shard: {commands}")
     expect(sharded.schedule == "*/5 * * * *" and sharded.max_active_runs == 1 and sharded.catchup is False,
            "the sweep DAGs' schedule, one run at a time, no catchup")
+    expect(task.trigger_rule == "all_done" and sharded.task_dict.get("migrate") is not None
+           and sharded.task_dict["migrate"].downstream_task_ids == {"sweep"},
+           f"migrate first, the shards after it whatever it did: {task.trigger_rule}")
     landed = sharded.task_dict.get("conversations_landed")
     expect(landed is not None and landed.upstream_task_ids == {"sweep"}, "conversations_landed follows the shards")
 
