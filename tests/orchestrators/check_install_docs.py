@@ -17,7 +17,7 @@ import yaml
 
 helm, kubectl = sys.argv[1:3]
 failures: list[str] = []
-SECTIONS = ("Kubernetes with Helm", "Kubernetes with kustomize", "A VM: the Debian package", "Dagster")
+SECTIONS = ("Kubernetes with Helm", "Kubernetes with kustomize", "A VM: the Debian package", "Airflow", "Dagster")
 VERSION = next(line.split('"')[1] for line in Path("Cargo.toml").read_text().splitlines() if line.startswith("version"))
 
 
@@ -94,8 +94,11 @@ def check(cmd: str) -> None:
     elif words[:3] == ["systemctl", "enable", "--now"]:
         expect(Path("deb", words[3]).exists(), f"{cmd}: the package ships {words[3]}")
     elif words[0] == "cp":
-        sources = [w for w in words[1:-1]]
+        sources = words[1:-1]
         expect(all(Path(w).exists() for w in sources), f"{cmd}: {sources} exist")
+    elif words[:3] == ["airflow", "dags", "unpause"]:
+        expect(f'_dag("{words[3]}"' in Path("dags/sweeper_dag.py").read_text() or f'"{words[3]}",' in Path(
+            "dags/sweeper_dag.py").read_text(), f"{cmd}: dags/sweeper_dag.py defines {words[3]} (its runs: check_dags.py, dags test)")
     elif words[0].startswith("SWEEPER_BIN=") and words[1:3] == ["dagster", "dev"]:
         expect(Path("dags", words[4]).exists(), f"{cmd}: a dev server, not run here; dags/{words[4]} exists")
     else:
