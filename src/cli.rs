@@ -13,6 +13,9 @@ use crate::config::{defaults, parse_count_range, parse_duration, parse_size, par
 use crate::redis::layout::Layout;
 use crate::shard::Shard;
 
+mod erase;
+pub use erase::{ForgetArgs, PruneArgs};
+
 #[derive(Debug, Parser)]
 #[command(name = "sweeper", version, about, after_help = crate::error::exit::help(), max_term_width = 100)]
 pub struct Cli {
@@ -252,6 +255,13 @@ pub enum Command {
     /// Put a saved conversation back into Redis from PostgreSQL (its newest checkpoint, under its
     /// key), refusing to overwrite a live key unless --force.
     Restore(RestoreArgs),
+    /// Erase conversations on request (GDPR art. 17, CCPA): their rows in PostgreSQL and their
+    /// keys in Redis, for good (a later sweep or restore never brings them back); a receipt
+    /// recorded in `erasures`.
+    Forget(ForgetArgs),
+    /// Retention: delete the conversations last updated longer ago than --older-than, in short
+    /// transactions; a receipt recorded in `erasures`.
+    Prune(PruneArgs),
     /// Print shell completions (e.g. `sweeper completions bash > /etc/bash_completion.d/sweeper`).
     Completions {
         #[arg(value_enum)]

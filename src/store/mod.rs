@@ -17,9 +17,11 @@ use crate::error::{Error, Result};
 use crate::redis::layout::REJECT_SAMPLE_BYTES;
 use crate::retry;
 
+pub mod erase;
 mod hosts;
 pub mod langgraph;
 mod migrate;
+mod prune;
 mod runs;
 mod write;
 
@@ -110,6 +112,8 @@ pub struct BatchOutcome {
     pub unchanged: u64,
     pub messages_added: u64,
     pub rejects: u64,
+    /// Conversations and threads erased (`sweeper forget`): not written.
+    pub erased: u64,
     /// SQL statements sent, BEGIN and COMMIT included.
     pub statements: u64,
 }

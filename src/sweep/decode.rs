@@ -68,6 +68,23 @@ pub fn decode_sample(
     })
 }
 
+/// The conversation and user a value belongs to, decoded as a sweep decodes it (`forget`
+/// finding a user's live keys). None: gone or not a conversation.
+pub fn decode_owner(
+    cfg: &SweepConfig,
+    key: &[u8],
+    fetched: Fetched,
+) -> Option<(String, Option<String>)> {
+    let cfg = SweepConfig {
+        dry_run: false,
+        ..cfg.clone()
+    };
+    match Decoder::new(cfg).decode_fetched(key, fetched)? {
+        (Ok((_, Some(c))), _, _) => Some((c.conversation_id, c.user_id)),
+        _ => None,
+    }
+}
+
 /// What the writers receive.
 pub(crate) struct ReadBatch {
     pub batch: Batch,

@@ -1,0 +1,82 @@
+//! The keys Redis holds of the conversations to forget: named by their id where the layout says
+//! which key holds a conversation, else found by reading the keyspace once (a user's
+//! conversations, one key per message, LangGraph threads), decoded as a sweep decodes it.
+
+use std::collections::HashSet;
+
+use crate::config::SweepConfig;
+use crate::error::Result;
+use crate::mapping::Unit;
+use crate::redis::Nodes;
+use crate::redis::langgraph::{ThreadRead, read_threads};
+use crate::redis::layout::Layout;
+
+/// Keys found, and the conversations they hold.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub keys: Vec<Vec<u8>>,
+    pub ids: Vec<String>,
+}
+
+/// The key of conversation `id` where the layout names one key per conversation; None when only
+/// reading the keyspace can tell (one key per message, LangGraph threads, a key template with
+/// more than the id).
+pub fn key_of(cfg: &SweepConfig, id: &str) -> Option<String> {
+    match &cfg.mapping {
+        _ if cfg.layout == Layout::LangGraph => None,
+        Some(m) if m.unit == Unit::Message => None,
+        Some(m) => m.key_for(id),
+        None => Some(format!("{}{id}", cfg.prefix)),
+    }
+}
+
+/// Whether the keyspace must be read: users named, or a conversation named whose key the layout
+/// cannot name.
+pub fn must_scan(cfg: &SweepConfig, ids: &[String], users: &[String]) -> bool {
+    !users.is_empty() || ids.iter().any(|id| key_of(cfg, id).is_none())
+}
+
+/// Reads every key matching the pattern once, page by page, and keeps those of `ids` or of
+/// `users`: at the pace of a dry run, whatever the number of requests.
+pub async fn scan(
+    source: &mut Nodes,
+    cfg: &SweepConfig,
+    ids: &HashSet<&str>,
+    users: &HashSet<&str>,
+) -> Result<Live> {
+    let mut out = Live::default();
+    for mut walk in source.walks(None).await? {
+        while let Some(page) = source
+            .next_page(&mut walk, &cfg.pattern, cfg.scan_count)
+            .await?
+        {
+            if page.is_empty() {
+                continue;
+            }
+            if cfg.layout == Layout::LangGraph {
+                for t in read_threads(source, &page, &cfg.prefix).await? {
+                    if let ThreadRead::Thread(t) = t
+                        && ids.contains(t.thread_id.as_str())
+                    {
+                        out.keys.extend(t.keys);
+                        out.ids.push(t.thread_id);
+                    }
+                }
+                continue;
+            }
+            let fetched = source.read(cfg.layout, &page, cfg.max_value_bytes).await?;
+            for (key, f) in page.into_iter().zip(fetched) {
+                let Some((id, user)) = crate::sweep::decode::decode_owner(cfg, &key, f) else {
+                    continue;
+                };
+                if ids.contains(id.as_str()) || user.is_some_and(|u| users.contains(u.as_str())) {
+                    out.keys.push(key);
+                    out.ids.push(id);
+                }
+            }
+        }
+    }
+    out.ids.sort();
+    out.ids.dedup();
+    Ok(out)
+}
