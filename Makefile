@@ -21,7 +21,7 @@ build:
 
 # The Rust tests, then the orchestrator checks (tests/orchestrators/check.sh) on the same servers.
 test:
-	$(SERVERS) sh -c '$(CARGO) test --locked --lib --bins --tests && tests/orchestrators/check.sh $(DEBUG_BIN)'
+	$(SERVERS) env SWEEPER_NO_SKIP=1 sh -c '$(CARGO) test --locked --lib --bins --tests && tests/orchestrators/check.sh $(DEBUG_BIN)'
 
 # Only the orchestrator checks: the k8s manifests (kubernetes-validate, checkov), the Dockerfile
 # (hadolint), the Airflow DAGs (DagBag; `airflow dags test` for real) and the Flyte workflow

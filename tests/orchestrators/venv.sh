@@ -5,9 +5,10 @@
 #
 # prints the path of a venv holding REQUIREMENTS (by default tests/orchestrators/requirements-NAME.txt;
 # tests/langgraph/setup.sh passes its own), building it the first
-# time only: ${SWEEPER_VENV_ROOT:-$HOME/.cache/sweeper/venvs}/NAME-<first 12 hex of a sha256 of the
-# file, the pip version and Python's version>. A changed requirements file gets a new venv (the old
-# one stays until removed by hand). A lock (flock) makes concurrent callers wait for one build
+# time only: ${SWEEPER_VENV_ROOT:-$HOME/.cache/sweeper/venvs}/NAME-<python version>-<first 12 hex of a
+# sha256 of the file, the pip version and Python's full version>. The Python is $SWEEPER_PYTHON, else
+# the python3 on PATH (Debian's /usr/bin/python3 on a stock machine). A changed requirements file
+# gets a new venv (the old one stays until removed by hand). A lock (flock) makes concurrent callers wait for one build
 # instead of racing two. Progress goes to stderr; stdout is only the path.
 set -euo pipefail
 
@@ -22,9 +23,12 @@ req=${2:-"$here/requirements-$1.txt"}
 PIP_VERSION=26.3
 python=${SWEEPER_PYTHON:-python3}
 root=${SWEEPER_VENV_ROOT:-$HOME/.cache/sweeper/venvs}
-hash=$( { cat "$req"; echo "pip==$PIP_VERSION"; "$python" -c 'import sys; print(sys.version_info[:2])'; } \
-  | sha256sum | cut -c1-12)
-venv="$root/$1-$hash"
+# Keyed by the interpreter's full version (3.11.2 and 3.11.7 differ in what they import: redis-py needs
+# async-timeout below 3.11.3), and named by it, so a venv built for one Python is never reused by another.
+pyver=$("$python" -c 'import platform; print(platform.python_implementation().lower() + platform.python_version())') \
+  || die "no Python at $python"
+hash=$( { cat "$req"; echo "pip==$PIP_VERSION"; echo "$pyver"; } | sha256sum | cut -c1-12)
+venv="$root/$1-$pyver-$hash"
 
 # A venv is complete once its marker is written, last: an interrupted build is removed and redone.
 if [ ! -f "$venv/.complete" ]; then
