@@ -311,7 +311,10 @@ async fn a_sweep_role_without_delete_sweeps_but_cannot_forget() {
     let out = forget_as(&env, "granted", ("DATABASE_URL", &as_role));
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let line = error_line(&out);
-    assert!(line.contains("permission denied"), "{line}");
+    assert!(
+        line.contains("permission denied") && line.contains("DELETE privilege"),
+        "{line}"
+    );
     assert!(exists(&env, "granted").await, "nothing deleted in Redis");
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 1);
     assert_eq!(env.count("SELECT count(*) FROM erased").await, 0);

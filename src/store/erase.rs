@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::write::{CONVERSATION, KEY};
 use super::{Store, query, query_as, query_scalar};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::run::Receipt;
 
 /// The erasure lock (see migration 20261206000100): batch writes take it shared, erasures
@@ -112,6 +112,7 @@ impl Store {
             Ok(out)
         })
         .await
+        .map_err(missing_privilege)
     }
 
     /// Completes a receipt once its Redis keys are deleted.
@@ -172,6 +173,20 @@ impl Store {
             .await
         })
         .await
+    }
+}
+
+/// A role refused (a sweep's, which needs no DELETE): the line says which privilege is missing.
+fn missing_privilege(e: Error) -> Error {
+    match e {
+        Error::Postgres {
+            source: sqlx::Error::Database(db),
+            ..
+        } if db.code().as_deref() == Some("42501") => Error::Postgres {
+            context: "erase: this role lacks the DELETE privilege an erasure needs (the eraser's role in docs/deploying.md)",
+            source: sqlx::Error::Database(db),
+        },
+        e => e,
     }
 }
 
