@@ -77,14 +77,17 @@ impl Store {
             .await?;
             ids.sort();
             let mut out = found(c, &ids).await?;
+            if t.langgraph {
+                out.ids.extend(threads(c, &ids, dry_run).await?);
+            }
             // Conversations only Redis holds so far count too: their keys go next.
-            out.conversations += t.live_ids.iter().filter(|id| !out.ids.contains(id)).count() as u64;
+            out.ids.extend(t.live_ids.iter().cloned());
+            out.ids.sort();
+            out.ids.dedup();
+            out.conversations = out.ids.len() as u64;
             out.keys.extend(t.live_keys.iter().cloned());
             out.keys.sort();
             out.keys.dedup();
-            if t.langgraph {
-                out.conversations += threads(c, &ids, dry_run).await?;
-            }
             out.rejects = query_scalar::<i64>(
                 "SELECT count(*) FROM sweep_rejects WHERE redis_key = ANY($1)",
             )
@@ -215,19 +218,19 @@ async fn found(c: &mut PgConnection, ids: &[String]) -> sqlx::Result<Erased> {
     })
 }
 
-/// LangGraph's rows of these threads: counted, and deleted unless a dry run. Returns the threads
-/// found. Nothing when its tables are not there.
-async fn threads(c: &mut PgConnection, ids: &[String], dry_run: bool) -> sqlx::Result<u64> {
+/// LangGraph's rows of these threads, deleted unless a dry run. Returns the threads found; none
+/// when its tables are not there.
+async fn threads(c: &mut PgConnection, ids: &[String], dry_run: bool) -> sqlx::Result<Vec<String>> {
     let exists: bool = query_scalar("SELECT to_regclass('checkpoints') IS NOT NULL")
         .fetch_one(&mut *c)
         .await?;
     if !exists {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let n: i64 =
-        query_scalar("SELECT count(DISTINCT thread_id) FROM checkpoints WHERE thread_id = ANY($1)")
+    let found: Vec<String> =
+        query_scalar("SELECT DISTINCT thread_id FROM checkpoints WHERE thread_id = ANY($1)")
             .bind(ids)
-            .fetch_one(&mut *c)
+            .fetch_all(&mut *c)
             .await?;
     if !dry_run {
         for table in ["checkpoint_writes", "checkpoint_blobs", "checkpoints"] {
@@ -239,7 +242,7 @@ async fn threads(c: &mut PgConnection, ids: &[String], dry_run: bool) -> sqlx::R
             .await?;
         }
     }
-    Ok(n as u64)
+    Ok(found)
 }
 
 /// The tombstones of the conversations and of their keys (their late rejects).

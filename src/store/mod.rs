@@ -34,6 +34,9 @@ pub struct Batch {
     pub rejects: Vec<RejectRecord>,
     /// LangGraph threads (`--format langgraph`), written to LangGraph's own tables.
     pub threads: Vec<crate::langgraph::Thread>,
+    /// Checkpoints and threads taken out as erased by a write of this batch (kept here: an
+    /// attempt that fails has taken them out all the same, and a retry must still count them).
+    pub erased: u64,
 }
 
 impl Batch {

@@ -53,7 +53,7 @@ impl Store {
         }
         let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
         statements += 3; // BEGIN, the tombstones' check, COMMIT
-        let erased = erased::drop_erased(batch, &mut tx).await?;
+        erased::drop_erased(batch, &mut tx).await?;
         let batch = &*batch;
         let rows = newest_per_conversation(&batch.checkpoints);
         let copies = copies(&batch.checkpoints);
@@ -122,7 +122,7 @@ impl Store {
             unchanged: (rows.len() - persisted + copies) as u64 + threads.unchanged,
             messages_added: added_to.len() as u64,
             rejects: batch.rejects.len() as u64,
-            erased,
+            erased: batch.erased,
             statements,
         })
     }

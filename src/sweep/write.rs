@@ -209,13 +209,18 @@ async fn write(
         {
             tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
         }
-        Err(e) => return (w, Some((e, batch))),
+        Err(e) => {
+            w.erased += batch.erased;
+            return (w, Some((e, batch)));
+        }
     }
     let Batch {
         checkpoints,
         threads,
         mut rejects,
+        erased,
     } = batch;
+    w.erased += erased;
     let single = |c, t| Batch {
         checkpoints: Vec::from_iter(c),
         threads: Vec::from_iter(t),
@@ -236,6 +241,7 @@ async fn write(
             Err(e) => {
                 // Everything not yet written goes back, for protection; the rows refused so far
                 // go with it as rejects.
+                w.erased += one.erased;
                 let mut rest = one;
                 for b in pending {
                     rest.checkpoints.extend(b.checkpoints);

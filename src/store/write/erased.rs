@@ -13,12 +13,13 @@ pub(crate) const CONVERSATION: &str = "conversation";
 /// A Redis key (the rejects of an erased conversation's keys).
 pub(crate) const KEY: &str = "key";
 
-/// Takes the batch's erased conversations, threads and rejects out of it; returns how many
-/// checkpoints and threads were taken (the keys the sweep counts as `erased`). One statement.
+/// Takes the batch's erased conversations, threads and rejects out of it, counting the
+/// checkpoints and threads taken in `batch.erased` (the keys the sweep counts as `erased`). One
+/// statement.
 pub(super) async fn drop_erased(
     batch: &mut Batch,
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-) -> Result<u64> {
+) -> Result<()> {
     let mut kinds: Vec<&str> = Vec::with_capacity(batch.len());
     let mut names: Vec<&str> = Vec::with_capacity(batch.len());
     let ids = batch
@@ -43,7 +44,7 @@ pub(super) async fn drop_erased(
         .into_iter()
         .collect();
     if erased.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let is = |kind: &str, name: &str| erased.contains(&format!("{kind}:{name}"));
     let before = batch.checkpoints.len() + batch.threads.len();
@@ -57,5 +58,6 @@ pub(super) async fn drop_erased(
         erased = taken,
         "erased conversations read again: not saved, their keys left to their TTL"
     );
-    Ok(taken)
+    batch.erased += taken;
+    Ok(())
 }
