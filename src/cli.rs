@@ -16,6 +16,13 @@ use crate::shard::Shard;
 mod erase;
 pub use erase::{ForgetArgs, PruneArgs};
 
+// Help headings, the same on every subcommand, as cargo and ripgrep group their flags.
+const CONNECTION: &str = "Connection";
+const SELECTION: &str = "Selection";
+const WRITING: &str = "Writing";
+const SAFETY: &str = "Safety";
+const OUTPUT: &str = "Output";
+
 #[derive(Debug, Parser)]
 #[command(name = "sweeper", version, about, after_help = crate::error::exit::help(), max_term_width = 100)]
 pub struct Cli {
@@ -27,6 +34,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = CONNECTION)]
 pub struct GlobalOpts {
     /// Redis holding the checkpoints (redis://[user:password@]host:port/db; rediss:// for TLS).
     #[arg(
@@ -95,15 +103,15 @@ pub struct GlobalOpts {
     pub operation_timeout: Duration,
 
     /// Log format on stderr.
-    #[arg(long, env = "SWEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(help_heading = OUTPUT, long, env = "SWEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
     /// More logging (-v debug, -vv trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    #[arg(help_heading = OUTPUT, short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
     pub verbose: u8,
 
     /// Less logging (-q warnings only, -qq errors only).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(help_heading = OUTPUT, short, long, action = clap::ArgAction::Count, global = true)]
     pub quiet: u8,
 }
 
@@ -172,6 +180,7 @@ pub enum Output {
 
 /// `--output`, for every command that prints a report.
 #[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = OUTPUT)]
 pub struct OutputArg {
     /// Output format on stdout: text for people, or one line of JSON.
     #[arg(long, env = "SWEEPER_OUTPUT", value_enum, default_value_t = Output::Text)]
@@ -181,6 +190,7 @@ pub struct OutputArg {
 /// `--format` / `--mapping`: how conversations are kept in Redis, for every command that reads
 /// conversation keys (run, run --dry-run, daemon, inspect, restore).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = SELECTION)]
 pub struct LayoutArgs {
     /// How checkpoints are stored in Redis: json (a string holding the document), hash (its
     /// fields, `messages` a JSON array string), list (message JSON objects, newest last), rejson
@@ -202,6 +212,7 @@ pub struct LayoutArgs {
 
 /// `--threshold`: what counts as ending.
 #[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = SELECTION)]
 pub struct ThresholdArg {
     /// A key is due (its conversation ending) when its TTL left is under this (e.g. 10m, 90s).
     #[arg(long, env = "SWEEPER_THRESHOLD", default_value = defaults::THRESHOLD, value_parser = parse_duration)]
@@ -210,6 +221,7 @@ pub struct ThresholdArg {
 
 /// Which keys are read, and which are due: `run`, `daemon` and `inspect`.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = SELECTION)]
 pub struct SelectArgs {
     /// SCAN MATCH pattern of checkpoint keys; the conversation id is what follows its literal prefix.
     #[arg(long = "match", env = "SWEEPER_MATCH", default_value = defaults::MATCH)]
@@ -225,6 +237,7 @@ pub struct SelectArgs {
 
 /// How fast Redis is read: `run`, `daemon` and `inspect`.
 #[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = SAFETY)]
 pub struct PaceArgs {
     /// At most this many Redis commands per second (pipelines are spaced to keep under it), to
     /// protect a busy primary. 0: no limit.
@@ -255,12 +268,9 @@ pub enum Command {
     /// Put a saved conversation back into Redis from PostgreSQL (its newest checkpoint, under its
     /// key), refusing to overwrite a live key unless --force.
     Restore(RestoreArgs),
-    /// Erase conversations on request (GDPR art. 17, CCPA): their rows in PostgreSQL and their
-    /// keys in Redis, for good (a later sweep or restore never brings them back); a receipt
-    /// recorded in `erasures`.
+    /// Erase conversations for good (rows, keys; no sweep or restore brings them back); a receipt.
     Forget(ForgetArgs),
-    /// Retention: delete the conversations last updated longer ago than --older-than, in short
-    /// transactions; a receipt recorded in `erasures`.
+    /// Retention: delete the conversations last updated before --older-than; a receipt.
     Prune(PruneArgs),
     /// Print shell completions (e.g. `sweeper completions bash > /etc/bash_completion.d/sweeper`).
     Completions {
@@ -288,11 +298,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Alarm (exit 1) when the newest run with status ok finished longer ago than this.
-    #[arg(long, env = "SWEEPER_MAX_AGE", default_value = "15m", value_parser = parse_duration)]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_MAX_AGE", default_value = "15m", value_parser = parse_duration)]
     pub max_age: Duration,
 
     /// How many runs to show.
-    #[arg(long, env = "SWEEPER_STATUS_RUNS", default_value_t = 10)]
+    #[arg(help_heading = OUTPUT, long, env = "SWEEPER_STATUS_RUNS", default_value_t = 10)]
     pub runs: i64,
 
     #[command(flatten)]
@@ -302,14 +312,14 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct CheckScheduleArgs {
     /// The schedule: 5 crontab fields (0 and 7 are Sunday), 6 with seconds first, or @hourly...
-    #[arg(long, env = "SWEEPER_SCHEDULE")]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_SCHEDULE")]
     pub schedule: String,
 
     #[command(flatten)]
     pub threshold: ThresholdArg,
 
     /// The longest a run takes to read every key (its --deadline bounds it).
-    #[arg(long, env = "SWEEPER_MAX_RUNTIME", default_value = defaults::DEADLINE, value_parser = parse_duration)]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_MAX_RUNTIME", default_value = defaults::DEADLINE, value_parser = parse_duration)]
     pub max_runtime: Duration,
 
     #[command(flatten)]
@@ -320,7 +330,7 @@ pub struct CheckScheduleArgs {
 pub struct MigrateArgs {
     /// With langgraph, also create LangGraph's PostgresSaver tables (checkpoints,
     /// checkpoint_blobs, checkpoint_writes, checkpoint_migrations) exactly as its `setup()` does.
-    #[arg(long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_FORMAT", value_enum, default_value_t = Format::Json)]
     pub format: Format,
 }
 
@@ -329,42 +339,39 @@ pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,
 
-    /// Read and show the due keys; write nothing anywhere (needs only Redis).
-    #[arg(long, env = "SWEEPER_DRY_RUN")]
-    pub dry_run: bool,
-
-    /// How many due keys a dry run lists, the most urgent first (the summary counts the rest).
-    #[arg(long, env = "SWEEPER_LIST", default_value_t = defaults::LIST)]
-    pub list: u64,
-
-    #[command(flatten)]
-    pub out: OutputArg,
-
     #[command(flatten)]
     pub layout: LayoutArgs,
 
     /// Also save keys without TTL (RedisVL, Agent Framework set none) once OBJECT IDLETIME says
     /// nobody touched them this long (e.g. 30m). Not under an LFU maxmemory-policy, which keeps
     /// no idle time; a sweep's own reads count as a touch. Off by default.
-    #[arg(long, env = "SWEEPER_SAVE_IDLE", value_parser = parse_duration)]
+    #[arg(help_heading = SELECTION, long, env = "SWEEPER_SAVE_IDLE", value_parser = parse_duration)]
     pub save_idle: Option<Duration>,
 
     /// Sweep only shard I of N (from 0: 0/3, 1/3, 2/3): N workers split the keys by hash slot,
     /// with no overlap and no gap; each takes its own lock and records its own run.
-    #[arg(long, env = "SWEEPER_SHARD", value_parser = Shard::parse, conflicts_with = "shards")]
+    #[arg(help_heading = SELECTION, long, env = "SWEEPER_SHARD", value_parser = Shard::parse, conflicts_with = "shards")]
     pub shard: Option<Shard>,
 
     /// Sweep one of N shards, the one JOB_COMPLETION_INDEX names (set by Kubernetes Indexed Jobs).
-    #[arg(long, env = "SWEEPER_SHARDS", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    #[arg(help_heading = SELECTION, long, env = "SWEEPER_SHARDS", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub shards: Option<u32>,
+
+    /// Read and show the due keys; write nothing anywhere (needs only Redis).
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_DRY_RUN")]
+    pub dry_run: bool,
 
     /// Conversations per PostgreSQL transaction. Memory follows it (about 4 batches are in
     /// flight); 500 was as fast as 1000 with 40% less memory.
-    #[arg(long, env = "SWEEPER_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
 
+    /// Batches written to PostgreSQL at once, each on its own connection.
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_WRITERS", default_value_t = defaults::WRITERS, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub writers: u64,
+
     /// Checkpoints larger than this are rejected without being read whole (e.g. 16MiB).
-    #[arg(long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = defaults::MAX_VALUE_BYTES, value_parser = parse_size)]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_MAX_VALUE_BYTES", default_value = defaults::MAX_VALUE_BYTES, value_parser = parse_size)]
     pub max_value_bytes: u64,
 
     #[command(flatten)]
@@ -372,22 +379,25 @@ pub struct RunArgs {
 
     /// The schedule this run is started on (crontab form): a --threshold not above its largest
     /// gap is refused, as keys would expire between sweeps.
-    #[arg(long, env = "SWEEPER_SCHEDULE")]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_SCHEDULE")]
     pub schedule: Option<String>,
-
-    /// Batches written to PostgreSQL at once, each on its own connection.
-    #[arg(long, env = "SWEEPER_WRITERS", default_value_t = defaults::WRITERS, value_parser = clap::value_parser!(u64).range(1..=16))]
-    pub writers: u64,
 
     /// Stop scanning after this long, save what was read, exit 5 (status partial). Keep it under
     /// the schedule gap. 0: no deadline.
-    #[arg(long, env = "SWEEPER_DEADLINE", default_value = defaults::DEADLINE, value_parser = parse_duration)]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_DEADLINE", default_value = defaults::DEADLINE, value_parser = parse_duration)]
     pub deadline: Duration,
 
     /// When PostgreSQL cannot take a due key, raise its TTL to this (never lower it) so it outlives
     /// the outage. Must be above --threshold. 0: off.
-    #[arg(long, env = "SWEEPER_PROTECT_TTL", default_value = defaults::PROTECT_TTL, value_parser = parse_duration)]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_PROTECT_TTL", default_value = defaults::PROTECT_TTL, value_parser = parse_duration)]
     pub protect_ttl: Duration,
+
+    /// How many due keys a dry run lists, the most urgent first (the summary counts the rest).
+    #[arg(help_heading = OUTPUT, long, env = "SWEEPER_LIST", default_value_t = defaults::LIST)]
+    pub list: u64,
+
+    #[command(flatten)]
+    pub out: OutputArg,
 
     #[command(flatten)]
     pub publish: PublishArgs,
@@ -395,7 +405,7 @@ pub struct RunArgs {
 
 /// Where the result goes besides stdout.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Results for orchestrators and monitoring")]
+#[command(next_help_heading = OUTPUT)]
 pub struct PublishArgs {
     /// Also write the JSON summary to this file, whatever happens (e.g. /airflow/xcom/return.json).
     #[arg(long, env = "SWEEPER_SUMMARY_FILE")]
@@ -429,11 +439,11 @@ pub struct InspectArgs {
     pub pace: PaceArgs,
 
     /// How many of the largest values to list.
-    #[arg(long, env = "SWEEPER_INSPECT_TOP", default_value_t = 10)]
+    #[arg(help_heading = OUTPUT, long, env = "SWEEPER_INSPECT_TOP", default_value_t = 10)]
     pub top: usize,
 
     /// How many keys to show, picked at random.
-    #[arg(long, env = "SWEEPER_INSPECT_SAMPLES", default_value_t = 5)]
+    #[arg(help_heading = OUTPUT, long, env = "SWEEPER_INSPECT_SAMPLES", default_value_t = 5)]
     pub samples: usize,
 
     #[command(flatten)]
@@ -446,15 +456,15 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The conversation id (the key without its prefix).
-    #[arg(long)]
+    #[arg(help_heading = SELECTION, long)]
     pub conversation: String,
 
     /// TTL of the restored key.
-    #[arg(long, env = "SWEEPER_RESTORE_TTL", default_value = "30m", value_parser = parse_duration)]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_RESTORE_TTL", default_value = "30m", value_parser = parse_duration)]
     pub ttl: Duration,
 
     /// Overwrite the key even when it is live (the chat service's newer state would be lost).
-    #[arg(long)]
+    #[arg(help_heading = SAFETY, long)]
     pub force: bool,
 
     #[command(flatten)]
@@ -467,24 +477,50 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// How many conversations to write.
-    #[arg(long, env = "SWEEPER_SIMULATE_CONVERSATIONS")]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_SIMULATE_CONVERSATIONS")]
     pub conversations: u64,
 
     /// Key prefix: keys are `{prefix}{conversation_id}`.
-    #[arg(long, env = "SWEEPER_MATCH_PREFIX", default_value = "checkpoint:")]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_MATCH_PREFIX", default_value = "checkpoint:")]
     pub match_prefix: String,
 
     /// TTLs are spread uniformly over this range.
-    #[arg(long, env = "SWEEPER_TTL_SPREAD", default_value = "0s..30m", value_parser = parse_ttl_range)]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_TTL_SPREAD", default_value = "0s..30m", value_parser = parse_ttl_range)]
     pub ttl_spread: (Duration, Duration),
 
     /// Messages per conversation, spread uniformly over this range.
-    #[arg(long, env = "SWEEPER_SIMULATE_MESSAGES", default_value = "2..20", value_parser = parse_count_range)]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_SIMULATE_MESSAGES", default_value = "2..20", value_parser = parse_count_range)]
     pub messages: (usize, usize),
 
     /// Seed of the generator: the same seed writes the same conversations.
-    #[arg(long, env = "SWEEPER_SIMULATE_SEED", default_value_t = 1)]
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_SIMULATE_SEED", default_value_t = 1)]
     pub seed: u64,
+}
+
+/// A usage error in one line, as a job log shows it: clap's message with what it lists on the
+/// lines below (the missing arguments), and the `--help` of the subcommand `args` named.
+pub fn usage_line(err: &clap::Error, args: &[String]) -> String {
+    use clap::CommandFactory;
+    let text = err.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .collect();
+    let message = message.join(" ");
+    let cli = Cli::command();
+    let command = match args
+        .iter()
+        .skip(1)
+        .find_map(|a| cli.find_subcommand(a.as_str()))
+    {
+        Some(sub) => format!("sweeper {}", sub.get_name()),
+        None => "sweeper".to_string(),
+    };
+    format!(
+        "{} (see `{command} --help`)",
+        message.trim_start_matches("error: ")
+    )
 }
 
 #[cfg(test)]
@@ -492,9 +528,61 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    fn usage(args: &[&str]) -> String {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        usage_line(&Cli::try_parse_from(&args).unwrap_err(), &args)
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_naming_what_is_wrong() {
+        assert_eq!(
+            usage(&["sweeper", "restore"]),
+            "the following required arguments were not provided: --conversation <CONVERSATION> (see `sweeper restore --help`)"
+        );
+        assert_eq!(
+            usage(&["sweeper", "check-schedule"]),
+            "the following required arguments were not provided: --schedule <SCHEDULE> (see `sweeper check-schedule --help`)"
+        );
+        let bad = usage(&["sweeper", "run", "--threshold", "soon"]);
+        assert!(
+            bad.starts_with("invalid value 'soon' for '--threshold <THRESHOLD>'")
+                && bad.ends_with("(see `sweeper run --help`)"),
+            "{bad}"
+        );
+        let unknown = usage(&["sweeper", "run", "--bogus"]);
+        assert!(
+            unknown.starts_with("unexpected argument '--bogus' found"),
+            "{unknown}"
+        );
+        for line in [bad, unknown] {
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_sits_under_one_of_the_shared_headings() {
+        let mut cli = Cli::command();
+        cli.build();
+        let headings = [CONNECTION, SELECTION, WRITING, SAFETY, OUTPUT];
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.is_positional() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                let heading = arg.get_help_heading();
+                assert!(
+                    heading.is_some_and(|h| headings.contains(&h)),
+                    "sweeper {} --{}: heading {heading:?}",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
     }
 
     #[test]

@@ -208,6 +208,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration like 90s or 10m: {e}"))
 }
 
+/// Prints a duration the way the flags take one, to the second: `9m50s`, `1h30m`, `2d3h`; under a
+/// second, `450ms`. (humantime prints every unit down to nanoseconds, spaced: `9m 50s 445ms`.)
+pub fn format_duration(d: Duration) -> String {
+    let total = d.as_secs();
+    if total == 0 {
+        return match d.subsec_millis() {
+            0 => "0s".to_string(),
+            ms => format!("{ms}ms"),
+        };
+    }
+    let parts = [
+        (total / 86_400, "d"),
+        (total / 3_600 % 24, "h"),
+        (total / 60 % 60, "m"),
+        (total % 60, "s"),
+    ];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect()
+}
+
 /// Parses a byte size: `16MiB`, `512KiB`, `1GiB`, `100kB`, `2048` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -263,6 +286,24 @@ pub fn parse_count_range(s: &str) -> std::result::Result<(usize, usize), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_the_flags_take_them() {
+        let cases = [
+            (590_445, "9m50s"),
+            (5_400_000, "1h30m"),
+            (183_600_000, "2d3h"),
+            (600_000, "10m"),
+            (450, "450ms"),
+            (0, "0s"),
+        ];
+        for (ms, want) in cases {
+            let printed = format_duration(Duration::from_millis(ms));
+            assert_eq!(printed, want);
+            let back = parse_duration(&printed).unwrap();
+            assert_eq!(back.as_secs(), ms / 1000, "{printed} parses back");
+        }
+    }
 
     #[test]
     fn literal_prefix_stops_at_first_glob_character() {

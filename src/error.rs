@@ -82,6 +82,12 @@ pub enum Error {
     )]
     NotMigrated { found: String, needed: i64 },
 
+    /// A PostgreSQL older than the schema is made for: `migrate` changes nothing on it.
+    #[error(
+        "PostgreSQL {version} is not supported: sweeper needs PostgreSQL {oldest} or newer (13 to 18 are tested); upgrade the server"
+    )]
+    UnsupportedServer { version: String, oldest: i32 },
+
     /// Anything else (a bug, an I/O error writing output).
     #[error("{0}")]
     Other(String),
@@ -177,7 +183,9 @@ impl Error {
         match self {
             Error::Usage(_) => exit::USAGE,
             Error::Redis { .. } => exit::REDIS,
-            Error::Postgres { .. } | Error::NotMigrated { .. } => exit::POSTGRES,
+            Error::Postgres { .. }
+            | Error::NotMigrated { .. }
+            | Error::UnsupportedServer { .. } => exit::POSTGRES,
             Error::Other(_) => exit::OTHER,
         }
     }

@@ -21,14 +21,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line, as a job log shows it; `--help` has the rest.
-            let msg = e.to_string();
-            let first = msg
-                .lines()
-                .next()
-                .unwrap_or("bad usage")
-                .trim_start_matches("error: ");
-            eprintln!("sweeper: error: {first} (see `sweeper --help`)");
+            let args: Vec<String> = std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            eprintln!("sweeper: error: {}", sweeper::cli::usage_line(&e, &args));
             return ExitCode::from(exit::USAGE);
         }
     };

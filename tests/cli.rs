@@ -258,6 +258,22 @@ async fn bad_flags_and_urls_are_one_line_and_exit_2() {
         error_line(&out);
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+    // A missing required argument is named, with the subcommand's --help.
+    for (args, named) in [
+        (
+            &["restore"][..],
+            "--conversation <CONVERSATION> (see `sweeper restore --help`)",
+        ),
+        (
+            &["check-schedule"][..],
+            "--schedule <SCHEDULE> (see `sweeper check-schedule --help`)",
+        ),
+    ] {
+        let out = env.command().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let line = error_line(&out);
+        assert!(line.ends_with(named), "{args:?}: {line}");
+    }
     // A sweep that writes needs a database.
     let out = env
         .command()
@@ -275,6 +291,34 @@ async fn bad_flags_and_urls_are_one_line_and_exit_2() {
         help.contains("Exit codes") && help.contains("3  Redis"),
         "{help}"
     );
+}
+
+/// PostgreSQL refusing connections: every command that needs it exits 4 with one line naming
+/// the address and the cause, not the pool's "timed out while waiting for an open connection".
+#[tokio::test]
+async fn postgres_down_is_exit_4_and_one_line_naming_the_host_and_the_cause() {
+    let env = TestEnv::new("pgdown").await;
+    let at = format!("127.0.0.1:{}", closed_port());
+    let down = format!("postgres://sweeper:hunter2@{at}/chat");
+    for args in [
+        &["status"][..],
+        &["migrate"],
+        &["restore", "--conversation", "c1"],
+    ] {
+        let out = env
+            .command()
+            .env("DATABASE_URL", &down)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        let line = error_line(&out);
+        assert!(
+            line.contains(&at) && line.contains("refused") && !line.contains("pool timed out"),
+            "{args:?}: {line}"
+        );
+        assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+    }
 }
 
 /// A loopback port nothing listens on.

@@ -91,6 +91,21 @@ async fn inspect_sums_up_the_keyspace_and_changes_nothing() {
     assert!(text.contains("<- threshold"), "{text}");
     assert!(text.contains("never saved"), "{text}");
     assert!(text.contains("3 due now"), "{text}");
+    // TTLs as people read them and the flags take them: `9m50s`, never `9m 50s 445ms`.
+    assert!(text.contains("5m to 10m"), "{text}");
+    assert!(!text.contains("ms "), "whole seconds: {text}");
+    let largest = text.lines().find(|l| l.contains("bytes  TTL ")).unwrap();
+    let ttl = largest
+        .split("TTL ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(
+        !ttl.is_empty() && sweeper::config::parse_duration(ttl).is_ok(),
+        "{largest}"
+    );
 }
 
 #[tokio::test]

@@ -5,27 +5,6 @@ mod common;
 
 use common::*;
 
-/// The corpus in tests/corpus: (conversation id, value, expected reason code or "ok"). A file is
-/// named `<code>--<what>.<ext>`.
-fn corpus() -> Vec<(String, Vec<u8>, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let mut out: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| {
-            let path = e.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            let (code, _) = name
-                .split_once("--")
-                .expect("corpus files are named <code>--<what>");
-            let id = name.replace('.', "-");
-            (id, std::fs::read(&path).unwrap(), code.to_string())
-        })
-        .collect();
-    out.sort();
-    assert!(out.len() >= 40, "the corpus is in tests/corpus");
-    out
-}
-
 #[tokio::test]
 async fn every_reject_reason_is_recorded_once_and_the_good_checkpoints_are_saved() {
     let env = TestEnv::migrated("rejects").await;

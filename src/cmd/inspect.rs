@@ -309,7 +309,7 @@ impl InspectReport {
     }
 
     pub fn to_text(&self) -> String {
-        let ms = |v: u64| humantime::format_duration(Duration::from_millis(v)).to_string();
+        let ms = |v: u64| crate::config::format_duration(Duration::from_millis(v));
         let mut out = String::new();
         let types: Vec<String> = self.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
         let _ = writeln!(

@@ -108,7 +108,7 @@ impl Hosts {
         let mut c = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| lost(format!("{at} did not answer within {timeout:?}")))?
-            .map_err(Error::postgres("connect"))?;
+            .map_err(|e| Error::postgres("connect")(at_host(opts, e)))?;
         if !self.read_write {
             let _ = c.close().await;
             return Ok(());
@@ -126,6 +126,35 @@ impl Hosts {
                 "{at} is read-only, and target_session_attrs=read-write asks for a host that takes writes"
             ))),
         }
+    }
+}
+
+/// Why no connection to `opts` can be had, in one connection attempt of its own: the pool says
+/// only "pool timed out while waiting for an open connection" when every attempt it made failed.
+pub async fn why_not(opts: &PgConnectOptions, timeout: Duration) -> Error {
+    let at = format!("{}:{}", opts.get_host(), opts.get_port());
+    match tokio::time::timeout(timeout, PgConnection::connect_with(opts)).await {
+        Ok(Err(e)) => Error::postgres("connect")(at_host(opts, e)),
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+            Error::postgres("connect")(sqlx::Error::PoolTimedOut)
+        }
+        Err(_) => Error::postgres("connect")(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{at} did not answer within {timeout:?} (--connect-timeout)"),
+        ))),
+    }
+}
+
+/// A network error that names the host it happened with (kept an I/O error of the same kind,
+/// so it is retried as before).
+fn at_host(opts: &PgConnectOptions, e: sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(
+            io.kind(),
+            format!("{}:{}: {io}", opts.get_host(), opts.get_port()),
+        )),
+        other => other,
     }
 }
 

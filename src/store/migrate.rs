@@ -19,6 +19,10 @@ static UNLOCKED: Migrator = Migrator {
 /// session lock is not taken).
 const MIGRATE_LOCK: i64 = 0x7377_6565_7065_7201;
 
+/// The oldest PostgreSQL major the schema is made for and tested on (tests/postgres_versions.rs
+/// runs 13 to 18); `migrate` refuses an older server before it changes anything.
+const OLDEST_SERVER: i32 = 13;
+
 impl Store {
     /// Applies the migrations not yet applied; returns the versions it applied.
     ///
@@ -27,11 +31,23 @@ impl Store {
     /// every statement it prepared deallocated before the commit: safe through PgBouncer in
     /// transaction mode as well as direct.
     pub async fn migrate(&self) -> Result<Vec<i64>> {
-        let before = self.schema_version().await?;
         let failed = |e: sqlx::Error| Error::Postgres {
             context: "migrate",
             source: e,
         };
+        let (number, version): (i32, String) = super::query_as(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(failed)?;
+        if number < OLDEST_SERVER * 10_000 {
+            return Err(Error::UnsupportedServer {
+                version,
+                oldest: OLDEST_SERVER,
+            });
+        }
+        let before = self.schema_version().await?;
         let mut tx = self.begin().await.map_err(failed)?;
         super::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATE_LOCK)

@@ -202,12 +202,18 @@ impl Store {
             // No startup parameter a pooler may refuse: PgBouncer knows application_name and
             // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
             let opts = opts.application_name("sweeper").extra_float_digits(None);
-            PgPoolOptions::new()
+            match PgPoolOptions::new()
                 .max_connections(writers as u32 + 1)
                 .acquire_timeout(timeouts.connect)
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await
-                .map_err(Error::postgres("connect"))
+            {
+                Ok(pool) => Ok(pool),
+                Err(sqlx::Error::PoolTimedOut) => {
+                    Err(hosts::why_not(&opts, timeouts.connect).await)
+                }
+                Err(e) => Err(Error::postgres("connect")(e)),
+            }
         })
         .await?;
         Ok(Store {

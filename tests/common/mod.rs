@@ -210,6 +210,27 @@ impl TestEnv {
     }
 }
 
+/// The corpus in tests/corpus: (conversation id, value, expected reason code or "ok"). A file is
+/// named `<code>--<what>.<ext>`.
+pub fn corpus() -> Vec<(String, Vec<u8>, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let (code, _) = name
+                .split_once("--")
+                .expect("corpus files are named <code>--<what>");
+            let id = name.replace('.', "-");
+            (id, std::fs::read(&path).unwrap(), code.to_string())
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 40, "the corpus is in tests/corpus");
+    out
+}
+
 /// A connection to a cluster node's plain port.
 pub async fn node_conn(port: u16) -> redis::aio::MultiplexedConnection {
     redis::Client::open(format!("redis://127.0.0.1:{port}/"))

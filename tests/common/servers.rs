@@ -70,8 +70,27 @@ pub struct PrivatePg {
 }
 
 impl PrivatePg {
+    /// Debian's server (`SWEEPER_TEST_PG_BIN`, set by tests/servers.sh).
     pub fn start() -> PrivatePg {
-        let pg = PrivatePg::empty();
+        PrivatePg::start_bin(&PrivatePg::debian_bin())
+    }
+
+    /// The server of another install: `bin` holds `initdb`, `pg_ctl` and `postgres` (with `../lib`
+    /// and `../share` beside it). As root the install is copied into the cluster's own directory
+    /// first: the `postgres` user that runs it may not enter root's cache.
+    pub fn start_bin(bin: &Path) -> PrivatePg {
+        let mut pg = PrivatePg::empty(bin.to_path_buf());
+        if pg.root && bin != PrivatePg::debian_bin() {
+            let copy = pg.dir.join("install");
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(bin.parent().unwrap())
+                .arg(&copy)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "copy {}", bin.display());
+            pg.bin = copy.join("bin");
+        }
         let data = pg.dir.join("data");
         let out = pg
             .pg_tool("initdb")
@@ -99,7 +118,7 @@ impl PrivatePg {
     /// A streaming standby of `primary`, made as operators make one (`pg_basebackup -R`: the copy
     /// plus `standby.signal` and `primary_conninfo`), started read-only on a port of its own.
     pub fn standby_of(primary: &PrivatePg) -> PrivatePg {
-        let pg = PrivatePg::empty();
+        let pg = PrivatePg::empty(primary.bin.clone());
         let out = pg
             .pg_tool("pg_basebackup")
             .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
@@ -140,12 +159,15 @@ impl PrivatePg {
         );
     }
 
-    /// A directory and a port, no cluster yet.
-    fn empty() -> PrivatePg {
-        let bin = PathBuf::from(
+    fn debian_bin() -> PathBuf {
+        PathBuf::from(
             std::env::var("SWEEPER_TEST_PG_BIN")
                 .expect("SWEEPER_TEST_PG_BIN: run through `make test`"),
-        );
+        )
+    }
+
+    /// A directory and a port, no cluster yet.
+    fn empty(bin: PathBuf) -> PrivatePg {
         let dir =
             std::env::temp_dir().join(format!("sweeper-pg-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
