@@ -307,6 +307,7 @@ async fn a_sweep_role_without_delete_sweeps_but_cannot_forget() {
     assert!(out.status.success(), "{}", stderr(&out));
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["persisted"], 1);
+    assert!(!stderr(&out).contains("WARN"), "{}", stderr(&out));
 
     let out = forget_as(&env, "granted", ("DATABASE_URL", &as_role));
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));

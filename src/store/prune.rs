@@ -79,12 +79,13 @@ impl Store {
         for chunk in ids.chunks(batch.max(1)) {
             let (conversations, messages) = self
                 .in_tx("prune", async |c| {
-                    // Rows updated since the scan (a late sweep) are newer than the cutoff: kept.
+                    // The conversations first, their messages after: a row a sweep updated
+                    // since the scan is checked again by the DELETE (newer than the cutoff: kept,
+                    // with its messages). No FOR UPDATE: a row lock writes WAL.
                     let counts: (i64, i64) = query_as(
-                        "WITH doomed AS (SELECT id FROM conversations WHERE id = ANY($1) \
-                             AND coalesce(updated_at, last_persisted_at) < $2 FOR UPDATE), \
-                         m AS (DELETE FROM message_rows WHERE conversation IN (SELECT id FROM doomed) RETURNING 1), \
-                         d AS (DELETE FROM conversations WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
+                        "WITH d AS (DELETE FROM conversations WHERE id = ANY($1) \
+                             AND coalesce(updated_at, last_persisted_at) < $2 RETURNING id), \
+                         m AS (DELETE FROM message_rows WHERE conversation IN (SELECT id FROM d) RETURNING 1) \
                          SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM m)",
                     )
                     .bind(chunk)

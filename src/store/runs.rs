@@ -30,11 +30,15 @@ impl RunLock {
         let released = self
             .store
             .in_tx("release the sweep lock", async |c| {
-                query("DELETE FROM sweep_leases WHERE lock_key = $1 AND owner = $2")
-                    .bind(key)
-                    .bind(owner)
-                    .execute(c)
-                    .await
+                // Expired, not deleted: a sweep's role needs no DELETE (docs/deploying.md).
+                query(
+                    "UPDATE sweep_leases SET expires_at = now() - interval '1 second' \
+                     WHERE lock_key = $1 AND owner = $2",
+                )
+                .bind(key)
+                .bind(owner)
+                .execute(c)
+                .await
             })
             .await;
         if let Err(e) = released {
