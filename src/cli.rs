@@ -14,7 +14,7 @@ use crate::redis::layout::Layout;
 use crate::shard::Shard;
 
 mod erase;
-pub use erase::{ForgetArgs, PruneArgs};
+pub use erase::{ForgetArgs, PruneArgs, RetentionArg};
 
 // Help headings, the same on every subcommand, as cargo and ripgrep group their flags.
 const CONNECTION: &str = "Connection";
@@ -338,6 +338,8 @@ pub struct MigrateArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,
+    #[command(flatten)]
+    pub retention: RetentionArg,
 
     #[command(flatten)]
     pub layout: LayoutArgs,

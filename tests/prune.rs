@@ -90,3 +90,35 @@ async fn prune_deletes_what_is_older_than_the_window_to_the_minute() {
     let out = env.sweeper(&["prune"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn a_sweep_with_retention_prunes_once_a_day() {
+    let env = TestEnv::migrated("prune_retention").await;
+    env.set("old", &doc(Some("2026-11-22T10:00:00Z"), &["m1"]), SOON)
+        .await;
+    env.run_json(&[]);
+    sqlx::query("UPDATE conversations SET updated_at = now() - interval '30 days'")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    let () = env.redis_cmd(redis::cmd("DEL").arg(env.key("old"))).await;
+    env.set("new", &doc(Some("2026-12-06T10:00:00Z"), &["m1"]), SOON)
+        .await;
+    let s = env.run_json(&["--retention", "10d"]);
+    assert_eq!(s["persisted"], 1, "the sweep first: {s}");
+    let left: Vec<String> = sqlx::query_scalar("SELECT conversation_id FROM conversations")
+        .fetch_all(&env.pg)
+        .await
+        .unwrap();
+    assert_eq!(left, ["new"]);
+    let receipts = "SELECT count(*) FROM erasures WHERE action = 'prune' AND reason = '--retention' \
+                    AND conversations = 1 AND older_than_s = 864000";
+    assert_eq!(env.count(receipts).await, 1);
+    // The next sweeps, minutes later, do not prune again.
+    env.run_json(&["--retention", "10d"]);
+    assert_eq!(
+        env.count("SELECT count(*) FROM erasures WHERE action = 'prune'")
+            .await,
+        1
+    );
+}

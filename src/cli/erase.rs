@@ -58,3 +58,13 @@ pub struct PruneArgs {
     #[command(flatten)]
     pub out: OutputArg,
 }
+
+/// `--retention`: retention on the sweep's own schedule (`run`, `daemon`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct RetentionArg {
+    /// After the sweep, once a day (no prune recorded in the last 23 hours), delete the
+    /// conversations last updated longer ago than this, as `sweeper prune --older-than` does (the
+    /// database role then needs DELETE). Off by default.
+    #[arg(help_heading = WRITING, long, env = "SWEEPER_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+}

@@ -32,13 +32,7 @@ pub async fn execute(g: &GlobalOpts, p: &PruneArgs) -> Result<u8> {
     let (receipt, pruned) = match p.dry_run {
         true => (None, store.prune_counts(cutoff).await?),
         false => {
-            let request = Request {
-                action: "prune",
-                scope: "age",
-                requested: 0,
-                older_than_s: Some(p.older_than.as_secs() as i64),
-                reason: None,
-            };
+            let request = request(p.older_than, None);
             let (r, pruned) = store
                 .prune(cutoff, p.prune_batch as usize, &request)
                 .await?;
@@ -80,4 +74,46 @@ pub async fn execute(g: &GlobalOpts, p: &PruneArgs) -> Result<u8> {
     let json = || serde_json::to_string(&out).expect("always serializes");
     super::emit(p.out.output, json, text)?;
     Ok(exit::OK)
+}
+
+fn request(older_than: std::time::Duration, reason: Option<String>) -> Request {
+    Request {
+        action: "prune",
+        scope: "age",
+        requested: 0,
+        older_than_s: Some(older_than.as_secs() as i64),
+        reason,
+    }
+}
+
+/// `--retention` of `run` and `daemon`: a prune after the sweep, unless one ran in the last 23
+/// hours (recorded in `erasures`, so sweeps every five minutes prune once a day, whichever runs
+/// it). A failure is logged; it does not fail the sweep.
+pub async fn when_due(g: &GlobalOpts, older_than: std::time::Duration) {
+    let prune = async {
+        let store = super::connect_store(g).await?;
+        if store
+            .pruned_within(std::time::Duration::from_secs(23 * 3600))
+            .await?
+        {
+            return Ok(None);
+        }
+        let cutoff = store.cutoff(older_than).await?;
+        let reason = Some("--retention".to_string());
+        let done = store
+            .prune(cutoff, 1000, &request(older_than, reason))
+            .await?;
+        Ok::<_, Error>(Some(done))
+    };
+    match prune.await {
+        Ok(Some((receipt, p))) => tracing::info!(
+            %receipt,
+            conversations = p.conversations,
+            messages = p.messages,
+            rejects = p.rejects,
+            "retention: pruned"
+        ),
+        Ok(None) => tracing::debug!("retention: pruned within the last 23 hours"),
+        Err(e) => tracing::error!(exit_code = e.exit_code(), "retention: prune failed: {e}"),
+    }
 }

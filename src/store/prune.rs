@@ -32,6 +32,20 @@ impl Store {
         .await
     }
 
+    /// Whether a prune was recorded within `within` (a scheduled prune runs once a day).
+    pub async fn pruned_within(&self, within: std::time::Duration) -> Result<bool> {
+        self.in_tx("read the last prune", async |c| {
+            query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM erasures WHERE action = 'prune' \
+                 AND at > now() - make_interval(secs => $1))",
+            )
+            .bind(within.as_secs_f64())
+            .fetch_one(c)
+            .await
+        })
+        .await
+    }
+
     /// What a prune to `cutoff` would delete.
     pub async fn prune_counts(&self, cutoff: DateTime<Utc>) -> Result<Pruned> {
         self.in_tx("count what a prune deletes", async |c| {
