@@ -1,7 +1,7 @@
 //! Erasure in PostgreSQL (`sweeper forget`): the named conversations' rows deleted, their
 //! tombstones written and the receipt recorded, in one transaction; and the receipts read back.
 //! Nothing here speaks Redis: the command deletes the keys after this commits, so a forget
-//! stopped in between leaves tombstones a sweep obeys (see [`super::write`]).
+//! stopped in between leaves tombstones a sweep obeys (the batch write checks them).
 
 use sqlx::PgConnection;
 

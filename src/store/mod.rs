@@ -21,7 +21,7 @@ pub mod erase;
 mod hosts;
 pub mod langgraph;
 mod migrate;
-mod prune;
+pub mod prune;
 mod runs;
 mod write;
 
