@@ -323,3 +323,46 @@ async fn a_sweep_role_without_delete_sweeps_but_cannot_forget() {
         .execute(&env.pg)
         .await;
 }
+
+#[tokio::test]
+async fn redis_failing_after_postgresql_leaves_nothing_a_sweep_brings_back_and_a_rerun_finishes() {
+    let env = TestEnv::migrated("forget_half").await;
+    put(&env, ("half-done", "user-h"), 22, &["m1", "m2"], SOON).await;
+    assert_eq!(env.run_json(&[])["persisted"], 1);
+    // A Redis user that may read but not delete: the forget fails between PostgreSQL and Redis.
+    let user = format!("noforget{}", std::process::id());
+    let () = env
+        .redis_cmd(redis::cmd("ACL").arg(
+            &[
+                "SETUSER", &user, "on", ">pw", "~*", "&*", "+@all", "-unlink",
+            ][..],
+        ))
+        .await;
+    let url = env
+        .redis_url
+        .replacen("redis://", &format!("redis://{user}:pw@"), 1);
+    let out = forget_as(&env, "half-done", ("REDIS_URL", &url));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    error_line(&out);
+    assert!(exists(&env, "half-done").await, "the key is still there");
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM erasures WHERE redis_keys IS NULL AND finished_at IS NULL")
+            .await,
+        1,
+        "the receipt says it is not finished"
+    );
+    // What is left in Redis is never saved again.
+    sweep_finds_erased(&env, 1);
+    // The same command again finishes the job.
+    let r = forget_json(&env, &["--conversation", "half-done"]);
+    assert_eq!(
+        (r["conversations"].as_u64(), r["redis_keys"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
+    assert!(!exists(&env, "half-done").await);
+    let () = env
+        .redis_cmd(redis::cmd("ACL").arg(&["DELUSER", &user][..]))
+        .await;
+}

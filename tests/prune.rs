@@ -122,3 +122,41 @@ async fn a_sweep_with_retention_prunes_once_a_day() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_prune_killed_at_any_point_and_run_again_finishes_with_receipts_that_add_up() {
+    let env = TestEnv::migrated("prune_kill").await;
+    env.seed(2000, SOON.unwrap()).await;
+    assert_eq!(env.run_json(&[])["persisted"], 2000);
+    sqlx::query("UPDATE conversations SET updated_at = now() - interval '30 days'")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    for _ in 0..3 {
+        let mut child = env
+            .command()
+            .args(["prune", "--older-than", "10d", "--prune-batch", "10"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.u64(0..300)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let r = prune(&env, &["--older-than", "10d"]);
+    eprintln!("after the kills: {r}");
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 0);
+    assert_eq!(env.count("SELECT count(*) FROM message_rows").await, 0);
+    // Each batch added its counts to its receipt in its own transaction: they add up.
+    assert_eq!(
+        env.count("SELECT sum(conversations)::int8 FROM erasures WHERE action = 'prune'")
+            .await,
+        2000
+    );
+    assert_eq!(
+        env.count("SELECT sum(messages)::int8 FROM erasures WHERE action = 'prune'")
+            .await,
+        6000
+    );
+}
