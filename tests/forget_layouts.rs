@@ -144,3 +144,56 @@ async fn one_key_per_message_is_forgotten_key_by_key() {
         0
     );
 }
+
+#[tokio::test]
+async fn on_a_cluster_each_key_is_forgotten_on_its_node() {
+    let cluster = common::servers::PrivateCluster::start(3);
+    let env = TestEnv::with_cluster("forget_cluster", &cluster).await;
+    let ids: Vec<String> = (0..60).map(|i| format!("k{i:02}")).collect();
+    seed_cluster(&cluster, &env, &ids[..30], SOON.unwrap()).await;
+    seed_cluster(&cluster, &env, &ids[30..], FAR.unwrap()).await;
+    let cluster_env = |cmd: &mut std::process::Command| {
+        cmd.env("SWEEPER_REDIS_CLUSTER", "true");
+    };
+    let mut cmd = env.command();
+    cluster_env(&mut cmd);
+    let out = cmd
+        .args(["run", "--output", "json", "--match", &env.pattern()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every conversation is user u-1's (common::doc): half saved, half only on the nodes.
+    let mut cmd = env.command();
+    cluster_env(&mut cmd);
+    let out = cmd
+        .args([
+            "forget",
+            "--user",
+            "u-1",
+            "--match",
+            &env.pattern(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["conversations"].as_u64(), r["redis_keys"].as_u64()),
+        (Some(60), Some(60)),
+        "{r}"
+    );
+    let owner = slot_owners(&cluster).await;
+    for id in &ids {
+        let key = env.key(id);
+        let port = owner[sweeper::shard::key_slot(key.as_bytes()) as usize];
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut node_conn(port).await)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{key} on :{port}");
+    }
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 0);
+}

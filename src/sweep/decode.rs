@@ -68,21 +68,24 @@ pub fn decode_sample(
     })
 }
 
-/// The conversation and user a value belongs to, decoded as a sweep decodes it (`forget`
+/// The conversation and user each value belongs to, decoded as a sweep decodes it (`forget`
 /// finding a user's live keys). None: gone or not a conversation.
-pub fn decode_owner(
+pub fn decode_owners(
     cfg: &SweepConfig,
-    key: &[u8],
-    fetched: Fetched,
-) -> Option<(String, Option<String>)> {
-    let cfg = SweepConfig {
+    keys: &[Vec<u8>],
+    fetched: Vec<Fetched>,
+) -> Vec<Option<(String, Option<String>)>> {
+    let decoder = Decoder::new(SweepConfig {
         dry_run: false,
         ..cfg.clone()
-    };
-    match Decoder::new(cfg).decode_fetched(key, fetched)? {
-        (Ok((_, Some(c))), _, _) => Some((c.conversation_id, c.user_id)),
-        _ => None,
-    }
+    });
+    keys.iter()
+        .zip(fetched)
+        .map(|(key, f)| match decoder.decode_fetched(key, f)? {
+            (Ok((_, Some(c))), _, _) => Some((c.conversation_id, c.user_id)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the writers receive.

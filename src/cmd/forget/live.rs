@@ -65,10 +65,9 @@ pub async fn scan(
                 continue;
             }
             let fetched = source.read(cfg.layout, &page, cfg.max_value_bytes).await?;
-            for (key, f) in page.into_iter().zip(fetched) {
-                let Some((id, user)) = crate::sweep::decode::decode_owner(cfg, &key, f) else {
-                    continue;
-                };
+            let owners = crate::sweep::decode::decode_owners(cfg, &page, fetched);
+            for (key, owner) in page.into_iter().zip(owners) {
+                let Some((id, user)) = owner else { continue };
                 if ids.contains(id.as_str()) || user.is_some_and(|u| users.contains(u.as_str())) {
                     out.keys.push(key);
                     out.ids.push(id);
