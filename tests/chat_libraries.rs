@@ -82,7 +82,9 @@ fn client(h: &HashMap<String, String>, lib: &str, args: &[&str]) -> Value {
             .arg(dir.join("langchain.mjs"));
         c
     } else {
-        let venv = &h[&format!("venv_{}", lib.replace('-', "_"))];
+        // A library's older key form is written by the same library, from its own venv.
+        let venv_of = lib.trim_end_matches("-legacy").replace('-', "_");
+        let venv = &h[&format!("venv_{venv_of}")];
         let mut c = Command::new(Path::new(venv).join("bin/python"));
         c.arg(dir.join("client.py")).arg(lib);
         c
@@ -424,6 +426,21 @@ async fn sweep_agent_framework() {
     sweep_round_trip(
         "sweep_agent_framework",
         "agent-framework",
+        "agent-framework",
+        None,
+        true,
+    )
+    .await;
+}
+
+/// The keys earlier Agent Framework releases wrote (`chat_messages:{session}`, the library's
+/// `key_format="legacy"`): swept by `--format agent-framework` under their session ids, restored
+/// under the same keys, read back by the library.
+#[tokio::test]
+async fn sweep_agent_framework_older_keys() {
+    sweep_round_trip(
+        "sweep_agent_framework_older_keys",
+        "agent-framework-legacy",
         "agent-framework",
         None,
         true,

@@ -150,6 +150,9 @@ pub struct ConversationFields {
 pub struct Mapping {
     pub description: Option<String>,
     pub key: Vec<Part>,
+    /// Key forms earlier releases of the library wrote (Agent Framework's `chat_messages:{id}`
+    /// before its scoped keys): swept as well, each key read by the first form it fits.
+    pub older_keys: Vec<Vec<Part>>,
     pub redis_type: RedisType,
     pub unit: Unit,
     pub conversation_id: IdSource,
@@ -198,6 +201,8 @@ enum OneOrMany {
 struct File {
     description: Option<String>,
     key: String,
+    #[serde(default)]
+    older_keys: Vec<String>,
     redis_type: RedisType,
     #[serde(default)]
     unit: Unit,
@@ -256,14 +261,25 @@ impl Mapping {
 
     fn from_file(f: File) -> Result<Mapping, MappingError> {
         let key = parse_template(&f.key)?;
+        let older_keys = f
+            .older_keys
+            .iter()
+            .map(|k| parse_template(k))
+            .collect::<Result<Vec<_>, _>>()?;
         let conversation_id = match f.conversation_id.as_deref().unwrap_or("{id}") {
             s if s.starts_with('{') && s.ends_with('}') => {
                 let name = &s[1..s.len() - 1];
-                if !key.iter().any(|p| matches!(p, Part::Hole(h) if h == name)) {
-                    return err(format!(
-                        "mapping: conversation_id {s:?} names no placeholder of key {:?}",
-                        f.key
-                    ));
+                let forms =
+                    std::iter::once((&key, &f.key)).chain(older_keys.iter().zip(&f.older_keys));
+                for (parts, text) in forms {
+                    if !parts
+                        .iter()
+                        .any(|p| matches!(p, Part::Hole(h) if h == name))
+                    {
+                        return err(format!(
+                            "mapping: conversation_id {s:?} names no placeholder of key {text:?}"
+                        ));
+                    }
                 }
                 IdSource::Key(name.to_string())
             }
@@ -307,6 +323,7 @@ impl Mapping {
         let mut m = Mapping {
             description: f.description,
             key,
+            older_keys,
             redis_type: f.redis_type,
             unit: f.unit,
             conversation_id,
@@ -329,31 +346,41 @@ impl Mapping {
     }
 
     /// The SCAN pattern of the key template: each placeholder a `*`, Redis glob characters of the
-    /// literal parts escaped. The default `--match`.
+    /// literal parts escaped. The default `--match`. With older key forms, the literal start they
+    /// all share and a `*`: one SCAN finds every form.
     pub fn pattern(&self) -> String {
-        let mut out = String::new();
-        for part in &self.key {
-            match part {
-                Part::Hole(_) => out.push('*'),
-                Part::Literal(l) => {
-                    for c in l.chars() {
-                        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                            out.push('\\');
-                        }
-                        out.push(c);
-                    }
-                }
+        if !self.older_keys.is_empty() {
+            let start = |parts: &[Part]| match parts.first() {
+                Some(Part::Literal(l)) => l.clone(),
+                _ => String::new(),
+            };
+            let mut shared = start(&self.key);
+            for form in &self.older_keys {
+                let other = start(form);
+                let len: usize = shared
+                    .chars()
+                    .zip(other.chars())
+                    .take_while(|(a, b)| a == b)
+                    .map(|(a, _)| a.len_utf8())
+                    .sum();
+                shared.truncate(len);
             }
+            return glob_of(&[Part::Literal(shared), Part::Hole(String::new())]);
         }
-        out
+        glob_of(&self.key)
     }
 
     /// The placeholders of the key template in `key`, by name; None when the key does not fit
-    /// the template. An earlier placeholder takes as much as it can (`chat:{id}:{msg}` reads
-    /// `chat:a:b:01J` as id `a:b`): the trailing parts of the presets hold no separator.
+    /// the template (nor an older form). An earlier placeholder takes as much as it can
+    /// (`chat:{id}:{msg}` reads `chat:a:b:01J` as id `a:b`): the trailing parts of the presets
+    /// hold no separator.
     pub fn key_holes<'k>(&self, key: &'k str) -> Option<Vec<(&str, &'k str)>> {
-        let mut out = Vec::new();
-        match_parts(&self.key, key, &mut out).then_some(out)
+        std::iter::once(&self.key)
+            .chain(&self.older_keys)
+            .find_map(|form| {
+                let mut out = Vec::new();
+                match_parts(form, key, &mut out).then_some(out)
+            })
     }
 
     /// The key for conversation `id` (a template with placeholder `{id}` alone), for restore.
@@ -455,6 +482,25 @@ fn parse_template(t: &str) -> Result<Vec<Part>, MappingError> {
         ));
     }
     Ok(parts)
+}
+
+/// A key template as a SCAN pattern: each placeholder a `*`, Redis glob characters escaped.
+fn glob_of(parts: &[Part]) -> String {
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            Part::Hole(_) => out.push('*'),
+            Part::Literal(l) => {
+                for c in l.chars() {
+                    if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Matches `key` against `parts`, each hole taking at least one character, the earlier ones as

@@ -384,6 +384,31 @@ fn key_templates_match_and_build_keys() {
 }
 
 #[test]
+fn older_key_forms_are_found_by_one_pattern_and_read_for_their_id() {
+    let af = preset("agent-framework");
+    assert_eq!(af.pattern(), "chat_messages*");
+    assert_eq!(
+        af.key_holes("chat_messages|v2|t|app|agent|src|s0"),
+        Some(vec![("scope", "t|app|agent|src"), ("id", "s0")])
+    );
+    assert_eq!(
+        af.key_holes("chat_messages:afl-0"),
+        Some(vec![("id", "afl-0")])
+    );
+    assert_eq!(af.key_holes("other:afl-0"), None);
+    let no_id = Mapping::from_toml(
+        "key = \"a:{id}\"\nolder_keys = [\"b:{x}\"]\nredis_type = \"list\"\n[message]\nrole = \"r\"\ncontent = \"c\"\n",
+    );
+    assert!(
+        no_id
+            .unwrap_err()
+            .0
+            .contains("names no placeholder of key \"b:{x}\""),
+        "an older form must hold the id too"
+    );
+}
+
+#[test]
 fn times_in_every_form_libraries_write() {
     use decode::parse_ts;
     let s = |t: &str, n| parse_ts(t, n).unwrap().to_rfc3339();

@@ -168,6 +168,9 @@ def openai_agents_read(a):
 def agent_framework_provider(a):
     from agent_framework_redis import RedisHistoryProvider
 
+    if a.lib == "agent-framework-legacy":
+        # The key form earlier releases wrote, chat_messages:{session} (deprecated, still there).
+        return RedisHistoryProvider(redis_url=a.url, key_format="legacy")
     return RedisHistoryProvider(redis_url=a.url, application_id=AF_APPLICATION)
 
 
@@ -280,6 +283,7 @@ LIBS = {
     "redisvl": (redisvl_write, redisvl_read),
     "openai-agents": (openai_agents_write, openai_agents_read),
     "agent-framework": (agent_framework_write, agent_framework_read),
+    "agent-framework-legacy": (agent_framework_write, agent_framework_read),
     "agent-memory-server": (agent_memory_server_write, agent_memory_server_read),
     "rasa": (rasa_write, rasa_read),
 }
