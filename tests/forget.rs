@@ -117,6 +117,14 @@ async fn a_forgotten_conversation_never_comes_back() {
     assert_eq!(in_clear(&env, "conv-alpha").await, 0, "no id in clear");
     assert_eq!(in_clear(&env, "user-alpha").await, 0, "no user in clear");
 
+    // The tombstones survive `migrate` (the salt is made once, kept).
+    let salt = "SELECT encode(salt, 'hex') FROM erasure_salt";
+    let before: String = sqlx::query_scalar(salt).fetch_one(&env.pg).await.unwrap();
+    let out = env.sweeper(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after: String = sqlx::query_scalar(salt).fetch_one(&env.pg).await.unwrap();
+    assert_eq!(before, after);
+
     // A late write of the key, then a newer checkpoint under the same id: never saved again.
     put(&env, ("conv-alpha", "user-alpha"), 22, &["m1", "m2"], SOON).await;
     sweep_finds_erased(&env, 1);
