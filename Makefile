@@ -85,9 +85,9 @@ demo-steps:
 	@echo; echo "== 5. sweeper run again: nothing changed, nothing written"
 	$(SWEEPER) -q run --output json
 	@echo; echo "== 6. What landed in PostgreSQL"
-	psql -X -q "$$DATABASE_URL" -c "SELECT conversation_id, user_id, message_count, updated_at, last_run_id FROM conversations ORDER BY updated_at DESC LIMIT 8" \
-	  -c "SELECT conversation_id, seq, role, left(content, 50) AS content FROM messages WHERE conversation_id = (SELECT min(conversation_id) FROM conversations) ORDER BY seq LIMIT 6" \
-	  -c "SELECT id, status, scanned, due, persisted, unchanged, rejected, duration_ms FROM sweep_runs ORDER BY id"
+	psql -X -q "$$DATABASE_URL" -c "SELECT conversation_id, user_id, message_count, updated_at, last_run_id FROM sweeper.conversations ORDER BY updated_at DESC LIMIT 8" \
+	  -c "SELECT conversation_id, seq, role, left(content, 50) AS content FROM sweeper.messages WHERE conversation_id = (SELECT min(conversation_id) FROM sweeper.conversations) ORDER BY seq LIMIT 6" \
+	  -c "SELECT id, status, scanned, due, persisted, unchanged, rejected, duration_ms FROM sweeper.sweep_runs ORDER BY id"
 
 # Supply chain: cargo-audit (crates.io's, built once into ~/.cache/sweeper/cargo-tools by
 # tests/orchestrators/tools.sh) checks Cargo.lock against the RustSec advisory database snapshot in

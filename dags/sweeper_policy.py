@@ -22,7 +22,7 @@ RUN_ENV = {
     "SWEEPER_LOG_FORMAT": "json",
 }
 
-# Retention (docs/deploying.md#postgresql-roles-who-may-delete): SWEEPER_RETENTION where the DAGs
+# Retention (docs/deploying.md#retention-on-a-schedule): SWEEPER_RETENTION where the DAGs
 # are parsed or the workflow is packaged (e.g. 365d) makes each sweep prune, once a day, the
 # conversations last updated longer ago (`sweeper run --retention`); the sweep's database URL must
 # then be a role with DELETE. Unset: no retention.
@@ -41,4 +41,4 @@ SECRET_DATABASE_URL = "database-url"
 # runs when a sweep persisted conversations (sweeper_downstream.py). The URI names where the table
 # is (postgres://HOST:PORT/DATABASE/SCHEMA/TABLE); SWEEPER_ASSET_URI sets yours.
 CONVERSATIONS_ASSET = "sweeper_conversations"
-CONVERSATIONS_URI = os.environ.get("SWEEPER_ASSET_URI", "postgres://postgres:5432/sweeper/public/conversations")
+CONVERSATIONS_URI = os.environ.get("SWEEPER_ASSET_URI", "postgres://postgres:5432/sweeper/sweeper/conversations")

@@ -448,6 +448,11 @@ async fn sweep_agent_framework_older_keys() {
     .await;
 }
 
+/// Redis Agent Memory Server 0.14.0 declares Python >= 3.12; Debian 12 has 3.11.2 and neither
+/// Debian nor PyPI ships a 3.12 interpreter. Its frozen set is installed as it is, without
+/// resolution (tests/layouts/setup.sh): the same code writes the same keys (the working-memory
+/// JSON its own client reads back below), and nothing it imports needs 3.12 (async-timeout is
+/// added for redis-py below 3.11.3). Faithful as long as its own client reads back what it wrote.
 #[test]
 fn agent_memory_server() {
     round_trip(
@@ -470,6 +475,9 @@ async fn sweep_agent_memory_server() {
     .await;
 }
 
+/// Rasa 3.6 declares Python < 3.11 (for TensorFlow); its RedisTrackerStore imports none of
+/// TensorFlow. Installed the same way, without resolution; its tracker store reads back what
+/// it wrote, on the 3.11 here.
 #[test]
 fn rasa() {
     round_trip("rasa", "rasa", "rasa", None);

@@ -177,12 +177,22 @@ async fn messages_without_ids_are_stored_once_across_sweeps() {
     assert_eq!(count, 5);
 }
 
+/// The library's store on the test's database, in the default schema.
+async fn store(env: &TestEnv) -> Store {
+    Store::connect(
+        &env.database_url,
+        &Default::default(),
+        sweeper::config::Timeouts::default(),
+        1,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts() {
     let env = TestEnv::migrated("dupbatch").await;
-    let store = Store::connect(&env.database_url, sweeper::config::Timeouts::default(), 1)
-        .await
-        .unwrap();
+    let store = store(&env).await;
     let old = doc(Some("2026-11-22T10:00:00Z"), &["m1"]).to_string();
     let new = doc(Some("2026-11-22T10:05:00Z"), &["m1", "m2"]).to_string();
     let mut batch = Batch {
@@ -216,9 +226,7 @@ async fn a_batch_holding_one_conversation_twice_neither_fails_nor_double_counts(
 #[tokio::test]
 async fn packed_checkpoints_build_messages_only_where_they_are_written() {
     let env = TestEnv::migrated("packed").await;
-    let store = Store::connect(&env.database_url, sweeper::config::Timeouts::default(), 1)
-        .await
-        .unwrap();
+    let store = store(&env).await;
     let old = doc(Some("2026-11-22T10:00:00Z"), &["m1"]).to_string();
     let new = doc(Some("2026-11-22T10:05:00Z"), &["m1", "m2", "m3"]).to_string();
     let packed =

@@ -290,3 +290,216 @@ async fn message_rows_reference_their_conversation_and_name_their_run() {
     let code = e.as_database_error().and_then(|d| d.code()).unwrap();
     assert_eq!(code, "23503", "{e}");
 }
+
+/// The last migration before sweeper's tables had a schema of their own.
+const BEFORE_OWN_SCHEMA: i64 = 20261203000001;
+
+/// Every row of `schema.table`, as text, sorted.
+async fn table_rows(pg: &PgPool, schema: &str, table: &str) -> Vec<String> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT coalesce(array_agg(t::text ORDER BY t::text), '{{}}') FROM {schema}.{table} t"
+    )))
+    .fetch_one(pg)
+    .await
+    .unwrap()
+}
+
+/// The relations and functions named in `schema`, sorted.
+async fn objects_in(pg: &PgPool, schema: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class WHERE relnamespace = $1::regnamespace
+         UNION ALL SELECT proname::text || '()' FROM pg_proc WHERE pronamespace = $1::regnamespace
+         ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(pg)
+    .await
+    .unwrap()
+}
+
+/// A chat service's database as it is before sweeper: its own `conversations` and `messages`,
+/// and its own sqlx migrations table. Returns each table's rows.
+async fn chat_service_tables(pg: &PgPool) -> Vec<Vec<String>> {
+    sqlx::raw_sql(
+        "CREATE TABLE conversations (id serial PRIMARY KEY, title text NOT NULL);
+         CREATE TABLE messages (id serial PRIMARY KEY, conversation_id int REFERENCES conversations, body text);
+         CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text NOT NULL,
+             installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL,
+             checksum bytea NOT NULL, execution_time bigint NOT NULL);
+         INSERT INTO conversations (title) VALUES ('support'), ('sales');
+         INSERT INTO messages (conversation_id, body) VALUES (1, 'hi'), (2, 'hello');
+         INSERT INTO _sqlx_migrations VALUES (20240101000000, 'chat', now(), true, '\\x00', 1)",
+    )
+    .execute(pg)
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    for t in ["conversations", "messages", "_sqlx_migrations"] {
+        all.push(table_rows(pg, "public", t).await);
+    }
+    all
+}
+
+/// `migrate` in the chat service's own database: sweeper's tables go to their schema (`--schema`
+/// or SWEEPER_SCHEMA), the service's tables and its sqlx migrations stay as they were, and sweeps
+/// write to sweeper's.
+#[tokio::test]
+async fn migrate_beside_a_chat_services_own_conversations_and_messages() {
+    let env = TestEnv::new("schema_beside").await;
+    // The service's connection: the default search_path.
+    let app = PgPool::connect(&env.database_url).await.unwrap();
+    let before = chat_service_tables(&app).await;
+    for _ in 0..2 {
+        let out = env.sweeper(&["migrate"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    env.set("a", &doc(Some("2026-11-22T10:00:00Z"), &["m1", "m2"]), SOON)
+        .await;
+    let s = env.run_json(&[]);
+    assert_eq!(s["persisted"], 1, "{s}");
+    assert_eq!(env.count("SELECT count(*) FROM sweeper.messages").await, 2);
+    let status = env.sweeper(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let mut after = Vec::new();
+    for t in ["conversations", "messages", "_sqlx_migrations"] {
+        after.push(table_rows(&app, "public", t).await);
+    }
+    assert_eq!(after, before, "the chat service's tables changed");
+    assert_eq!(
+        objects_in(&app, "public").await,
+        [
+            "_sqlx_migrations",
+            "_sqlx_migrations_pkey",
+            "conversations",
+            "conversations_id_seq",
+            "conversations_pkey",
+            "messages",
+            "messages_id_seq",
+            "messages_pkey"
+        ]
+    );
+
+    // Another schema, by its environment twin: a database of its own, as far as sweeper sees.
+    let other = env
+        .command()
+        .env("SWEEPER_SCHEMA", "chat_archive")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{}", stderr(&other));
+    let status = env
+        .command()
+        .args(["status", "--schema", "chat_archive", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "no run yet: {}",
+        stderr(&status)
+    );
+    assert_eq!(
+        objects_in(&app, "chat_archive").await,
+        objects_in(&app, "sweeper").await
+    );
+    let bad = env.sweeper(&["status", "--schema", "Bad-Name"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
+
+/// An install migrated before the schema of its own: a sweep refuses it until `migrate` moves
+/// every table, view, function and sequence to the schema, each row as it was, LangGraph's
+/// tables left where LangGraph reads them; sweeps go on from the same ids.
+#[tokio::test]
+async fn an_install_in_public_moves_to_its_schema_without_losing_a_row() {
+    let env = TestEnv::new("schema_move").await;
+    let plain = PgPool::connect(&env.database_url).await.unwrap();
+    migrate_to(&plain, BEFORE_OWN_SCHEMA).await;
+    // Rows in every table, as sweeps of that version wrote them (a message's text kept in its
+    // row, another in the document only).
+    sqlx::raw_sql(
+        r#"INSERT INTO sweep_runs (match_pattern, threshold_ms, version, status) VALUES ('checkpoint:*', 600000, 'old', 'ok');
+           INSERT INTO conversations (conversation_id, redis_key, checkpoint, checkpoint_messages, message_count, content_hash, last_run_id)
+               VALUES ('c1', 'checkpoint:c1', '{"messages": [{"id": "m0", "role": "user", "content": "older"},
+                                                 {"id": "m1", "role": "user", "content": "hi"}]}', 2, 2, '\x01', 1);
+           INSERT INTO message_rows (conversation, message_key, run_id, seq, message_id, role, content)
+               SELECT id, sweeper_message_key('id:m0'), 1, 0, 'm0', 'user', 'older' FROM conversations;
+           INSERT INTO message_rows (conversation, message_key, run_id, seq, message_id, role, content)
+               SELECT id, sweeper_message_key('id:m1'), 1, 1, 'm1', 'user', NULL FROM conversations;
+           INSERT INTO sweep_rejects (redis_key, value_hash, reason, raw, raw_size) VALUES ('checkpoint:bad', '\x02', 'not_json', 'x', 1);
+           INSERT INTO sweep_leases (lock_key, name, owner, expires_at) VALUES (1, 'checkpoint:*', 'h 1 2', now());
+           CREATE TABLE checkpoint_migrations (v integer PRIMARY KEY);
+           INSERT INTO checkpoint_migrations VALUES (0);"#,
+    )
+    .execute(&plain)
+    .await
+    .unwrap();
+    let tables = [
+        "_sqlx_migrations",
+        "sweep_runs",
+        "conversations",
+        "message_rows",
+        "messages",
+        "sweep_rejects",
+        "sweep_leases",
+    ];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(table_rows(&plain, "public", t).await);
+    }
+
+    let refused = env.sweeper(&["run"]);
+    assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
+    assert!(
+        error_line(&refused).contains("sweeper migrate"),
+        "{}",
+        stderr(&refused)
+    );
+    let out = env.sweeper(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(1 migration(s) applied now)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (t, rows) in tables.iter().zip(&before) {
+        let mut moved = table_rows(&plain, "sweeper", t).await;
+        if *t == "_sqlx_migrations" {
+            moved.pop(); // the move itself
+        }
+        assert_eq!(&moved, rows, "{t}");
+    }
+    assert_eq!(
+        objects_in(&plain, "public").await,
+        ["checkpoint_migrations", "checkpoint_migrations_pkey"],
+        "left behind"
+    );
+
+    // A sweep goes on: a new conversation draws the next id, the stored one takes a new message.
+    env.set(
+        "c1",
+        &doc(Some("2030-01-01T00:00:00Z"), &["m1", "m2"]),
+        SOON,
+    )
+    .await;
+    env.set("c2", &doc(None, &["x"]), SOON).await;
+    let s = env.run_json(&[]);
+    assert_eq!(s["persisted"], 2, "{s}");
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM conversations ORDER BY id")
+        .fetch_all(&env.pg)
+        .await
+        .unwrap();
+    assert_eq!(ids, [1, 2]);
+    // The trigger keeps a replaced text for whoever updates a conversation, whatever their
+    // search_path.
+    sqlx::query("UPDATE sweeper.conversations SET checkpoint = '{\"messages\": []}' WHERE id = 1")
+        .execute(&plain)
+        .await
+        .unwrap();
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT content FROM sweeper.messages WHERE conversation_id = 'c1' ORDER BY seq",
+    )
+    .fetch_all(&plain)
+    .await
+    .unwrap();
+    assert_eq!(texts, ["older", "hi", "text of m2"]);
+}

@@ -129,7 +129,7 @@ fn assert_exit(out: &Output, code: i32) {
 /// Conversations of `ids` neither saved in PostgreSQL (at `pg_url`) nor kept in Redis (at
 /// `redis_url`) past [`AT_RISK_MS`]: what the chat service's TTL will take for good.
 async fn lost(env: &TestEnv, redis_url: &str, pg_url: &str, ids: &[String]) -> usize {
-    let pg = PgPool::connect(pg_url).await.unwrap();
+    let pg = common::pg_pool(pg_url).await;
     let saved: HashSet<String> = sqlx::query_scalar("SELECT conversation_id FROM conversations")
         .fetch_all(&pg)
         .await
@@ -179,7 +179,7 @@ async fn last_protected(env: &TestEnv, ids: &[String], cut: Instant) -> f64 {
 }
 
 async fn rows(pg_url: &str) -> i64 {
-    let pg = PgPool::connect(pg_url).await.unwrap();
+    let pg = common::pg_pool(pg_url).await;
     let n = sqlx::query_scalar("SELECT count(*) FROM conversations")
         .fetch_one(&pg)
         .await
@@ -209,7 +209,7 @@ async fn wait_rows(pg: &PgPool, at_least: i64, run: &mut Child) {
 }
 
 async fn runs_left_running(pg_url: &str) -> i64 {
-    let pg = PgPool::connect(pg_url).await.unwrap();
+    let pg = common::pg_pool(pg_url).await;
     let n = sqlx::query_scalar("SELECT count(*) FROM sweep_runs WHERE status = 'running'")
         .fetch_one(&pg)
         .await
@@ -462,10 +462,19 @@ async fn a_slow_network_to_both_servers_saves_everything() {
 /// Issue 17, row 1: Debian's PgBouncer (1.18) in transaction mode with the config operators
 /// write. `migrate` through it works or refuses in one line naming the direct URL; lone runs
 /// are never skipped nor failed (no startup options, no named statements left on a pooled
-/// backend, no session lock leaked); two runs at once save each conversation once.
+/// backend, no session lock leaked); two runs at once save each conversation once. The role's
+/// search_path is set as docs/deploying.md says for a pooler in transaction mode (the batch's
+/// lookup runs outside a transaction, on whichever server the pooler picks).
 #[tokio::test]
 async fn pgbouncer_transaction_mode_runs_lock_and_migrate() {
     let env = TestEnv::new("topo_bouncer_tx").await;
+    let db = env.database_url.rsplit_once('/').unwrap().1;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER ROLE CURRENT_USER IN DATABASE {db} SET search_path = sweeper, public"
+    )))
+    .execute(&env.pg)
+    .await
+    .unwrap();
     let bouncer = PrivatePgBouncer::start(port_of(&env.database_url), PoolMode::Transaction, 3);
     let via = bouncer.url_for(&env.database_url);
     let out = output_within(

@@ -92,6 +92,12 @@ pub struct GlobalOpts {
     #[arg(long, env = "SWEEPER_DATABASE_URL_FILE", global = true)]
     pub database_url_file: Option<PathBuf>,
 
+    /// PostgreSQL schema holding sweeper's tables (created by `migrate` when missing), so they
+    /// sit beside an application's own `conversations` and `messages`. LangGraph's tables
+    /// (--format langgraph) stay in `public`.
+    #[arg(long, env = "SWEEPER_SCHEMA", default_value = crate::store::schema::DEFAULT, value_parser = crate::store::Schema::parse, global = true)]
+    pub schema: crate::store::Schema,
+
     /// How long to wait for Redis or PostgreSQL before calling it down.
     #[arg(long, env = "SWEEPER_CONNECT_TIMEOUT", default_value = defaults::CONNECT_TIMEOUT, value_parser = parse_duration, global = true)]
     pub connect_timeout: Duration,
@@ -288,7 +294,8 @@ pub enum Command {
     /// Play the chat service: write N realistic checkpoints with TTLs spread over a range.
     Simulate(SimulateArgs),
     /// Show the last runs; exit 1 when the newest successful run is older than --max-age (the
-    /// alarm for a schedule that silently stopped).
+    /// alarm for a schedule that silently stopped), 4 when PostgreSQL cannot be read: alert on
+    /// any exit but 0.
     Status(StatusArgs),
     /// Check that a schedule saves every key: its largest gap plus the run time must stay under
     /// the threshold. Exit 0 with the margin, 1 with the window that loses data.

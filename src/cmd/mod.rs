@@ -47,7 +47,7 @@ pub async fn execute(cli: &Cli, shutdown: &Shutdown) -> Result<u8> {
 
 /// PostgreSQL of the global options, one connection.
 async fn connect_store(g: &GlobalOpts) -> Result<Store> {
-    Store::connect(&database_url(g)?, timeouts(g), 1).await
+    Store::connect(&database_url(g)?, &g.schema, timeouts(g), 1).await
 }
 
 fn redis_url(g: &GlobalOpts) -> Result<String> {

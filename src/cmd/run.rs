@@ -124,6 +124,7 @@ pub fn prepare(g: &GlobalOpts, r: &RunArgs) -> Result<(SweepConfig, sweep::Endpo
             true => None,
             false => Some(super::database_url(g)?),
         },
+        schema: g.schema.clone(),
         timeouts: super::timeouts(g).fit(cfg.threshold)?,
     };
     Ok((cfg, ends))

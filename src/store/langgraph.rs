@@ -90,9 +90,17 @@ pub fn needed() -> i64 {
 /// recorded, recording it. Outside a transaction, as setup() (CREATE INDEX CONCURRENTLY cannot
 /// run in one): give it a direct URL, not a pooler in transaction mode. Returns the versions
 /// applied.
+///
+/// In `public`, not sweeper's schema: a LangGraph app reads them with the default search_path.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
     let mut conn = pool
         .acquire()
+        .await
+        .map_err(Error::postgres("LangGraph migrate"))?;
+    // This connection's search_path no longer starts with sweeper's schema: not back to the pool.
+    conn.close_on_drop();
+    sqlx::raw_sql("SET search_path = public")
+        .execute(&mut *conn)
         .await
         .map_err(Error::postgres("LangGraph migrate"))?;
     sqlx::raw_sql(MIGRATIONS[0])

@@ -23,9 +23,11 @@ pub mod langgraph;
 mod migrate;
 pub mod prune;
 mod runs;
+pub mod schema;
 mod write;
 
 pub use runs::RunLock;
+pub use schema::Schema;
 
 /// What one batch brings to the store.
 #[derive(Debug, Default)]
@@ -128,6 +130,8 @@ pub struct Store {
     begin: Arc<str>,
     /// The client's own deadline for one transaction.
     operation: Duration,
+    /// Where sweeper's tables are.
+    schema: Schema,
 }
 
 /// Every statement is sent unnamed (`persistent(false)`): sqlx names a statement even with its
@@ -160,16 +164,18 @@ where
     sqlx::query_scalar(sql).persistent(false)
 }
 
-/// BEGIN, then the server's own limits for this transaction only (`SET LOCAL`): sent as
-/// startup options they are refused by PgBouncer (`unsupported startup parameter: options`) or,
-/// ignored there, silently dropped. A statement or lock wait that hangs ends on the server about
-/// when the client gives up on it.
-fn begin_sql(operation: Duration) -> String {
+/// BEGIN, then the server's own limits and the schema for this transaction only (`SET LOCAL`):
+/// sent as startup options they are refused by PgBouncer (`unsupported startup parameter:
+/// options`) or, ignored there, silently dropped; set for the session, a pooler in transaction
+/// mode runs the next transaction on another server. A statement or lock wait that hangs ends
+/// on the server about when the client gives up on it.
+fn begin_sql(operation: Duration, schema: &Schema) -> String {
     let ms = operation.as_millis().max(1);
     format!(
         "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {}; \
-         SET LOCAL idle_in_transaction_session_timeout = {ms}",
-        (ms * 2 / 3).max(1)
+         SET LOCAL idle_in_transaction_session_timeout = {ms}; SET LOCAL search_path = {}",
+        (ms * 2 / 3).max(1),
+        schema.search_path()
     )
 }
 
@@ -193,7 +199,26 @@ impl Store {
     /// (and takes writes, when asked). The pool holds a connection for each of `writers`
     /// parallel batch writes and one for the run's records and lock: bounded, so two sweeps
     /// through a small pooler pool cannot each hold part of it while waiting for more.
-    pub async fn connect(url: &str, timeouts: Timeouts, writers: usize) -> Result<Store> {
+    ///
+    /// Each connection's `search_path` starts with `schema`, for the statements sent outside a
+    /// transaction (a direct connection or a pooler in session mode); a transaction sets it
+    /// again ([`begin_sql`]), which is what holds behind a pooler in transaction mode. There,
+    /// the batch's lookup (one statement, outside a transaction) finds the schema only by the
+    /// role's own search_path (docs/deploying.md).
+    pub async fn connect(
+        url: &str,
+        schema: &Schema,
+        timeouts: Timeouts,
+        writers: usize,
+    ) -> Result<Store> {
+        // Set only where the role's own default differs: a role given the schema's search_path
+        // (as a pooler in transaction mode needs) then sends no session SET at all.
+        let path = schema.search_path();
+        let set_path: Arc<str> = format!(
+            "SELECT set_config('search_path', '{path}', false) \
+             WHERE current_setting('search_path') <> '{path}'"
+        )
+        .into();
         let targets = hosts::Hosts::parse(url)?;
         // Refused or reset connections are retried until `timeout`, as sqlx-cli does; the hosts
         // are tried again each time, so a standby promoted meanwhile is found.
@@ -202,7 +227,17 @@ impl Store {
             // No startup parameter a pooler may refuse: PgBouncer knows application_name and
             // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
             let opts = opts.application_name("sweeper").extra_float_digits(None);
+            let set_path = set_path.clone();
             match PgPoolOptions::new()
+                .after_connect(move |conn, _| {
+                    let set_path = set_path.clone();
+                    Box::pin(async move {
+                        sqlx::raw_sql(AssertSqlSafe(set_path.to_string()))
+                            .execute(conn)
+                            .await
+                            .map(drop)
+                    })
+                })
                 .max_connections(writers as u32 + 1)
                 .acquire_timeout(timeouts.connect)
                 .connect_with(opts.clone())
@@ -218,8 +253,9 @@ impl Store {
         .await?;
         Ok(Store {
             pool,
-            begin: begin_sql(timeouts.operation).into(),
+            begin: begin_sql(timeouts.operation, schema).into(),
             operation: timeouts.operation,
+            schema: schema.clone(),
         })
     }
 
@@ -283,14 +319,16 @@ impl Store {
         &self,
         conversation_id: &str,
     ) -> Result<Vec<(String, String)>> {
-        sqlx::query_as(
-            "SELECT redis_key, element::text FROM messages \
-             WHERE conversation_id = $1 AND redis_key IS NOT NULL ORDER BY seq",
-        )
-        .bind(conversation_id)
-        .fetch_all(&self.pool)
+        self.in_tx("read the conversation's messages", async |c| {
+            query_as(
+                "SELECT redis_key, element::text FROM messages \
+                 WHERE conversation_id = $1 AND redis_key IS NOT NULL ORDER BY seq",
+            )
+            .bind(conversation_id)
+            .fetch_all(c)
+            .await
+        })
         .await
-        .map_err(Error::postgres("read the conversation's messages"))
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Endpoints {
     pub redis_cluster: bool,
     /// None for a dry run.
     pub database_url: Option<String>,
+    /// Where sweeper's tables are in that database.
+    pub schema: crate::store::Schema,
     pub timeouts: Timeouts,
 }
 
@@ -85,13 +87,15 @@ pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shu
         Err(e) => return failed(e, Counters::default()),
     };
     let store = match (&ends.database_url, cfg.dry_run) {
-        (Some(url), false) => match Store::connect(url, ends.timeouts, cfg.writers).await {
-            Ok(store) => Some(store),
-            Err(e) => {
-                let (e, c) = protect::protect_after(e, cfg, source, shutdown).await;
-                return failed(e, c);
+        (Some(url), false) => {
+            match Store::connect(url, &ends.schema, ends.timeouts, cfg.writers).await {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    let (e, c) = protect::protect_after(e, cfg, source, shutdown).await;
+                    return failed(e, c);
+                }
             }
-        },
+        }
         _ => None,
     };
     let mut outcome = run(cfg, source, store.as_ref(), shutdown).await;

@@ -328,6 +328,8 @@ async fn fresh_db(env: &Env, admin: &PgPool, db: &str) {
     for sql in [
         format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
         format!("CREATE DATABASE {db}"),
+        // The bench's own clients read sweeper's tables unqualified, as the binary does.
+        format!("ALTER DATABASE {db} SET search_path = sweeper, public"),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(admin)

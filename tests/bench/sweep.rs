@@ -209,6 +209,11 @@ async fn reset(env: &Env) -> PgPool {
         .execute(&admin)
         .await
         .unwrap();
+    // The bench's own clients (psql, pools) read sweeper's tables unqualified, as the binary does.
+    sqlx::query("ALTER DATABASE sweeper_bench SET search_path = sweeper, public")
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
     let out = env.sweeper().arg("migrate").output().unwrap();
     assert!(out.status.success());

@@ -81,9 +81,9 @@ pub async fn sizes(db: &PgPool) -> Vec<(String, i64)> {
                 sum(pg_relation_size(c.oid))::int8 \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'i', 't') \
-           AND (n.nspname = 'public' OR (n.nspname = 'pg_toast' AND EXISTS ( \
+           AND (n.nspname = 'sweeper' OR (n.nspname = 'pg_toast' AND EXISTS ( \
                 SELECT 1 FROM pg_class o JOIN pg_namespace p ON p.oid = o.relnamespace \
-                WHERE p.nspname = 'public' AND o.reltoastrelid IN (c.oid, (SELECT i.indrelid FROM pg_index i \
+                WHERE p.nspname = 'sweeper' AND o.reltoastrelid IN (c.oid, (SELECT i.indrelid FROM pg_index i \
                                                                             WHERE i.indexrelid = c.oid))))) \
          GROUP BY 1 ORDER BY 2 DESC",
     )

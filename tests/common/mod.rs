@@ -61,7 +61,7 @@ impl TestEnv {
             .unwrap();
         admin.close().await;
         let database_url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
-        let pg = PgPool::connect(&database_url).await.unwrap();
+        let pg = pg_pool(&database_url).await;
         let client = redis::Client::open(redis_url.as_str()).unwrap();
         let redis = client.get_multiplexed_async_connection().await.unwrap();
         TestEnv {
@@ -182,7 +182,7 @@ impl TestEnv {
 
     /// A new pool: after a PostgreSQL restart the old one holds dead connections.
     pub async fn fresh_pg(&self) -> PgPool {
-        PgPool::connect(&self.database_url).await.unwrap()
+        pg_pool(&self.database_url).await
     }
 
     /// Writes `n` due-or-not checkpoints `c00000`.. with three messages each, pipelined.
@@ -208,6 +208,15 @@ impl TestEnv {
             .await
             .unwrap()
     }
+}
+
+/// A pool on `url` (a direct connection, not a pooler's) that reads sweeper's tables unqualified,
+/// as the binary does: its schema, then `public`.
+pub async fn pg_pool(url: &str) -> PgPool {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    PgPool::connect_with(opts.options([("search_path", "sweeper,public")]))
+        .await
+        .unwrap()
 }
 
 /// The corpus in tests/corpus: (conversation id, value, expected reason code or "ok"). A file is

@@ -41,6 +41,11 @@ done
 
 # LangChain.js: the versions the issue measured; a changed line here gets a new folder.
 npm_pkgs="@langchain/redis@1.1.2 @langchain/core@1.4.0"
+# Node trusts only the CA list built into it; Debian's store (/etc/ssl/certs) is where the machine's
+# own CAs are (a company proxy's among them), as pip and apt use it.
+if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then
+  export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+fi
 npm_dir="$cache/npm/$(echo "$npm_pkgs" | sha256sum | cut -c1-12)"
 if [ ! -f "$npm_dir/.complete" ]; then
   command -v npm >/dev/null || unavailable "no npm"

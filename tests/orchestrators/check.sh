@@ -191,7 +191,7 @@ check_k8s_sharded() {
   fresh_db sharded orch-sharded 2m..5m
   SWEEPER_TEST_DUE=50 "${VENV[lint]}/bin/python" tests/orchestrators/run_as_declared.py sharded k8s/cronjob-sharded.yaml
   local stored
-  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM conversations')
+  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM sweeper.conversations')
   echo "conversations stored: $stored of 50"
   [ "$stored" = 50 ]
 }
@@ -237,8 +237,8 @@ check_airflow_dags_test() {
   echo "xcom return_value: $xcom"
   # The XCom is the summary line, JSON-encoded as a string: decode both, check it against PostgreSQL.
   local stored runs events queued
-  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM conversations')
-  runs=$(psql -X -At "$DATABASE_URL" -c "SELECT count(*) FROM sweep_runs WHERE status = 'ok'")
+  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM sweeper.conversations')
+  runs=$(psql -X -At "$DATABASE_URL" -c "SELECT count(*) FROM sweeper.sweep_runs WHERE status = 'ok'")
   echo "conversations stored: $stored; sweep_runs ok: $runs"
   # The Asset: one event, its extra the summary's counts, and the downstream DAG queued by it.
   events=$(airflow_db "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id
@@ -355,7 +355,7 @@ check_dagster() {
     >"$work/dagster.log" 2>&1 || rc=$?
   grep -E 'ASSET_MATERIALIZATION|RUN_SUCCESS|RUN_FAILURE|pipes' "$work/dagster.log" | cut -c1-300 || true
   [ "$rc" = 0 ] || { tail -n 40 "$work/dagster.log"; echo "dagster asset materialize exited $rc"; return 1; }
-  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM conversations')
+  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM sweeper.conversations')
   echo "conversations stored: $stored of 50"
   [ "$stored" -gt 0 ]
   "$dagster/bin/python" tests/orchestrators/check_dagster.py materialized "$stored"

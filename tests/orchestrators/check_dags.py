@@ -53,7 +53,7 @@ for dag_id in ("sweeper", "sweeper_local"):
     landed = dag.task_dict.get("conversations_landed")
     if landed is not None:
         outlets = [(o.name, o.uri) for o in landed.outlets]
-        expect(outlets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/public/conversations")],
+        expect(outlets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/sweeper/conversations")],
                f"conversations_landed's outlet is the conversations Asset: {outlets}")
         expect(landed.upstream_task_ids == {"sweep"}, f"conversations_landed follows the sweep: {landed.upstream_task_ids}")
         expect(task.outlets == [], f"the sweep itself emits no asset event (a run that saved nothing): {task.outlets}")
@@ -102,7 +102,7 @@ if downstream is not None:
     print("sweeper_conversations_landed:")
     assets = [(a.name, a.uri) for a in downstream.timetable.asset_condition.objects] \
         if hasattr(downstream.timetable, "asset_condition") else []
-    expect(assets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/public/conversations")],
+    expect(assets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/sweeper/conversations")],
            f"scheduled on the conversations Asset: {assets} ({type(downstream.timetable).__name__})")
     expect(downstream.catchup is False, f"catchup {downstream.catchup}")
 

@@ -72,14 +72,19 @@ def diff(a, b, path="") -> list[str]:
     return [] if a == b else [f"{path}: chart {a!r}, k8s/ {b!r}"]
 
 
+# The one required value without a default (k8s/cronjob.yaml's address).
+PUSHGATEWAY = ("--set", "pushgateway=http://pushgateway.monitoring:9091")
+
+
 def template(name: str, *args: str) -> subprocess.CompletedProcess:
-    return run(helm, "template", name, CHART, "--namespace", "sweeper", "--kube-version", "1.37.0", *args)
+    return run(helm, "template", name, CHART, "--namespace", "sweeper", "--kube-version", "1.37.0", *PUSHGATEWAY,
+               *args)
 
 
 # --- lint and render --------------------------------------------------------------------------
 SHARDED = ("--set", "shards=3", "--set", "backoffLimit=2")
 for what, args in (("defaults", ()), ("sharded", SHARDED)):
-    r = run(helm, "lint", "--strict", CHART, *args)
+    r = run(helm, "lint", "--strict", CHART, *PUSHGATEWAY, *args)
     print(r.stdout.strip())
     expect(r.returncode == 0, f"helm lint --strict ({what}): {r.stderr.strip()}")
 
@@ -155,6 +160,7 @@ for args, want in (
     (("--set-json", "protectTtl=true"), "protectTtl"),
     (("--set-json", "protectTtl=1"), "protectTtl"),
     (("--set", "existingSecret="), "existingSecret"),
+    (("--set", "pushgateway="), "pushgateway is required"),
 ):
     r = template("sweeper", *args)
     wants = want if isinstance(want, tuple) else (want,)

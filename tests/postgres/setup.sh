@@ -28,6 +28,11 @@ PINS="
 "
 
 cache=${SWEEPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sweeper}/postgres
+# Node trusts only the CA list built into it; Debian's store (/etc/ssl/certs) is where the machine's
+# own CAs are (a company proxy's among them), as pip and apt use it.
+if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then
+  export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+fi
 mkdir -p "$cache"
 command -v npm >/dev/null || unavailable "no npm (Debian's npm package)"
 

@@ -1,0 +1,130 @@
+//! The privileges docs/deploying.md gives each step, run as written: the administrator's
+//! statements, `migrate` as the schema's owner, its grants, then each command as a role with
+//! exactly those rights; and what a role without them cannot do.
+
+mod common;
+
+use common::*;
+use sqlx::PgPool;
+
+/// The ```sql blocks of the section "PostgreSQL: the schema and privileges", in order.
+fn documented_sql() -> Vec<String> {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploying.md")).unwrap();
+    let section = page
+        .split("\n## PostgreSQL: the schema and privileges\n")
+        .nth(1)
+        .expect("the section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    section
+        .split("```sql\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap().to_string())
+        .collect()
+}
+
+/// `url` with another user.
+fn as_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}@{host}")
+}
+
+async fn exec(pg: &PgPool, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(pg)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{sql}"));
+}
+
+#[tokio::test]
+async fn each_step_runs_with_the_documented_privileges_and_no_more() {
+    let env = TestEnv::new("privileges").await;
+    let db = env.database_url.rsplit_once('/').unwrap().1.to_string();
+    let blocks = documented_sql();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    // The roles, as the administrator creates them (cluster-wide: kept across runs).
+    for role in [
+        "sweeper_migrate",
+        "sweeper_run",
+        "sweeper_restore",
+        "sweeper_eraser",
+    ] {
+        exec(
+            &env.pg,
+            &format!(
+                "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            ),
+        )
+        .await;
+    }
+    exec(
+        &env.pg,
+        &blocks[0].replace("IN DATABASE chat ", &format!("IN DATABASE {db} ")),
+    )
+    .await;
+    let url = |role: &str| as_user(&env.database_url, role);
+    let as_role = |role: &str, args: &[&str]| {
+        let mut cmd = env.command();
+        cmd.env("DATABASE_URL", url(role)).args(args);
+        if args[0] == "run" {
+            cmd.args(["--match", &env.pattern(), "--output", "json"]);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = as_role("sweeper_migrate", &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let owner = PgPool::connect(&url("sweeper_migrate")).await.unwrap();
+    exec(&owner, &blocks[1]).await;
+
+    env.set("a", &doc(Some("2026-11-22T10:00:00Z"), &["m1"]), SOON)
+        .await;
+    let out = as_role("sweeper_run", &["run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A newer document: the update, and the trigger keeping a replaced text.
+    env.set("a", &doc(Some("2026-11-22T11:00:00Z"), &["m0", "m1"]), SOON)
+        .await;
+    let out = as_role("sweeper_run", &["run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["persisted"], 1, "{summary}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM sweep_leases WHERE expires_at > now()")
+            .await,
+        0,
+        "the lease is released (expired: the sweep's role has no DELETE)"
+    );
+    for args in [
+        &["status"][..],
+        &["restore", "--conversation", "a", "--force"],
+    ] {
+        let out = as_role("sweeper_restore", args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+
+    // And no more: the sweep's role cannot migrate, the reader's cannot sweep.
+    let out = as_role("sweeper_run", &["migrate"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_role("sweeper_restore", &["run"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 2);
+
+    // Only the eraser deletes: the sweep's role cannot forget, the eraser's can, and prunes.
+    let forget = ["forget", "--conversation", "a", "--match", &env.pattern()];
+    let out = as_role("sweeper_run", &forget);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(error_line(&out).contains("DELETE"), "{}", stderr(&out));
+    let out = as_role("sweeper_eraser", &forget);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 0);
+    let out = as_role("sweeper_eraser", &["prune", "--older-than", "365d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
