@@ -67,3 +67,8 @@ CREATE INDEX erasures_at ON erasures (at DESC);
 
 -- Keys a sweep found erased and left to their TTL.
 ALTER TABLE sweep_runs ADD COLUMN erased bigint NOT NULL DEFAULT 0;
+
+-- Pinned to the schema they were made in, as the trigger's function is (20261206000001): they
+-- find `erasure_salt` and `erased` whoever calls them, whatever their search_path.
+ALTER FUNCTION sweeper_erasure_hash(text, text) SET search_path FROM CURRENT;
+ALTER FUNCTION sweeper_erased_among(text[], text[]) SET search_path FROM CURRENT;
