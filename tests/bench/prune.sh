@@ -19,6 +19,8 @@ bin=$here/target/release/sweeper
 [ -x "$bin" ] || bin=$here/target/debug/sweeper
 : "${SWEEPER_TEST_PG_ADMIN:?run through tests/servers.sh exec}"
 base=${SWEEPER_TEST_PG_ADMIN%/*}
+# sweeper's tables are in its schema (`--schema`, default sweeper): psql finds them unqualified.
+export PGOPTIONS="-c search_path=${SWEEPER_SCHEMA:-sweeper},public"
 
 fill() { # DB
   psql -qX "$base/$1" -v ON_ERROR_STOP=1 -c "
