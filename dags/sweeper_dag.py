@@ -1,4 +1,4 @@
-"""Airflow DAGs running `sweeper run` every five minutes (Airflow 3.3).
+"""Airflow DAGs running `sweeper run` every five minutes, and `sweeper prune` daily (Airflow 3.3).
 
 - `sweeper`: a KubernetesPodOperator on the sweeper image, the URLs from the Kubernetes Secret
   `sweeper` (the one k8s/cronjob.yaml mounts), the JSON summary pushed to XCom through
@@ -7,7 +7,12 @@
   worker (`SWEEPER_BIN`, default `sweeper` on PATH), with REDIS_URL and DATABASE_URL from the
   worker's environment; the JSON summary (stdout's last line) goes to XCom.
 
-In both, a task `conversations_landed` after the sweep updates the Asset `sweeper_conversations`
+- `sweeper_retention`: retention, daily: `sweeper prune` in a pod (a KubernetesPodOperator on the
+  same image), deleting the conversations last updated longer ago than the Airflow Variable
+  `sweeper_retention` (default 365d), with the eraser's database URL from the Kubernetes Secret
+  `sweeper-eraser` (a role with DELETE, which the sweep's has not; docs/deploying.md).
+
+In both sweep DAGs, a task `conversations_landed` after the sweep updates the Asset `sweeper_conversations`
 (the conversations table) when the sweep persisted something, with the counts as the event's
 extra; when nothing was persisted it is skipped and no asset event is emitted, so DAGs scheduled
 on the Asset (sweeper_downstream.py) run only when conversations landed.
@@ -33,7 +38,10 @@ from kubernetes.client import models as k8s
 from sweeper_policy import (
     CONVERSATIONS_ASSET,
     CONVERSATIONS_URI,
+    ERASER_SECRET,
     IMAGE,
+    RETENTION_SCHEDULE,
+    RETENTION_TIMEOUT,
     RUN_ENV,
     SCHEDULE,
     SECRET,
@@ -64,11 +72,11 @@ DEFAULT_ARGS = {
 }
 
 
-def _dag(dag_id: str, doc: str) -> DAG:
+def _dag(dag_id: str, doc: str, schedule: str = SCHEDULE) -> DAG:
     return DAG(
         dag_id=dag_id,
         doc_md=doc,
-        schedule=SCHEDULE,
+        schedule=schedule,
         start_date=datetime(2026, 1, 1),
         # Only the latest sweep matters: a missed one is not worth running late.
         catchup=False,
@@ -103,6 +111,19 @@ def _conversations_landed(sweep) -> None:
     conversations_landed(sweep.output)
 
 
+# The same locked-down pod as k8s/cronjob.yaml, for every pod of these DAGs.
+POD_SECURITY = k8s.V1PodSecurityContext(
+    run_as_non_root=True,
+    run_as_user=65532,
+    run_as_group=65532,
+    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+)
+CONTAINER_SECURITY = k8s.V1SecurityContext(
+    allow_privilege_escalation=False,
+    read_only_root_filesystem=True,
+    capabilities=k8s.V1Capabilities(drop=["ALL"]),
+)
+
 with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summary in XCom."):
     pod = KubernetesPodOperator(
         task_id="sweep",
@@ -131,18 +152,8 @@ with _dag("sweeper", "`sweeper run` in a pod on the sweeper image; the JSON summ
         # Kubernetes kills the pod too if the task's timeout somehow did not.
         active_deadline_seconds=int(TIMEOUT.total_seconds()),
         automount_service_account_token=False,
-        # The same locked-down pod as k8s/cronjob.yaml.
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=65532,
-            run_as_group=65532,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
-        container_security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False,
-            read_only_root_filesystem=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        ),
+        security_context=POD_SECURITY,
+        container_security_context=CONTAINER_SECURITY,
         container_resources=k8s.V1ResourceRequirements(
             requests={"cpu": "250m", "memory": "128Mi"},
             limits={"cpu": "1", "memory": "256Mi"},
@@ -166,3 +177,33 @@ with _dag("sweeper_local", "`sweeper run` on the worker (no Kubernetes); the JSO
         do_xcom_push=True,
     )
     _conversations_landed(bash)
+
+
+with _dag(
+    "sweeper_retention",
+    "`sweeper prune` daily in a pod, with the eraser's database URL; its JSON report in the log.",
+    schedule=RETENTION_SCHEDULE,
+):
+    KubernetesPodOperator(
+        task_id="prune",
+        name="sweeper-prune",
+        namespace=NAMESPACE,
+        image=IMAGE_TEMPLATE,
+        arguments=["prune", "--output", "json", "--log-format", "json"],
+        # The window from the Variable `sweeper_retention` (read when the task runs), or 365d.
+        env_vars={"SWEEPER_OLDER_THAN": "{{ var.value.get('sweeper_retention', '365d') }}"},
+        # Only the database, and as the eraser: no Redis, and not the sweep's role.
+        secrets=[Secret("env", "DATABASE_URL", ERASER_SECRET, SECRET_DATABASE_URL)],
+        get_logs=True,
+        on_finish_action="delete_pod",
+        # A prune stopped here has a receipt of what it deleted; the next one deletes the rest.
+        execution_timeout=RETENTION_TIMEOUT,
+        active_deadline_seconds=int(RETENTION_TIMEOUT.total_seconds()),
+        automount_service_account_token=False,
+        security_context=POD_SECURITY,
+        container_security_context=CONTAINER_SECURITY,
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "100m", "memory": "64Mi"},
+            limits={"cpu": "500m", "memory": "128Mi"},
+        ),
+    )

@@ -30,6 +30,12 @@ RETENTION = os.environ.get("SWEEPER_RETENTION", "")
 if RETENTION:
     RUN_ENV["SWEEPER_RETENTION"] = RETENTION
 
+# The retention DAG (sweeper_retention): daily, as k8s/retention-cronjob.yaml, with the eraser's
+# database URL from its own Secret (same key as the sweep's).
+RETENTION_SCHEDULE = "17 3 * * *"
+RETENTION_TIMEOUT = timedelta(hours=1)
+ERASER_SECRET = "sweeper-eraser"
+
 # The image (`SWEEPER_IMAGE` where the DAGs are parsed or the workflow is packaged overrides it).
 IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
 # The Kubernetes Secret holding the URLs, and its keys (as in k8s/).
