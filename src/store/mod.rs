@@ -1,8 +1,9 @@
 //! The only code that speaks PostgreSQL: the schema (migrations), the bulk upsert of a batch of
-//! checkpoints, rejects, and the record of each run.
+//! checkpoints, rejects, and the record of each run; erasure (`erase`) and retention (`prune`).
 //!
-//! A batch is one transaction of three statements whatever its size (messages, conversations,
-//! rejects): either all of a batch is saved or none of it, and a re-run repairs a crash.
+//! A batch is one transaction of a few statements whatever its size (the tombstones' check,
+//! messages, conversations, rejects): either all of a batch is saved or none of it, and a re-run
+//! repairs a crash.
 
 use std::sync::Arc;
 use std::time::Duration;
