@@ -1,4 +1,4 @@
-"""Airflow DAGs running `sweeper run` every five minutes (Airflow 3.3).
+"""Airflow DAGs running `sweeper run` every five minutes, and `sweeper prune` daily (Airflow 3.3).
 
 - `sweeper`: a KubernetesPodOperator on the sweeper image, the URLs from the Kubernetes Secret
   `sweeper` (the one k8s/cronjob.yaml mounts), the JSON summary pushed to XCom through
@@ -9,10 +9,16 @@
 - `sweeper_local_sharded`: the same, one mapped task per shard (`SWEEPER_DAG_SHARDS`, 3), each
   running `sweeper run --shard I/N` on its share of the keys (docs/scale-out.md).
 
-In each, a task `migrate` runs `sweeper migrate` first, with a URL of its own (the Secret
+- `sweeper_retention`: retention, daily: `sweeper prune` in a pod (a KubernetesPodOperator on the
+  same image), deleting the conversations last updated longer ago than the Airflow Variable
+  `sweeper_retention` (default 365d), with the eraser's database URL from the Kubernetes Secret
+  `sweeper-eraser` (a role with DELETE, which the sweep's has not; docs/deploying.md).
+
+In each sweep DAG, a task `migrate` runs `sweeper migrate` first, with a URL of its own (the Secret
 `SWEEPER_MIGRATE_SECRET`, or the worker's `SWEEPER_MIGRATE_DATABASE_URL`; the sweep's by default),
 and the sweep runs after it whether it succeeded or not: with PostgreSQL down the sweep must still
-protect the due keys (and refuses a schema it finds too old). A task `conversations_landed` after the sweep updates the Asset `sweeper_conversations`
+protect the due keys (and refuses a schema it finds too old). A task `conversations_landed` after
+the sweep updates the Asset `sweeper_conversations`
 (the conversations table) when the sweep persisted something, with the counts as the event's
 extra; when nothing was persisted it is skipped and no asset event is emitted, so DAGs scheduled
 on the Asset (sweeper_downstream.py) run only when conversations landed.
@@ -38,8 +44,11 @@ from kubernetes.client import models as k8s
 from sweeper_policy import (
     CONVERSATIONS_ASSET,
     CONVERSATIONS_URI,
+    ERASER_SECRET,
     IMAGE,
     MIGRATE_SECRET,
+    RETENTION_SCHEDULE,
+    RETENTION_TIMEOUT,
     RUN_ENV,
     SCHEDULE,
     SECRET,
@@ -71,11 +80,11 @@ DEFAULT_ARGS = {
 }
 
 
-def _dag(dag_id: str, doc: str) -> DAG:
+def _dag(dag_id: str, doc: str, schedule: str = SCHEDULE) -> DAG:
     return DAG(
         dag_id=dag_id,
         doc_md=doc,
-        schedule=SCHEDULE,
+        schedule=schedule,
         start_date=datetime(2026, 1, 1),
         # Only the latest sweep matters: a missed one is not worth running late.
         catchup=False,
@@ -113,6 +122,20 @@ def _conversations_landed(sweep) -> None:
     conversations_landed(sweep.output)
 
 
+# The same locked-down pod as k8s/cronjob.yaml, for every pod of these DAGs.
+POD_SECURITY = k8s.V1PodSecurityContext(
+    run_as_non_root=True,
+    run_as_user=65532,
+    run_as_group=65532,
+    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+)
+CONTAINER_SECURITY = k8s.V1SecurityContext(
+    allow_privilege_escalation=False,
+    read_only_root_filesystem=True,
+    capabilities=k8s.V1Capabilities(drop=["ALL"]),
+)
+
+
 def _pod(task_id: str, arguments: list[str], secrets: list[Secret], **kwargs) -> KubernetesPodOperator:
     """A pod on the sweeper image, locked down as k8s/cronjob.yaml's; the URLs as env from a
     Secret (a reference: no URL or password is in the DAG or the pod spec)."""
@@ -130,18 +153,8 @@ def _pod(task_id: str, arguments: list[str], secrets: list[Secret], **kwargs) ->
         # Kubernetes kills the pod too if the task's timeout somehow did not.
         active_deadline_seconds=int(TIMEOUT.total_seconds()),
         automount_service_account_token=False,
-        # The same locked-down pod as k8s/cronjob.yaml.
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=65532,
-            run_as_group=65532,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
-        container_security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False,
-            read_only_root_filesystem=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        ),
+        security_context=POD_SECURITY,
+        container_security_context=CONTAINER_SECURITY,
         container_resources=k8s.V1ResourceRequirements(
             requests={"cpu": "250m", "memory": "128Mi"},
             limits={"cpu": "1", "memory": "256Mi"},
@@ -215,3 +228,33 @@ with _dag(
     )
     _local_migrate() >> shards
     _conversations_landed(shards)
+
+
+with _dag(
+    "sweeper_retention",
+    "`sweeper prune` daily in a pod, with the eraser's database URL; its JSON report in the log.",
+    schedule=RETENTION_SCHEDULE,
+):
+    KubernetesPodOperator(
+        task_id="prune",
+        name="sweeper-prune",
+        namespace=NAMESPACE,
+        image=IMAGE_TEMPLATE,
+        arguments=["prune", "--output", "json", "--log-format", "json"],
+        # The window from the Variable `sweeper_retention` (read when the task runs), or 365d.
+        env_vars={"SWEEPER_OLDER_THAN": "{{ var.value.get('sweeper_retention', '365d') }}"},
+        # Only the database, and as the eraser: no Redis, and not the sweep's role.
+        secrets=[Secret("env", "DATABASE_URL", ERASER_SECRET, SECRET_DATABASE_URL)],
+        get_logs=True,
+        on_finish_action="delete_pod",
+        # A prune stopped here has a receipt of what it deleted; the next one deletes the rest.
+        execution_timeout=RETENTION_TIMEOUT,
+        active_deadline_seconds=int(RETENTION_TIMEOUT.total_seconds()),
+        automount_service_account_token=False,
+        security_context=POD_SECURITY,
+        container_security_context=CONTAINER_SECURITY,
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "100m", "memory": "64Mi"},
+            limits={"cpu": "500m", "memory": "128Mi"},
+        ),
+    )

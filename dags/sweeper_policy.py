@@ -26,6 +26,20 @@ RUN_ENV = {
     "SWEEPER_LOG_FORMAT": "json",
 }
 
+# Retention (docs/deploying.md#retention-on-a-schedule): SWEEPER_RETENTION where the DAGs
+# are parsed or the workflow is packaged (e.g. 365d) makes each sweep prune, once a day, the
+# conversations last updated longer ago (`sweeper run --retention`); the sweep's database URL must
+# then be a role with DELETE. Unset: no retention.
+RETENTION = os.environ.get("SWEEPER_RETENTION", "")
+if RETENTION:
+    RUN_ENV["SWEEPER_RETENTION"] = RETENTION
+
+# The retention DAG (sweeper_retention): daily, as k8s/retention-cronjob.yaml, with the eraser's
+# database URL from its own Secret (same key as the sweep's).
+RETENTION_SCHEDULE = "17 3 * * *"
+RETENTION_TIMEOUT = timedelta(hours=1)
+ERASER_SECRET = "sweeper-eraser"
+
 # The image (`SWEEPER_IMAGE` where the DAGs are parsed or the workflow is packaged overrides it).
 IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
 # The Kubernetes Secret holding the URLs, and its keys (as in k8s/).

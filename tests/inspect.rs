@@ -133,6 +133,9 @@ async fn the_spinner_shows_on_a_terminal_only() {
             "/dev/null",
         ])
         .env("REDIS_URL", &env.redis_url)
+        // A terminal names itself: with no TERM, indicatif takes it for a dumb one and draws
+        // nothing (a job runner's environment, and a stripped one like a newcomer's `env -i`).
+        .env("TERM", "xterm-256color")
         .output()
         .expect("script (util-linux) runs");
     assert!(shown.status.success(), "{}", stderr(&shown));
@@ -148,6 +151,7 @@ async fn the_spinner_shows_on_a_terminal_only() {
             "/dev/null",
         ])
         .env("REDIS_URL", &env.redis_url)
+        .env("TERM", "xterm-256color")
         .output()
         .unwrap();
     let all = String::from_utf8_lossy(&shown.stdout);

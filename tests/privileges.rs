@@ -46,12 +46,17 @@ async fn exec(pg: &PgPool, sql: &str) {
 #[tokio::test]
 async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let env = TestEnv::new("privileges").await;
-    let steps: Vec<(String, String)> = ["migrate", "run", "restore"]
+    let steps: Vec<(String, String)> = ["migrate", "run", "restore", "forget"]
         .iter()
         .map(|c| grants(&env, c))
         .collect();
     // The roles, as the administrator creates them (cluster-wide: kept across runs).
-    for role in ["sweeper_migrate", "sweeper_run", "sweeper_restore"] {
+    for role in [
+        "sweeper_migrate",
+        "sweeper_run",
+        "sweeper_restore",
+        "sweeper_eraser",
+    ] {
         exec(
             &env.pg,
             &format!(
@@ -92,9 +97,10 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["persisted"], 1, "{summary}");
     assert_eq!(
-        env.count("SELECT count(*) FROM sweep_leases").await,
+        env.count("SELECT count(*) FROM sweep_leases WHERE expires_at > now()")
+            .await,
         0,
-        "the lease is released"
+        "the lease is released (expired: the sweep's role has no DELETE)"
     );
     for args in [
         &["status"][..],
@@ -115,4 +121,15 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let out = as_role("sweeper_restore", &["run"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(env.count("SELECT count(*) FROM messages").await, 2);
+
+    // Only the eraser deletes: the sweep's role cannot forget, the eraser's can, and prunes.
+    let forget = ["forget", "--conversation", "a", "--match", &env.pattern()];
+    let out = as_role("sweeper_run", &forget);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(error_line(&out).contains("DELETE"), "{}", stderr(&out));
+    let out = as_role("sweeper_eraser", &forget);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 0);
+    let out = as_role("sweeper_eraser", &["prune", "--older-than", "365d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -71,10 +71,11 @@ fn read(rel: &str) -> String {
 /// the CLI definition has them; each checked to appear in the subcommand's own `--help`.
 fn binary() -> (
     BTreeMap<String, BTreeSet<String>>,
-    BTreeMap<String, Option<String>>,
+    BTreeMap<String, BTreeSet<String>>,
 ) {
     let mut flags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut envs: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // A flag's variable may differ by command (`restore --conversation`, `forget --conversation`).
+    let mut envs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let cli = Cli::command();
     for sub in cli.get_subcommands() {
         let name = sub.get_name().to_string();
@@ -106,7 +107,7 @@ fn binary() -> (
                 );
             }
             flags.entry(flag.clone()).or_default().insert(name.clone());
-            envs.insert(flag, env);
+            envs.entry(flag).or_default().extend(env);
         }
     }
     (flags, envs)
@@ -234,10 +235,15 @@ fn reference_rows() -> BTreeMap<String, (String, String)> {
 }
 
 /// The row the binary gives a flag.
-fn row(flag: &str, env: &Option<String>, subs: &BTreeSet<String>, all: usize) -> String {
-    let env = env
-        .as_ref()
-        .map_or("none".to_string(), |e| format!("`{e}`"));
+fn row(flag: &str, env: &BTreeSet<String>, subs: &BTreeSet<String>, all: usize) -> String {
+    let env = match env.is_empty() {
+        true => "none".to_string(),
+        false => env
+            .iter()
+            .map(|e| format!("`{e}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     let subs = if subs.len() == all {
         "every command".to_string()
     } else {
@@ -260,7 +266,7 @@ fn the_reference_lists_every_flag_with_its_variable_and_commands() {
     // The house's rule, as the README states it: every flag but the two counters has a twin.
     let without: Vec<&String> = envs
         .iter()
-        .filter(|(_, e)| e.is_none())
+        .filter(|(_, e)| e.is_empty())
         .map(|(f, _)| f)
         .collect();
     assert_eq!(

@@ -17,6 +17,8 @@ pub enum GrantFor {
     Inspect,
     Restore,
     Status,
+    Forget,
+    Prune,
 }
 
 impl GrantFor {
@@ -28,6 +30,8 @@ impl GrantFor {
             GrantFor::Inspect => "inspect",
             GrantFor::Restore => "restore",
             GrantFor::Status => "status",
+            GrantFor::Forget => "forget",
+            GrantFor::Prune => "prune",
         }
     }
 
@@ -37,6 +41,7 @@ impl GrantFor {
             GrantFor::Migrate => "sweeper_migrate",
             GrantFor::Run | GrantFor::Daemon | GrantFor::Inspect => "sweeper_run",
             GrantFor::Restore | GrantFor::Status => "sweeper_restore",
+            GrantFor::Forget | GrantFor::Prune => "sweeper_eraser",
         }
     }
 }
@@ -52,7 +57,8 @@ pub struct GrantsArgs {
     pub redis_user: String,
 
     /// The PostgreSQL role the statements are for (default: sweeper_migrate for migrate,
-    /// sweeper_restore for restore and status, sweeper_run for the sweeps).
+    /// sweeper_restore for restore and status, sweeper_eraser for forget and prune,
+    /// sweeper_run for the sweeps).
     #[arg(help_heading = CONNECTION, long, env = "SWEEPER_GRANTS_ROLE")]
     pub role: Option<String>,
 

@@ -13,6 +13,8 @@ use crate::config::{defaults, parse_count_range, parse_duration, parse_size, par
 use crate::redis::layout::Layout;
 use crate::shard::Shard;
 
+mod erase;
+pub use erase::{ForgetArgs, PruneArgs, RetentionArg};
 mod grants;
 pub use grants::{GrantFor, GrantsArgs};
 
@@ -274,6 +276,10 @@ pub enum Command {
     /// Put a saved conversation back into Redis from PostgreSQL (its newest checkpoint, under its
     /// key), refusing to overwrite a live key unless --force.
     Restore(RestoreArgs),
+    /// Erase conversations for good (rows, keys; no sweep or restore brings them back); a receipt.
+    Forget(ForgetArgs),
+    /// Retention: delete the conversations last updated before --older-than; a receipt.
+    Prune(PruneArgs),
     /// Print shell completions (e.g. `sweeper completions bash > /etc/bash_completion.d/sweeper`).
     Completions {
         #[arg(value_enum)]
@@ -345,6 +351,8 @@ pub struct MigrateArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,
+    #[command(flatten)]
+    pub retention: RetentionArg,
 
     #[command(flatten)]
     pub layout: LayoutArgs,
@@ -463,7 +471,7 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The conversation id (the key without its prefix).
-    #[arg(help_heading = SELECTION, long, env = "SWEEPER_RESTORE_CONVERSATION")]
+    #[arg(help_heading = SELECTION, long, env = "SWEEPER_CONVERSATION")]
     pub conversation: String,
 
     /// TTL of the restored key.

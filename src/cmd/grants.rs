@@ -52,7 +52,14 @@ fn redis_commands(
     g: &GlobalOpts,
 ) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = match a.command {
-        GrantFor::Migrate | GrantFor::Status => return Vec::new(),
+        GrantFor::Migrate | GrantFor::Status | GrantFor::Prune => return Vec::new(),
+        GrantFor::Forget => {
+            // The live keys of the conversations or users named, found as a sweep reads them,
+            // then unlinked.
+            let mut c = vec!["ping", "info", "scan", "pttl", "unlink"];
+            c.extend(layout.acl_commands());
+            c
+        }
         GrantFor::Run | GrantFor::Daemon => {
             let mut c = SWEEP.to_vec();
             c.extend(layout.acl_commands());
@@ -135,7 +142,6 @@ fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
             let mut s = format!(
                 "{admin}{set_path}{owner}GRANT USAGE ON SCHEMA {schema} TO {role};\n\
                  GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role};\n\
-                 GRANT DELETE ON {schema}.sweep_leases TO {role};\n\
                  GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};\n\
                  ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE ON TABLES TO {role};\n\
                  ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE ON SEQUENCES TO {role};\n"
@@ -149,10 +155,18 @@ fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
             }
             s
         }
+        // Read only, and a receipt for each restore (an auditor asks who read).
         GrantFor::Restore | GrantFor::Status => format!(
             "{admin}{set_path}{owner}GRANT USAGE ON SCHEMA {schema} TO {role};\n\
              GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};\n\
+             GRANT INSERT ON {schema}.erasures TO {role};\n\
              ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role};\n"
+        ),
+        // What a sweep may do, and the only DELETE (a sweep's role has none).
+        GrantFor::Forget | GrantFor::Prune => format!(
+            "{admin}{set_path}GRANT {run} TO {role};\n{owner}\
+             GRANT DELETE ON {schema}.conversations, {schema}.message_rows, {schema}.sweep_rejects TO {role};\n",
+            run = GrantFor::Run.role()
         ),
     }
 }

@@ -30,8 +30,9 @@ sys.path.append(folder)
 bag = DagBag(dag_folder=folder)
 
 expect(not bag.import_errors, f"no import errors in {folder}: {dict(bag.import_errors)}")
-expect(set(bag.dag_ids) == {"sweeper", "sweeper_local", "sweeper_local_sharded", "sweeper_conversations_landed"},
-       f"exactly the three sweep DAGs and the downstream example: {sorted(bag.dag_ids)}")
+expect(set(bag.dag_ids) == {"sweeper", "sweeper_local", "sweeper_local_sharded", "sweeper_conversations_landed",
+                           "sweeper_retention"},
+       f"exactly the three sweep DAGs, the downstream example and retention: {sorted(bag.dag_ids)}")
 # dags/.airflowignore keeps Airflow from importing the Flyte workflow and the Dagster assets
 # (neither flytekit nor dagster is installed here).
 for other in ("sweeper_flyte", "sweeper_dagster"):
@@ -129,6 +130,24 @@ if downstream is not None:
     expect(assets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/sweeper/conversations")],
            f"scheduled on the conversations Asset: {assets} ({type(downstream.timetable).__name__})")
     expect(downstream.catchup is False, f"catchup {downstream.catchup}")
+
+retention = bag.dags.get("sweeper_retention")
+if retention is not None:
+    print("sweeper_retention:")
+    expect([t.task_id for t in retention.tasks] == ["prune"], f"one task, prune: {[t.task_id for t in retention.tasks]}")
+    task = retention.get_task("prune")
+    expect(retention.schedule == "17 3 * * *", f"daily: {retention.schedule!r}")
+    expect(retention.catchup is False and retention.max_active_runs == 1, "no catchup, one run at a time")
+    expect(list(task.arguments)[:3] == ["prune", "--output", "json"], f"arguments {list(task.arguments)}")
+    env = {e.name: e.value for e in task.env_vars} if isinstance(task.env_vars, list) else dict(task.env_vars)
+    expect("sweeper_retention" in env.get("SWEEPER_OLDER_THAN", "") and "365d" in env.get("SWEEPER_OLDER_THAN", ""),
+           f"the window from the Variable, defaulted: {env}")
+    secrets = {(s.deploy_target, s.secret, s.key) for s in task.secrets}
+    expect(secrets == {("DATABASE_URL", "sweeper-eraser", "database-url")},
+           f"only the eraser's database URL: {sorted(secrets)}")
+    csc, psc = task.container_security_context, task.security_context
+    expect(csc is not None and csc.read_only_root_filesystem and psc is not None and psc.run_as_non_root,
+           "the same locked-down pod")
 
 if failures:
     print(f"check_dags: {len(failures)} failed")
