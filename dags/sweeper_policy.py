@@ -14,6 +14,10 @@ RUN_DEADLINE = "4m"
 # ...before the orchestrator kills the task, and both are under the 5-minute gap between runs.
 TIMEOUT = timedelta(minutes=4, seconds=30)
 
+# Workers of the sharded DAG (sweeper_local_sharded): one mapped task per shard, each running
+# `sweeper run --shard I/N`. Not SWEEPER_SHARDS, which is `--shards`'s own twin.
+SHARDS = int(os.environ.get("SWEEPER_DAG_SHARDS", "3"))
+
 # The environment of every sweep: the run checks the schedule it is started on.
 RUN_ENV = {
     "SWEEPER_THRESHOLD": THRESHOLD,
@@ -22,10 +26,27 @@ RUN_ENV = {
     "SWEEPER_LOG_FORMAT": "json",
 }
 
+# Retention (docs/deploying.md#retention-on-a-schedule): SWEEPER_RETENTION where the DAGs
+# are parsed or the workflow is packaged (e.g. 365d) makes each sweep prune, once a day, the
+# conversations last updated longer ago (`sweeper run --retention`); the sweep's database URL must
+# then be a role with DELETE. Unset: no retention.
+RETENTION = os.environ.get("SWEEPER_RETENTION", "")
+if RETENTION:
+    RUN_ENV["SWEEPER_RETENTION"] = RETENTION
+
+# The retention DAG (sweeper_retention): daily, as k8s/retention-cronjob.yaml, with the eraser's
+# database URL from its own Secret (same key as the sweep's).
+RETENTION_SCHEDULE = "17 3 * * *"
+RETENTION_TIMEOUT = timedelta(hours=1)
+ERASER_SECRET = "sweeper-eraser"
+
 # The image (`SWEEPER_IMAGE` where the DAGs are parsed or the workflow is packaged overrides it).
 IMAGE = os.environ.get("SWEEPER_IMAGE", "ghcr.io/example/sweeper:0.1.0")
 # The Kubernetes Secret holding the URLs, and its keys (as in k8s/).
 SECRET = "sweeper"
+# The Secret of the migrate step's URL (key database-url): the schema owner's, so the sweep's
+# credentials cannot change the schema (docs/deploying.md); by default the sweep's own.
+MIGRATE_SECRET = os.environ.get("SWEEPER_MIGRATE_SECRET", SECRET)
 SECRET_REDIS_URL = "redis-url"
 SECRET_DATABASE_URL = "database-url"
 

@@ -16,8 +16,10 @@
 //! - [`checkpoint`]: the checkpoint document, decoded and validated, or rejected with a reason.
 //!   Pure. [`mapping`]: a chat library's layout as data (presets, `--mapping` files), decoded into
 //!   checkpoints and restored in the library's layout. Pure. [`langgraph`]: a LangGraph thread's rows. Pure.
-//! - [`store`]: the only code that speaks PostgreSQL: connect, migrations, the batch write, runs
-//!   and the single-run lock, LangGraph's tables. SQL in files beside it.
+//! - [`store`]: the only code that speaks PostgreSQL: connect, migrations, the batch write (and
+//!   its check of the erasure tombstones), runs and the single-run lock, LangGraph's tables,
+//!   erasure and its receipts ([`store::erase`]), retention ([`store::prune`]). SQL in files
+//!   beside it.
 //! - [`sweep`]: one sweep as stages: read ([`sweep::read`]), decode ([`sweep::decode`]), write
 //!   ([`sweep::write`]), protect ([`sweep::protect`]), record ([`sweep::record`]), wired by its
 //!   `mod.rs`; [`sweep::health`] tells the reader when PostgreSQL does not take the writes.

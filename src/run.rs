@@ -37,7 +37,7 @@ impl RunStatus {
 
 /// What a sweep counted. Every scanned key lands in exactly one of `not_due`, `no_ttl`,
 /// `expired_before_read` and `due` (a key SCAN returns twice is counted twice, in `scanned` and
-/// its bucket). Every due key is then `persisted`, `unchanged`, `rejected` or `protected` (the
+/// its bucket). Every due key is then `persisted`, `unchanged`, `rejected`, `protected` or `erased` (the
 /// second read of a key read twice is `unchanged`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Counters {
@@ -51,6 +51,8 @@ pub struct Counters {
     pub expired_before_read: u64,
     /// Due keys whose TTL was raised to --protect-ttl because PostgreSQL could not take them.
     pub protected: u64,
+    /// Due keys of conversations erased by `sweeper forget`: not saved, left to their TTL.
+    pub erased: u64,
     pub messages_added: u64,
     pub redis_round_trips: u64,
     /// Milliseconds read at the busy pace because other clients were using Redis.
@@ -243,6 +245,21 @@ pub struct RunRecord {
     pub shard_index: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard_count: Option<i32>,
+}
+
+/// A row of `erasures`, as `sweeper status` shows it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Receipt {
+    pub receipt: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub action: String,
+    pub scope: String,
+    pub reason: Option<String>,
+    pub host: Option<String>,
+    pub os_user: Option<String>,
+    pub conversations: i64,
+    pub messages: i64,
+    pub redis_keys: Option<i64>,
 }
 
 #[cfg(test)]

@@ -347,6 +347,46 @@ async fn sweep_round_trip(test: &str, lib: &str, format: &str, pattern: Option<&
         "{lib}: the same keys are back"
     );
     library_reads_back(&h, lib, &stack.url, &want);
+    let swept = (&layout[..], pattern, idle);
+    forget_round_trip(&h, &env, lib, &stack.url, swept, &want).await;
+}
+
+/// `sweeper forget` of the first session, in the library's layout: its rows and keys go and the
+/// library reads it back empty; then the library writes every session again (an app that still
+/// holds the forgotten one): the sweep saves the others and never the forgotten one.
+async fn forget_round_trip(
+    h: &HashMap<String, String>,
+    env: &TestEnv,
+    lib: &str,
+    url: &str,
+    (layout, pattern, idle): (&[&str], Option<&str>, bool),
+    want: &BTreeMap<String, Messages>,
+) {
+    let sid = want.keys().next().unwrap().clone();
+    let mut cmd = env.command();
+    cmd.args(["forget", "--conversation", &sid, "--output", "json"])
+        .args(layout);
+    if let Some(p) = pattern {
+        cmd.args(["--match", p]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{lib}: forget: {}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["conversations"], 1, "{lib}: {r}");
+    assert!(r["redis_keys"].as_u64() >= Some(1), "{lib}: {r}");
+    assert!(!stored(env).await.contains_key(&sid), "{lib}: its rows");
+    let back = messages(&client(h, lib, &["read", "--url", url, "--id", &sid]));
+    assert!(back.is_empty(), "{lib}: the library still reads {back:?}");
+
+    write_conversations(h, lib, url);
+    if idle {
+        std::thread::sleep(Duration::from_millis(2100));
+    }
+    let s = sweep(env, layout, pattern, idle);
+    assert!(s["erased"].as_u64() >= Some(1), "{lib}: {s}");
+    let now = stored(env).await;
+    assert!(!now.contains_key(&sid), "{lib}: saved again");
+    assert_eq!(now.len(), want.len() - 1, "{lib}: the others saved");
 }
 
 #[tokio::test]

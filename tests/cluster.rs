@@ -470,27 +470,23 @@ async fn simulate_and_restore_write_each_key_to_the_node_owning_it() {
     );
 }
 
-/// The commands docs/deploying.md lists for an ACL user of a sharded cluster sweep, and nothing else
-/// (tests/docs.rs checks each is listed there).
-const SHARDED_SWEEP_COMMANDS: &[&str] = &[
-    "+ping",
-    "+info",
-    "+scan",
-    "+pttl",
-    "+type",
-    "+strlen",
-    "+get",
-    "+getrange",
-    "+pexpire",
-    "+cluster|slots",
-    "+asking",
-    "+cluster|nodes",
-    "+cluster|countkeysinslot",
-    "+cluster|getkeysinslot",
-];
+/// The commands `sweeper grants` gives a sharded cluster sweep, as `+command` ACL rules
+/// (docs/deploying.md shows them; tests/docs.rs checks each is listed there).
+fn sharded_sweep_commands() -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sweeper"))
+        .args(["grants", "run", "--redis-cluster", "--shard", "0/3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rule = text.lines().find(|l| l.starts_with("ACL SETUSER")).unwrap();
+    rule.split_whitespace()
+        .filter(|w| w.starts_with('+'))
+        .map(str::to_string)
+        .collect()
+}
 
 /// Creates `user` (password `pw`) on every node with `commands` on every key; ACLs are per node.
-async fn acl_user(cluster: &PrivateCluster, user: &str, commands: &[&str]) {
+async fn acl_user(cluster: &PrivateCluster, user: &str, commands: &[String]) {
     for r in &cluster.nodes {
         let () = redis::cmd("ACL")
             .arg("SETUSER")
@@ -507,7 +503,7 @@ async fn acl_user(cluster: &PrivateCluster, user: &str, commands: &[&str]) {
 }
 
 #[tokio::test]
-async fn an_acl_user_with_the_documented_commands_runs_a_sharded_sweep() {
+async fn an_acl_user_with_the_commands_grants_prints_runs_a_sharded_sweep() {
     let cluster = PrivateCluster::start(3);
     let env = TestEnv::with_cluster("cluster_acl", &cluster).await;
     let ids: Vec<String> = (0..3000).map(|i| format!("a{i:04}")).collect();
@@ -518,7 +514,9 @@ async fn an_acl_user_with_the_documented_commands_runs_a_sharded_sweep() {
             .replace("redis://", &format!("redis://{user}:pw@"))
     };
 
-    acl_user(&cluster, "sweeper", SHARDED_SWEEP_COMMANDS).await;
+    let commands = sharded_sweep_commands();
+    assert!(commands.len() > 10, "{commands:?}");
+    acl_user(&cluster, "sweeper", &commands).await;
     let mut persisted = 0;
     for i in 0..3 {
         let out = cluster_run(&env, &as_user("sweeper"), &["--shard", &format!("{i}/3")]);
@@ -530,10 +528,9 @@ async fn an_acl_user_with_the_documented_commands_runs_a_sharded_sweep() {
     // One command fewer than documented (the slot reads' count): a shard that reads by slot (one
     // of 8 shares a primary with others) fails at once, exit 3, with Redis's reason, and stores
     // nothing. No password shows, of any seed.
-    let fewer: Vec<&str> = SHARDED_SWEEP_COMMANDS
-        .iter()
-        .copied()
-        .filter(|c| *c != "+cluster|countkeysinslot")
+    let fewer: Vec<String> = commands
+        .into_iter()
+        .filter(|c| c != "+cluster|countkeysinslot")
         .collect();
     acl_user(&cluster, "short", &fewer).await;
     let other = TestEnv::with_cluster("cluster_acl_short", &cluster).await;

@@ -171,6 +171,15 @@ fn schedule_saves_every_key(doc: &str) {
 fn the_migrate_job_and_kustomization_tie_together() {
     let job = read("k8s/migrate-job.yaml");
     assert_eq!(value(&job, "kind"), "Job");
+    // Named after the release it runs, so applying the next release's files makes a new Job
+    // (a Job's template cannot change) instead of failing while the old one lives.
+    let image = value(&job, "image");
+    let tag = image.rsplit_once(':').unwrap().1;
+    assert_eq!(tag, env!("CARGO_PKG_VERSION"), "{image}");
+    assert_eq!(
+        value(&job, "name"),
+        format!("sweeper-migrate-{}", tag.replace('.', "-"))
+    );
     assert!(job.contains(r#"args: ["migrate""#));
     assert!(has(&job, "runAsNonRoot: true") && has(&job, "readOnlyRootFilesystem: true"));
     let kustomization = read("k8s/kustomization.yaml");
@@ -217,4 +226,27 @@ fn the_dockerfile_names_files_that_exist_and_runs_as_non_root() {
     );
     assert!(doc.contains(r#"ENTRYPOINT ["/usr/local/bin/sweeper"]"#));
     assert!(doc.contains("--bin sweeper"));
+}
+
+#[test]
+fn the_retention_cronjob_prunes_daily_as_the_eraser_without_redis() {
+    let doc = read("k8s/retention-cronjob.yaml");
+    assert_eq!(value(&doc, "kind"), "CronJob");
+    assert_eq!(value(&doc, "schedule"), "17 3 * * *");
+    assert_eq!(value(&doc, "concurrencyPolicy"), "Forbid");
+    assert!(doc.contains(r#"args: ["prune""#));
+    assert_eq!(env_value(&doc, "SWEEPER_OLDER_THAN"), "365d");
+    // The eraser's Secret, not the sweep's; and no Redis at all.
+    assert!(has(&doc, "secretName: sweeper-eraser"));
+    assert!(!doc.contains("redis") && !doc.contains("secretName: sweeper\n"));
+    assert!(has(&doc, "runAsNonRoot: true") && has(&doc, "readOnlyRootFilesystem: true"));
+    // What it runs parses: the flags and their environment twins exist.
+    let out = Command::new(env!("CARGO_BIN_EXE_sweeper"))
+        .args(["prune", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("SWEEPER_OLDER_THAN"), "{help}");
+    // Named in the kustomization, commented out until the eraser's Secret exists.
+    assert!(read("k8s/kustomization.yaml").contains("# - retention-cronjob.yaml"));
 }

@@ -6,38 +6,10 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::langgraph::{harness, proof};
 use common::stack::Stack;
 use common::*;
 use sqlx::PgPool;
-
-/// What tests/langgraph/setup.sh printed, or why it could not.
-fn harness() -> Result<HashMap<String, String>, String> {
-    common::setup_script("tests/langgraph/setup.sh")
-}
-
-fn python(h: &HashMap<String, String>) -> PathBuf {
-    Path::new(&h["venv"]).join("bin/python")
-}
-
-fn proof(h: &HashMap<String, String>, args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/langgraph/proof.py");
-    let out = Command::new(python(h))
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run proof.py");
-    assert!(
-        out.status.success(),
-        "proof.py {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    eprint!("{}", String::from_utf8_lossy(&out.stdout));
-}
 
 fn sweep(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     let out = env

@@ -3,66 +3,10 @@
 
 mod common;
 
+use common::layouts::{Kind, write};
 use common::servers::PrivateRedis;
 use common::*;
 use serde_json::Value;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Json,
-    Hash,
-    List,
-    ReJson,
-}
-
-impl Kind {
-    fn format(self) -> &'static str {
-        match self {
-            Kind::Json => "json",
-            Kind::Hash => "hash",
-            Kind::List => "list",
-            Kind::ReJson => "rejson",
-        }
-    }
-}
-
-/// Writes conversation `id` in layout `kind`: messages `ids`, as the chat service would.
-async fn write(env: &TestEnv, kind: Kind, id: &str, d: &Value, ttl_ms: u64) {
-    let key = env.key(id);
-    let () = env.redis_cmd(redis::cmd("DEL").arg(&key)).await;
-    match kind {
-        Kind::Json => env.set(id, d, Some(ttl_ms)).await,
-        Kind::Hash => {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&key);
-            for (field, v) in d.as_object().unwrap() {
-                match v {
-                    Value::String(s) => cmd.arg(field).arg(s),
-                    other => cmd.arg(field).arg(other.to_string()),
-                };
-            }
-            let _: i64 = env.redis_cmd(&mut cmd).await;
-        }
-        Kind::List => {
-            let mut cmd = redis::cmd("RPUSH");
-            cmd.arg(&key);
-            for m in d["messages"].as_array().unwrap() {
-                cmd.arg(m.to_string());
-            }
-            let _: i64 = env.redis_cmd(&mut cmd).await;
-        }
-        Kind::ReJson => {
-            let () = env
-                .redis_cmd(redis::cmd("JSON.SET").arg(&key).arg("$").arg(d.to_string()))
-                .await;
-        }
-    }
-    if kind != Kind::Json {
-        let () = env
-            .redis_cmd(redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms))
-            .await;
-    }
-}
 
 async fn pttl(env: &TestEnv, id: &str) -> i64 {
     env.redis_cmd(redis::cmd("PTTL").arg(env.key(id))).await

@@ -1,28 +1,32 @@
-//! The privileges docs/deploying.md gives each step, run as written: the administrator's
-//! statements, `migrate` as the schema's owner, its grants, then each command as a role with
-//! exactly those rights; and what a role without them cannot do.
+//! The privileges `sweeper grants` gives each step (docs/deploying.md shows them), run as
+//! printed: the administrator's statements, `migrate` as the schema's owner, its grants, then each
+//! command as a role with exactly those rights; and what a role without them cannot do.
 
 mod common;
 
 use common::*;
 use sqlx::PgPool;
 
-/// The ```sql blocks of the section "PostgreSQL: the schema and privileges", in order.
-fn documented_sql() -> Vec<String> {
-    let page =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploying.md")).unwrap();
-    let section = page
-        .split("\n## PostgreSQL: the schema and privileges\n")
-        .nth(1)
-        .expect("the section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    section
-        .split("```sql\n")
-        .skip(1)
-        .map(|b| b.split("\n```").next().unwrap().to_string())
-        .collect()
+/// The PostgreSQL statements `sweeper grants COMMAND` prints for the test's database: the
+/// administrator's, then the schema owner's.
+fn grants(env: &TestEnv, command: &str) -> (String, String) {
+    let out = env.command().args(["grants", command]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (mut admin, mut owner) = (String::new(), String::new());
+    let mut into = None;
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        if line.starts_with('#') {
+            into = match line {
+                l if l.starts_with("# PostgreSQL, as an administrator") => Some(&mut admin),
+                l if l.starts_with("# PostgreSQL, as the schema's owner") => Some(&mut owner),
+                _ => None,
+            };
+        } else if let Some(sql) = into.as_deref_mut() {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    (admin, owner)
 }
 
 /// `url` with another user.
@@ -42,11 +46,17 @@ async fn exec(pg: &PgPool, sql: &str) {
 #[tokio::test]
 async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let env = TestEnv::new("privileges").await;
-    let db = env.database_url.rsplit_once('/').unwrap().1.to_string();
-    let blocks = documented_sql();
-    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    let steps: Vec<(String, String)> = ["migrate", "run", "restore", "forget"]
+        .iter()
+        .map(|c| grants(&env, c))
+        .collect();
     // The roles, as the administrator creates them (cluster-wide: kept across runs).
-    for role in ["sweeper_migrate", "sweeper_run", "sweeper_restore"] {
+    for role in [
+        "sweeper_migrate",
+        "sweeper_run",
+        "sweeper_restore",
+        "sweeper_eraser",
+    ] {
         exec(
             &env.pg,
             &format!(
@@ -55,11 +65,9 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
         )
         .await;
     }
-    exec(
-        &env.pg,
-        &blocks[0].replace("IN DATABASE chat ", &format!("IN DATABASE {db} ")),
-    )
-    .await;
+    for (admin, _) in &steps {
+        exec(&env.pg, admin).await;
+    }
     let url = |role: &str| as_user(&env.database_url, role);
     let as_role = |role: &str, args: &[&str]| {
         let mut cmd = env.command();
@@ -73,7 +81,9 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let out = as_role("sweeper_migrate", &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let owner = PgPool::connect(&url("sweeper_migrate")).await.unwrap();
-    exec(&owner, &blocks[1]).await;
+    for (_, grants) in &steps {
+        exec(&owner, grants).await;
+    }
 
     env.set("a", &doc(Some("2026-11-22T10:00:00Z"), &["m1"]), SOON)
         .await;
@@ -87,9 +97,10 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["persisted"], 1, "{summary}");
     assert_eq!(
-        env.count("SELECT count(*) FROM sweep_leases").await,
+        env.count("SELECT count(*) FROM sweep_leases WHERE expires_at > now()")
+            .await,
         0,
-        "the lease is released"
+        "the lease is released (expired: the sweep's role has no DELETE)"
     );
     for args in [
         &["status"][..],
@@ -110,4 +121,15 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
     let out = as_role("sweeper_restore", &["run"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(env.count("SELECT count(*) FROM messages").await, 2);
+
+    // Only the eraser deletes: the sweep's role cannot forget, the eraser's can, and prunes.
+    let forget = ["forget", "--conversation", "a", "--match", &env.pattern()];
+    let out = as_role("sweeper_run", &forget);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(error_line(&out).contains("DELETE"), "{}", stderr(&out));
+    let out = as_role("sweeper_eraser", &forget);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 0);
+    let out = as_role("sweeper_eraser", &["prune", "--older-than", "365d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

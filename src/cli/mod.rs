@@ -13,6 +13,11 @@ use crate::config::{defaults, parse_count_range, parse_duration, parse_size, par
 use crate::redis::layout::Layout;
 use crate::shard::Shard;
 
+mod erase;
+pub use erase::{ForgetArgs, PruneArgs, RetentionArg};
+mod grants;
+pub use grants::{GrantFor, GrantsArgs};
+
 // Help headings, the same on every subcommand, as cargo and ripgrep group their flags.
 const CONNECTION: &str = "Connection";
 const SELECTION: &str = "Selection";
@@ -265,12 +270,16 @@ pub enum Command {
     /// in flight finish, then exits 0 (a second signal exits at once).
     Daemon(RunArgs),
     /// What the keyspace holds, before trusting a sweep: keys matching, types, keys without TTL,
-    /// a histogram of TTL left around the threshold, the largest values, sample keys. Reads no
-    /// value.
+    /// a histogram of TTL left around the threshold, the largest values, and a few sample keys
+    /// decoded as a sweep with the same --format or --mapping would. Reads no other value.
     Inspect(InspectArgs),
     /// Put a saved conversation back into Redis from PostgreSQL (its newest checkpoint, under its
     /// key), refusing to overwrite a live key unless --force.
     Restore(RestoreArgs),
+    /// Erase conversations for good (rows, keys; no sweep or restore brings them back); a receipt.
+    Forget(ForgetArgs),
+    /// Retention: delete the conversations last updated before --older-than; a receipt.
+    Prune(PruneArgs),
     /// Print shell completions (e.g. `sweeper completions bash > /etc/bash_completion.d/sweeper`).
     Completions {
         #[arg(value_enum)]
@@ -293,6 +302,10 @@ pub enum Command {
     /// Check that a schedule saves every key: its largest gap plus the run time must stay under
     /// the threshold. Exit 0 with the margin, 1 with the window that loses data.
     CheckSchedule(CheckScheduleArgs),
+    /// Print what a command needs and no more: the Redis ACL rule of the commands it sends (for
+    /// its --format or --mapping, --match, --redis-cluster, --shard, --save-idle) and the
+    /// PostgreSQL statements giving its role the rights it uses.
+    Grants(GrantsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +351,8 @@ pub struct MigrateArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,
+    #[command(flatten)]
+    pub retention: RetentionArg,
 
     #[command(flatten)]
     pub layout: LayoutArgs,
@@ -377,8 +392,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pace: PaceArgs,
 
-    /// The schedule this run is started on (crontab form): a --threshold not above its largest
-    /// gap is refused, as keys would expire between sweeps.
+    /// The schedule this run is started on (crontab form, read in UTC): a --threshold not above
+    /// its largest gap plus --deadline is refused, as keys would expire between sweeps.
     #[arg(help_heading = SAFETY, long, env = "SWEEPER_SCHEDULE")]
     pub schedule: Option<String>,
 
@@ -456,7 +471,7 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The conversation id (the key without its prefix).
-    #[arg(help_heading = SELECTION, long)]
+    #[arg(help_heading = SELECTION, long, env = "SWEEPER_CONVERSATION")]
     pub conversation: String,
 
     /// TTL of the restored key.
@@ -464,7 +479,7 @@ pub struct RestoreArgs {
     pub ttl: Duration,
 
     /// Overwrite the key even when it is live (the chat service's newer state would be lost).
-    #[arg(help_heading = SAFETY, long)]
+    #[arg(help_heading = SAFETY, long, env = "SWEEPER_RESTORE_FORCE")]
     pub force: bool,
 
     #[command(flatten)]

@@ -69,6 +69,9 @@ pub async fn execute(
         if let Err(e) = super::run::sweep_and_report(r, prepared, &Shutdown::new()).await {
             tracing::error!(exit_code = e.exit_code(), "sweep failed: {e}");
         }
+        if let Some(older_than) = r.retention.retention.filter(|_| !r.dry_run) {
+            super::prune::when_due(g, older_than).await;
+        }
     })
     .await;
     Ok(crate::error::exit::OK)

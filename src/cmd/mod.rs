@@ -4,9 +4,12 @@
 
 pub mod completions;
 pub mod daemon;
+pub mod forget;
 pub mod formats;
+pub mod grants;
 pub mod inspect;
 pub mod migrate;
+pub mod prune;
 pub mod restore;
 pub mod run;
 pub mod schedule;
@@ -35,8 +38,11 @@ pub async fn execute(cli: &Cli, shutdown: &Shutdown) -> Result<u8> {
         Command::Man => completions::man(),
         Command::Formats { name } => formats::execute(name.as_deref()),
         Command::Restore(rs) => restore::execute(g, rs).await,
+        Command::Forget(f) => forget::execute(g, f).await,
+        Command::Prune(p) => prune::execute(g, p).await,
         Command::Inspect(i) => inspect::execute(g, i).await,
         Command::Status(st) => status::execute(g, st).await,
+        Command::Grants(a) => grants::execute(g, a),
         Command::Simulate(s) => simulate::execute(g, s).await,
     }
 }

@@ -33,6 +33,12 @@ pub async fn restore(
     force: bool,
     mapping: Option<&Mapping>,
 ) -> Result<Restored> {
+    // A copy restored from a backup, say: still erased.
+    if store.is_erased(conversation_id).await? {
+        return Err(Error::Other(format!(
+            "`{conversation_id}` was erased (sweeper forget): it is never restored"
+        )));
+    }
     let saved = store
         .saved_checkpoint(conversation_id)
         .await?
@@ -164,7 +170,18 @@ pub async fn execute(g: &crate::cli::GlobalOpts, rs: &crate::cli::RestoreArgs) -
         mapping.as_ref(),
     )
     .await?;
-    tracing::info!(key = %restored.key, "conversation restored");
+    // A reader of the archive is an event an auditor asks about.
+    let request = crate::store::erase::Request {
+        action: "restore",
+        scope: "conversation",
+        requested: 1,
+        older_than_s: None,
+        reason: None,
+    };
+    let receipt = store
+        .record_event(&request, 1, restored.messages as u64)
+        .await?;
+    tracing::info!(key = %restored.key, %receipt, "conversation restored");
     super::emit(rs.out.output, || restored.to_json(), || restored.to_text())?;
     Ok(crate::error::exit::OK)
 }

@@ -17,7 +17,11 @@ pub async fn execute(g: &GlobalOpts, r: &RunArgs, shutdown: &Shutdown) -> Result
         let progress = Progress::on_terminal();
         (SweepConfig { progress, ..cfg }, ends)
     });
-    sweep_and_report(r, prepared, &shutdown).await
+    let code = sweep_and_report(r, prepared, &shutdown).await;
+    if let Some(older_than) = r.retention.retention.filter(|_| !r.dry_run) {
+        super::prune::when_due(g, older_than).await;
+    }
+    code
 }
 
 /// One sweep and everything around it: the settings checked, the servers connected, the summary

@@ -12,6 +12,7 @@ pub async fn execute(g: &GlobalOpts, st: &StatusArgs) -> Result<u8> {
         last_success: store.last_success().await?,
         now: chrono::Utc::now(),
         max_age: st.max_age,
+        receipts: store.recent_receipts(5).await?,
     };
     super::emit(st.out.output, || report.to_json(), || report.to_text())?;
     Ok(if report.healthy() {

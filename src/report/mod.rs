@@ -7,8 +7,8 @@ pub mod publish;
 
 use chrono::{DateTime, Utc};
 
-use crate::run::RunRecord;
 pub use crate::run::{Counters, DueKey, RunStatus, Summary};
+use crate::run::{Receipt, RunRecord};
 
 impl Summary {
     /// The `sweep finished` log event, with the counters a log search wants.
@@ -25,6 +25,7 @@ impl Summary {
             no_ttl = c.no_ttl,
             expired_before_read = c.expired_before_read,
             protected = c.protected,
+            erased = c.erased,
             duration_ms = self.duration_ms,
             "sweep finished"
         );
@@ -84,6 +85,13 @@ impl Summary {
                 c.expired_before_read,
                 self.duration_ms
             );
+            if c.erased > 0 {
+                let _ = writeln!(
+                    out,
+                    "{} due keys belong to erased conversations (sweeper forget): not saved, left to their TTL",
+                    c.erased
+                );
+            }
         }
         out
     }
@@ -97,6 +105,8 @@ pub struct StatusReport {
     pub last_success: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
     pub max_age: std::time::Duration,
+    /// The newest receipts of `forget`, `prune` and `restore`.
+    pub receipts: Vec<Receipt>,
 }
 
 impl StatusReport {
@@ -116,6 +126,7 @@ impl StatusReport {
             "last_success_age_ms": self.age().map(|a| a.as_millis() as u64),
             "max_age_ms": self.max_age.as_millis() as u64,
             "runs": self.runs,
+            "erasures": self.receipts,
         })
         .to_string()
     }
@@ -185,8 +196,46 @@ impl StatusReport {
             ),
             _ => "ALARM: no sweep has ever succeeded on this database".to_string(),
         };
-        t + &verdict + "\n"
+        t + &verdict + "\n" + &receipts_table(&self.receipts)
     }
+}
+
+/// The newest receipts, for auditors: what was erased or read back, when, by whom.
+fn receipts_table(receipts: &[Receipt]) -> String {
+    if receipts.is_empty() {
+        return String::new();
+    }
+    let mut t = format!(
+        "\n{:<36}  {:<20}  {:<7}  {:<12}  {:>13}  {:>8}  {:>10}  {}\n",
+        "RECEIPT",
+        "AT",
+        "ACTION",
+        "SCOPE",
+        "CONVERSATIONS",
+        "MESSAGES",
+        "REDIS_KEYS",
+        "BY / REASON"
+    );
+    for r in receipts {
+        let keys = r
+            .redis_keys
+            .map_or("unfinished".to_string(), |n| n.to_string());
+        let _ = writeln!(
+            t,
+            "{:<36}  {:<20}  {:<7}  {:<12}  {:>13}  {:>8}  {:>10}  {}@{} {}",
+            r.receipt,
+            r.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.action,
+            r.scope,
+            r.conversations,
+            r.messages,
+            keys,
+            r.os_user.as_deref().unwrap_or("?"),
+            r.host.as_deref().unwrap_or("?"),
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    t
 }
 
 fn due_table(keys: &[DueKey]) -> String {

@@ -174,25 +174,11 @@ pub fn metrics(
             &samples,
         );
     }
-    let statuses = [
-        RunStatus::Ok,
-        RunStatus::Partial,
-        RunStatus::Skipped,
-        RunStatus::Interrupted,
-        RunStatus::Failed,
-    ];
-    let samples: Vec<_> = statuses
-        .iter()
-        .map(|s| {
-            let one = if *s == summary.status { 1.0 } else { 0.0 };
-            (format!("{{status=\"{}\"}}", s.as_str()), one)
-        })
-        .collect();
     metric(
         "sweeper_last_run_status",
         "gauge",
         "1 for the status the last run ended with.",
-        &samples,
+        &status_samples(summary.status),
     );
     let c = &summary.counters;
     for (what, n) in [
@@ -205,6 +191,7 @@ pub fn metrics(
         ("no_ttl", c.no_ttl),
         ("expired_before_read", c.expired_before_read),
         ("protected", c.protected),
+        ("erased", c.erased),
         ("evicted", c.evicted_keys),
     ] {
         metric(
@@ -247,6 +234,24 @@ pub fn metrics(
         );
     }
     out
+}
+
+/// 1 for the status the run ended with, 0 for the others.
+fn status_samples(status: RunStatus) -> Vec<(String, f64)> {
+    let statuses = [
+        RunStatus::Ok,
+        RunStatus::Partial,
+        RunStatus::Skipped,
+        RunStatus::Interrupted,
+        RunStatus::Failed,
+    ];
+    statuses
+        .iter()
+        .map(|s| {
+            let one = if *s == status { 1.0 } else { 0.0 };
+            (format!("{{status=\"{}\"}}", s.as_str()), one)
+        })
+        .collect()
 }
 
 fn previous_last_success(text: &str) -> Option<f64> {

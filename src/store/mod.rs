@@ -1,8 +1,9 @@
 //! The only code that speaks PostgreSQL: the schema (migrations), the bulk upsert of a batch of
-//! checkpoints, rejects, and the record of each run.
+//! checkpoints, rejects, and the record of each run; erasure (`erase`) and retention (`prune`).
 //!
-//! A batch is one transaction of three statements whatever its size (messages, conversations,
-//! rejects): either all of a batch is saved or none of it, and a re-run repairs a crash.
+//! A batch is one transaction of a few statements whatever its size (the tombstones' check,
+//! messages, conversations, rejects): either all of a batch is saved or none of it, and a re-run
+//! repairs a crash.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,13 @@ use crate::error::{Error, Result};
 use crate::redis::layout::REJECT_SAMPLE_BYTES;
 use crate::retry;
 
+pub mod erase;
 mod faults;
 mod hosts;
 mod keepalive;
 pub mod langgraph;
 mod migrate;
+pub mod prune;
 mod runs;
 pub mod schema;
 mod write;
@@ -36,6 +39,9 @@ pub struct Batch {
     pub rejects: Vec<RejectRecord>,
     /// LangGraph threads (`--format langgraph`), written to LangGraph's own tables.
     pub threads: Vec<crate::langgraph::Thread>,
+    /// Checkpoints and threads taken out as erased by a write of this batch (kept here: an
+    /// attempt that fails has taken them out all the same, and a retry must still count them).
+    pub erased: u64,
 }
 
 impl Batch {
@@ -114,6 +120,8 @@ pub struct BatchOutcome {
     pub unchanged: u64,
     pub messages_added: u64,
     pub rejects: u64,
+    /// Conversations and threads erased (`sweeper forget`): not written.
+    pub erased: u64,
     /// SQL statements sent, BEGIN and COMMIT included.
     pub statements: u64,
 }

@@ -30,11 +30,15 @@ impl RunLock {
         let released = self
             .store
             .in_tx("release the sweep lock", async |c| {
-                query("DELETE FROM sweep_leases WHERE lock_key = $1 AND owner = $2")
-                    .bind(key)
-                    .bind(owner)
-                    .execute(c)
-                    .await
+                // Expired, not deleted: a sweep's role needs no DELETE (docs/deploying.md).
+                query(
+                    "UPDATE sweep_leases SET expires_at = now() - interval '1 second' \
+                     WHERE lock_key = $1 AND owner = $2",
+                )
+                .bind(key)
+                .bind(owner)
+                .execute(c)
+                .await
             })
             .await;
         if let Err(e) = released {
@@ -284,7 +288,7 @@ impl Store {
             query(
                 "UPDATE sweep_runs SET finished_at = now(), status = $2, scanned = $3, due = $4, not_due = $5, \
                  persisted = $6, unchanged = $7, rejected = $8, no_ttl = $9, expired_before_read = $10, \
-                 messages_added = $11, duration_ms = $12, error = $13, protected = $14 WHERE id = $1",
+                 messages_added = $11, duration_ms = $12, error = $13, protected = $14, erased = $15 WHERE id = $1",
             )
             .bind(id)
             .bind(status.as_str())
@@ -300,6 +304,7 @@ impl Store {
             .bind(duration.as_millis() as i64)
             .bind(error)
             .bind(c_.protected as i64)
+            .bind(c_.erased as i64)
             .execute(c)
             .await
         })
@@ -335,7 +340,7 @@ async fn renew(store: Store, key: i64, owner: String, lease: String) {
     }
 }
 
-fn hostname() -> Option<String> {
+pub(super) fn hostname() -> Option<String> {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())

@@ -8,7 +8,9 @@ use super::{Batch, BatchOutcome, RejectRecord, Store};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 
+mod erased;
 mod message_rows;
+pub(crate) use erased::{CONVERSATION, KEY};
 use message_rows::MessageColumns;
 
 impl Store {
@@ -33,19 +35,27 @@ impl Store {
     ) -> Result<BatchOutcome> {
         let started = std::time::Instant::now();
         let (mut ids, mut statements) = self.look_up_and_unpack(&mut batch.checkpoints).await?;
+        {
+            // Nothing but conversations stored as they are: no transaction. (An erased one is
+            // not stored: a forget deletes its rows with its tombstone.)
+            let rows = newest_per_conversation(&batch.checkpoints);
+            let unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
+            if unchanged.len() == rows.len() && batch.rejects.is_empty() && batch.threads.is_empty()
+            {
+                return Ok(BatchOutcome {
+                    unchanged: (rows.len() + copies(&batch.checkpoints)) as u64,
+                    statements,
+                    ..BatchOutcome::default()
+                });
+            }
+        }
+        let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
+        statements += 3; // BEGIN, the tombstones' check, COMMIT
+        erased::drop_erased(batch, &mut tx).await?;
         let batch = &*batch;
         let rows = newest_per_conversation(&batch.checkpoints);
         let copies = copies(&batch.checkpoints);
         let mut unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
-        if unchanged.len() == rows.len() && batch.rejects.is_empty() && batch.threads.is_empty() {
-            return Ok(BatchOutcome {
-                unchanged: (rows.len() + copies) as u64,
-                statements,
-                ..BatchOutcome::default()
-            });
-        }
-        let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
-        statements += 2; // BEGIN, COMMIT
         // Only the conversations about to change are locked (a lock writes WAL): an unchanged one
         // stays unchanged whatever a concurrent writer does, as the stored row never regresses.
         let to_lock: Vec<&Checkpoint> = rows
@@ -110,6 +120,7 @@ impl Store {
             unchanged: (rows.len() - persisted + copies) as u64 + threads.unchanged,
             messages_added: added_to.len() as u64,
             rejects: batch.rejects.len() as u64,
+            erased: batch.erased,
             statements,
         })
     }

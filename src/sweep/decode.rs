@@ -68,6 +68,26 @@ pub fn decode_sample(
     })
 }
 
+/// The conversation and user each value belongs to, decoded as a sweep decodes it (`forget`
+/// finding a user's live keys). None: gone or not a conversation.
+pub fn decode_owners(
+    cfg: &SweepConfig,
+    keys: &[Vec<u8>],
+    fetched: Vec<Fetched>,
+) -> Vec<Option<(String, Option<String>)>> {
+    let decoder = Decoder::new(SweepConfig {
+        dry_run: false,
+        ..cfg.clone()
+    });
+    keys.iter()
+        .zip(fetched)
+        .map(|(key, f)| match decoder.decode_fetched(key, f)? {
+            (Ok((_, Some(c))), _, _) => Some((c.conversation_id, c.user_id)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What the writers receive.
 pub(crate) struct ReadBatch {
     pub batch: Batch,

@@ -218,6 +218,7 @@ impl Written {
         c.messages_added += self.messages_added;
         c.pg_statements += self.statements;
         c.rejected += self.refused;
+        c.erased += self.erased;
     }
 }
 
@@ -251,6 +252,8 @@ struct Written {
     statements: u64,
     /// Checkpoints (or LangGraph threads) PostgreSQL refused one by one, recorded as rejects.
     refused: u64,
+    /// Checkpoints (or threads) of erased conversations, not written.
+    erased: u64,
 }
 
 /// Writes a batch with retries. When PostgreSQL refuses the batch's data for good (a value it
@@ -270,6 +273,7 @@ async fn write(
         w.unchanged += out.unchanged;
         w.messages_added += out.messages_added;
         w.statements += out.statements;
+        w.erased += out.erased;
     };
     match write_once(s, run_id, &mut batch, deadline, &mut guard).await {
         Ok(out) => {
@@ -282,13 +286,18 @@ async fn write(
         {
             tracing::warn!(error = %e, "PostgreSQL refused the batch: writing its checkpoints one by one");
         }
-        Err(e) => return (w, Some((e, batch))),
+        Err(e) => {
+            w.erased += batch.erased;
+            return (w, Some((e, batch)));
+        }
     }
     let Batch {
         checkpoints,
         threads,
         mut rejects,
+        erased,
     } = batch;
+    w.erased += erased;
     let single = |c, t| Batch {
         checkpoints: Vec::from_iter(c),
         threads: Vec::from_iter(t),
@@ -309,6 +318,7 @@ async fn write(
             Err(e) => {
                 // Everything not yet written goes back, for protection; the rows refused so far
                 // go with it as rejects.
+                w.erased += one.erased;
                 let mut rest = one;
                 for b in pending {
                     rest.checkpoints.extend(b.checkpoints);

@@ -6,6 +6,8 @@
                                           # a thread holding a NUL PostgreSQL refuses
     proof.py check PG_URL STATE.json      # PostgresSaver on what `sweeper run --format langgraph` wrote
     proof.py setup PG_URL                 # PostgresSaver.setup(), for the schema comparison
+    proof.py late REDIS_URL THREAD        # one more turn on a thread, by an app that still holds
+                                          # it after an erasure (langgraph #7206's late put)
 
 What RedisSaver 0.5.2 wrote for one thread of this graph (two turns), seen with JSON.GET:
   checkpoint:{thread}:__empty__:{id}   x6, RedisJSON; `checkpoint.channel_values` inline, messages in
@@ -338,6 +340,14 @@ def check_others(saver, expected, failures):
         failures.append(f"sub: resuming gave {final!r} after running {CALLS!r}, not only step2")
 
 
+def late(url, thread):
+    from langgraph.checkpoint.redis import RedisSaver
+
+    with RedisSaver.from_conn_string(url, ttl={"default_ttl": 30, "refresh_on_read": True}) as saver:
+        saver.setup()
+        graph(saver).invoke({"messages": [HumanMessage(content="still there?", id="h-late")]}, cfg(thread))
+
+
 def setup(url):
     from langgraph.checkpoint.postgres import PostgresSaver
 
@@ -346,4 +356,4 @@ def setup(url):
 
 
 if __name__ == "__main__":
-    {"write": write, "check": check, "setup": setup}[sys.argv[1]](*sys.argv[2:])
+    {"write": write, "check": check, "setup": setup, "late": late}[sys.argv[1]](*sys.argv[2:])

@@ -11,14 +11,16 @@
 #                `airflow dags test sweeper_local` runs the binary for real against the servers of
 #                tests/servers.sh (REDIS_URL, DATABASE_URL): rows land, the run succeeds with the
 #                JSON summary in XCom; and with PostgreSQL unreachable the DAG run fails
-#                (run_as_declared.py: the pod's arguments run the binary, its summary file is JSON)
+#                (run_as_declared.py: the pod's arguments run the binary, its summary file is JSON);
+#                `airflow dags test sweeper_local_sharded`: a mapped task per `--shard I/3`, every key once
 #   flyte        flytekit imports dags/sweeper_flyte.py, `pyflyte package` serialises it, and the
 #                archive holds the task, the workflow and the launch plan every five minutes; the
 #                task's command run for real writes every declared output
 #   dagster      dags/sweeper_dagster.py loads (schedule, max runtime); `dagster asset materialize`
 #                runs the binary through Dagster Pipes against the servers: the materialization's
 #                metadata is the summary, as stored; with PostgreSQL down it fails, nothing recorded
-#   helm         k8s/helm/sweeper on Helm 3.17, 4.1 and 4.3: `helm lint --strict`, `helm template`
+#   helm         docs/installing.md's commands, as written or by their offline twins
+#                (check_install_docs.py); k8s/helm/sweeper on Helm 3.17, 4.1 and 4.3: `helm lint --strict`, `helm template`
 #                (defaults, sharded); the newest's renders through
 #                kubernetes-validate --strict and checkov, the same objects as k8s/ in substance,
 #                refusals judged by `sweeper check-schedule`; `kubectl kustomize k8s/` rendered and
@@ -315,14 +317,40 @@ check_airflow_dags_test_fails() {
   [ "$rc" != 0 ]
   [ "$state" = failed ]
   [ "$task" = failed ]
-  # retries=1: the task ran twice (after retry_delay, 30s), sweeper exiting 4 both times.
-  [ "$exits" = 2 ]
+  # migrate once (no retries), exiting 4; then the sweep anyway (its trigger rule: it protects due
+  # keys), twice (retries=1, after retry_delay, 30s), exiting 4 both times.
+  [ "$exits" = 3 ]
+  local migrate
+  migrate=$(airflow_db "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
+    WHERE r.dag_id = 'sweeper_local' AND ti.task_id = 'migrate' ORDER BY r.id DESC LIMIT 1")
+  echo "migrate: $migrate"
+  [ "$migrate" = failed ]
   # A failed sweep emits no asset event: conversations_landed is upstream_failed.
   local landed
   landed=$(airflow_db "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
     WHERE r.dag_id = 'sweeper_local' AND ti.task_id = 'conversations_landed' ORDER BY r.id DESC LIMIT 1")
   echo "conversations_landed: $landed"
   [ "$landed" = upstream_failed ]
+}
+
+# The sharded DAG as `airflow dags test` runs it: one mapped task per shard, each `--shard I/3`,
+# every key due, so together they save all 50, once each, in three ok rows of sweep_runs.
+check_airflow_sharded() {
+  fresh_db dags_sharded orch-sharded-dag 2m..5m
+  airflow_env
+  local airflow=${VENV[airflow]}/bin/airflow rc=0
+  airflow_migrate
+  "$airflow" dags test sweeper_local_sharded >"$work/dags-test-sharded.log" 2>&1 || rc=$?
+  grep -E 'Running command|Command exited|DagRun Finished' "$work/dags-test-sharded.log" | cut -c1-300 || true
+  [ "$rc" = 0 ] || { tail -n 40 "$work/dags-test-sharded.log"; echo "airflow dags test exited $rc"; return 1; }
+  local stored shards tasks
+  stored=$(psql -X -At "$DATABASE_URL" -c 'SELECT count(*) FROM sweeper.conversations')
+  shards=$(psql -X -At "$DATABASE_URL" -c "SELECT string_agg(shard_index || '/' || shard_count, ' ' ORDER BY shard_index)
+    FROM sweeper.sweep_runs WHERE status = 'ok'")
+  tasks=$(airflow_db "SELECT count(*) FROM task_instance WHERE dag_id = 'sweeper_local_sharded' AND task_id = 'sweep'
+    AND state = 'success'")
+  echo "conversations stored: $stored of 50; ok runs by shard: $shards; mapped tasks succeeded: $tasks"
+  [ "$stored" = 50 ] && [ "$shards" = "0/3 1/3 2/3" ] && [ "$tasks" = 3 ]
 }
 
 check_flyte() {
@@ -393,6 +421,11 @@ check_helm() {
     --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_21 -d "$out"
 }
 
+# docs/installing.md's blocks, command by command, as written or by their offline twins.
+check_install_docs() {
+  "${VENV[lint]}/bin/python" tests/orchestrators/check_install_docs.py "${TOOL[helm]}" "${TOOL[kubectl]}"
+}
+
 check_monitoring() {
   local promtool=${TOOL[promtool]}
   "$promtool" --version | head -n 1
@@ -457,7 +490,7 @@ check_deb() {
   for f in /usr/bin/sweeper /usr/share/man/man1/sweeper.1.gz /usr/share/bash-completion/completions/sweeper \
     /usr/share/zsh/vendor-completions/_sweeper /usr/share/fish/vendor_completions.d/sweeper.fish \
     /lib/systemd/system/sweeper.service /lib/systemd/system/sweeper.timer \
-    /lib/systemd/system/sweeper-daemon.service /etc/sweeper/sweeper.env /usr/share/doc/sweeper/copyright \
+    /lib/systemd/system/sweeper-daemon.service /lib/systemd/system/sweeper-migrate.service /etc/sweeper/sweeper.env /usr/share/doc/sweeper/copyright \
     /usr/share/doc/sweeper/installing.md; do
     grep -qx "$f" "$work/deb-contents" || { echo "missing from the package: $f"; missing=1; }
   done
@@ -475,8 +508,15 @@ check_deb() {
   cp -an /lib/systemd/system/. "$root/lib/systemd/system/"
   systemd-analyze --version | head -n 1
   (cd "$root" && systemd-analyze verify --man=no --root="$root" \
-    lib/systemd/system/sweeper.service lib/systemd/system/sweeper.timer lib/systemd/system/sweeper-daemon.service)
-  echo "systemd-analyze verify: the three units are clean"
+    lib/systemd/system/sweeper.service lib/systemd/system/sweeper.timer lib/systemd/system/sweeper-daemon.service \
+    lib/systemd/system/sweeper-migrate.service)
+  echo "systemd-analyze verify: the four units are clean"
+  # migrate is a unit of its own (credentials of its own), which both sweeps want and start after,
+  # but do not require: with PostgreSQL down the sweep must still run to protect the due keys.
+  grep -qx 'Wants=sweeper-migrate.service' "$root/lib/systemd/system/sweeper.service"
+  grep -qx 'Wants=sweeper-migrate.service' "$root/lib/systemd/system/sweeper-daemon.service"
+  [ -z "$(grep -h '^Requires=' "$root/lib/systemd/system/sweeper.service" "$root/lib/systemd/system/sweeper-daemon.service")" ]
+  [ -z "$(grep '^Exec.*migrate' "$root/lib/systemd/system/sweeper.service" "$root/lib/systemd/system/sweeper-daemon.service")" ]
   # The timer fires on the schedule the settings file gives the runs (which check their threshold).
   grep -qx 'OnCalendar=\*:0/5' "$root/lib/systemd/system/sweeper.timer"
   grep -qx 'SWEEPER_SCHEDULE="\*/5 \* \* \* \*"' "$root/etc/sweeper/sweeper.env"
@@ -534,10 +574,14 @@ lane() {
       run "airflow: the pod's arguments run the binary, the XCom file is its summary" check_airflow_kpo_args
       run "airflow: dags test sweeper_local, rows land, the Asset's event only when some did; the downstream DAG" check_airflow_dags_test
       run "airflow: dags test sweeper_local fails when PostgreSQL is down" check_airflow_dags_test_fails
+      run "airflow: dags test sweeper_local_sharded, one mapped task per --shard I/3, every key once" check_airflow_sharded
       ;;
     flyte) run "flyte: pyflyte package, the launch plan every 5 minutes, the outputs the binary writes" check_flyte ;;
     dagster) run "dagster: asset materialize through Pipes, the summary as metadata; failing on exit 4" check_dagster ;;
-    helm) run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm ;;
+    helm)
+      run "helm: lint, template through kubernetes-validate and checkov, k8s/ in substance, refusals; kustomize" check_helm
+      run "docs: installing.md's commands as written, or their offline twins" check_install_docs
+      ;;
     monitoring) run "monitoring: promtool test rules, the dashboard's PromQL, only exported metrics" check_monitoring ;;
     pushgateway) run "pushgateway: three shards, three groups, the failing shard's last success old" check_pushgateway ;;
     deb) run "deb: cargo-deb builds it, its contents, systemd-analyze verify, the packaged binary sweeps" check_deb ;;

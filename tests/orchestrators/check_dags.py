@@ -30,8 +30,9 @@ sys.path.append(folder)
 bag = DagBag(dag_folder=folder)
 
 expect(not bag.import_errors, f"no import errors in {folder}: {dict(bag.import_errors)}")
-expect(set(bag.dag_ids) == {"sweeper", "sweeper_local", "sweeper_conversations_landed"},
-       f"exactly the two sweep DAGs and the downstream example: {sorted(bag.dag_ids)}")
+expect(set(bag.dag_ids) == {"sweeper", "sweeper_local", "sweeper_local_sharded", "sweeper_conversations_landed",
+                           "sweeper_retention"},
+       f"exactly the three sweep DAGs, the downstream example and retention: {sorted(bag.dag_ids)}")
 # dags/.airflowignore keeps Airflow from importing the Flyte workflow and the Dagster assets
 # (neither flytekit nor dagster is installed here).
 for other in ("sweeper_flyte", "sweeper_dagster"):
@@ -47,9 +48,13 @@ for dag_id in ("sweeper", "sweeper_local"):
         continue
     print(f"{dag_id}:")
     tasks = dag.tasks
-    expect(sorted(t.task_id for t in tasks) == ["conversations_landed", "sweep"],
-           f"the sweep and conversations_landed: {[t.task_id for t in tasks]}")
+    expect(sorted(t.task_id for t in tasks) == ["conversations_landed", "migrate", "sweep"],
+           f"migrate, the sweep and conversations_landed: {[t.task_id for t in tasks]}")
     task = dag.get_task("sweep")
+    migrate = dag.task_dict.get("migrate")
+    expect(migrate is not None and migrate.downstream_task_ids == {"sweep"} and task.trigger_rule == "all_done",
+           f"migrate runs first, and the sweep after it even when it failed (due keys are protected): "
+           f"{task.trigger_rule}")
     landed = dag.task_dict.get("conversations_landed")
     if landed is not None:
         outlets = [(o.name, o.uri) for o in landed.outlets]
@@ -73,6 +78,10 @@ for dag_id in ("sweeper", "sweeper_local"):
 
     if dag_id == "sweeper":
         expect(type(task).__name__ == "KubernetesPodOperator", f"a KubernetesPodOperator: {type(task).__name__}")
+        if migrate is not None:
+            expect(list(migrate.arguments)[:1] == ["migrate"]
+                   and {(s.deploy_target, s.key) for s in migrate.secrets} == {("DATABASE_URL", "database-url")},
+                   f"the migrate pod runs `migrate` with a database URL from its Secret: {migrate.arguments}")
         args = list(task.arguments)
         joined = " ".join(args)
         expect(args[:3] == ["run", "--output", "json"], f"arguments {args}")
@@ -97,6 +106,22 @@ for dag_id in ("sweeper", "sweeper_local"):
         expect(task.skip_on_exit_code is None or not task.skip_on_exit_code, f"no exit code skips: {task.skip_on_exit_code}")
         expect(task.append_env is True, "the worker's environment is kept (REDIS_URL, DATABASE_URL, PATH)")
 
+sharded = bag.dags.get("sweeper_local_sharded")
+if sharded is not None:
+    print("sweeper_local_sharded:")
+    task = sharded.get_task("sweep")
+    expect(type(task).__name__ == "MappedOperator", f"the sweep is one mapped task: {type(task).__name__}")
+    commands = task.expand_input.value.get("bash_command", [])
+    want = [f'exec "${{SWEEPER_BIN:-sweeper}}" run --output json --shard {i}/3' for i in range(3)]
+    expect(commands == want, f"one `--shard I/3` per shard: {commands}")
+    expect(sharded.schedule == "*/5 * * * *" and sharded.max_active_runs == 1 and sharded.catchup is False,
+           "the sweep DAGs' schedule, one run at a time, no catchup")
+    expect(task.trigger_rule == "all_done" and sharded.task_dict.get("migrate") is not None
+           and sharded.task_dict["migrate"].downstream_task_ids == {"sweep"},
+           f"migrate first, the shards after it whatever it did: {task.trigger_rule}")
+    landed = sharded.task_dict.get("conversations_landed")
+    expect(landed is not None and landed.upstream_task_ids == {"sweep"}, "conversations_landed follows the shards")
+
 downstream = bag.dags.get("sweeper_conversations_landed")
 if downstream is not None:
     print("sweeper_conversations_landed:")
@@ -105,6 +130,24 @@ if downstream is not None:
     expect(assets == [("sweeper_conversations", "postgres://postgres:5432/sweeper/sweeper/conversations")],
            f"scheduled on the conversations Asset: {assets} ({type(downstream.timetable).__name__})")
     expect(downstream.catchup is False, f"catchup {downstream.catchup}")
+
+retention = bag.dags.get("sweeper_retention")
+if retention is not None:
+    print("sweeper_retention:")
+    expect([t.task_id for t in retention.tasks] == ["prune"], f"one task, prune: {[t.task_id for t in retention.tasks]}")
+    task = retention.get_task("prune")
+    expect(retention.schedule == "17 3 * * *", f"daily: {retention.schedule!r}")
+    expect(retention.catchup is False and retention.max_active_runs == 1, "no catchup, one run at a time")
+    expect(list(task.arguments)[:3] == ["prune", "--output", "json"], f"arguments {list(task.arguments)}")
+    env = {e.name: e.value for e in task.env_vars} if isinstance(task.env_vars, list) else dict(task.env_vars)
+    expect("sweeper_retention" in env.get("SWEEPER_OLDER_THAN", "") and "365d" in env.get("SWEEPER_OLDER_THAN", ""),
+           f"the window from the Variable, defaulted: {env}")
+    secrets = {(s.deploy_target, s.secret, s.key) for s in task.secrets}
+    expect(secrets == {("DATABASE_URL", "sweeper-eraser", "database-url")},
+           f"only the eraser's database URL: {sorted(secrets)}")
+    csc, psc = task.container_security_context, task.security_context
+    expect(csc is not None and csc.read_only_root_filesystem and psc is not None and psc.run_as_non_root,
+           "the same locked-down pod")
 
 if failures:
     print(f"check_dags: {len(failures)} failed")

@@ -28,6 +28,7 @@
 //! `ASK`). A slot moving while a shard reads it may still be missed by that run (its keys then on
 //! a node the shard does not read): the next run reads it from its new owner (if not expired).
 
+mod erase;
 mod keys;
 mod route;
 mod walk;

@@ -21,6 +21,7 @@
 
 use redis::{Pipeline, Value};
 
+mod acl;
 mod document;
 
 pub use document::{hash_document, list_document, lossy_json_array};

@@ -108,13 +108,13 @@ next, which starts one gap later and may run for the deadline), and the one for 
 {{- define "sweeper.secretVolume" -}}
 - name: secrets
   secret:
-    secretName: {{ .root.Values.existingSecret }}
+    secretName: {{ .secret | default .root.Values.existingSecret }}
     items:
       {{- if .redis }}
       - key: {{ .root.Values.secretKeys.redisUrl }}
         path: redis-url
       {{- end }}
-      - key: {{ .root.Values.secretKeys.databaseUrl }}
+      - key: {{ .databaseUrlKey | default .root.Values.secretKeys.databaseUrl }}
         path: database-url
 {{- end -}}
 
