@@ -9,9 +9,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::runs;
 use common::servers::PrivatePg;
 use common::*;
 use serde_json::Value;
@@ -115,14 +116,10 @@ async fn keeps_the_contract(major: u32) {
 
     // PostgreSQL stopped: exit 4, and the due keys protected in Redis instead.
     pg.stop();
-    let mut cmd = env.command();
-    cmd.args(["run", "--output", "json", "--match", &env.pattern()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = finish(cmd.spawn().unwrap(), Duration::from_secs(90));
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    let down: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(down["protected"].as_u64().unwrap() >= 20, "{down}");
+    let out = runs::run_within(&env, &[], &[], Duration::from_secs(90));
+    runs::assert_exit(&out, 4);
+    let down = runs::summary(&out);
+    assert!(runs::n(&down, "protected") >= 20, "{down}");
     let ttl: i64 = env
         .redis_cmd(redis::cmd("PTTL").arg(env.key("c00007")))
         .await;
