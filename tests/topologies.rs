@@ -184,7 +184,7 @@ async fn a_slow_network_to_both_servers_saves_everything() {
 }
 
 /// Issue 17, row 1: Debian's PgBouncer (1.18) in transaction mode with the config operators
-/// write. `migrate` through it works or refuses in one line naming the direct URL; lone runs
+/// write. `migrate` through it works; lone runs
 /// are never skipped nor failed (no startup options, no named statements left on a pooled
 /// backend, no session lock leaked); two runs at once save each conversation once.
 #[tokio::test]
@@ -196,12 +196,9 @@ async fn pgbouncer_transaction_mode_runs_lock_and_migrate() {
         env.command().env("DATABASE_URL", &via).arg("migrate"),
         Duration::from_secs(60),
     );
-    if !out.status.success() {
-        let line = error_line(&out);
-        assert!(line.contains("direct"), "{line}");
-        let direct = env.sweeper(&["migrate"]);
-        assert!(direct.status.success(), "{}", stderr(&direct));
-    }
+    // One transaction, its lock a transaction lock, its statements deallocated before the
+    // commit (docs/deploying.md): it goes through.
+    assert_exit(&out, 0);
     lone_runs_then_two_at_once(&env, &bouncer, &via, "PgBouncer 1.18 transaction mode").await;
 }
 
