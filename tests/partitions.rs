@@ -336,6 +336,55 @@ async fn read_only_endpoint_at_the_start_flips_to_the_primary_and_the_run_ends_o
     assert_eq!(runs_left_running(&env.database_url).await, 0);
 }
 
+/// The endpoint moves to a read-only standby 300 rows into the run (a proxy re-pointed, its
+/// connections reset) and back to the primary 35 s later: the batch in flight is retried until
+/// it goes in, not given up after the 30 s other errors get, while the reader protects the due
+/// keys instead of reading them. The run ends ok, and the next run saves what it protected.
+#[tokio::test]
+async fn read_only_endpoint_mid_run_for_longer_than_the_ride_out_ends_ok() {
+    let primary = PrivatePg::start();
+    let env = TestEnv::with_pg("part_ro_mid", &primary).await;
+    let standby = PrivatePg::standby_of(&primary);
+    let endpoint = FaultProxy::start(primary.port);
+    let via = with_port(&env.database_url, endpoint.port);
+    env.seed(1000, DUE_TTL).await;
+    let args = [args(), vec!["--deadline", "80s"]].concat();
+    let mut run = spawn(&env, &[("DATABASE_URL", &via)], &args);
+    wait_rows(&env.pg, 300, &mut run).await;
+    endpoint.set_target(standby.port);
+    endpoint.reset_all();
+    std::thread::sleep(READ_ONLY);
+    endpoint.set_target(primary.port);
+    endpoint.reset_all();
+    let flipped = Instant::now();
+    let out = finish(run, Duration::from_secs(90));
+    let s = summary(&out);
+    // Protected keys are not due under the default threshold: the next run looks further.
+    let next = env.run_json(&["--threshold", "20m", "--protect-ttl", "30m"]);
+    let lost = lost(&env, &env.redis_url, &env.database_url, &ids(1000)).await;
+    figure(
+        "read-only endpoint for 35 s mid-run",
+        format!(
+            "exit {:?} {:.1}s after the flip back, persisted {}, protected {}, lost {lost}",
+            out.status.code(),
+            flipped.elapsed().as_secs_f64(),
+            n(&s, "persisted"),
+            n(&s, "protected")
+        ),
+    );
+    assert_exit(&out, 0);
+    assert_eq!(s["status"], "ok", "{s}");
+    assert_identity(&s);
+    assert!(
+        n(&s, "protected") > 0,
+        "the reader protected meanwhile: {s}"
+    );
+    assert_identity(&next);
+    assert_eq!(rows(&env.database_url).await, 1000);
+    assert_eq!(lost, 0);
+    assert_eq!(runs_left_running(&env.database_url).await, 0);
+}
+
 /// The endpoint stays on the standby past the run's `--deadline` (10 s): the run gives up
 /// waiting at half of it, protects every due key in the other half, and exits 4 naming the
 /// read-only transaction by the deadline; the summary adds up. Nothing is lost: the next run,
