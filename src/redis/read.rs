@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -14,18 +15,31 @@ use crate::redis::langgraph::{ThreadRead, read_threads};
 use crate::redis::layout::{Fetched, Layout, Probe};
 use crate::redis::node::fetch_chunks;
 
+/// A due key as the selection found it.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub key: Vec<u8>,
+    /// TTL left when its TTL was read (0 for a key with none, due for being idle).
+    pub ttl_ms: u64,
+    /// When that TTL runs out, counted from the reply that gave it (so late by at most the
+    /// reply's way back); None: no TTL.
+    pub expires: Option<Instant>,
+}
+
 /// One due key as it was read.
 pub enum Read {
     /// A checkpoint's value (or why there is none).
     Value {
         key: Vec<u8>,
         ttl_ms: u64,
+        expires: Option<Instant>,
         fetched: Fetched,
     },
     /// `--format langgraph`: a thread, read whole.
     Thread {
         key: Vec<u8>,
         ttl_ms: u64,
+        expires: Option<Instant>,
         read: ThreadRead,
     },
 }
@@ -60,10 +74,10 @@ impl DueReader {
     pub async fn read(
         &self,
         source: &mut Nodes,
-        due: &[(Vec<u8>, u64)],
+        due: &[Due],
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<bool> {
-        let keys: Vec<Vec<u8>> = due.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<Vec<u8>> = due.iter().map(|d| d.key.clone()).collect();
         match self {
             DueReader::Values {
                 layout,
@@ -73,7 +87,8 @@ impl DueReader {
                 while let Some(run) = reads.next(source).await? {
                     let read = run.into_iter().map(|(i, fetched)| Read::Value {
                         key: keys[i].clone(),
-                        ttl_ms: due[i].1,
+                        ttl_ms: due[i].ttl_ms,
+                        expires: due[i].expires,
                         fetched,
                     });
                     if tx.send(read.collect()).await.is_err() {
@@ -83,14 +98,12 @@ impl DueReader {
             }
             DueReader::Threads { latest_prefix } => {
                 let threads = read_threads(source, &keys, latest_prefix).await?;
-                let read = due
-                    .iter()
-                    .zip(threads)
-                    .map(|((key, ttl_ms), read)| Read::Thread {
-                        key: key.clone(),
-                        ttl_ms: *ttl_ms,
-                        read,
-                    });
+                let read = due.iter().zip(threads).map(|(due, read)| Read::Thread {
+                    key: due.key.clone(),
+                    ttl_ms: due.ttl_ms,
+                    expires: due.expires,
+                    read,
+                });
                 if tx.send(read.collect()).await.is_err() {
                     return Ok(false);
                 }

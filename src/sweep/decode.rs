@@ -5,6 +5,8 @@
 //! of the sweeper's CPU in a dry run) overlaps the reader's round trips instead of waiting between
 //! them. The channels on both sides are bounded: memory stays bounded by the batch size.
 
+use std::time::Instant;
+
 use tokio::sync::mpsc;
 
 use crate::checkpoint::{self, Checkpoint, Reject};
@@ -93,6 +95,9 @@ pub(crate) struct ReadBatch {
     pub batch: Batch,
     /// Filled on dry runs only: what the table shows.
     pub due_keys: Vec<DueKey>,
+    /// The keys of the batch's checkpoints and threads with a TTL, and when each runs out: a
+    /// write slower than usual has those about to run out shielded.
+    pub expiring: Vec<(Instant, Vec<u8>)>,
 }
 
 impl ReadBatch {
@@ -100,6 +105,7 @@ impl ReadBatch {
         ReadBatch {
             batch: Batch::default(),
             due_keys: Vec::new(),
+            expiring: Vec::new(),
         }
     }
 }
@@ -157,14 +163,38 @@ impl Decoder {
     }
 
     fn take(&mut self, read: Read) {
-        match read {
+        let b = &self.current.batch;
+        let (checkpoints, threads) = (b.checkpoints.len(), b.threads.len());
+        let expires = match read {
             Read::Value {
                 key,
                 ttl_ms,
+                expires,
                 fetched,
-            } => self.take_value(key, ttl_ms, fetched),
-            Read::Thread { key, ttl_ms, read } => self.take_thread(&key, ttl_ms, read),
-        }
+            } => {
+                self.take_value(key, ttl_ms, fetched);
+                expires
+            }
+            Read::Thread {
+                key,
+                ttl_ms,
+                expires,
+                read,
+            } => {
+                self.take_thread(&key, ttl_ms, read);
+                expires
+            }
+        };
+        let (Some(at), false) = (expires, self.cfg.dry_run) else {
+            return;
+        };
+        // The keys a write of this batch would protect: its checkpoints' and threads'.
+        let b = &self.current.batch;
+        let keys = b.checkpoints[checkpoints..]
+            .iter()
+            .map(|c| c.redis_key.clone().into_bytes())
+            .chain(b.threads[threads..].iter().flat_map(|t| t.keys.clone()));
+        self.current.expiring.extend(keys.map(|k| (at, k)));
     }
 
     /// Decodes one fetched value into the current batch, as a checkpoint or a reject. A dry run
@@ -407,6 +437,7 @@ mod tests {
         let read = |id: &str| Read::Value {
             key: format!("checkpoint:{id}").into_bytes(),
             ttl_ms: 5,
+            expires: None,
             fetched: Fetched::Value(br#"{"messages": []}"#.to_vec()),
         };
         reads_tx.send(vec![read("a"), read("b")]).await.unwrap();
@@ -507,6 +538,7 @@ mod tests {
         ids.map(|i| Read::Value {
             key: format!("checkpoint:c{i}").into_bytes(),
             ttl_ms: 1,
+            expires: None,
             fetched: Fetched::Value(br#"{"messages": []}"#.to_vec()),
         })
         .collect()

@@ -21,6 +21,7 @@ pub mod health;
 pub mod protect;
 pub mod read;
 pub mod record;
+pub mod shield;
 pub mod write;
 
 use std::time::{Duration, Instant};
@@ -262,6 +263,8 @@ async fn stages(
         deadline,
         protector: protector(&source),
         health: health.clone(),
+        in_flight: Default::default(),
+        times: Default::default(),
     };
     let (reads_tx, reads_rx) = mpsc::channel::<Vec<Read>>(READS_DEPTH);
     let reader = Reader::new(cfg.clone(), shutdown.clone(), deadline, health);

@@ -12,7 +12,7 @@ use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
 use crate::redis::cluster::Walk;
-use crate::redis::read::{DueReader, Read};
+use crate::redis::read::{Due, DueReader, Read};
 use crate::run::Counters;
 use crate::select::{Ttl, classify, idle_due};
 use crate::shutdown::Shutdown;
@@ -166,7 +166,7 @@ impl Reader {
         scanner: &mut Nodes,
         chooser: &mut Nodes,
         mut walk: Walk,
-        due_tx: mpsc::Sender<Vec<(Vec<u8>, u64)>>,
+        due_tx: mpsc::Sender<Vec<Due>>,
     ) -> Result<Option<Stop>> {
         let (pattern, count) = (self.cfg.pattern.clone(), self.cfg.scan_count);
         let mut page = scanner.next_page(&mut walk, &pattern, count).await?;
@@ -197,11 +197,7 @@ impl Reader {
     }
 
     /// Selects the due keys of one page (for a shard, of its own keys).
-    async fn choose(
-        &mut self,
-        source: &mut Nodes,
-        mut keys: Vec<Vec<u8>>,
-    ) -> Result<Vec<(Vec<u8>, u64)>> {
+    async fn choose(&mut self, source: &mut Nodes, mut keys: Vec<Vec<u8>>) -> Result<Vec<Due>> {
         // A shard counts and reads only its own keys: N shards add up to one whole sweep. (On a
         // cluster its walks read mostly its own slots already; a SCANned primary may still hold
         // keys of a slot it is importing.)
@@ -218,12 +214,11 @@ impl Reader {
     }
 
     /// PTTLs of a page; returns the due keys with their TTL left.
-    async fn select(
-        &mut self,
-        source: &mut Nodes,
-        keys: Vec<Vec<u8>>,
-    ) -> Result<Vec<(Vec<u8>, u64)>> {
+    async fn select(&mut self, source: &mut Nodes, keys: Vec<Vec<u8>>) -> Result<Vec<Due>> {
         let pttls = source.pttls(&keys).await?;
+        // Redis read the TTLs just before it replied: counted from now, each runs out at most
+        // the reply's way back sooner than said.
+        let replied = Instant::now();
         let mut due = Vec::new();
         let mut idle = Vec::new();
         for (key, pttl) in keys.into_iter().zip(pttls) {
@@ -231,7 +226,11 @@ impl Reader {
                 // A key SCAN returns twice (Redis may, while its table shrinks) is read twice:
                 // remembering every due key would make memory grow with the keyspace, and the
                 // second read finds it stored as it is (counted unchanged).
-                Ttl::Due { ttl_ms } => due.push((key, ttl_ms)),
+                Ttl::Due { ttl_ms } => due.push(Due {
+                    key,
+                    ttl_ms,
+                    expires: Some(replied + std::time::Duration::from_millis(ttl_ms)),
+                }),
                 Ttl::NotDue => self.counters.not_due += 1,
                 Ttl::NoTtl if self.cfg.save_idle.is_some() => idle.push(key),
                 Ttl::NoTtl => self.counters.no_ttl += 1,
@@ -245,7 +244,11 @@ impl Reader {
                 if !idle_due(secs, save_idle) {
                     self.counters.no_ttl += 1;
                 } else {
-                    due.push((key, 0));
+                    due.push(Due {
+                        key,
+                        ttl_ms: 0,
+                        expires: None,
+                    });
                 }
             }
         }
@@ -307,7 +310,7 @@ impl Taker {
     async fn run(
         &mut self,
         handles: [&mut Nodes; 2],
-        mut due_rx: mpsc::Receiver<Vec<(Vec<u8>, u64)>>,
+        mut due_rx: mpsc::Receiver<Vec<Due>>,
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         let [first, second] = handles;
@@ -349,14 +352,14 @@ impl Taker {
     async fn take(
         &mut self,
         source: &mut Nodes,
-        due: Vec<(Vec<u8>, u64)>,
+        due: Vec<Due>,
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         if self.protecting() {
             if self.protect_ttl.is_zero() {
                 return Ok(Some(Stop::WriterGone));
             }
-            let keys: Vec<Vec<u8>> = due.into_iter().map(|(k, _)| k).collect();
+            let keys: Vec<Vec<u8>> = due.into_iter().map(|d| d.key).collect();
             self.counters.due += keys.len() as u64;
             // A LangGraph thread lives in all its keys: each is raised, not only the latest.
             let all = self
@@ -375,7 +378,7 @@ impl Taker {
     async fn read(
         &self,
         source: &mut Nodes,
-        due: Vec<(Vec<u8>, u64)>,
+        due: Vec<Due>,
         tx: &mpsc::Sender<Vec<Read>>,
     ) -> Result<Option<Stop>> {
         for chunk in due.chunks(self.batch_size) {

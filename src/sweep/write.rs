@@ -9,7 +9,7 @@
 //! instead of waiting for one, so the reading goes on and no due key still unread runs out its
 //! TTL behind a stalled writer. When the retries succeed, writing resumes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use super::decode::{ReadBatch, count_protected};
 use super::health::Health;
 use super::protect::protect;
+use super::shield::{self, Exposed, WriteTimes};
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
@@ -38,6 +39,11 @@ pub(super) struct Writers<'a> {
     /// Down at the first batch PostgreSQL cannot take for good, stuck while writes wait: the
     /// reader then protects instead of reading.
     pub health: Health,
+    /// The keys of each batch being written, to protect them if its task dies, and those of
+    /// them with a TTL, to shield while the write is slow.
+    pub in_flight: HashMap<tokio::task::Id, (Vec<Vec<u8>>, Exposed)>,
+    /// How long this run's writes take.
+    pub times: WriteTimes,
 }
 
 /// What the writers did.
@@ -52,16 +58,22 @@ pub(super) struct Wrote {
     pub gone_due: u64,
 }
 
+impl Wrote {
+    fn new(list: usize) -> Wrote {
+        Wrote {
+            counters: Counters::default(),
+            due_keys: DueList::new(list),
+            error: None,
+            gone_due: 0,
+        }
+    }
+}
+
 impl Writers<'_> {
     /// Writes every batch `rx` brings until it closes.
     pub async fn drain(mut self, mut rx: mpsc::Receiver<ReadBatch>) -> Wrote {
         let cfg = self.cfg;
-        let mut out = Wrote {
-            counters: Counters::default(),
-            due_keys: DueList::new(cfg.list),
-            error: None,
-            gone_due: 0,
-        };
+        let mut out = Wrote::new(cfg.list);
         // Set by a write task at its first failure, cleared when a retry succeeds.
         let (trouble_tx, mut trouble) = watch::channel(false);
         let guard = Guard {
@@ -71,17 +83,19 @@ impl Writers<'_> {
         };
         // Batches written at once, each on its own connection: batches hold disjoint conversations.
         let mut writing: JoinSet<WriteResult> = JoinSet::new();
-        // The keys of each batch being written, to protect them if its task dies.
-        let mut in_flight: HashMap<tokio::task::Id, Vec<Vec<u8>>> = HashMap::new();
-        // A batch waiting for a writer, and since when: at most `handoff`, then it is protected.
-        let mut held: Option<(ReadBatch, tokio::time::Instant)> = None;
-        let operation = self
-            .store
-            .map_or(Duration::from_secs(3600), |s| s.operation_timeout());
+        // Batches waiting for a writer, and since when: at most `handoff`, then they are
+        // protected. One; two while a write is slow, so that the reading goes on at its pace
+        // (held up behind the full channels, the scan fell 30-40 keys behind its controls'
+        // before the stall was called).
+        let mut held: VecDeque<(ReadBatch, Exposed)> = VecDeque::new();
+        let handoff = handoff(
+            self.store
+                .map_or(Duration::from_secs(3600), |s| s.operation_timeout()),
+        );
         // Set when a batch waited `handoff` for a writer, cleared when a writer is free again.
         let mut stalled = false;
         let mut reading = true;
-        while reading || held.is_some() || !writing.is_empty() {
+        while reading || !held.is_empty() || !writing.is_empty() {
             let in_trouble = *trouble.borrow_and_update();
             let full = writing.len() >= cfg.writers.max(1);
             self.health.set_stuck(in_trouble || stalled);
@@ -89,48 +103,58 @@ impl Writers<'_> {
             // writers are stuck, and no writer is free): keep the held batch's keys alive for a
             // later sweep, and read on.
             let refuse = out.error.is_some() || (full && (in_trouble || stalled));
-            if let Some((read, _)) = held.take_if(|_| refuse || !full) {
+            if (refuse || !full)
+                && let Some((read, exposed)) = held.pop_front()
+            {
                 match refuse {
                     true => self.protect_batch(&mut out, &read.batch).await,
-                    false => self.spawn(&mut writing, &mut in_flight, &guard, read),
+                    false => self.spawn(&mut writing, &guard, read, exposed),
                 }
                 continue;
             }
-            let handoff = handoff(operation);
             let handoff_ends = held
-                .as_ref()
-                .map_or_else(tokio::time::Instant::now, |h| h.1 + handoff);
+                .front()
+                .and_then(|h| h.1.since)
+                .map_or_else(tokio::time::Instant::now, |since| since + handoff);
+            let (shield_at, slow) = self.shield_at(handoff, held.iter().map(|h| &h.1));
+            let room = if slow { 2 } else { 1 };
             tokio::select! {
                 Some(done) = writing.join_next_with_id(), if !writing.is_empty() => {
                     stalled = false;
-                    let keys = in_flight.remove(&done.as_ref().map_or_else(|e| e.id(), |d| d.0));
-                    self.done(&mut out, done, keys.unwrap_or_default()).await;
+                    let id = done.as_ref().map_or_else(|e| e.id(), |d| d.0);
+                    let flight = self.in_flight.remove(&id).unwrap_or_default();
+                    self.done(&mut out, done, flight).await;
                 }
-                read = rx.recv(), if reading && held.is_none() => {
-                    let Some(read) = read else {
+                read = rx.recv(), if reading && held.len() < room => {
+                    let Some(mut read) = read else {
                         reading = false;
                         continue;
                     };
                     out.counters.batches += 1;
+                    let now = tokio::time::Instant::now();
+                    let exposed = Exposed::new(std::mem::take(&mut read.expiring), now);
                     match self.store {
                         None => out.due_keys.extend(read.due_keys),
                         Some(_) if refuse => self.protect_batch(&mut out, &read.batch).await,
-                        Some(_) if full => held = Some((read, tokio::time::Instant::now())),
-                        Some(_) => self.spawn(&mut writing, &mut in_flight, &guard, read),
+                        Some(_) if full => held.push_back((read, exposed)),
+                        Some(_) => self.spawn(&mut writing, &guard, read, exposed),
                     }
                 }
-                () = tokio::time::sleep_until(handoff_ends), if held.is_some() => {
+                () = tokio::time::sleep_until(handoff_ends), if !held.is_empty() => {
                     tracing::warn!(
                         waited_ms = handoff.as_millis() as u64,
                         "no PostgreSQL writer took a batch in time: protecting due keys instead of waiting, so the reading goes on"
                     );
                     if !stalled {
-                        self.shield(in_flight.values()).await;
+                        self.shield_in_flight().await;
                     }
                     stalled = true;
                 }
+                () = tokio::time::sleep_until(shield_at.unwrap_or(handoff_ends)), if shield_at.is_some() => {
+                    self.shield_expiring(held.iter_mut().map(|h| &mut h.1)).await;
+                }
                 // A writer in trouble, or out of it: tell the reader, look at the batch held again.
-                Ok(()) = trouble.changed(), if reading || held.is_some() => {}
+                Ok(()) = trouble.changed(), if reading || !held.is_empty() => {}
             }
         }
         if out.error.is_none() && out.counters.protected > 0 {
@@ -143,16 +167,60 @@ impl Writers<'_> {
         out
     }
 
+    /// When to look again (when the oldest write becomes slow, or the keys of the batches
+    /// waiting on a slow write must next be shielded; None: no write under way, or nothing left
+    /// to shield), and whether a write is slow now.
+    fn shield_at<'e>(
+        &'e self,
+        handoff: Duration,
+        held: impl Iterator<Item = &'e Exposed>,
+    ) -> (Option<tokio::time::Instant>, bool) {
+        let oldest = self.in_flight.values().filter_map(|f| f.1.since).min();
+        let slow = self.times.slow(handoff);
+        let slow_from = oldest.map(|o| o + slow);
+        let is_slow = slow_from.is_some_and(|t| t <= tokio::time::Instant::now());
+        let exposed = self.in_flight.values().map(|f| &f.1).chain(held);
+        let wake = shield::wake(oldest, slow, exposed);
+        let at = [wake, slow_from.filter(|_| !is_slow)]
+            .into_iter()
+            .flatten()
+            .min();
+        (at, is_slow)
+    }
+
+    /// Raises the TTL of the keys of the batches waiting on a slow write that are about to run
+    /// out (see [`shield`]): uncounted, as the write may still go through.
+    async fn shield_expiring(&mut self, held: impl Iterator<Item = &mut Exposed>) {
+        let now = tokio::time::Instant::now();
+        let mut keys = Vec::new();
+        for exposed in held {
+            keys.extend(exposed.take_due(now));
+        }
+        for (_, exposed) in self.in_flight.values_mut() {
+            keys.extend(exposed.take_due(now));
+        }
+        tracing::debug!(
+            keys = keys.len(),
+            "a write is slow: shielding the keys about to run out"
+        );
+        protect(&mut self.protector, &keys, self.cfg).await;
+    }
+
     /// Counts what a write task did; on failure, switches the sweep to protecting and protects
     /// what it could not write (`keys`, all of the batch, if the task died).
     async fn done(
         &mut self,
         out: &mut Wrote,
         done: std::result::Result<(tokio::task::Id, WriteResult), tokio::task::JoinError>,
-        keys: Vec<Vec<u8>>,
+        (keys, exposed): (Vec<Vec<u8>>, Exposed),
     ) {
         let (written, failed) = match done {
-            Ok((_, (written, failed))) => (written, failed),
+            Ok((_, (written, failed))) => {
+                if let (None, Some(since)) = (&failed, exposed.since) {
+                    self.times.record(since.elapsed());
+                }
+                (written, failed)
+            }
             Err(e) => {
                 let p = protect(&mut self.protector, &keys, self.cfg).await;
                 out.gone_due += count_protected(&mut out.counters, p, &keys);
@@ -169,11 +237,11 @@ impl Writers<'_> {
 
     /// Writes `read` on a task of its own.
     fn spawn(
-        &self,
+        &mut self,
         writing: &mut JoinSet<WriteResult>,
-        in_flight: &mut HashMap<tokio::task::Id, Vec<Vec<u8>>>,
         guard: &Guard,
         read: ReadBatch,
+        exposed: Exposed,
     ) {
         let Some(s) = self.store else { return };
         let (s, run_id, deadline) = (s.clone(), self.run_id, self.deadline);
@@ -181,16 +249,18 @@ impl Writers<'_> {
         let guard = guard.clone();
         let task =
             writing.spawn(async move { write(&s, run_id, read.batch, deadline, guard).await });
-        in_flight.insert(task.id(), keys);
+        let exposed = exposed.handed(tokio::time::Instant::now());
+        self.in_flight.insert(task.id(), (keys, exposed));
     }
 
     /// Raises the TTL of the keys of batches still being written by stuck writers, as a write
     /// does before its first retry: uncounted (the write may still go through; if it does not,
     /// its keys are protected again and counted then), so the keys of a batch in flight when
     /// PostgreSQL went silent do not run out while its write waits for `--operation-timeout`.
-    async fn shield(&mut self, in_flight: impl Iterator<Item = &Vec<Vec<u8>>>) {
-        for keys in in_flight {
+    async fn shield_in_flight(&mut self) {
+        for (keys, exposed) in self.in_flight.values_mut() {
             protect(&mut self.protector, keys, self.cfg).await;
+            exposed.clear();
         }
     }
 
