@@ -1,8 +1,11 @@
 //! Retention (`sweeper prune`): the conversations last updated before a cutoff deleted with
-//! their message rows, and the rejects last seen before it, a few at a time. The doomed rows are
-//! found by one scan of `conversations` (their integer ids only), then deleted by id in short
-//! transactions: no lock is held longer than one batch, so the sweeps beside it are not blocked
-//! and autovacuum can reuse the freed space while the prune goes on. Each batch adds its counts
+//! their message rows, and the rejects last seen before it. First the closed partitions of
+//! `message_rows` whose conversations are (nearly) all older than the cutoff go whole
+//! ([`super::partitions`]: no WAL per message row, nothing left for VACUUM); what is left (the
+//! open partition, partitions many conversations of which were updated since) is deleted by
+//! rows, a few at a time. Those doomed rows are found by one scan of `conversations` (their
+//! integer ids only), then deleted by id in short transactions: no lock is held longer than one
+//! batch, so the sweeps beside it are not blocked. Each partition and each batch adds its counts
 //! to the receipt in its own transaction: a prune killed at any point has a receipt saying what
 //! it deleted, and a re-run deletes the rest.
 
@@ -79,6 +82,7 @@ impl Store {
         r: &Request,
     ) -> Result<(String, Pruned)> {
         let receipt = self.record_event(r, 0, 0).await?;
+        let mut out = self.prune_partitions(cutoff, &receipt).await?;
         let ids: Vec<i64> = self
             .in_tx("find what a prune deletes", async |c| {
                 query_scalar(
@@ -89,7 +93,6 @@ impl Store {
                 .await
             })
             .await?;
-        let mut out = Pruned::default();
         for chunk in ids.chunks(batch.max(1)) {
             let (conversations, messages) = self
                 .in_tx("prune", async |c| {
@@ -131,6 +134,8 @@ impl Store {
                 break;
             }
         }
+        let dropped = self.drop_empty_partitions().await?;
+        tracing::debug!(dropped, "prune: empty message partitions dropped");
         self.in_tx("complete the receipt", async |c| {
             query("UPDATE erasures SET rejects = $2, redis_keys = 0, finished_at = now() WHERE receipt = $1::uuid")
                 .bind(&receipt)
@@ -143,7 +148,7 @@ impl Store {
     }
 }
 
-async fn add_to_receipt(
+pub(super) async fn add_to_receipt(
     c: &mut sqlx::PgConnection,
     receipt: &str,
     conversations: i64,
