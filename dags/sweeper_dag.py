@@ -136,7 +136,15 @@ CONTAINER_SECURITY = k8s.V1SecurityContext(
 )
 
 
-def _pod(task_id: str, arguments: list[str], secrets: list[Secret], **kwargs) -> KubernetesPodOperator:
+def _pod(
+    task_id: str,
+    arguments: list[str],
+    secrets: list[Secret],
+    env_vars: dict | None = None,
+    timeout=TIMEOUT,
+    resources: tuple[dict, dict] = ({"cpu": "250m", "memory": "128Mi"}, {"cpu": "1", "memory": "256Mi"}),
+    **kwargs,
+) -> KubernetesPodOperator:
     """A pod on the sweeper image, locked down as k8s/cronjob.yaml's; the URLs as env from a
     Secret (a reference: no URL or password is in the DAG or the pod spec)."""
     return KubernetesPodOperator(
@@ -146,19 +154,17 @@ def _pod(task_id: str, arguments: list[str], secrets: list[Secret], **kwargs) ->
         image=IMAGE_TEMPLATE,
         # The image's entrypoint is the binary: these are its arguments.
         arguments=arguments,
-        env_vars=dict(RUN_ENV),
+        env_vars=dict(RUN_ENV) if env_vars is None else env_vars,
         secrets=secrets,
         get_logs=True,
         on_finish_action="delete_pod",
+        execution_timeout=timeout,
         # Kubernetes kills the pod too if the task's timeout somehow did not.
-        active_deadline_seconds=int(TIMEOUT.total_seconds()),
+        active_deadline_seconds=int(timeout.total_seconds()),
         automount_service_account_token=False,
         security_context=POD_SECURITY,
         container_security_context=CONTAINER_SECURITY,
-        container_resources=k8s.V1ResourceRequirements(
-            requests={"cpu": "250m", "memory": "128Mi"},
-            limits={"cpu": "1", "memory": "256Mi"},
-        ),
+        container_resources=k8s.V1ResourceRequirements(requests=resources[0], limits=resources[1]),
         **kwargs,
     )
 
@@ -235,26 +241,14 @@ with _dag(
     "`sweeper prune` daily in a pod, with the eraser's database URL; its JSON report in the log.",
     schedule=RETENTION_SCHEDULE,
 ):
-    KubernetesPodOperator(
-        task_id="prune",
-        name="sweeper-prune",
-        namespace=NAMESPACE,
-        image=IMAGE_TEMPLATE,
-        arguments=["prune", "--output", "json", "--log-format", "json"],
+    _pod(
+        "prune",
+        ["prune", "--output", "json", "--log-format", "json"],
+        # Only the database, and as the eraser: no Redis, and not the sweep's role.
+        [Secret("env", "DATABASE_URL", ERASER_SECRET, SECRET_DATABASE_URL)],
         # The window from the Variable `sweeper_retention` (read when the task runs), or 365d.
         env_vars={"SWEEPER_OLDER_THAN": "{{ var.value.get('sweeper_retention', '365d') }}"},
-        # Only the database, and as the eraser: no Redis, and not the sweep's role.
-        secrets=[Secret("env", "DATABASE_URL", ERASER_SECRET, SECRET_DATABASE_URL)],
-        get_logs=True,
-        on_finish_action="delete_pod",
         # A prune stopped here has a receipt of what it deleted; the next one deletes the rest.
-        execution_timeout=RETENTION_TIMEOUT,
-        active_deadline_seconds=int(RETENTION_TIMEOUT.total_seconds()),
-        automount_service_account_token=False,
-        security_context=POD_SECURITY,
-        container_security_context=CONTAINER_SECURITY,
-        container_resources=k8s.V1ResourceRequirements(
-            requests={"cpu": "100m", "memory": "64Mi"},
-            limits={"cpu": "500m", "memory": "128Mi"},
-        ),
+        timeout=RETENTION_TIMEOUT,
+        resources=({"cpu": "100m", "memory": "64Mi"}, {"cpu": "500m", "memory": "128Mi"}),
     )

@@ -171,6 +171,26 @@ impl Error {
         }
     }
 
+    /// A failover under way: the endpoint reached a standby not yet promoted or a node demoted
+    /// (25006, `READONLY`), or a server shutting down or starting (`admin_shutdown`,
+    /// `cannot_connect_now`). Quick refusals that end when the failover does, so they are
+    /// retried until the run's deadline ([`crate::retry::Retries`]), not only the ride-out.
+    pub fn is_failover(&self) -> bool {
+        match self {
+            Error::Redis { source, .. } => matches!(
+                source.kind(),
+                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            ),
+            Error::Postgres {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db
+                .code()
+                .is_some_and(|c| matches!(&*c, "25006" | "57P01" | "57P03")),
+            _ => false,
+        }
+    }
+
     /// The connection that saw this cannot be trusted for the next try: it went silent or was
     /// lost, or its server is a standby or shutting down (a failover: a fresh connection reaches
     /// the new primary). Such connections are dropped from the pool, not reused.

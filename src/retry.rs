@@ -83,54 +83,80 @@ impl Backoff {
     }
 }
 
-/// Retries `op` on transient errors until `timeout` has passed (how connections are opened).
 /// How long an operation that keeps failing is retried from its first failure: enough to ride
-/// out a restart or a failover, and bounded however long each try takes (a silent server makes
-/// every try last `--operation-timeout`), so the sweep calls the server down while the due keys
-/// can still be protected.
+/// out a restart, and bounded however long each try takes (a silent server makes every try
+/// last `--operation-timeout`), so the sweep calls the server down while the due keys can
+/// still be protected.
 pub const RIDE_OUT: Duration = Duration::from_secs(30);
 
-/// When retries started now must end: `deadline`, or [`RIDE_OUT`] from now if that comes first.
-pub fn ride_out(deadline: Option<Instant>) -> Option<Instant> {
-    // tokio's clock, as in `Backoff::pause`.
-    let end = tokio::time::Instant::now().into_std() + RIDE_OUT;
-    Some(deadline.map_or(end, |d| d.min(end)))
-}
+/// How long a failover's refusals ([`Error::is_failover`]) are retried when the run has no
+/// `--deadline`: AWS documents one to two minutes for an RDS Multi-AZ failover, the slowest of
+/// the common ones (Patroni's defaults promote within its 30 s TTL), and a standby that stays
+/// one longer than that is a failover that went wrong, for an operator to look at.
+pub const FAILOVER: Duration = Duration::from_secs(120);
 
 /// The retries of one operation (a batch write, a Redis pipeline, a step of the run's record):
-/// [`Backoff`]'s pauses for transient errors, for at most [`RIDE_OUT`] after the first failure
-/// and never past the deadline, and one retry only after a silence ([`Error::is_silence`]): a
-/// fresh connection that gets no answer either is a partition, and waiting on it longer would
-/// only delay protecting the due keys and the exit. A failover's quick refusals (a standby, a
-/// server shutting down or starting) are retried for the whole ride-out.
+/// [`Backoff`]'s pauses for transient errors, never past the deadline. A failover's refusals
+/// (a standby, a server shutting down or starting) are retried until the deadline, or for
+/// [`FAILOVER`] without one: they end when the failover does, which can take minutes. Other
+/// transient errors are retried for at most the ride-out ([`RIDE_OUT`]) after the first of
+/// them, and only once after a silence ([`Error::is_silence`]): a fresh connection that gets
+/// no answer either is a partition, and waiting on it longer would only delay protecting the
+/// due keys and the exit.
 #[derive(Debug)]
 pub struct Retries {
     backoff: Backoff,
     deadline: Option<Instant>,
+    ride_out: Duration,
     n: u32,
+    /// When the retries of errors other than a failover's end, counted from the first of them
+    /// since the last failover refusal (a failover often ends in a reset or two).
     give_up: Option<Instant>,
+    /// When a failover's refusals stop being retried, counted from the first of them.
+    failover_ends: Option<Instant>,
+    last_failover: bool,
     silent: bool,
 }
 
 impl Retries {
     pub fn new(deadline: Option<Instant>) -> Retries {
+        Retries::riding_out(deadline, RIDE_OUT)
+    }
+
+    /// Retries whose errors other than a failover's are ridden out for `ride_out` at most.
+    pub fn riding_out(deadline: Option<Instant>, ride_out: Duration) -> Retries {
         Retries {
             backoff: Backoff {
                 attempts: u32::MAX,
                 ..Backoff::default()
             },
             deadline,
+            ride_out,
             n: 0,
-            give_up: deadline,
+            give_up: None,
+            failover_ends: None,
+            last_failover: false,
             silent: false,
         }
     }
 
     /// The pause before the next try after `err`, or None when `err` must be returned.
     pub fn pause(&mut self, err: &Error, what: &str) -> Option<Duration> {
-        if self.n == 0 {
-            self.give_up = ride_out(self.deadline);
-        }
+        // tokio's clock, as in `Backoff::pause`.
+        let now = tokio::time::Instant::now().into_std();
+        let failover = err.is_failover();
+        let until = if failover {
+            *self
+                .failover_ends
+                .get_or_insert_with(|| self.deadline.unwrap_or(now + FAILOVER))
+        } else {
+            if self.n == 0 || self.last_failover {
+                let end = now + self.ride_out;
+                self.give_up = Some(self.deadline.map_or(end, |d| d.min(end)));
+            }
+            self.give_up.expect("set at the first failure")
+        };
+        self.last_failover = failover;
         if err.is_silence() && err.is_transient() {
             if self.silent {
                 tracing::warn!(error = %err, "{what}: no answer on a fresh connection either; giving up");
@@ -138,7 +164,7 @@ impl Retries {
             }
             self.silent = true;
         }
-        let pause = self.backoff.pause(self.n, err, self.give_up, what)?;
+        let pause = self.backoff.pause(self.n, err, Some(until), what)?;
         self.n += 1;
         Some(pause)
     }
@@ -150,12 +176,20 @@ impl Retries {
 }
 
 /// Runs `op` until it succeeds or [`Retries::pause`] says to give up.
-pub async fn again<T, F, Fut>(what: &str, deadline: Option<Instant>, mut op: F) -> Result<T>
+pub async fn again<T, F, Fut>(what: &str, deadline: Option<Instant>, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut retries = Retries::new(deadline);
+    again_with(Retries::new(deadline), what, op).await
+}
+
+/// Runs `op` until it succeeds or `retries` says to give up.
+pub async fn again_with<T, F, Fut>(mut retries: Retries, what: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     loop {
         match op().await {
             Ok(v) => return Ok(v),
@@ -167,6 +201,7 @@ where
     }
 }
 
+/// Retries `op` on transient errors until `timeout` has passed (how connections are opened).
 pub async fn within<T, F, Fut>(what: &str, timeout: Duration, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -289,6 +324,62 @@ mod tests {
             took >= RIDE_OUT - Duration::from_secs(5) && took <= RIDE_OUT,
             "refusals are retried for the ride-out, not a number of tries: {took:?}, {} calls",
             calls.load(Ordering::SeqCst)
+        );
+    }
+
+    fn read_only() -> Error {
+        Error::Redis {
+            url: "redis://test/".into(),
+            source: redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                "You can't write against a read only replica.",
+            )),
+        }
+    }
+
+    type Fails = fn() -> Error;
+
+    /// How long `again` retries `errors` (the last repeated) before it gives up.
+    async fn retried_for(deadline: Option<Duration>, errors: &[Fails]) -> Duration {
+        let start = tokio::time::Instant::now();
+        let calls = AtomicU32::new(0);
+        let deadline = deadline.map(|d| start.into_std() + d);
+        let r: Result<()> = again("op", deadline, || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst) as usize;
+            Err(errors[n.min(errors.len() - 1)]())
+        })
+        .await;
+        assert!(r.is_err());
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_is_retried_until_the_deadline_or_its_own_bound() {
+        let (read_only, refused): (Fails, Fails) = (read_only, standby);
+        assert!(read_only().is_failover() && read_only().is_transient());
+        let took = retried_for(Some(Duration::from_secs(200)), &[read_only]).await;
+        assert!(
+            took >= Duration::from_secs(195) && took <= Duration::from_secs(200),
+            "a standby is retried until the deadline, not the ride-out: {took:?}"
+        );
+        let took = retried_for(None, &[read_only]).await;
+        assert!(
+            took >= FAILOVER - Duration::from_secs(5) && took <= FAILOVER,
+            "without a deadline, for its own bound: {took:?}"
+        );
+        let took = retried_for(Some(Duration::from_secs(10)), &[read_only]).await;
+        assert!(
+            took <= Duration::from_secs(10),
+            "never past the deadline: {took:?}"
+        );
+        // A failover that ends in refused connections: those get a ride-out of their own, after
+        // the 20 refusals' pauses (40.6-81.2 s).
+        let mut errors = vec![read_only; 20];
+        errors.push(refused);
+        let took = retried_for(Some(Duration::from_secs(600)), &errors).await;
+        assert!(
+            took >= Duration::from_secs(65) && took <= Duration::from_secs(82) + RIDE_OUT,
+            "{took:?}"
         );
     }
 

@@ -240,8 +240,13 @@ async fn silent_partition_to_redis_ends_within_the_bound_and_the_next_run_saves_
     let _ = noise;
 }
 
+/// How long the endpoint stays on the standby: longer than the ride-out of other errors
+/// (`RIDE_OUT`, 30 s), which is where a read-only endpoint's retries used to end, and under
+/// half the `--deadline` of 80 s, how long the steps before the scan wait for a failover.
+const READ_ONLY: Duration = Duration::from_secs(35);
+
 /// The PostgreSQL endpoint is a read-only standby when the run starts and flips to the primary
-/// 5 s later, as a DNS name or a proxy re-pointed does: open connections stay on the standby.
+/// 35 s later, as a DNS name or a proxy re-pointed does: open connections stay on the standby.
 /// Every step (the schema check, the lock, the run's record, the batches) is retried on fresh
 /// connections, those that saw the standby leave the pool, and the run ends ok with everything
 /// saved.
@@ -253,14 +258,15 @@ async fn read_only_endpoint_at_the_start_flips_to_the_primary_and_the_run_ends_o
     let endpoint = FaultProxy::start(standby.port);
     let via = with_port(&env.database_url, endpoint.port);
     env.seed(1000, DUE_TTL).await;
-    let run = spawn(&env, &[("DATABASE_URL", &via)], &args());
-    std::thread::sleep(Duration::from_secs(5));
+    let args = [args(), vec!["--deadline", "80s"]].concat();
+    let run = spawn(&env, &[("DATABASE_URL", &via)], &args);
+    std::thread::sleep(READ_ONLY);
     endpoint.set_target(primary.port);
     let flipped = Instant::now();
     let out = finish(run, Duration::from_secs(90));
     let lost = lost(&env, &env.redis_url, &env.database_url, &ids(1000)).await;
     figure(
-        "read-only endpoint flipping to the primary 5 s in",
+        "read-only endpoint flipping to the primary 35 s in",
         format!(
             "exit {:?} {:.1}s after the flip, lost {lost}",
             out.status.code(),
@@ -274,4 +280,59 @@ async fn read_only_endpoint_at_the_start_flips_to_the_primary_and_the_run_ends_o
     assert_eq!(n(&s, "persisted"), 1000, "{s}");
     assert_eq!(lost, 0);
     assert_eq!(runs_left_running(&env.database_url).await, 0);
+}
+
+/// The endpoint stays on the standby past the run's `--deadline` (10 s): the run gives up
+/// waiting at half of it, protects every due key in the other half, and exits 4 naming the
+/// read-only transaction by the deadline; the summary adds up. Nothing is lost: the next run,
+/// once the endpoint takes writes, saves them.
+#[tokio::test]
+async fn read_only_endpoint_past_the_deadline_ends_the_run_by_it_with_the_due_keys_protected() {
+    let primary = PrivatePg::start();
+    let env = TestEnv::with_pg("part_ro_deadline", &primary).await;
+    let standby = PrivatePg::standby_of(&primary);
+    let endpoint = FaultProxy::start(standby.port);
+    let via = with_port(&env.database_url, endpoint.port);
+    env.seed(1000, DUE_TTL).await;
+    let deadline = Duration::from_secs(10);
+    let args = [args(), vec!["--deadline", "10s"]].concat();
+    let start = Instant::now();
+    let out = run_within(
+        &env,
+        &[("DATABASE_URL", &via)],
+        &args,
+        Duration::from_secs(90),
+    );
+    let took = start.elapsed();
+    let s = summary(&out);
+    let protected_lost = lost(&env, &env.redis_url, &env.database_url, &ids(1000)).await;
+    // Protected keys are not due under the default threshold: the next run looks further.
+    let next = env.run_json(&["--threshold", "20m", "--protect-ttl", "30m"]);
+    let lost = lost(&env, &env.redis_url, &env.database_url, &ids(1000)).await;
+    figure(
+        "read-only endpoint past a 10 s deadline",
+        format!(
+            "exit {:?} after {:.1}s, protected {}, lost {lost}",
+            out.status.code(),
+            took.as_secs_f64(),
+            n(&s, "protected")
+        ),
+    );
+    assert_exit(&out, 4);
+    assert!(
+        error_line(&out).contains("read-only"),
+        "{}",
+        error_line(&out)
+    );
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_identity(&s);
+    assert_eq!(n(&s, "protected"), 1000, "every due key protected: {s}");
+    assert_eq!(protected_lost, 0);
+    // Half the deadline waiting, then a paced scan protecting 1000 keys (some 3 s).
+    assert!(
+        took >= deadline / 2 && took <= deadline + SLACK,
+        "ended {took:?} after the start, deadline {deadline:?}"
+    );
+    assert_eq!(n(&next, "persisted"), 1000, "{next}");
+    assert_eq!(lost, 0);
 }

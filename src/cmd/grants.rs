@@ -112,35 +112,26 @@ fn redis_commands(
     out
 }
 
-/// The PostgreSQL statements: an administrator's (the schema, the role's search_path), then the
-/// schema owner's grants.
+/// The PostgreSQL statements: an administrator's (the schema, a role granted to another), then
+/// the schema owner's grants. No role setting: sweeper sets its search_path in each transaction.
 fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
     let schema = g.schema.name();
-    let path = g.schema.search_path();
-    let database = g
-        .database_url
-        .as_deref()
-        .and_then(|u| u.split('?').next())
-        .and_then(|u| u.rsplit_once('/'))
-        .map_or("DATABASE", |(_, db)| db)
-        .to_string();
     let role = a
         .role
         .clone()
         .unwrap_or_else(|| a.command.role().to_string());
     let admin = "# PostgreSQL, as an administrator (the database's owner or a superuser):\n";
     let owner = "# PostgreSQL, as the schema's owner, after `sweeper migrate`:\n";
-    let set_path = format!("ALTER ROLE {role} IN DATABASE {database} SET search_path = {path};\n");
     match a.command {
         GrantFor::Inspect => {
             "# PostgreSQL: none (`sweeper inspect` does not connect to it)\n".into()
         }
         GrantFor::Migrate => {
-            format!("{admin}CREATE SCHEMA {schema} AUTHORIZATION {role};\n{set_path}")
+            format!("{admin}CREATE SCHEMA {schema} AUTHORIZATION {role};\n")
         }
         GrantFor::Run | GrantFor::Daemon => {
             let mut s = format!(
-                "{admin}{set_path}{owner}GRANT USAGE ON SCHEMA {schema} TO {role};\n\
+                "{owner}GRANT USAGE ON SCHEMA {schema} TO {role};\n\
                  GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role};\n\
                  GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};\n\
                  GRANT EXECUTE ON FUNCTION {schema}.sweeper_extend_message_partitions() TO {role};\n\
@@ -158,7 +149,7 @@ fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
         }
         // Read only, and a receipt for each restore (an auditor asks who read).
         GrantFor::Restore | GrantFor::Status => format!(
-            "{admin}{set_path}{owner}GRANT USAGE ON SCHEMA {schema} TO {role};\n\
+            "{owner}GRANT USAGE ON SCHEMA {schema} TO {role};\n\
              GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};\n\
              GRANT INSERT ON {schema}.erasures TO {role};\n\
              ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role};\n"
@@ -167,7 +158,7 @@ fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
         // and drops message_rows' old partitions through functions that do it as the owner,
         // only them (the role gets no TRUNCATE).
         GrantFor::Forget | GrantFor::Prune => format!(
-            "{admin}{set_path}GRANT {run} TO {role};\n{owner}\
+            "{admin}GRANT {run} TO {role};\n{owner}\
              GRANT DELETE ON {schema}.conversations, {schema}.message_rows, {schema}.sweep_rejects TO {role};\n\
              GRANT EXECUTE ON FUNCTION {schema}.sweeper_prune_message_partition(bigint, timestamptz, real), \
              {schema}.sweeper_drop_empty_message_partitions() TO {role};\n",

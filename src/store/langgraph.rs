@@ -59,19 +59,20 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 /// The newest LangGraph migration recorded, or None when `checkpoint_migrations` is absent. In
-/// a transaction, so that a pooler in transaction mode keeps each statement on one server.
+/// a transaction, so that a pooler in transaction mode keeps each statement on one server; the
+/// table named in `public`, where [`migrate`] puts it, whatever the server's search_path.
 pub async fn version(pool: &PgPool) -> Result<Option<i64>> {
     let failed = Error::postgres("check LangGraph schema");
     let mut tx = pool.begin().await.map_err(failed)?;
     let table: Option<String> =
-        super::query_scalar("SELECT to_regclass('checkpoint_migrations')::text")
+        super::query_scalar("SELECT to_regclass('public.checkpoint_migrations')::text")
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::postgres("check LangGraph schema"))?;
     if table.is_none() {
         return Ok(None);
     }
-    let v: Option<i32> = super::query_scalar("SELECT max(v) FROM checkpoint_migrations")
+    let v: Option<i32> = super::query_scalar("SELECT max(v) FROM public.checkpoint_migrations")
         .fetch_one(&mut *tx)
         .await
         .map_err(Error::postgres("check LangGraph schema"))?;

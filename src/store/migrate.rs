@@ -54,10 +54,11 @@ impl Store {
             context: "migrate",
             source: e,
         };
+        let mut tx = self.begin().await.map_err(failed)?;
         let (number, version): (i32, String) = super::query_as(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(failed)?;
         if number < OLDEST_SERVER * 10_000 {
@@ -66,7 +67,6 @@ impl Store {
                 oldest: OLDEST_SERVER,
             });
         }
-        let mut tx = self.begin().await.map_err(failed)?;
         super::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATE_LOCK)
             .execute(&mut *tx)

@@ -206,25 +206,15 @@ impl Store {
     /// parallel batch writes and one for the run's records and lock: bounded, so two sweeps
     /// through a small pooler pool cannot each hold part of it while waiting for more.
     ///
-    /// Each connection's `search_path` starts with `schema`, for the statements sent outside a
-    /// transaction (a direct connection or a pooler in session mode); a transaction sets it
-    /// again ([`begin_sql`]), which is what holds behind a pooler in transaction mode. There,
-    /// the batch's lookup (one statement, outside a transaction) finds the schema only by the
-    /// role's own search_path (docs/deploying.md).
+    /// No session state is set: every statement runs in a transaction that sets the schema
+    /// ([`begin_sql`]), which holds behind a pooler in transaction mode (where a session `SET`
+    /// stays on a server other clients then get) as well as direct, with no role setting.
     pub async fn connect(
         url: &str,
         schema: &Schema,
         timeouts: Timeouts,
         writers: usize,
     ) -> Result<Store> {
-        // Set only where the role's own default differs: a role given the schema's search_path
-        // (as a pooler in transaction mode needs) then sends no session SET at all.
-        let path = schema.search_path();
-        let set_path: Arc<str> = format!(
-            "SELECT set_config('search_path', '{path}', false) \
-             WHERE current_setting('search_path') <> '{path}'"
-        )
-        .into();
         let targets = hosts::Hosts::parse(url)?;
         let faults = Arc::new(faults::Faults::default());
         // Refused or reset connections are retried until `timeout`, as sqlx-cli does; the hosts
@@ -234,19 +224,12 @@ impl Store {
             // No startup parameter a pooler may refuse: PgBouncer knows application_name and
             // the few sqlx always sends, not extra_float_digits (unless told to ignore it).
             let opts = opts.application_name("sweeper").extra_float_digits(None);
-            let set_path = set_path.clone();
             let (port, deadline) = (opts.get_port(), timeouts.operation);
             match faults
                 .guard(PgPoolOptions::new(), timeouts.operation)
-                .after_connect(move |conn, _| {
+                .after_connect(move |_, _| {
                     keepalive::apply(port, deadline);
-                    let set_path = set_path.clone();
-                    Box::pin(async move {
-                        sqlx::raw_sql(AssertSqlSafe(set_path.to_string()))
-                            .execute(conn)
-                            .await
-                            .map(drop)
-                    })
+                    Box::pin(async { Ok(()) })
                 })
                 .max_connections(writers as u32 + 1)
                 .acquire_timeout(timeouts.connect)

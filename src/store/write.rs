@@ -34,23 +34,21 @@ impl Store {
         batch: &mut Batch,
     ) -> Result<BatchOutcome> {
         let started = std::time::Instant::now();
-        let (mut ids, mut statements) = self.look_up_and_unpack(&mut batch.checkpoints).await?;
-        {
-            // Nothing but conversations stored as they are: no transaction. (An erased one is
-            // not stored: a forget deletes its rows with its tombstone.)
-            let rows = newest_per_conversation(&batch.checkpoints);
-            let unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
-            if unchanged.len() == rows.len() && batch.rejects.is_empty() && batch.threads.is_empty()
-            {
-                return Ok(BatchOutcome {
-                    unchanged: (rows.len() + copies(&batch.checkpoints)) as u64,
-                    statements,
-                    ..BatchOutcome::default()
-                });
-            }
+        if batch.is_empty() {
+            return Ok(BatchOutcome::default());
         }
+        // The lookup runs in the batch's transaction, which sets the schema (`SET LOCAL`): alone,
+        // a pooler in transaction mode could run it on a server whose search_path is the role's
+        // default, and its Parse and Execute on two different servers.
         let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
-        statements += 3; // BEGIN, the tombstones' check, COMMIT
+        let mut ids = look_up_and_unpack(&mut batch.checkpoints, &mut tx).await?;
+        // BEGIN, the lookup (when there are checkpoints), COMMIT.
+        let mut statements = 2 + u64::from(!batch.checkpoints.is_empty());
+        if let Some(outcome) = nothing_to_write(batch, &ids, statements) {
+            tx.commit().await.map_err(Error::postgres("commit batch"))?;
+            return Ok(outcome);
+        }
+        statements += 1; // the tombstones' check
         erased::drop_erased(batch, &mut tx).await?;
         let batch = &*batch;
         let rows = newest_per_conversation(&batch.checkpoints);
@@ -126,28 +124,41 @@ impl Store {
     }
 }
 
-impl Store {
-    /// The stored state of the batch's conversations, looked up before any transaction (a batch
-    /// of conversations all stored as they are needs none), and the messages built of the
-    /// checkpoints that are new or changed: one stored as it is adds none (its messages were
-    /// stored with it). Returns the statements sent.
-    async fn look_up_and_unpack(&self, checkpoints: &mut [Checkpoint]) -> Result<(Ids, u64)> {
-        let mut ids = Ids::default();
-        if checkpoints.is_empty() {
-            return Ok((ids, 0));
-        }
-        ids.absorb(lookup(&newest_per_conversation(checkpoints), &self.pool).await?);
-        for c in checkpoints.iter_mut() {
-            if ids
-                .stored
-                .get(&c.conversation_id)
-                .is_none_or(|h| h[..] != c.content_hash[..])
-            {
-                c.unpack();
-            }
-        }
-        Ok((ids, 1))
+/// The stored state of the batch's conversations, looked up before anything is built (a batch
+/// of conversations all stored as they are needs nothing more), and the messages built of the
+/// checkpoints that are new or changed: one stored as it is adds none (its messages were stored
+/// with it).
+async fn look_up_and_unpack(checkpoints: &mut [Checkpoint], tx: &mut Tx<'_>) -> Result<Ids> {
+    let mut ids = Ids::default();
+    if checkpoints.is_empty() {
+        return Ok(ids);
     }
+    ids.absorb(hashes(&newest_per_conversation(checkpoints), LOOKUP, &mut **tx).await?);
+    for c in checkpoints.iter_mut() {
+        if ids
+            .stored
+            .get(&c.conversation_id)
+            .is_none_or(|h| h[..] != c.content_hash[..])
+        {
+            c.unpack();
+        }
+    }
+    Ok(ids)
+}
+
+/// The outcome of a batch of nothing but conversations stored as they are, which has nothing more
+/// to send; None when it has. (An erased one is not stored: a forget deletes its rows with its
+/// tombstone.)
+fn nothing_to_write(batch: &Batch, ids: &Ids, statements: u64) -> Option<BatchOutcome> {
+    let rows = newest_per_conversation(&batch.checkpoints);
+    let unchanged = unchanged(&batch.checkpoints, &rows, &ids.stored);
+    let only_unchanged =
+        unchanged.len() == rows.len() && batch.rejects.is_empty() && batch.threads.is_empty();
+    only_unchanged.then(|| BatchOutcome {
+        unchanged: (rows.len() + copies(&batch.checkpoints)) as u64,
+        statements,
+        ..BatchOutcome::default()
+    })
 }
 
 /// Checkpoints of a key already in the batch: a key SCAN returned twice, read twice. One row
@@ -258,12 +269,6 @@ impl Ids {
     }
 }
 
-/// The id and content hash stored for each conversation of the batch (a new id for one not
-/// stored).
-async fn lookup(rows: &[&Checkpoint], pool: &sqlx::PgPool) -> Result<Found> {
-    hashes(rows, LOOKUP, pool).await
-}
-
 /// Locks the stored conversations about to change and reads their hash again. FOR UPDATE: a
 /// concurrent writer of the same conversations (another sweep whose lock was lost with a
 /// PostgreSQL restart) waits here; message numbering reads then writes. Two writers inserting the
@@ -273,6 +278,8 @@ async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
     hashes(rows, LOCK, &mut **tx).await
 }
 
+/// The id and content hash stored for each conversation of the batch (a new id for one not
+/// stored).
 const LOOKUP: &str = "WITH found AS MATERIALIZED (
         SELECT conversation_id, id, content_hash FROM conversations WHERE conversation_id = ANY($1))
     SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash

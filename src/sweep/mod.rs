@@ -168,7 +168,7 @@ async fn try_run(
     };
     let (lock, run_id) = match store {
         None => (None, None),
-        Some(s) => match record::begin(s, cfg, deadline).await {
+        Some(s) => match record::begin(s, cfg, started).await {
             Ok(Begun::Running { lock, run_id }) => (Some(lock), Some(run_id)),
             Ok(Begun::Skipped { run_id }) => {
                 let c = Counters::default();
@@ -198,7 +198,12 @@ async fn try_run(
         (None, Stop::Deadline) => RunStatus::Partial,
         (None, Stop::Done | Stop::WriterGone) => RunStatus::Ok,
     };
-    let error = record::finish(store, run_id, lock, status, &counters, started, error).await;
+    let end = record::End {
+        status,
+        started,
+        deadline,
+    };
+    let error = record::finish(store, run_id, lock, end, &counters, error).await;
     if error.is_some() && counters.protected > 0 {
         tracing::warn!(
             protected = counters.protected,

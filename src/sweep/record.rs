@@ -7,7 +7,7 @@ use crate::config::SweepConfig;
 use crate::error::{Error, Result};
 use crate::redis::Nodes;
 use crate::redis::layout::Layout;
-use crate::retry;
+use crate::retry::{self, Retries};
 use crate::run::{Counters, RunStatus};
 use crate::store::{RunLock, Store};
 
@@ -23,14 +23,15 @@ pub(super) enum Begun {
 }
 
 /// Checks the schema, takes the lock, records the start, and marks failed the runs a killed
-/// sweep left `running`. Each step is retried on its own ([`retry::again`]), until `deadline`:
-/// an endpoint still on a standby (a failover under way) is one a fresh connection may find
-/// promoted, and a lease taken is kept while the later steps are retried.
-pub(super) async fn begin(
-    s: &Store,
-    cfg: &SweepConfig,
-    deadline: Option<Instant>,
-) -> Result<Begun> {
+/// sweep left `running`. Each step is retried on its own ([`retry::again`]): an endpoint still
+/// on a standby (a failover under way) until half the run's `--deadline` has passed, as a fresh
+/// connection may find it promoted, and a lease taken is kept while the later steps are
+/// retried. Half, because nothing is protected before the scan: the other half is for the scan
+/// that protects the due keys when the endpoint never takes writes (or for the sweep, when it
+/// does). A due key that expires during the wait was due at the previous run, a schedule gap
+/// earlier (a gap plus `--deadline` stays under `--threshold`), which saved or protected it.
+pub(super) async fn begin(s: &Store, cfg: &SweepConfig, started: Instant) -> Result<Begun> {
+    let deadline = cfg.deadline.map(|d| started + d / 2);
     retry::again("checking the schema", deadline, || s.ensure_migrated()).await?;
     if cfg.layout == Layout::LangGraph {
         retry::again("checking LangGraph's tables", deadline, || {
@@ -76,6 +77,14 @@ pub(super) async fn begin(
     Ok(Begun::Running { lock, run_id })
 }
 
+/// How a run ends: what `finish` records.
+pub(super) struct End {
+    pub status: RunStatus,
+    pub started: Instant,
+    /// The run's deadline: a failover is retried until then, or [`RECORD_END`] if later.
+    pub deadline: Option<Instant>,
+}
+
 /// Records the end of the run and releases the lock; returns the sweep's error, or the failure
 /// to record it when the sweep had none (the sweep's own error says more: a failure to record
 /// it is then only logged).
@@ -83,11 +92,15 @@ pub(super) async fn finish(
     store: Option<&Store>,
     run_id: Option<i64>,
     lock: Option<RunLock>,
-    status: RunStatus,
+    end: End,
     counters: &Counters,
-    started: Instant,
     mut error: Option<Error>,
 ) -> Option<Error> {
+    let End {
+        status,
+        started,
+        deadline,
+    } = end;
     if let (Some(s), Some(id)) = (store, run_id) {
         let message = error.as_ref().map(|e| e.to_string());
         // Retried a little: a run that failed because PostgreSQL went away records its end
@@ -100,8 +113,9 @@ pub(super) async fn finish(
         let recorded = match silent {
             true => record().await,
             false => {
-                let until = Some(Instant::now() + RECORD_END);
-                retry::again("recording the end of the run", until, record).await
+                let until = Instant::now() + RECORD_END;
+                let retries = Retries::riding_out(deadline.map(|d| d.max(until)), RECORD_END);
+                retry::again_with(retries, "recording the end of the run", record).await
             }
         };
         if let Err(e) = recorded {

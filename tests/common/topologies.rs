@@ -66,11 +66,22 @@ impl PrivatePgBouncer {
     /// `pool_size` server connections per database and user; clients beyond it wait, at most
     /// 30 s (`query_wait_timeout`, 120 s by default) before PgBouncer refuses them.
     pub fn start(pg_port: u16, mode: PoolMode, pool_size: u32) -> PrivatePgBouncer {
+        PrivatePgBouncer::start_for(pg_port, mode, pool_size, &[])
+    }
+
+    /// [`PrivatePgBouncer::start`], letting in `users` besides `postgres` (PgBouncer admits only
+    /// the users its auth_file lists, even with `auth_type = trust`).
+    pub fn start_for(
+        pg_port: u16,
+        mode: PoolMode,
+        pool_size: u32,
+        users: &[&str],
+    ) -> PrivatePgBouncer {
         ensure_installed("pgbouncer", "pgbouncer");
         // A free port is free only until another test takes it: started again on another.
         let mut tries = 0;
         loop {
-            match PrivatePgBouncer::try_start(pg_port, mode, pool_size) {
+            match PrivatePgBouncer::try_start(pg_port, mode, pool_size, users) {
                 Ok(b) => return b,
                 Err(e) if tries < 3 => {
                     tries += 1;
@@ -81,7 +92,12 @@ impl PrivatePgBouncer {
         }
     }
 
-    fn try_start(pg_port: u16, mode: PoolMode, pool_size: u32) -> Result<PrivatePgBouncer, String> {
+    fn try_start(
+        pg_port: u16,
+        mode: PoolMode,
+        pool_size: u32,
+        users: &[&str],
+    ) -> Result<PrivatePgBouncer, String> {
         let dir = temp_dir("pgbouncer");
         let port = free_port();
         let mode = match mode {
@@ -98,7 +114,11 @@ impl PrivatePgBouncer {
              logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n"
         );
         std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
-        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        let listed: String = std::iter::once("postgres")
+            .chain(users.iter().copied())
+            .map(|u| format!("\"{u}\" \"\"\n"))
+            .collect();
+        std::fs::write(dir.join("users.txt"), listed).unwrap();
         // PgBouncer refuses to run as root.
         let mut cmd = if is_root() {
             let ok = Command::new("chown")

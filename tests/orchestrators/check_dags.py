@@ -148,6 +148,11 @@ if retention is not None:
     csc, psc = task.container_security_context, task.security_context
     expect(csc is not None and csc.read_only_root_filesystem and psc is not None and psc.run_as_non_root,
            "the same locked-down pod")
+    # Its own time limit (a daily prune may take longer than a sweep), Kubernetes' the same.
+    limit = task.execution_timeout.total_seconds() if task.execution_timeout else None
+    expect(limit is not None and task.active_deadline_seconds == int(limit)
+           and limit > bag.dags["sweeper"].get_task("sweep").execution_timeout.total_seconds(),
+           f"timeout {task.execution_timeout}, active deadline {task.active_deadline_seconds}")
 
 if failures:
     print(f"check_dags: {len(failures)} failed")
