@@ -227,15 +227,15 @@ async fn a_prune_drops_whole_partitions_and_the_survivors_keep_every_message() {
              SELECT c.id, sweeper_message_key('id:old' || j), 2 + j, 'old' || j, 'user', 'old turn ' || j
              FROM conversations c, generate_series(1, 20) j;
          UPDATE conversations SET message_count = message_count + 20;
-         -- Ids 1-199 (two closed partitions) past the window but for two survivors; 200-250 (the
-         -- open partition) recent.
-         UPDATE conversations SET updated_at = CASE WHEN id < 200 AND id NOT IN (7, 150)
+         -- Ids 1-199 (two closed partitions) past the window but for two survivors of the first;
+         -- 200-250 (the open partition) recent.
+         UPDATE conversations SET updated_at = CASE WHEN id < 200 AND id NOT IN (7, 42)
              THEN now() - interval '30 days' ELSE now() END;",
     )
     .execute(&env.pg)
     .await
     .unwrap();
-    let survivors = named_by_id(&env, &[7, 150]).await;
+    let survivors = named_by_id(&env, &[7, 42]).await;
     let kept_before = messages_of(&env, &survivors).await;
     assert_eq!(kept_before.len(), 46);
     let restored = |c: &str| {
@@ -258,13 +258,16 @@ async fn a_prune_drops_whole_partitions_and_the_survivors_keep_every_message() {
     let restored_before = restored(&survivors[0]);
     // The doomed ones' keys expired (a sweep after the prune must not save them again).
     let doomed = sqlx::query_scalar::<_, String>(
-        "SELECT redis_key FROM conversations WHERE id < 200 AND id NOT IN (7, 150)",
+        "SELECT redis_key FROM conversations WHERE id < 200 AND id NOT IN (7, 42)",
     )
     .fetch_all(&env.pg)
     .await
     .unwrap();
     let () = env.redis_cmd(redis::cmd("DEL").arg(&doomed)).await;
     assert_eq!(partitions(&env).await[..3], [0, 100, 200]);
+    let file_before = env
+        .count("SELECT pg_relation_filenode('message_rows_0')::int8")
+        .await;
 
     let from = wal_lsn(&env).await;
     let r = prune(&env, &["--older-than", "10d"]);
@@ -278,16 +281,20 @@ async fn a_prune_drops_whole_partitions_and_the_survivors_keep_every_message() {
         (Some(197), Some(197 * 23)),
         "{r}"
     );
-    // The two closed partitions went whole: their relations are gone, and the WAL written is a
-    // fraction of the ~50 bytes each deleted message row would write.
-    assert!(!partitions(&env).await.contains(&0));
-    assert!(!partitions(&env).await.contains(&100));
+    // The closed partition without survivors went whole (its relation is gone); the one with
+    // two was emptied into a new file holding only theirs; the WAL written is a fraction of the
+    // ~50 bytes each deleted message row would write.
+    assert_eq!(partitions(&env).await[..2], [0, 200]);
     assert_eq!(
-        env.count(
-            "SELECT count(*) FROM pg_class WHERE relname IN ('message_rows_0', 'message_rows_100')"
-        )
-        .await,
+        env.count("SELECT count(*) FROM pg_class WHERE relname = 'message_rows_100'")
+            .await,
         0
+    );
+    assert_eq!(env.count("SELECT count(*) FROM message_rows_0").await, 46);
+    assert_ne!(
+        env.count("SELECT pg_relation_filenode('message_rows_0')::int8")
+            .await,
+        file_before
     );
     eprintln!(
         "WAL of the prune: {wal} bytes for {} message rows",
@@ -295,14 +302,8 @@ async fn a_prune_drops_whole_partitions_and_the_survivors_keep_every_message() {
     );
     assert!(wal < 197 * 23 * 50 / 4, "WAL {wal} bytes");
 
-    // The survivors: new ids, every message as before, restore returns the same.
-    let renumbered: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM conversations WHERE conversation_id = ANY($1)")
-            .bind(&survivors)
-            .fetch_all(&env.pg)
-            .await
-            .unwrap();
-    assert!(renumbered.iter().all(|id| *id > 250), "{renumbered:?}");
+    // The survivors: their ids, every message as before, restore returns the same.
+    assert_eq!(named_by_id(&env, &[7, 42]).await, survivors);
     assert_eq!(messages_of(&env, &survivors).await, kept_before);
     assert_eq!(restored(&survivors[0]), restored_before);
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 53);
@@ -324,8 +325,8 @@ async fn a_prune_drops_whole_partitions_and_the_survivors_keep_every_message() {
         .await,
         1
     );
-    // The next sweep finds the survivors unchanged under their new ids (but the one restore
-    // gave a fresh TTL: not due).
+    // The next sweep finds the survivors unchanged (but the one restore gave a fresh TTL:
+    // not due).
     let s = env.run_json(&[]);
     assert_eq!(
         (
@@ -336,10 +337,25 @@ async fn a_prune_drops_whole_partitions_and_the_survivors_keep_every_message() {
         (Some(0), Some(52), Some(1)),
         "{s}"
     );
+
+    // Once the survivors are past the window too, their partition goes whole.
+    sqlx::query(
+        "UPDATE conversations SET updated_at = now() - interval '30 days' WHERE id IN (7, 42)",
+    )
+    .execute(&env.pg)
+    .await
+    .unwrap();
+    let r = prune(&env, &["--older-than", "10d"]);
+    assert_eq!(
+        (r["conversations"].as_u64(), r["messages"].as_u64()),
+        (Some(2), Some(46)),
+        "{r}"
+    );
+    assert_eq!(partitions(&env).await[0], 200);
 }
 
 #[tokio::test]
-async fn a_sweep_that_read_ids_before_a_prune_renumbered_them_writes_again_and_loses_nothing() {
+async fn a_sweep_that_read_ids_before_a_prune_writes_on_and_loses_nothing() {
     let env = TestEnv::migrated("prune_race").await;
     partitions_of(&env, 100).await;
     env.seed(150, SOON.unwrap()).await;
@@ -376,7 +392,8 @@ async fn a_sweep_that_read_ids_before_a_prune_renumbered_them_writes_again_and_l
     env.set("fresh", &newer, SOON).await;
 
     // The sweep looks its batch up, then waits in its transaction for the erasure lock, held
-    // here, while the prune renumbers the survivors and deletes the rest.
+    // here, while the prune empties the partition but for the survivors' rows and deletes the
+    // other conversations.
     let mut hold = env.pg.acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock(8319381245402718547)")
         .execute(&mut *hold)
@@ -401,9 +418,10 @@ async fn a_sweep_that_read_ids_before_a_prune_renumbered_them_writes_again_and_l
     }
     let r = prune(&env, &["--older-than", "10d"]);
     assert_eq!(r["conversations"], 97, "{r}");
-    assert!(
-        !partitions(&env).await.contains(&0),
-        "the pruned partition dropped"
+    assert_eq!(
+        env.count("SELECT count(*) FROM message_rows_0").await,
+        6,
+        "the survivors' rows only"
     );
     sqlx::query("SELECT pg_advisory_unlock(8319381245402718547)")
         .execute(&mut *hold)
@@ -415,8 +433,9 @@ async fn a_sweep_that_read_ids_before_a_prune_renumbered_them_writes_again_and_l
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("the sweep beside the prune: {s}");
 
-    // Its batch failed the deferred key check, was looked up again and written: every message
-    // of the survivors, the late write saved anew, the new one; the unchanged old one stays gone.
+    // Its batch, looked up before the prune, is written as it was: the survivors' new messages
+    // beside their kept ones, the late write saved anew with all its messages, the new one; the
+    // unchanged old one stays gone.
     for id in survivors.iter().chain([&late]) {
         let keys: Vec<String> = messages_of(&env, std::slice::from_ref(id))
             .await

@@ -10,8 +10,8 @@ use super::{Store, query_as, query_scalar};
 use crate::error::Result;
 
 /// A partition is pruned whole when at most this share of its conversations were updated since
-/// the cutoff: each survivor's message rows are moved (about 5 times the WAL of deleting
-/// them), each other conversation's are not written at all.
+/// the cutoff: each survivor's message rows are written again (about 5 times the WAL of
+/// deleting them), each other conversation's are not written at all.
 const MAX_SURVIVORS: f32 = 0.1;
 
 /// Attempts at a partition whose lock a sweep holds (each waits at most the function's

@@ -98,17 +98,26 @@ impl Store {
                 .in_tx("prune", async |c| {
                     // The conversations first, their messages after: a row a sweep updated
                     // since the scan is checked again by the DELETE (newer than the cutoff: kept,
-                    // with its messages). No FOR UPDATE: a row lock writes WAL.
-                    let counts: (i64, i64) = query_as(
-                        "WITH d AS (DELETE FROM conversations WHERE id = ANY($1) \
-                             AND coalesce(updated_at, last_persisted_at) < $2 RETURNING id), \
-                         m AS (DELETE FROM message_rows WHERE conversation IN (SELECT id FROM d) RETURNING 1) \
-                         SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM m)",
+                    // with its messages). No FOR UPDATE: a row lock writes WAL. The messages in
+                    // a statement of their own, whose snapshot sees the rows a sweep wrote
+                    // before the DELETE took its conversation (a sweep takes the conversation
+                    // first, so none writes after): the key, checked at commit, finds none left.
+                    let gone: Vec<i64> = query_scalar(
+                        "DELETE FROM conversations WHERE id = ANY($1) \
+                         AND coalesce(updated_at, last_persisted_at) < $2 RETURNING id",
                     )
                     .bind(chunk)
                     .bind(cutoff)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    let messages: i64 = query_scalar(
+                        "WITH m AS (DELETE FROM message_rows WHERE conversation = ANY($1) RETURNING 1) \
+                         SELECT count(*) FROM m",
+                    )
+                    .bind(&gone)
                     .fetch_one(&mut *c)
                     .await?;
+                    let counts = (gone.len() as i64, messages);
                     add_to_receipt(c, &receipt, counts.0, counts.1).await?;
                     Ok(counts)
                 })

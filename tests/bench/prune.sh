@@ -4,12 +4,13 @@
 # it writes, the WAL with the VACUUM that reclaims the space after it, what message_rows holds
 # on disk then, and how long sweeps writing meanwhile are blocked.
 #
-#   tests/servers.sh exec -- tests/bench/prune.sh [CONVERSATIONS] [MESSAGES_EACH]
+#   tests/servers.sh exec -- tests/bench/prune.sh [CONVERSATIONS] [MESSAGES_EACH] [SURVIVORS_PERCENT] [SPAN]
 #
 # Defaults: 200000 conversations of 10 message rows. Ids in time order, as sweeps draw them: the
-# older half by id was last updated 400 days ago, but 1% of those (every id ending in 07) was
-# updated yesterday (a conversation resumed: it survives). `--older-than 365d` deletes 99000
-# conversations and 990000 message rows. Each side gets a fresh database filled the same way (by
+# older half by id was last updated 400 days ago, but 1% of those (ids ending in 00) was updated
+# yesterday (a conversation resumed: it survives). `--older-than 365d` deletes 99000
+# conversations and 990000 message rows. SPAN: conversation ids per partition (default: the
+# migration's). Each side gets a fresh database filled the same way (by
 # SQL, not by a sweep: only the deletes are measured; partitions made as a sweep makes them), a
 # CHECKPOINT first. Meanwhile, every 100 ms, two sweep-like writes, each in a transaction of its
 # own: a new conversation with its message rows (what every sweep does), and a late write of
@@ -20,6 +21,8 @@ set -euo pipefail
 
 n=${1:-200000}
 per=${2:-10}
+keep=${3:-1}
+span=${4:-}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$here/target/release/sweeper
 [ -x "$bin" ] || bin=$here/target/debug/sweeper
@@ -28,8 +31,15 @@ base=${SWEEPER_TEST_PG_ADMIN%/*}
 # sweeper's tables are in its schema (`--schema`, default sweeper): psql finds them unqualified.
 export PGOPTIONS="-c search_path=${SWEEPER_SCHEMA:-sweeper},public"
 tmp=/tmp/prune-bench-$$
+# The probes stop when this does, whatever stopped it.
+trap 'touch "$tmp.done"; sleep 0.3; rm -f "$tmp".*' EXIT
 
 fill() { # DB
+  [ -z "$span" ] || psql -qX "$base/$1" -v ON_ERROR_STOP=1 -c "
+    DO \$\$ DECLARE p regclass; BEGIN
+      FOR p IN SELECT part FROM sweeper_message_partitions() LOOP EXECUTE format('DROP TABLE %s', p); END LOOP;
+    END \$\$;
+    UPDATE message_partitioning SET span = $span;" >/dev/null
   psql -qX "$base/$1" -v ON_ERROR_STOP=1 -c "
     INSERT INTO conversations (id, conversation_id, user_id, redis_key, checkpoint, checkpoint_messages,
                                message_count, content_hash, updated_at, last_persisted_at)
@@ -37,7 +47,7 @@ fill() { # DB
            jsonb_build_object('messages', (SELECT jsonb_agg(jsonb_build_object('id', 'm' || j, 'role', 'user',
                'content', repeat('x', 80))) FROM generate_series(1, $per) j)),
            $per, $per, sha256(i::text::bytea),
-           CASE WHEN i <= $n / 2 AND i % 100 <> 7 THEN now() - interval '400 days' + i * interval '1 second'
+           CASE WHEN i <= $n / 2 AND i % 100 >= $keep THEN now() - interval '400 days' + i * interval '1 second'
                 ELSE now() - interval '1 day' END, now()
     FROM generate_series(1, $n) i;
     SELECT setval('conversations_id_seq', $n);
@@ -115,14 +125,16 @@ run() { # NAME DELETE-COMMAND...
   rm -f "$tmp.new" "$tmp.late" "$tmp.done"
 }
 
+# The conversations first, then their messages (a statement of its own: it sees the rows a late
+# write added before the first took its conversation), in one transaction.
 plain() {
   psql -qX "$base/$DB" -v ON_ERROR_STOP=1 -c "BEGIN" \
-    -c "DELETE FROM message_rows WHERE conversation IN (SELECT id FROM conversations WHERE updated_at < now() - interval '365 days')" \
-    -c "DELETE FROM conversations WHERE updated_at < now() - interval '365 days'" -c "COMMIT"
+    -c "CREATE TEMP TABLE gone AS WITH d AS (DELETE FROM conversations WHERE updated_at < now() - interval '365 days' RETURNING id) SELECT id FROM d" \
+    -c "DELETE FROM message_rows WHERE conversation IN (SELECT id FROM gone)" -c "COMMIT"
 }
 pruned() { DATABASE_URL="$base/$DB" "$bin" prune --older-than 365d -q; }
 
-echo "prune bench: $n conversations x $per message rows, the older half by id past the window but 1% of it"
+echo "prune bench: $n conversations x $per message rows, the older half by id past the window but $keep% of it"
 rm -f "$tmp.wal"
 run plain_delete plain
 run sweeper_prune pruned
