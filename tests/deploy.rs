@@ -250,3 +250,158 @@ fn the_retention_cronjob_prunes_daily_as_the_eraser_without_redis() {
     // Named in the kustomization, commented out until the eraser's Secret exists.
     assert!(read("k8s/kustomization.yaml").contains("# - retention-cronjob.yaml"));
 }
+
+/// The commands of the binary (`sweeper --help`'s list).
+fn subcommands() -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sweeper"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("Commands:")
+        .nth(1)
+        .expect("a Commands: section")
+        .lines()
+        .take_while(|l| !l.trim().is_empty() || l.is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// What the image promises whoever runs it (docs/deploying.md, "The image"), held against every
+/// file that runs it. No image is built here (its base images come from registries this machine
+/// cannot reach), so its last stage is read: the binary at the path ENTRYPOINT names, which the
+/// Flyte task names as its command; the user every manifest and the chart run as; no manifest
+/// replaces the entrypoint, and each one's arguments start with a command of the binary; the
+/// default command is the documented one.
+#[test]
+fn the_image_runs_as_the_manifests_and_the_chart_expect() {
+    let doc = read("Dockerfile");
+    let runtime = doc.rsplit_once("\nFROM ").expect("a last stage").1;
+    let bin = runtime
+        .lines()
+        .find(|l| l.starts_with("COPY --from=build "))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("the binary copied from the build stage");
+    assert!(
+        runtime.contains(&format!("ENTRYPOINT [\"{bin}\"]")),
+        "{runtime}"
+    );
+    assert!(
+        read("dags/sweeper_flyte.py").contains(&format!("\"{bin}\",")),
+        "the Flyte task's command is {bin}"
+    );
+    assert!(runtime.contains(r#"CMD ["run", "--output", "json", "--log-format", "json"]"#));
+    assert!(read("docs/deploying.md").contains("`run --output json --log-format json`"));
+    let (uid, gid) = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .and_then(|u| u.split_once(':'))
+        .expect("USER uid:gid");
+    assert!(read("docs/deploying.md").contains(&format!("non-root user {uid}")));
+    let commands = subcommands();
+    for path in [
+        "k8s/cronjob.yaml",
+        "k8s/cronjob-sharded.yaml",
+        "k8s/migrate-job.yaml",
+        "k8s/retention-cronjob.yaml",
+        "k8s/forget/job.yaml",
+        "k8s/helm/sweeper/values.yaml",
+    ] {
+        let m = read(path);
+        assert_eq!(value(&m, "runAsUser"), uid, "{path}");
+        assert_eq!(value(&m, "runAsGroup"), gid, "{path}");
+        assert!(has(&m, "runAsNonRoot: true"), "{path}");
+    }
+    let templates =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/helm/sweeper/templates"))
+            .unwrap()
+            .map(|e| {
+                format!(
+                    "k8s/helm/sweeper/templates/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                )
+            })
+            .filter(|p| p.ends_with(".yaml"));
+    let manifests = [
+        "k8s/cronjob.yaml",
+        "k8s/cronjob-sharded.yaml",
+        "k8s/migrate-job.yaml",
+        "k8s/retention-cronjob.yaml",
+        "k8s/forget/job.yaml",
+    ];
+    for path in manifests.iter().map(|p| p.to_string()).chain(templates) {
+        let m = read(&path);
+        let lines: Vec<&str> = m.lines().map(str::trim).collect();
+        assert!(
+            !lines.iter().any(|l| l.starts_with("command:")),
+            "{path} replaces the image's entrypoint"
+        );
+        for (i, l) in lines.iter().enumerate() {
+            let Some(rest) = l.strip_prefix("args:") else {
+                continue;
+            };
+            // Inline (`args: ["run", ...]`) or a list whose first item is on the next line.
+            let first = match rest.trim() {
+                "" => lines[i + 1].trim_start_matches("- "),
+                inline => inline.trim_start_matches('[').split(',').next().unwrap(),
+            };
+            let first = first.trim().trim_matches('"');
+            assert!(
+                commands.iter().any(|c| c == first),
+                "{path}: args start with {first:?}, no command of sweeper ({commands:?})"
+            );
+        }
+    }
+}
+
+/// The Dockerfile's build stage has every file `cargo build --locked --bin sweeper` needs: its
+/// COPY lines, copied alone into a directory of their own, check as the crate (`cargo check`, on
+/// this build's target directory, offline). A source the crate comes to read from outside them
+/// (an `include_str!` of docs/, a new top-level folder) fails here, as the image build would.
+#[test]
+fn the_dockerfile_build_stage_copies_what_the_build_needs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ctx = Path::new(env!("CARGO_TARGET_TMPDIR")).join("image-context");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx).unwrap();
+    let doc = read("Dockerfile");
+    let build = doc.split("\nFROM ").nth(1).expect("the build stage");
+    for line in build.lines().filter(|l| l.starts_with("COPY ")) {
+        let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let (dest, sources) = parts.split_last().unwrap();
+        for src in sources {
+            let to = if dest.ends_with('/') {
+                ctx.join(dest).join(Path::new(src).file_name().unwrap())
+            } else {
+                ctx.join(dest)
+            };
+            let out = Command::new("cp")
+                .arg("-r")
+                .arg(root.join(src))
+                .arg(&to)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{line}: {out:?}");
+        }
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "check",
+            "--locked",
+            "--offline",
+            "--quiet",
+            "--bin",
+            "sweeper",
+        ])
+        .current_dir(&ctx)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Dockerfile's build context does not build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

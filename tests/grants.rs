@@ -4,34 +4,9 @@
 
 mod common;
 
+use common::grants::{printed, redis_user};
 use common::layouts::{Kind, write};
 use common::*;
-
-/// `sweeper grants ARGS` with the test's URLs; its stdout.
-fn grants(env: &TestEnv, args: &[&str]) -> String {
-    let out = env.command().arg("grants").args(args).output().unwrap();
-    assert!(out.status.success(), "grants {args:?}: {}", stderr(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Creates the Redis user of the printed rule, named `user`, password `pw`; returns a URL as it.
-async fn redis_user(env: &TestEnv, printed: &str, user: &str) -> String {
-    let rule = printed
-        .lines()
-        .find(|l| l.starts_with("ACL SETUSER "))
-        .unwrap_or_else(|| panic!("no ACL rule in {printed}"));
-    let mut cmd = redis::cmd("ACL");
-    for (i, word) in rule.split_whitespace().skip(1).enumerate() {
-        match (i, word) {
-            (1, _) => cmd.arg(user),
-            (_, ">PASSWORD") => cmd.arg(">pw"),
-            _ => cmd.arg(word),
-        };
-    }
-    let () = env.redis_cmd(&mut cmd).await;
-    env.redis_url
-        .replacen("redis://", &format!("redis://{user}:pw@"), 1)
-}
 
 /// `sweeper ARGS` as the Redis user at `url`; must succeed, with no permission refused.
 fn as_user(env: &TestEnv, url: &str, args: &[&str]) -> String {
@@ -68,7 +43,7 @@ async fn each_layout_sweeps_inspects_and_restores_with_exactly_its_printed_rule(
         write(&env, other, &format!("x-{format}"), &d, 120_000).await;
         let select = ["--format", format, "--match", &pattern];
 
-        let run = grants(
+        let run = printed(
             &env,
             &[&["run"][..], &select, &["--save-idle", "30m"]].concat(),
         );
@@ -90,7 +65,7 @@ async fn each_layout_sweeps_inspects_and_restores_with_exactly_its_printed_rule(
         assert!(s["persisted"].as_u64() >= Some(1), "{format}: {s}");
         assert!(s["rejected"].as_u64() >= Some(1), "{format}: {s}");
 
-        let inspect = grants(&env, &[&["inspect"][..], &select].concat());
+        let inspect = printed(&env, &[&["inspect"][..], &select].concat());
         let url = redis_user(
             &env,
             &inspect,
@@ -103,7 +78,7 @@ async fn each_layout_sweeps_inspects_and_restores_with_exactly_its_printed_rule(
             &[&["inspect", "--samples", "5"][..], &select].concat(),
         );
 
-        let restore = grants(&env, &[&["restore"][..], &select].concat());
+        let restore = printed(&env, &[&["restore"][..], &select].concat());
         let url = redis_user(
             &env,
             &restore,
@@ -124,7 +99,7 @@ async fn each_layout_sweeps_inspects_and_restores_with_exactly_its_printed_rule(
     }
     // A rule short of one read the layout needs is refused, not passed off as bad keys.
     let short =
-        grants(&env, &["run", "--format", "hash", "--match", &pattern]).replace(" +hgetall", "");
+        printed(&env, &["run", "--format", "hash", "--match", &pattern]).replace(" +hgetall", "");
     let url = redis_user(&env, &short, &format!("g-short-{}", std::process::id())).await;
     write(&env, Kind::Hash, "h-short", &doc(None, &["a"]), 120_000).await;
     let out = env

@@ -4,43 +4,14 @@
 
 mod common;
 
+use common::grants::{exec, login_role, pg_as as as_user, postgres, printed};
 use common::*;
 use sqlx::PgPool;
 
 /// The PostgreSQL statements `sweeper grants COMMAND` prints for the test's database: the
 /// administrator's, then the schema owner's.
 fn grants(env: &TestEnv, command: &str) -> (String, String) {
-    let out = env.command().args(["grants", command]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (mut admin, mut owner) = (String::new(), String::new());
-    let mut into = None;
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        if line.starts_with('#') {
-            into = match line {
-                l if l.starts_with("# PostgreSQL, as an administrator") => Some(&mut admin),
-                l if l.starts_with("# PostgreSQL, as the schema's owner") => Some(&mut owner),
-                _ => None,
-            };
-        } else if let Some(sql) = into.as_deref_mut() {
-            sql.push_str(line);
-            sql.push('\n');
-        }
-    }
-    (admin, owner)
-}
-
-/// `url` with another user.
-fn as_user(url: &str, user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
-    format!("{scheme}://{user}@{host}")
-}
-
-async fn exec(pg: &PgPool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(pg)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    postgres(&printed(env, &[command]))
 }
 
 #[tokio::test]
@@ -57,13 +28,7 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
         "sweeper_restore",
         "sweeper_eraser",
     ] {
-        exec(
-            &env.pg,
-            &format!(
-                "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-            ),
-        )
-        .await;
+        login_role(&env.pg, role).await;
     }
     for (admin, _) in &steps {
         exec(&env.pg, admin).await;

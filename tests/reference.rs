@@ -26,6 +26,7 @@ const PAGES: &[&str] = &[
 const OTHER_TOOLS: &[(&str, &str)] = &[
     ("--namespace", "helm, kubectl"),
     ("--set", "helm"),
+    ("--reuse-values", "helm upgrade"),
     ("--strict", "helm lint, kubernetes-validate"),
     ("--tls-port", "redis-server"),
     ("--tls-auth-clients", "redis-server"),

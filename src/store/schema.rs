@@ -1,6 +1,7 @@
 //! The PostgreSQL schema sweeper's tables, views and functions live in (`--schema`, `sweeper` by
 //! default), so that they sit beside a chat service's own `conversations` and `messages` in its
-//! database. Every connection and every transaction puts it first in `search_path`: the SQL and
+//! database. Every transaction puts it first in `search_path` (`SET LOCAL`; nothing is set for
+//! the session, which a pooler in transaction mode would hand to its next client): the SQL and
 //! the migrations name their tables unqualified.
 //!
 //! `public` stays on the path after it: LangGraph's PostgresSaver tables are there, where a

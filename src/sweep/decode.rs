@@ -134,6 +134,11 @@ impl Decoder {
         tx: mpsc::Sender<ReadBatch>,
     ) -> Counters {
         while let Some(chunk) = reads.recv().await {
+            // An empty run: the reader protects due keys instead of reading them, so the batch
+            // will not fill; what it holds goes on now.
+            if chunk.is_empty() && !self.send(&tx).await {
+                return self.counters;
+            }
             for (i, read) in chunk.into_iter().enumerate() {
                 // The runtime has one thread: decoding a whole chunk at once would leave
                 // Redis's replies waiting unread, and Redis idle, meanwhile.
@@ -392,6 +397,35 @@ mod tests {
         assert_eq!(r.counters.expired_before_read, 1);
         assert_eq!(r.counters.due, 0);
         assert!(r.current.batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_empty_run_hands_over_the_batch_held_without_waiting_for_it_to_fill() {
+        let (reads_tx, reads) = mpsc::channel(4);
+        let (tx, mut batches) = mpsc::channel(4);
+        let decoding = tokio::spawn(decoder(false).run(reads, tx));
+        let read = |id: &str| Read::Value {
+            key: format!("checkpoint:{id}").into_bytes(),
+            ttl_ms: 5,
+            fetched: Fetched::Value(br#"{"messages": []}"#.to_vec()),
+        };
+        reads_tx.send(vec![read("a"), read("b")]).await.unwrap();
+        reads_tx.send(Vec::new()).await.unwrap();
+        let held = tokio::time::timeout(std::time::Duration::from_secs(5), batches.recv())
+            .await
+            .expect("handed over while the reads go on")
+            .unwrap();
+        assert_eq!(held.batch.checkpoints.len(), 2, "batches of 10: not full");
+        reads_tx.send(Vec::new()).await.unwrap();
+        reads_tx.send(vec![read("c")]).await.unwrap();
+        drop(reads_tx);
+        let rest = batches.recv().await.unwrap();
+        assert_eq!(
+            rest.batch.checkpoints.len(),
+            1,
+            "nothing held: nothing sent"
+        );
+        assert_eq!(decoding.await.unwrap().due, 3);
     }
 
     #[test]

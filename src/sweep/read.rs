@@ -132,6 +132,7 @@ impl Reader {
             protect_ttl: self.cfg.protect_ttl,
             health: self.health.clone(),
             counters: Counters::default(),
+            flushed: false,
         };
         let (taken, chosen) = {
             let taking = taker.run([source, second], due_rx, tx);
@@ -295,6 +296,8 @@ struct Taker {
     health: Health,
     /// What protection counted (kept whatever happens to the run).
     counters: Counters,
+    /// Whether the decode stage was told to hand over what it holds since protecting began.
+    flushed: bool,
 }
 
 impl Taker {
@@ -309,6 +312,15 @@ impl Taker {
     ) -> Result<Option<Stop>> {
         let [first, second] = handles;
         while let Some(due) = due_rx.recv().await {
+            // The decode stage holds what was read until a batch is full: once due keys are
+            // protected instead of read, it would hold them until the scan ends, and they ran
+            // out meanwhile (34 of the 94 held, in tests/partitions.rs). An empty run tells it
+            // to hand them over now, to be protected.
+            let protecting = self.protecting();
+            if protecting && !self.flushed && tx.send(Vec::new()).await.is_err() {
+                return Ok(Some(Stop::WriterGone));
+            }
+            self.flushed = protecting;
             let taken = match due_rx.try_recv() {
                 Ok(next) if !self.protecting() => {
                     let (a, b) =

@@ -2,6 +2,7 @@
 //! prefix on the private servers `tests/servers.sh` started, so tests run in parallel.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod grants;
 pub mod langgraph;
 pub mod layouts;
 pub mod pki;

@@ -114,6 +114,11 @@ pub fn assert_exit(out: &Output, code: i32) {
 /// Conversations of `ids` neither saved in PostgreSQL (at `pg_url`) nor kept in Redis (at
 /// `redis_url`) past [`AT_RISK_MS`]: what the chat service's TTL will take for good.
 pub async fn lost(env: &TestEnv, redis_url: &str, pg_url: &str, ids: &[String]) -> usize {
+    lost_ids(env, redis_url, pg_url, ids).await.len()
+}
+
+/// Which of `ids` are lost, as [`lost`] counts them.
+pub async fn lost_ids(env: &TestEnv, redis_url: &str, pg_url: &str, ids: &[String]) -> Vec<String> {
     let pg = super::pg_pool(pg_url).await;
     let saved: HashSet<String> = sqlx::query_scalar("SELECT conversation_id FROM conversations")
         .fetch_all(&pg)
@@ -128,7 +133,7 @@ pub async fn lost(env: &TestEnv, redis_url: &str, pg_url: &str, ids: &[String]) 
         .await
         .unwrap();
     let unsaved: Vec<&String> = ids.iter().filter(|id| !saved.contains(*id)).collect();
-    let mut lost = 0;
+    let mut lost = Vec::new();
     for chunk in unsaved.chunks(500) {
         let mut pipe = redis::pipe();
         for id in chunk {
@@ -136,7 +141,14 @@ pub async fn lost(env: &TestEnv, redis_url: &str, pg_url: &str, ids: &[String]) 
         }
         let ttls: Vec<i64> = pipe.query_async(&mut r).await.unwrap();
         // -2: gone; -1: no TTL, kept for good.
-        lost += ttls.iter().filter(|&&t| t != -1 && t < AT_RISK_MS).count();
+        let gone = ttls.iter().map(|&t| t != -1 && t < AT_RISK_MS);
+        lost.extend(
+            chunk
+                .iter()
+                .zip(gone)
+                .filter(|(_, g)| *g)
+                .map(|(id, _)| (*id).clone()),
+        );
     }
     lost
 }

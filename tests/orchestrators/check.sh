@@ -31,7 +31,9 @@
 #   deb          the .deb (cargo-deb, of this binary): built, listed, its version the binary's, its
 #                systemd units through `systemd-analyze verify`, the man page and bash completion
 #                loaded, and the packaged binary run as the units run it (settings from the
-#                packaged EnvironmentFile, URLs from files) against the servers
+#                packaged EnvironmentFile, URLs from files) against the servers; then installed
+#                over the same binary packaged as 0.0.9-1 (dpkg on a private root): the conffile
+#                edit kept, the timer still enabled, the daemon restarted, the units' migrate and sweep
 #   monitoring   k8s/monitoring/: `promtool test rules` (every alert firing and not), the
 #                PrometheusRule equal to the rules file, the dashboard's PromQL parsed by promtool,
 #                every metric named there written by a real sweep's --metrics-file
@@ -115,7 +117,7 @@ echo "check: venvs and tools ready in $(($(date +%s) - start))s"
 check_k8s() {
   local lint=${VENV[lint]} files=()
   local f
-  for f in k8s/*.yaml; do
+  for f in k8s/*.yaml k8s/forget/job.yaml; do
     # The kustomization is kustomize's config, not a Kubernetes object.
     [ "$(basename "$f")" = kustomization.yaml ] || files+=("$f")
   done
@@ -537,6 +539,67 @@ check_deb() {
   python3 -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["status"]=="ok" and s["persisted"]==50, s' "$summary"
 }
 
+# An upgrade over the previous version, as dpkg does it, on a private root (--root; the maintainer
+# scripts run without chroot, DPKG_ROOT set): the same binary packaged as 0.0.9-1 (the "previous"
+# release) is installed, its timer enabled and its settings file edited as an operator would, then
+# this package installed over it. The edit is kept (a conffile), the timer still enabled, the
+# scripts asked systemd to reload and to restart a running daemon, and the upgraded units' migrate
+# and sweep, run as the units run them, bring a new database up to date and save its keys.
+# systemctl is a stand-in on the PATH: enable/disable/is-enabled go to the real one on the private
+# root (what the scripts change on disk), the rest is logged (no systemd runs here).
+check_deb_upgrade() {
+  local stage=$work/deb-target root=$work/deb-upgrade stub=$work/deb-stub log=$work/deb-systemctl.log
+  local old new version
+  new=$(ls "$work"/deb/*.deb) || { echo "no package: check_deb builds it first"; return 1; }
+  mkdir -p "$work/deb-old" "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/run/systemd/system" "$stub"
+  : >"$root/var/lib/dpkg/status"
+  CARGO_TARGET_DIR=$stage "${TOOL[cargo-deb]}" --locked --no-build --strip -Z gz --fast --deb-version 0.0.9-1 \
+    -o "$work/deb-old/" >/dev/null
+  old=$(ls "$work"/deb-old/*.deb)
+  printf '%s\n' '#!/bin/sh' \
+    "echo \"\$*\" >>'$log'" \
+    'case "$1" in enable|disable|is-enabled)' \
+    '  verb=$1; shift; [ "$1" = --now ] && shift' \
+    "  exec /bin/systemctl --root='$root' \"\$verb\" \"\$@\" ;;" \
+    'esac' >"$stub/systemctl"
+  chmod +x "$stub/systemctl"
+  local dpkg_args=(--root="$root" --force-script-chrootless --force-depends --force-confdef --force-confold)
+  PATH="$stub:$PATH" dpkg "${dpkg_args[@]}" -i "$old"
+  [ "$(dpkg-query --root="$root" -W -f='${Version}' sweeper)" = 0.0.9-1 ]
+  PATH="$stub:$PATH" systemctl enable sweeper.timer
+  printf '# a local edit\nSWEEPER_SCAN_COUNT=500\n' >>"$root/etc/sweeper/sweeper.env"
+  : >"$log"
+  PATH="$stub:$PATH" dpkg "${dpkg_args[@]}" -i "$new"
+  version=$(dpkg-query --root="$root" -W -f='${Version}' sweeper)
+  echo "upgraded 0.0.9-1 -> $version; the scripts called systemctl: $(tr '\n' ';' <"$log")"
+  [ "$version" = "$(dpkg-deb -f "$new" Version)" ]
+  grep -qx 'SWEEPER_SCAN_COUNT=500' "$root/etc/sweeper/sweeper.env"
+  [ "$(/bin/systemctl --root="$root" is-enabled sweeper.timer)" = enabled ]
+  grep -qx 'daemon-reload' "$log"
+  grep -qx 'try-restart sweeper-daemon.service' "$log"
+  if grep -q '^disable' "$log"; then echo "the upgrade disabled units"; return 1; fi
+  echo "conffile edit kept, sweeper.timer still enabled, a running daemon restarted"
+  # The upgraded units' migrate, then sweep, as the units run them, on a database never migrated.
+  local db=orchestrators_upgrade_$$ creds=$work/deb-upgrade-creds migrate_cmd run_cmd summary
+  psql -X -q "$SWEEPER_TEST_PG_ADMIN" -c "CREATE DATABASE $db"
+  mkdir -p "$creds"
+  printf '%s\n' "$REDIS_URL" >"$creds/redis-url"
+  printf '%s\n' "${SWEEPER_TEST_PG_ADMIN%/*}/$db" >"$creds/database-url"
+  REDIS_URL=$REDIS_URL "$SWEEPER" -q simulate --conversations 50 --ttl-spread 2m..5m \
+    --match-prefix orch-upgrade:checkpoint:
+  grep -qx 'Wants=sweeper-migrate.service' "$root/lib/systemd/system/sweeper.service"
+  migrate_cmd=$(sed -n "s|^ExecStart=/usr/bin/|$root/usr/bin/|p" "$root/lib/systemd/system/sweeper-migrate.service")
+  run_cmd=$(sed -n "s|^ExecStart=/usr/bin/|$root/usr/bin/|p" "$root/lib/systemd/system/sweeper.service")
+  summary=$(env -i PATH=/usr/bin:/bin SWEEPER_MATCH='orch-upgrade:checkpoint:*' bash -c "set -a; . '$root/etc/sweeper/sweeper.env'; set +a
+    export SWEEPER_REDIS_URL_FILE='$creds/redis-url' SWEEPER_DATABASE_URL_FILE='$creds/database-url'
+    $migrate_cmd && exec $run_cmd" | tail -n 1)
+  echo "after the upgrade, the units' migrate, then the sweep's summary: $summary"
+  python3 -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["status"]=="ok" and s["persisted"]==50, s' "$summary"
+  [ "$(psql -X -At "${SWEEPER_TEST_PG_ADMIN%/*}/$db" -c 'SELECT count(*) FROM sweeper._sqlx_migrations WHERE success')" \
+    = "$(find migrations -name '*.sql' | wc -l)" ]
+  echo "the schema has every migration of the package"
+}
+
 # --- run them ---------------------------------------------------------------------------------
 # One lane per orchestrator, all lanes at once (much of a check is waiting: Airflow's retry delay,
 # process start-up); the checks of a lane run one after another, as they share state (Airflow's
@@ -584,7 +647,10 @@ lane() {
       ;;
     monitoring) run "monitoring: promtool test rules, the dashboard's PromQL, only exported metrics" check_monitoring ;;
     pushgateway) run "pushgateway: three shards, three groups, the failing shard's last success old" check_pushgateway ;;
-    deb) run "deb: cargo-deb builds it, its contents, systemd-analyze verify, the packaged binary sweeps" check_deb ;;
+    deb)
+      run "deb: cargo-deb builds it, its contents, systemd-analyze verify, the packaged binary sweeps" check_deb
+      run "deb: over the previous version: conffile kept, timer enabled, daemon restarted, migrate" check_deb_upgrade
+      ;;
   esac
 }
 

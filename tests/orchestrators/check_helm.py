@@ -10,7 +10,9 @@
   plus its pre-install/pre-upgrade hook annotations;
 - the chart refuses a schedule and threshold exactly when `sweeper check-schedule` does (the binary
   is the judge), a protect-ttl not above the threshold, and values its schema forbids;
-- `kubectl kustomize k8s/` renders the migrate Job and the CronJob, as written in the files.
+- `kubectl kustomize k8s/` renders the migrate Job and the CronJob, as written in the files;
+- the forget Job: k8s/forget/ filled in as docs/installing.md says is the chart's `forget.*` Job
+  in substance (the eraser's Secret, a hook named after the reason, which is required).
 
 Exits 1 with every failed expectation listed.
 """
@@ -18,8 +20,10 @@ Exits 1 with every failed expectation listed.
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -140,6 +144,46 @@ vols = [v for o in docs(r.stdout) if o["kind"] != "NetworkPolicy" for v in
 expect(r.returncode == 0 and all(v["secret"]["secretName"] == "chat-db" for v in vols)
        and {i["key"] for v in vols for i in v["secret"]["items"]} == {"REDIS", "PG"},
        f"existingSecret and its key names reach every volume: {vols}")
+
+# --- the one-off forget Job: k8s/forget/ filled in as docs/installing.md says, and the chart's ----
+def kustomized_forget(request: str, user: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_dir = Path(tmp, f"forget-{request}")
+        shutil.copytree("k8s/forget", copy_dir)
+        kust = copy_dir / "kustomization.yaml"
+        kust.write_text(kust.read_text().replace("REQUEST", request).replace("USER_ID", user))
+        r = run(kubectl, "kustomize", str(copy_dir))
+        expect(r.returncode == 0, f"kubectl kustomize of a filled k8s/forget: {r.stderr.strip()[:200]}")
+        return docs(r.stdout)
+
+
+FORGET = ("--set", "forget.users={u-123}", "--set", "forget.reason=dsr-42")
+r = template("sweeper", *FORGET)
+(out / "chart-forget.yaml").write_text(r.stdout)
+jobs = {o["metadata"]["name"]: o for o in docs(r.stdout) if o["kind"] == "Job"}
+chart_forget = jobs.get("sweeper-forget-dsr-42")
+expect(r.returncode == 0 and set(jobs) == {"sweeper-migrate-1", "sweeper-forget-dsr-42"},
+       f"forget.users and forget.reason render a forget Job named after the reason: {sorted(jobs)} {r.stderr.strip()[:200]}")
+kustomized = kustomized_forget("dsr-42", "u-123")
+k8s_forget = kustomized[0] if len(kustomized) == 1 else None
+if chart_forget and k8s_forget:
+    expect(k8s_forget["metadata"]["name"] == "sweeper-forget-dsr-42", f"k8s/forget's Job is named per request: {k8s_forget['metadata']}")
+    d = diff(substance(chart_forget), substance(k8s_forget))
+    expect(not d, f"the chart's forget Job is k8s/forget filled in, in substance: {d}")
+    args = chart_forget["spec"]["template"]["spec"]["containers"][0]["args"]
+    expect(args[:1] == ["forget"] and "--user=u-123" in args and "--reason=dsr-42" in args, f"the Job forgets: {args}")
+    secret = chart_forget["spec"]["template"]["spec"]["volumes"][0]["secret"]
+    expect(secret["secretName"] == "sweeper-eraser" and {i["key"] for i in secret["items"]} == {"redis-url", "database-url"},
+           f"the forget Job reads the eraser's Secret, both URLs: {secret}")
+    ann = chart_forget["metadata"].get("annotations", {})
+    expect(ann.get("helm.sh/hook") == "post-install,post-upgrade", f"the forget Job is a post-install,post-upgrade hook: {ann}")
+r = template("sweeper", "--set", "forget.conversations={c-1,c-2}", "--set", "forget.reason=DSR 7")
+args = [a for o in docs(r.stdout) if o["kind"] == "Job" and "forget" in o["metadata"]["name"]
+        for a in o["spec"]["template"]["spec"]["containers"][0]["args"]]
+expect(r.returncode == 0 and "--conversation=c-1" in args and "--conversation=c-2" in args,
+       f"forget.conversations, one --conversation each: {args} {r.stderr.strip()[:200]}")
+r = template("sweeper", "--set", "forget.users={u-123}")
+expect(r.returncode != 0 and "forget.reason is required" in r.stderr, f"a forget without reason is refused: {r.stderr.strip()[:200]}")
 
 # --- refusals: the binary's check-schedule is the judge -----------------------------------------
 CASES = [

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
 helm, kubectl = sys.argv[1:3]
 failures: list[str] = []
-SECTIONS = ("Kubernetes with Helm", "Kubernetes with kustomize", "A VM: the Debian package", "Airflow", "Dagster")
+SECTIONS = ("Kubernetes with Helm", "Kubernetes with kustomize", "Kubernetes: erasing on request", "A VM: the Debian package",
+            "Airflow", "Dagster")
 VERSION = next(line.split('"')[1] for line in Path("Cargo.toml").read_text().splitlines() if line.startswith("version"))
 
 
@@ -27,8 +30,24 @@ def expect(cond: bool, what: str) -> None:
         failures.append(what)
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True)
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd)
+
+
+# Where the commands that copy and edit files run, as written: a scratch copy of k8s/.
+WORK = Path(tempfile.mkdtemp(prefix="install-docs-"))
+shutil.copytree("k8s", WORK / "k8s")
+# The flags of the Helm section's `helm install` (what `helm upgrade --reuse-values` reuses), and
+# the Jobs the erasure section's renders name.
+installed: list[str] = []
+jobs: list[tuple[str, list[str]]] = []
+
+
+def forget_jobs(text: str) -> dict[str, list[str]]:
+    """The forget Jobs of rendered objects: name -> the container's args."""
+    return {o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["args"]
+            for o in yaml.safe_load_all(text) if o and o["kind"] == "Job"
+            and o["spec"]["template"]["spec"]["containers"][0]["args"][:1] == ["forget"]}
 
 
 def commands(section: str) -> list[str]:
@@ -54,6 +73,12 @@ def namespaced(words: list[str]) -> list[str]:
     return words[:1] + words[3:] if words[1:2] == ["-n"] else words
 
 
+def found_args(found: dict[str, list[str]]) -> list[str]:
+    """Every argument of the Jobs, none a placeholder left unfilled."""
+    args = [a for v in found.values() for a in v]
+    return args if not any(p in a for a in args for p in ("REQUEST", "USER_ID")) else ["unfilled"]
+
+
 def unit_credentials() -> set[str]:
     return {m.group(1) for p in Path("deb").glob("*.service")
             for m in re.finditer(r"^LoadCredential=[^:]+:(\S+)$", p.read_text(), re.M)}
@@ -71,9 +96,30 @@ def check(cmd: str) -> None:
             keys = set(yaml.safe_load(r.stdout or "{}").get("data", {}))
             expect(keys == {"redis-url", "database-url"}, f"the Secret holds the keys the manifests read: {keys}")
     elif k[:2] == ["helm", "install"]:
+        installed[:] = k[4:]
         r = run(helm, "template", *k[2:])
         expect(r.returncode == 0 and "kind: CronJob" in r.stdout,
                f"{cmd}: helm template with the same flags {r.stderr.strip()[:200]}")
+    elif k[:2] == ["helm", "upgrade"] and "--reuse-values" in k:
+        flags = [w for w in k[4:] if w != "--reuse-values"]
+        r = run(helm, "template", *k[2:4], *installed, *flags)
+        found = forget_jobs(r.stdout)
+        jobs.extend(found.items())
+        expect(r.returncode == 0 and len(found) == 1,
+               f"{cmd}: helm template with the install's flags and these renders one forget Job {sorted(found)} {r.stderr.strip()[:200]}")
+    elif k[:2] == ["cp", "-r"] or k[:2] == ["sed", "-i"]:
+        r = run(*k, cwd=WORK)
+        expect(r.returncode == 0, f"{cmd}: run as written on a copy of k8s/ {r.stderr.strip()[:200]}")
+    elif k[:3] == ["kubectl", "apply", "-k"] and (WORK / k[3]).exists() and not Path(k[3]).exists():
+        r = run(kubectl, "kustomize", str(WORK / k[3]))
+        found = forget_jobs(r.stdout)
+        jobs.extend(found.items())
+        expect(r.returncode == 0 and len(found) == 1 and found_args(found) != ["unfilled"],
+               f"{cmd}: kubectl kustomize of the copy renders one forget Job, filled in: {found} {r.stderr.strip()[:200]}")
+    elif k[:2] == ["kubectl", "logs"] and k[2].startswith("job/"):
+        name = k[2].removeprefix("job/")
+        expect(len(jobs) == 2 and {(n, tuple(a)) for n, a in jobs} == {(name, tuple(jobs[0][1]))},
+               f"{cmd}: the Job the commands above render, with the same arguments each way: {jobs}")
     elif k[:3] == ["kubectl", "apply", "-k"]:
         r = run(kubectl, "kustomize", k[3])
         expect(r.returncode == 0 and "kind: CronJob" in r.stdout, f"{cmd}: kubectl kustomize {r.stderr.strip()[:200]}")
@@ -112,6 +158,7 @@ for section in SECTIONS:
     for c in cmds:
         check(c)
 
+shutil.rmtree(WORK, ignore_errors=True)
 if failures:
     print(f"check_install_docs: {len(failures)} failed")
     sys.exit(1)
