@@ -16,11 +16,15 @@ SET CONSTRAINTS ALL IMMEDIATE;
 -- transaction, which a sweep writing one of them waits for; smaller spans mean more
 -- partitions (each one more relation to lock and plan). `ahead`: how many spans past the
 -- newest conversation id are made in advance (by `migrate` and each sweep). A change applies
--- to the partitions made after it.
+-- to the partitions made after it. `grace`: how long past the window a prune may leave the
+-- conversations of a closed partition that too many conversations updated since keep from
+-- going whole (the partition at the window's edge), waiting for it to go whole rather than
+-- deleting them row by row; 0, the default, leaves none.
 CREATE TABLE message_partitioning (
     one   boolean PRIMARY KEY DEFAULT true CHECK (one),
     span  bigint NOT NULL CHECK (span >= 100),
-    ahead integer NOT NULL CHECK (ahead >= 1)
+    ahead integer NOT NULL CHECK (ahead >= 1),
+    grace interval NOT NULL DEFAULT '0' CHECK (grace >= '0')
 );
 INSERT INTO message_partitioning (span, ahead) VALUES (20000, 2);
 
@@ -176,6 +180,28 @@ BEGIN
 END
 $$;
 
+-- The conversations a prune to `cutoff` deletes: those last updated before it, but for those of
+-- a closed partition whose conversations updated since are more than the share `max_survivors`
+-- (it cannot go whole yet), which wait until they are `grace` older. In id order. (`held` is
+-- computed once: inlined, it was computed again for each conversation.)
+CREATE FUNCTION sweeper_prunable(cutoff timestamptz, max_survivors real) RETURNS SETOF bigint
+LANGUAGE sql STABLE AS $$
+    WITH closed AS (
+        SELECT p.lo, p.hi FROM sweeper_message_partitions() p
+        WHERE p.hi <= (SELECT max(id) FROM conversations)
+    ), held AS MATERIALIZED (
+        SELECT cl.lo, cl.hi FROM closed cl JOIN conversations c ON c.id >= cl.lo AND c.id < cl.hi
+        GROUP BY cl.lo, cl.hi
+        HAVING count(*) FILTER (WHERE coalesce(c.updated_at, c.last_persisted_at) >= cutoff)
+               > count(*) * max_survivors
+    )
+    SELECT c.id FROM conversations c
+    WHERE coalesce(c.updated_at, c.last_persisted_at) < cutoff
+      AND (coalesce(c.updated_at, c.last_persisted_at) < cutoff - (SELECT grace FROM message_partitioning)
+           OR NOT EXISTS (SELECT 1 FROM held h WHERE c.id >= h.lo AND c.id < h.hi))
+    ORDER BY c.id
+$$;
+
 -- Drops the closed partitions left empty and with no conversation in their range (pruned
 -- ones). Dropping takes message_rows' ACCESS EXCLUSIVE lock, for an instant; one not had
 -- within lock_timeout is left to the next prune. (A sweep still holding an id it drew in a
@@ -216,7 +242,8 @@ BEGIN
     FOREACH f IN ARRAY ARRAY['sweeper_message_partitions()', 'sweeper_make_message_partition(bigint, bigint)',
                              'sweeper_extend_message_partitions()',
                              'sweeper_prune_message_partition(bigint, timestamptz, real)',
-                             'sweeper_drop_empty_message_partitions()'] LOOP
+                             'sweeper_drop_empty_message_partitions()',
+                             'sweeper_prunable(timestamptz, real)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', f, current_schema());
     END LOOP;
 END

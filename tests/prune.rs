@@ -474,3 +474,52 @@ async fn a_sweep_that_read_ids_before_a_prune_writes_on_and_loses_nothing() {
         0
     );
 }
+
+#[tokio::test]
+async fn the_partition_at_the_windows_edge_waits_out_the_grace_to_go_whole() {
+    let env = TestEnv::migrated("prune_grace").await;
+    partitions_of(&env, 100).await;
+    env.seed(150, SOON.unwrap()).await;
+    assert_eq!(env.run_json(&[])["persisted"], 150);
+    // The closed partition 0-100: the even ids past the window, the odd ones recent (too many
+    // survivors to go whole); in the open one, id 120 past it.
+    sqlx::query(
+        "UPDATE conversations SET updated_at = CASE WHEN (id < 100 AND id % 2 = 0) OR id = 120 \
+         THEN now() - interval '30 days' ELSE now() END",
+    )
+    .execute(&env.pg)
+    .await
+    .unwrap();
+    let grace = |g: &'static str| {
+        let pg = env.pg.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE message_partitioning SET grace = '{g}'"
+            )))
+            .execute(&pg)
+            .await
+            .unwrap();
+        }
+    };
+    let counts = |v: &Value| (v["conversations"].as_u64(), v["messages"].as_u64());
+
+    // Within the grace, the edge's old conversations wait; the open partition's go, exact.
+    grace("60 days").await;
+    let dry = prune(&env, &["--older-than", "10d", "--dry-run"]);
+    assert_eq!(counts(&dry), (Some(1), Some(3)), "{dry}");
+    let r = prune(&env, &["--older-than", "10d"]);
+    assert_eq!(counts(&r), (Some(1), Some(3)), "{r}");
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 149);
+    // Past it, they go by rows.
+    grace("10 days").await;
+    let r = prune(&env, &["--older-than", "10d"]);
+    assert_eq!(counts(&r), (Some(49), Some(49 * 3)), "{r}");
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 100);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM conversations WHERE updated_at < now() - interval '10 days'"
+        )
+        .await,
+        0
+    );
+}

@@ -5,14 +5,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::prune::Pruned;
+use super::prune::{MAX_SURVIVORS, Pruned};
 use super::{Store, query_as, query_scalar};
 use crate::error::Result;
-
-/// A partition is pruned whole when at most this share of its conversations were updated since
-/// the cutoff: each survivor's message rows are written again (about 5 times the WAL of
-/// deleting them), each other conversation's are not written at all.
-const MAX_SURVIVORS: f32 = 0.1;
 
 /// Attempts at a partition whose lock a sweep holds (each waits at most the function's
 /// lock_timeout, 200 ms), before its rows are left to the row-by-row deletes.

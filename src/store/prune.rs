@@ -15,6 +15,11 @@ use super::erase::Request;
 use super::{Store, query, query_as, query_scalar};
 use crate::error::Result;
 
+/// A partition is pruned whole when at most this share of its conversations were updated since
+/// the cutoff: each survivor's message rows are written again (about 5 times the WAL of
+/// deleting them), each other conversation's are not written at all.
+pub(super) const MAX_SURVIVORS: f32 = 0.1;
+
 /// What a prune deleted (or would).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Pruned {
@@ -54,9 +59,10 @@ impl Store {
         self.in_tx("count what a prune deletes", async |c| {
             let (conversations, messages): (i64, i64) = query_as(
                 "SELECT count(*), coalesce(sum((SELECT count(*) FROM message_rows m WHERE m.conversation = c.id)), 0)::int8 \
-                 FROM conversations c WHERE coalesce(c.updated_at, c.last_persisted_at) < $1",
+                 FROM conversations c WHERE c.id IN (SELECT sweeper_prunable($1, $2))",
             )
             .bind(cutoff)
+            .bind(MAX_SURVIVORS)
             .fetch_one(&mut *c)
             .await?;
             let rejects: i64 =
@@ -85,12 +91,11 @@ impl Store {
         let mut out = self.prune_partitions(cutoff, &receipt).await?;
         let ids: Vec<i64> = self
             .in_tx("find what a prune deletes", async |c| {
-                query_scalar(
-                    "SELECT id FROM conversations WHERE coalesce(updated_at, last_persisted_at) < $1 ORDER BY id",
-                )
-                .bind(cutoff)
-                .fetch_all(c)
-                .await
+                query_scalar("SELECT sweeper_prunable($1, $2)")
+                    .bind(cutoff)
+                    .bind(MAX_SURVIVORS)
+                    .fetch_all(c)
+                    .await
             })
             .await?;
         for chunk in ids.chunks(batch.max(1)) {
