@@ -523,3 +523,56 @@ async fn the_partition_at_the_windows_edge_waits_out_the_grace_to_go_whole() {
         0
     );
 }
+
+#[tokio::test]
+async fn rows_past_every_partition_wait_in_the_default_one_until_a_sweep_makes_theirs() {
+    let env = TestEnv::migrated("prune_default").await;
+    partitions_of(&env, 100).await;
+    assert_eq!(partitions(&env).await, [0, 100, 200]);
+    // Ids drawn past the partitions made (a sequence moved by hand, or partitions not made in
+    // time): a sweep that cannot make theirs (a lock held on the DEFAULT partition past its
+    // 200 ms) still saves them, into the DEFAULT partition, with a warning.
+    sqlx::query("SELECT setval('conversations_id_seq', 1000)")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    let mut hold = env.pg.begin().await.unwrap();
+    sqlx::query("LOCK TABLE message_rows_default IN ACCESS SHARE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    env.set(
+        "late",
+        &doc(Some("2026-12-06T09:00:00Z"), &["m1", "m2"]),
+        SOON,
+    )
+    .await;
+    let out = env
+        .command()
+        .args(["run", "--match", &env.pattern(), "--output", "json"])
+        .output()
+        .unwrap();
+    hold.rollback().await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("DEFAULT partition"),
+        "{}",
+        stderr(&out)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["persisted"], 1, "{s}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM message_rows_default").await,
+        2
+    );
+    // The next sweep makes the partitions the ids need and moves the rows in.
+    env.set("next", &doc(Some("2026-12-06T09:00:00Z"), &["m1"]), SOON)
+        .await;
+    assert_eq!(env.run_json(&[])["persisted"], 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM message_rows_default").await,
+        0
+    );
+    assert_eq!(env.count("SELECT count(*) FROM message_rows_1000").await, 3);
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 3);
+}
