@@ -4,17 +4,16 @@
 -- Conversation ids are drawn in order, so old conversations fill old partitions. A prune empties
 -- an old partition but for the rows of the few conversations of its range updated since
 -- (survivors), deletes the range's other conversation rows, and drops the partition once it
--- holds nothing. A DEFAULT partition catches rows outside every range (partitions are made ahead of
--- the id sequence, but that can fail: a lock not had in time).
+-- holds nothing. A DEFAULT partition catches rows outside every range (partitions are made
+-- ahead of the id sequence, but that can fail: a lock not had in time).
 
 -- `sweeper migrate` applies every migration in one transaction: rows an earlier one wrote have
 -- their deferred checks pending, which ALTER TABLE refuses (as in 20261203000001).
 SET CONSTRAINTS ALL IMMEDIATE;
 
--- How partitions are cut: one row. `span` conversation ids per partition: the partitions a
--- prune drops are whole spans, and dropping one deletes its conversation rows in one
--- transaction, which a sweep writing one of them waits for; smaller spans mean more
--- partitions (each one more relation to lock and plan). `ahead`: how many spans past the
+-- How partitions are cut: one row. `span` conversation ids per partition: a prune empties a
+-- partition and deletes its conversation rows in one transaction, which a sweep writing one of
+-- them waits for; smaller spans mean more partitions (each one more relation to lock and plan). `ahead`: how many spans past the
 -- newest conversation id are made in advance (by `migrate` and each sweep). A change applies
 -- to the partitions made after it. `grace`: how long past the window a prune may leave the
 -- conversations of a closed partition that too many conversations updated since keep from
