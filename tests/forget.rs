@@ -296,6 +296,8 @@ async fn a_sweep_role_without_delete_sweeps_but_cannot_forget() {
         format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
         format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
         format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+        // Making message_rows' next partitions (as the tables' owner: no CREATE).
+        format!("GRANT EXECUTE ON FUNCTION {schema}.sweeper_extend_message_partitions() TO {role}"),
     ] {
         sqlx::query(AssertSqlSafe(sql))
             .execute(&env.pg)

@@ -536,3 +536,79 @@ async fn an_install_in_public_moves_to_its_schema_without_losing_a_row() {
     .unwrap();
     assert_eq!(texts, ["older", "hi", "text of m2"]);
 }
+
+/// The last migration before `message_rows` was cut in partitions.
+const BEFORE_PARTITIONS: i64 = 20261206000100;
+
+/// `message_rows` becomes partitioned by conversation id: every row stored before lands in the
+/// partition of its id (none in the DEFAULT one), the grants on the table stay, the key to
+/// `conversations` holds, and the partitions the next ids need are made.
+#[tokio::test]
+async fn message_rows_move_into_partitions_without_losing_a_row() {
+    let env = TestEnv::new("partitions_migration").await;
+    sqlx::raw_sql("CREATE SCHEMA sweeper")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    migrate_to(&env.pg, BEFORE_PARTITIONS).await;
+    sqlx::raw_sql(
+        r#"INSERT INTO conversations (id, conversation_id, redis_key, checkpoint, checkpoint_messages, message_count, content_hash)
+               SELECT i, 'c' || i, 'checkpoint:c' || i, '{"messages": []}', 0, 3, '\x01'
+               FROM unnest(ARRAY[1, 20001, 45000]) i;
+           INSERT INTO message_rows (conversation, message_key, seq, message_id, role, content)
+               SELECT c.id, sweeper_message_key('id:m' || j), j, 'm' || j, 'user', 'text ' || j
+               FROM conversations c, generate_series(0, 2) j;
+           DO $$ BEGIN CREATE ROLE sweeper_partition_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+           GRANT SELECT, INSERT ON message_rows TO sweeper_partition_reader;"#,
+    )
+    .execute(&env.pg)
+    .await
+    .unwrap();
+    let cols = columns(&env.pg, "sweeper", "message_rows").await;
+    let before = rows_of(&env.pg, "sweeper", "message_rows", &cols).await;
+    assert_eq!(before.len(), 9);
+
+    let out = env.sweeper(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        rows_of(&env.pg, "sweeper", "message_rows", &cols).await,
+        before
+    );
+    let placed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tableoid::regclass::text, count(*) FROM message_rows GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .unwrap();
+    let expected = [
+        ("message_rows_0", 3),
+        ("message_rows_20000", 3),
+        ("message_rows_40000", 3),
+    ];
+    assert_eq!(placed, expected.map(|(p, n)| (p.to_string(), n)).to_vec());
+    assert_eq!(
+        env.count("SELECT count(*) FROM sweeper_message_partitions() WHERE lo > 45000")
+            .await,
+        2,
+        "two spans made past the newest id"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM messages").await, 9);
+    let privileges: (bool, bool, bool) = sqlx::query_as(
+        "SELECT has_table_privilege('sweeper_partition_reader', 'sweeper.message_rows', 'SELECT'),
+                has_table_privilege('sweeper_partition_reader', 'sweeper.message_rows', 'INSERT'),
+                has_table_privilege('sweeper_partition_reader', 'sweeper.message_rows', 'DELETE')",
+    )
+    .fetch_one(&env.pg)
+    .await
+    .unwrap();
+    assert_eq!(privileges, (true, true, false));
+    // The key to conversations holds: a row of no conversation is refused at commit.
+    let orphan = sqlx::raw_sql(
+        "BEGIN; INSERT INTO message_rows (conversation, message_key, seq, role) \
+         VALUES (7, gen_random_uuid(), 0, 'user'); COMMIT;",
+    )
+    .execute(&env.pg)
+    .await
+    .unwrap_err();
+    assert!(orphan.to_string().contains("foreign key"), "{orphan}");
+}

@@ -75,6 +75,24 @@ async fn each_step_runs_with_the_documented_privileges_and_no_more() {
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     }
 
+    // The sweep's role makes message_rows' partitions (through the function that does it as
+    // the owner), and cannot empty or drop one: only the eraser prunes.
+    let sweep_role = PgPool::connect(&url("sweeper_run")).await.unwrap();
+    let made: i32 = sqlx::query_scalar("SELECT sweeper.sweeper_extend_message_partitions()")
+        .fetch_one(&sweep_role)
+        .await
+        .unwrap();
+    assert!(made >= 0, "{made}");
+    for sql in [
+        "TRUNCATE sweeper.message_rows_0",
+        "SELECT * FROM sweeper.sweeper_prune_message_partition(0, now(), 0.1)",
+        "SELECT sweeper.sweeper_drop_empty_message_partitions()",
+        "SELECT sweeper.sweeper_make_message_partition(-100, 0)",
+    ] {
+        let e = sqlx::raw_sql(sql).execute(&sweep_role).await.unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{sql}: {e}");
+    }
+
     // And no more: the sweep's role cannot migrate, the reader's cannot sweep.
     let out = as_role("sweeper_run", &["migrate"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));

@@ -134,6 +134,7 @@ fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
                 "{owner}GRANT USAGE ON SCHEMA {schema} TO {role};\n\
                  GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role};\n\
                  GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};\n\
+                 GRANT EXECUTE ON FUNCTION {schema}.sweeper_extend_message_partitions() TO {role};\n\
                  ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE ON TABLES TO {role};\n\
                  ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE ON SEQUENCES TO {role};\n"
             );
@@ -153,10 +154,14 @@ fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
              GRANT INSERT ON {schema}.erasures TO {role};\n\
              ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role};\n"
         ),
-        // What a sweep may do, and the only DELETE (a sweep's role has none).
+        // What a sweep may do, and the only DELETE (a sweep's role has none); a prune empties
+        // and drops message_rows' old partitions through functions that do it as the owner,
+        // only them (the role gets no TRUNCATE).
         GrantFor::Forget | GrantFor::Prune => format!(
             "{admin}GRANT {run} TO {role};\n{owner}\
-             GRANT DELETE ON {schema}.conversations, {schema}.message_rows, {schema}.sweep_rejects TO {role};\n",
+             GRANT DELETE ON {schema}.conversations, {schema}.message_rows, {schema}.sweep_rejects TO {role};\n\
+             GRANT EXECUTE ON FUNCTION {schema}.sweeper_prune_message_partition(bigint, timestamptz, real), \
+             {schema}.sweeper_drop_empty_message_partitions() TO {role};\n",
             run = GrantFor::Run.role()
         ),
     }

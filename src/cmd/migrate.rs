@@ -9,6 +9,9 @@ pub async fn execute(g: &GlobalOpts, m: &MigrateArgs) -> Result<u8> {
     let applied = store.migrate().await?;
     let version = store.schema_version().await?.unwrap_or(0);
     tracing::info!(?applied, version, "migrations applied");
+    // The partitions the next conversation ids need (each sweep makes them too).
+    let made = store.extend_partitions().await?;
+    tracing::debug!(made, "message_rows partitions made");
     super::print(&format!(
         "schema at version {version} ({} migration(s) applied now)\n",
         applied.len()

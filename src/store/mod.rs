@@ -24,6 +24,7 @@ mod hosts;
 mod keepalive;
 pub mod langgraph;
 mod migrate;
+mod partitions;
 pub mod prune;
 mod runs;
 pub mod schema;

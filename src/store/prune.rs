@@ -1,8 +1,11 @@
 //! Retention (`sweeper prune`): the conversations last updated before a cutoff deleted with
-//! their message rows, and the rejects last seen before it, a few at a time. The doomed rows are
-//! found by one scan of `conversations` (their integer ids only), then deleted by id in short
-//! transactions: no lock is held longer than one batch, so the sweeps beside it are not blocked
-//! and autovacuum can reuse the freed space while the prune goes on. Each batch adds its counts
+//! their message rows, and the rejects last seen before it. First the closed partitions of
+//! `message_rows` whose conversations are (nearly) all older than the cutoff go whole
+//! ([`super::partitions`]: no WAL per message row, nothing left for VACUUM); what is left (the
+//! open partition, partitions many conversations of which were updated since) is deleted by
+//! rows, a few at a time. Those doomed rows are found by one scan of `conversations` (their
+//! integer ids only), then deleted by id in short transactions: no lock is held longer than one
+//! batch, so the sweeps beside it are not blocked. Each partition and each batch adds its counts
 //! to the receipt in its own transaction: a prune killed at any point has a receipt saying what
 //! it deleted, and a re-run deletes the rest.
 
@@ -11,6 +14,11 @@ use chrono::{DateTime, Utc};
 use super::erase::Request;
 use super::{Store, query, query_as, query_scalar};
 use crate::error::Result;
+
+/// A partition is pruned whole when at most this share of its conversations were updated since
+/// the cutoff: each survivor's message rows are written again (about 5 times the WAL of
+/// deleting them), each other conversation's are not written at all.
+pub(super) const MAX_SURVIVORS: f32 = 0.1;
 
 /// What a prune deleted (or would).
 #[derive(Debug, Default, Clone, Copy)]
@@ -51,9 +59,10 @@ impl Store {
         self.in_tx("count what a prune deletes", async |c| {
             let (conversations, messages): (i64, i64) = query_as(
                 "SELECT count(*), coalesce(sum((SELECT count(*) FROM message_rows m WHERE m.conversation = c.id)), 0)::int8 \
-                 FROM conversations c WHERE coalesce(c.updated_at, c.last_persisted_at) < $1",
+                 FROM conversations c WHERE c.id IN (SELECT sweeper_prunable($1, $2))",
             )
             .bind(cutoff)
+            .bind(MAX_SURVIVORS)
             .fetch_one(&mut *c)
             .await?;
             let rejects: i64 =
@@ -79,33 +88,41 @@ impl Store {
         r: &Request,
     ) -> Result<(String, Pruned)> {
         let receipt = self.record_event(r, 0, 0).await?;
+        let mut out = self.prune_partitions(cutoff, &receipt).await?;
         let ids: Vec<i64> = self
             .in_tx("find what a prune deletes", async |c| {
-                query_scalar(
-                    "SELECT id FROM conversations WHERE coalesce(updated_at, last_persisted_at) < $1 ORDER BY id",
-                )
-                .bind(cutoff)
-                .fetch_all(c)
-                .await
+                query_scalar("SELECT sweeper_prunable($1, $2)")
+                    .bind(cutoff)
+                    .bind(MAX_SURVIVORS)
+                    .fetch_all(c)
+                    .await
             })
             .await?;
-        let mut out = Pruned::default();
         for chunk in ids.chunks(batch.max(1)) {
             let (conversations, messages) = self
                 .in_tx("prune", async |c| {
                     // The conversations first, their messages after: a row a sweep updated
                     // since the scan is checked again by the DELETE (newer than the cutoff: kept,
-                    // with its messages). No FOR UPDATE: a row lock writes WAL.
-                    let counts: (i64, i64) = query_as(
-                        "WITH d AS (DELETE FROM conversations WHERE id = ANY($1) \
-                             AND coalesce(updated_at, last_persisted_at) < $2 RETURNING id), \
-                         m AS (DELETE FROM message_rows WHERE conversation IN (SELECT id FROM d) RETURNING 1) \
-                         SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM m)",
+                    // with its messages). No FOR UPDATE: a row lock writes WAL. The messages in
+                    // a statement of their own, whose snapshot sees the rows a sweep wrote
+                    // before the DELETE took its conversation (a sweep takes the conversation
+                    // first, so none writes after): the key, checked at commit, finds none left.
+                    let gone: Vec<i64> = query_scalar(
+                        "DELETE FROM conversations WHERE id = ANY($1) \
+                         AND coalesce(updated_at, last_persisted_at) < $2 RETURNING id",
                     )
                     .bind(chunk)
                     .bind(cutoff)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    let messages: i64 = query_scalar(
+                        "WITH m AS (DELETE FROM message_rows WHERE conversation = ANY($1) RETURNING 1) \
+                         SELECT count(*) FROM m",
+                    )
+                    .bind(&gone)
                     .fetch_one(&mut *c)
                     .await?;
+                    let counts = (gone.len() as i64, messages);
                     add_to_receipt(c, &receipt, counts.0, counts.1).await?;
                     Ok(counts)
                 })
@@ -131,6 +148,8 @@ impl Store {
                 break;
             }
         }
+        let dropped = self.drop_empty_partitions().await?;
+        tracing::debug!(dropped, "prune: empty message partitions dropped");
         self.in_tx("complete the receipt", async |c| {
             query("UPDATE erasures SET rejects = $2, redis_keys = 0, finished_at = now() WHERE receipt = $1::uuid")
                 .bind(&receipt)
@@ -143,7 +162,7 @@ impl Store {
     }
 }
 
-async fn add_to_receipt(
+pub(super) async fn add_to_receipt(
     c: &mut sqlx::PgConnection,
     receipt: &str,
     conversations: i64,

@@ -189,6 +189,7 @@ async fn try_run(
     };
 
     let evicted = record::evictions(&source, store, run_id, &cfg.pattern).await;
+    record::partitions(store).await;
     let (mut counters, stop, error, due_keys) =
         stages(cfg, source, store, run_id, shutdown, deadline).await?;
     counters.evicted_keys = evicted;

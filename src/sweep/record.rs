@@ -165,3 +165,24 @@ pub(super) async fn evictions(
     }
     since
 }
+
+/// The partitions of `message_rows` the ids this run draws need, made before it writes. A
+/// failure is a warning, not a failed sweep: the DEFAULT partition takes rows outside every
+/// partition, and the next run (or `migrate`) makes the partition and moves them in.
+pub(super) async fn partitions(store: Option<&Store>) {
+    let Some(s) = store else { return };
+    match s.extend_partitions().await {
+        Ok(0) => {}
+        Ok(-1) => tracing::warn!(
+            "could not make the next message_rows partition within 200 ms (a lock held): the DEFAULT partition takes the rows meanwhile"
+        ),
+        Ok(made) => tracing::info!(
+            made,
+            "message_rows partitions made ahead of the conversation ids"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not make the next message_rows partitions (run `sweeper grants run` for the role's grants): the DEFAULT partition takes the rows meanwhile"
+        ),
+    }
+}

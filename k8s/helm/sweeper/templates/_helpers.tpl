@@ -132,3 +132,8 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The forget Job's name: the release's, then the request's reason (its ticket) made a name. */}}
+{{- define "sweeper.forgetName" -}}
+{{ include "sweeper.fullname" . }}-forget-{{ regexReplaceAll "[^a-z0-9-]+" (.Values.forget.reason | lower) "-" | trunc 30 | trimSuffix "-" }}
+{{- end -}}
