@@ -22,7 +22,8 @@
 //!   beside it.
 //! - [`sweep`]: one sweep as stages: read ([`sweep::read`]), decode ([`sweep::decode`]), write
 //!   ([`sweep::write`]), protect ([`sweep::protect`]), record ([`sweep::record`]), wired by its
-//!   `mod.rs`; [`sweep::health`] tells the reader when PostgreSQL does not take the writes.
+//!   `mod.rs`; [`sweep::health`] tells the reader when PostgreSQL does not take the writes, and
+//!   [`sweep::shield`] which keys a slow write holds up are about to run out.
 //! - [`run`]: the model of a run (status, counters, summary, run record) that the store and the
 //!   report both use. [`report`]: the summary as text and JSON, `status`, and publishing (files,
 //!   metrics, Pushgateway).

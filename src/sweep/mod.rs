@@ -5,6 +5,7 @@
 //! - [`decode`]: a decode task turns what was read into batches of checkpoints and rejects;
 //! - [`write`](mod@write): the writers upsert each batch in one transaction, `--writers` at once;
 //! - [`protect`]: when PostgreSQL cannot take due keys, their TTL is raised instead;
+//! - [`shield`]: while a write is slow, the keys it holds up are raised just before they run out;
 //! - [`record`]: the run's record in `sweep_runs` and its single-run lock.
 //!
 //! Stages are joined by bounded channels: reading the next batch overlaps with writing the last,
