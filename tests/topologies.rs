@@ -554,6 +554,33 @@ async fn multi_host_url_connects_to_the_first_writable_host() {
     );
 }
 
+/// A child whose output outgrows a pipe (64 KiB) ends on its own: the harness reads its output
+/// while it runs. Read only at the end, the sweep below once blocked writing its 385th warning
+/// (keys evicted under maxmemory) until `run_within` killed it as hung after 60 s.
+#[test]
+fn a_child_writing_more_than_a_pipe_holds_is_not_taken_for_hung() {
+    let big = "head -c 300000 /dev/zero >&2; head -c 200000 /dev/zero; exit 3";
+    let child = std::process::Command::new("sh")
+        .args(["-c", big])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "killed: it blocked on a full pipe"
+    );
+    assert_eq!((out.stderr.len(), out.stdout.len()), (300_000, 200_000));
+    let out = output_within(
+        std::process::Command::new("sh").args(["-c", big]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!((out.stderr.len(), out.stdout.len()), (300_000, 200_000));
+}
+
 /// A Redis under memory pressure with `volatile-ttl` evicts the keys closest to expiry, the due
 /// ones. `run` and `inspect` say so, and the summary counts the evictions since the last run.
 #[tokio::test]

@@ -484,8 +484,9 @@ fn server_from_wheel(
 }
 
 /// Waits for a child to end; SIGKILLs it once `within` has passed (at once with ZERO): its exit
-/// code is then None.
+/// code is then None. Its output is read while it runs ([`Pipes`]).
 pub fn finish(mut child: std::process::Child, within: std::time::Duration) -> Output {
+    let pipes = Pipes::take(&mut child);
     let start = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() >= within {
@@ -494,7 +495,49 @@ pub fn finish(mut child: std::process::Child, within: std::time::Duration) -> Ou
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    child.wait_with_output().unwrap()
+    pipes.output(child.wait().unwrap())
+}
+
+/// A child's stdout and stderr, read on threads of their own while the child runs. A pipe holds
+/// 64 KiB: a child that writes more to one nobody reads blocks in write(2) until someone does,
+/// so a harness that only polls `try_wait` and reads at the end waits on it and kills it as
+/// hung (a sweep's 385 warnings of keys evicted under maxmemory, 63 KB, did just that). With
+/// the output taken here, `wait_with_output` on the child would find nothing.
+pub struct Pipes {
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Pipes {
+    pub fn take(child: &mut std::process::Child) -> Pipes {
+        fn read(
+            pipe: Option<impl std::io::Read + Send + 'static>,
+        ) -> Option<std::thread::JoinHandle<Vec<u8>>> {
+            let mut pipe = pipe?;
+            Some(std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = pipe.read_to_end(&mut buf);
+                buf
+            }))
+        }
+        Pipes {
+            stdout: read(child.stdout.take()),
+            stderr: read(child.stderr.take()),
+        }
+    }
+
+    /// What the child wrote, once it has ended with `status`.
+    pub fn output(self, status: std::process::ExitStatus) -> Output {
+        let all = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.map(|h| h.join().expect("a pipe reader"))
+                .unwrap_or_default()
+        };
+        Output {
+            status,
+            stdout: all(self.stdout),
+            stderr: all(self.stderr),
+        }
+    }
 }
 
 /// Says on the terminal (past the test harness's capture) why a test did nothing; under `make test`

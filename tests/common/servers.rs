@@ -29,11 +29,13 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    // Read while it runs: a child whose output outgrows a pipe would block until killed.
+    let pipes = super::Pipes::take(&mut child);
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > limit {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+            let out = pipes.output(child.wait().unwrap());
             panic!(
                 "{cmd:?} still running after {limit:?}, killed: {}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -42,7 +44,7 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.wait_with_output().unwrap()
+    pipes.output(child.wait().unwrap())
 }
 
 pub fn wait_for_port(port: u16, up: bool, what: &str) {
