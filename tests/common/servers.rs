@@ -24,27 +24,22 @@ pub fn is_root() -> bool {
 
 /// Runs `cmd` to its end, or kills it after `limit` and panics: a test can never hang on a child.
 pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    // Read while it runs: a child whose output outgrows a pipe would block until killed.
-    let pipes = super::Pipes::take(&mut child);
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = pipes.output(child.wait().unwrap());
-            panic!(
-                "{cmd:?} still running after {limit:?}, killed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let out = super::finish(child, limit);
+    // finish() killed it: no exit code, and the limit passed.
+    if out.status.code().is_none() && start.elapsed() >= limit {
+        panic!(
+            "{cmd:?} still running after {limit:?}, killed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    pipes.output(child.wait().unwrap())
+    out
 }
 
 pub fn wait_for_port(port: u16, up: bool, what: &str) {
