@@ -104,6 +104,11 @@ async fn a_forgotten_conversation_never_comes_back() {
             .await,
         0
     );
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversation_ids WHERE conversation_id = 'conv-alpha'")
+            .await,
+        0
+    );
     assert_eq!(env.count("SELECT count(*) FROM messages").await, 1);
     assert_eq!(
         env.count(&format!(

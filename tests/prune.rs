@@ -148,6 +148,9 @@ async fn a_prune_killed_at_any_point_and_run_again_finishes_with_receipts_that_a
     eprintln!("after the kills: {r}");
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 0);
     assert_eq!(env.count("SELECT count(*) FROM message_rows").await, 0);
+    // Their ids too, those of partitions pruned whole by a prune killed before it deleted them.
+    assert_eq!(env.count("SELECT count(*) FROM conversation_ids").await, 0);
+    assert_eq!(env.count("SELECT count(*) FROM pruned_ranges").await, 0);
     // Each batch added its counts to its receipt in its own transaction: they add up.
     assert_eq!(
         env.count("SELECT sum(conversations)::int8 FROM erasures WHERE action = 'prune'")
@@ -167,7 +170,7 @@ async fn a_prune_killed_at_any_point_and_run_again_finishes_with_receipts_that_a
 async fn partitions_of(env: &TestEnv, span: i64) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DO $$ DECLARE p regclass; BEGIN
-             FOR p IN SELECT part FROM sweeper_message_partitions() LOOP EXECUTE format('DROP TABLE %s', p); END LOOP;
+             FOR p IN SELECT part FROM sweeper_message_partitions() LOOP EXECUTE format('DROP TABLE %s, %s', p, replace(p::text, 'message_rows', 'conversations')); END LOOP;
          END $$;
          UPDATE message_partitioning SET span = {span};
          SELECT sweeper_extend_message_partitions();"
@@ -307,6 +310,13 @@ async fn a_prune_drops_whole_partitions_and_the_survivors_keep_every_message() {
     assert_eq!(messages_of(&env, &survivors).await, kept_before);
     assert_eq!(restored(&survivors[0]), restored_before);
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 53);
+    // The pruned conversations' ids are gone, the survivors' kept.
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversation_ids d JOIN conversations c USING (id, conversation_id)")
+            .await,
+        53
+    );
+    assert_eq!(env.count("SELECT count(*) FROM conversation_ids").await, 53);
     assert_eq!(
         env.count("SELECT count(*) FROM message_rows").await,
         53 * 23
@@ -475,6 +485,66 @@ async fn a_sweep_that_read_ids_before_a_prune_writes_on_and_loses_nothing() {
     );
 }
 
+/// Each prune ends the range ids are drawn in, once its first conversation is older than
+/// `message_partitioning.close_after`: run daily, prunes cut the ranges at their own times, a
+/// day each, so a window later a whole range is past the window and goes whole, no grace needed.
+#[tokio::test]
+async fn a_prune_closes_the_range_ids_are_drawn_in_so_a_window_later_it_goes_whole() {
+    let env = TestEnv::migrated("prune_close").await;
+    partitions_of(&env, 100).await;
+    // "Day 1": 30 conversations, ids 1-30 in the range 0-100.
+    env.seed(30, SOON.unwrap()).await;
+    assert_eq!(env.run_json(&[])["persisted"], 30);
+    // That day's prune, its range's first conversation older than close_after (0 here: a test
+    // has no day to wait): nothing is past the window (their documents say 2026-11-22), and
+    // the range is closed.
+    sqlx::query("UPDATE message_partitioning SET close_after = '0'")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    let r = prune(&env, &["--older-than", "20d"]);
+    assert_eq!(r["conversations"], 0, "{r}");
+    // "Day 2": new conversations draw ids from the next range.
+    for i in 0..20 {
+        env.set(&format!("day2-{i}"), &doc(None, &["m1"]), SOON)
+            .await;
+    }
+    assert_eq!(env.run_json(&[])["persisted"], 20);
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversations WHERE id >= 100 AND id < 200")
+            .await,
+        20
+    );
+    // A window later, day 1's conversations are past it (their keys long expired), day 2's not:
+    // the range 0-100 holds day 1's alone and goes whole, its partitions dropped.
+    sqlx::query("UPDATE conversations SET updated_at = now() - interval '30 days' WHERE id < 100")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT redis_key FROM conversations WHERE id < 100")
+            .fetch_all(&env.pg)
+            .await
+            .unwrap();
+    let () = env.redis_cmd(redis::cmd("DEL").arg(&keys)).await;
+    let r = prune(&env, &["--older-than", "10d"]);
+    assert_eq!(
+        (r["conversations"].as_u64(), r["messages"].as_u64()),
+        (Some(30), Some(90)),
+        "{r}"
+    );
+    assert_eq!(partitions(&env).await[0], 100);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('conversations_0', 'message_rows_0')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(env.count("SELECT count(*) FROM conversation_ids").await, 20);
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 20);
+}
+
 #[tokio::test]
 async fn the_partition_at_the_windows_edge_waits_out_the_grace_to_go_whole() {
     let env = TestEnv::migrated("prune_grace").await;
@@ -515,6 +585,10 @@ async fn the_partition_at_the_windows_edge_waits_out_the_grace_to_go_whole() {
     let r = prune(&env, &["--older-than", "10d"]);
     assert_eq!(counts(&r), (Some(49), Some(49 * 3)), "{r}");
     assert_eq!(env.count("SELECT count(*) FROM conversations").await, 100);
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversation_ids").await,
+        100
+    );
     assert_eq!(
         env.count(
             "SELECT count(*) FROM conversations WHERE updated_at < now() - interval '10 days'"

@@ -159,9 +159,9 @@ fn postgres(g: &GlobalOpts, a: &GrantsArgs, langgraph: bool) -> String {
         // only them (the role gets no TRUNCATE).
         GrantFor::Forget | GrantFor::Prune => format!(
             "{admin}GRANT {run} TO {role};\n{owner}\
-             GRANT DELETE ON {schema}.conversations, {schema}.message_rows, {schema}.sweep_rejects TO {role};\n\
+             GRANT DELETE ON {schema}.conversations, {schema}.conversation_ids, {schema}.message_rows, {schema}.sweep_rejects TO {role};\n\
              GRANT EXECUTE ON FUNCTION {schema}.sweeper_prune_message_partition(bigint, timestamptz, real), \
-             {schema}.sweeper_drop_empty_message_partitions() TO {role};\n",
+             {schema}.sweeper_forget_pruned_ids(integer), {schema}.sweeper_close_open_range(), {schema}.sweeper_drop_empty_message_partitions() TO {role};\n",
             run = GrantFor::Run.role()
         ),
     }

@@ -88,25 +88,27 @@ impl Store {
             out.keys.extend(t.live_keys.iter().cloned());
             out.keys.sort();
             out.keys.dedup();
-            out.rejects = query_scalar::<i64>(
-                "SELECT count(*) FROM sweep_rejects WHERE redis_key = ANY($1)",
-            )
-            .bind(&out.keys)
-            .fetch_one(&mut *c)
-            .await? as u64;
+            out.rejects =
+                query_scalar::<i64>("SELECT count(*) FROM sweep_rejects WHERE redis_key = ANY($1)")
+                    .bind(&out.keys)
+                    .fetch_one(&mut *c)
+                    .await? as u64;
             out.ids = ids;
             if dry_run {
                 return Ok(out);
             }
             tombstones(c, &out.ids, &out.keys).await?;
-            query("DELETE FROM message_rows WHERE conversation IN (SELECT id FROM conversations WHERE conversation_id = ANY($1))")
-                .bind(&out.ids)
-                .execute(&mut *c)
-                .await?;
-            query("DELETE FROM conversations WHERE conversation_id = ANY($1)")
-                .bind(&out.ids)
-                .execute(&mut *c)
-                .await?;
+            // By id, found in `conversation_ids` (`conversations` is partitioned by id); its
+            // rows last, when nothing references them.
+            for sql in [
+                "DELETE FROM message_rows WHERE conversation IN \
+                 (SELECT id FROM conversation_ids WHERE conversation_id = ANY($1))",
+                "DELETE FROM conversations WHERE id IN \
+                 (SELECT id FROM conversation_ids WHERE conversation_id = ANY($1))",
+                "DELETE FROM conversation_ids WHERE conversation_id = ANY($1)",
+            ] {
+                query(sql).bind(&out.ids).execute(&mut *c).await?;
+            }
             query("DELETE FROM sweep_rejects WHERE redis_key = ANY($1)")
                 .bind(&out.keys)
                 .execute(&mut *c)

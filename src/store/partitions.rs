@@ -99,6 +99,49 @@ impl Store {
         .await
     }
 
+    /// Closes the range conversation ids are drawn in now, unless its first conversation is
+    /// younger than `message_partitioning.close_after`: each prune so ends a range, and a
+    /// window later the range is past the window whole. Returns its lower bound when it closed.
+    pub(super) async fn close_open_range(&self) -> Result<Option<i64>> {
+        self.in_tx("close the range ids are drawn in", async |c| {
+            query_scalar("SELECT sweeper_close_open_range()")
+                .fetch_one(c)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes the ids of the conversations the partitions' prunes deleted (and of a prune
+    /// killed before it got to them), `batch` per transaction, outside the partitions' locks.
+    /// Returns how many; a range that fails (a sweep wrote one of its conversations again at
+    /// that moment) is left to the next prune.
+    pub(super) async fn forget_pruned_ids(&self, batch: usize) -> Result<u64> {
+        let mut forgotten = 0;
+        loop {
+            let n: i64 = match self
+                .in_tx("delete pruned conversations' ids", async |c| {
+                    query_scalar("SELECT sweeper_forget_pruned_ids($1)")
+                        .bind(batch.max(1) as i32)
+                        .fetch_one(c)
+                        .await
+                })
+                .await
+            {
+                Ok(n) => n,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "prune: ids left to the next prune");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if n < 0 {
+                break;
+            }
+            forgotten += n as u64;
+        }
+        Ok(forgotten)
+    }
+
     /// Drops the partitions pruned empty; returns how many.
     pub(super) async fn drop_empty_partitions(&self) -> Result<i32> {
         self.in_tx("drop empty message partitions", async |c| {

@@ -88,7 +88,11 @@ impl Store {
         r: &Request,
     ) -> Result<(String, Pruned)> {
         let receipt = self.record_event(r, 0, 0).await?;
+        let closed = self.close_open_range().await?;
+        tracing::debug!(?closed, "prune: the range ids are drawn in");
         let mut out = self.prune_partitions(cutoff, &receipt).await?;
+        let ids = self.forget_pruned_ids(batch).await?;
+        tracing::debug!(ids, "prune: ids of pruned conversations deleted");
         let ids: Vec<i64> = self
             .in_tx("find what a prune deletes", async |c| {
                 query_scalar("SELECT sweeper_prunable($1, $2)")
@@ -122,6 +126,10 @@ impl Store {
                     .bind(&gone)
                     .fetch_one(&mut *c)
                     .await?;
+                    query("DELETE FROM conversation_ids WHERE id = ANY($1)")
+                        .bind(&gone)
+                        .execute(&mut *c)
+                        .await?;
                     let counts = (gone.len() as i64, messages);
                     add_to_receipt(c, &receipt, counts.0, counts.1).await?;
                     Ok(counts)

@@ -280,13 +280,18 @@ async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
 
 /// The id and content hash stored for each conversation of the batch (a new id for one not
 /// stored).
+/// Found through `conversation_ids` (unique, one index): `conversations` is partitioned by id.
 const LOOKUP: &str = "WITH found AS MATERIALIZED (
-        SELECT conversation_id, id, content_hash FROM conversations WHERE conversation_id = ANY($1))
+        SELECT d.conversation_id, d.id, c.content_hash
+        FROM conversation_ids d LEFT JOIN conversations c ON c.id = d.id
+        WHERE d.conversation_id = ANY($1))
     SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
     FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
 const LOCK: &str = "WITH found AS MATERIALIZED (
-        SELECT conversation_id, id, content_hash FROM conversations WHERE conversation_id = ANY($1)
-        FOR UPDATE)
+        SELECT d.conversation_id, d.id, c.content_hash
+        FROM conversation_ids d JOIN conversations c ON c.id = d.id
+        WHERE d.conversation_id = ANY($1)
+        FOR UPDATE OF c)
     SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
     FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
 
