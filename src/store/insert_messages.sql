@@ -4,7 +4,9 @@
 -- of its conversation, -1 when not there) when that checkpoint replaces the stored one (the
 -- upsert that follows decides alike: sweeper_replaces) and holds the text at the message's seq,
 -- past the end of the stored one's messages (so the trigger that keeps texts never takes it for
--- one of the stored document's).
+-- one of the stored document's). Both tables are partitioned by conversation id: every read of
+-- them also names the batch's ids as a constant (`= ANY($1)`, `= ANY($12)`), so that PostgreSQL
+-- plans only the partitions holding them, not all of them for each batch.
 WITH input AS (
     SELECT t.conversation, t.message_key::uuid AS message_key, t.pos, t.message_id, t.role, t.content,
            t.created_at, t.redis_key, t.element, t.at
@@ -18,7 +20,7 @@ newest AS (
                                             WHEN 'array' THEN c.checkpoint->'messages' END), 0) AS stored_len
     FROM unnest($12::int8[], $13::timestamptz[], $14::int4[], $15::bytea[])
          AS w(conversation, updated_at, checkpoint_messages, content_hash)
-    JOIN conversations c ON c.id = w.conversation
+    JOIN conversations c ON c.id = w.conversation AND c.id = ANY($12::int8[])
     WHERE sweeper_replaces(jsonb_populate_record(c, jsonb_build_object(
               'updated_at', w.updated_at, 'checkpoint_messages', w.checkpoint_messages,
               'content_hash', '\x' || encode(w.content_hash, 'hex'))), c)
@@ -27,12 +29,13 @@ fresh AS (
     SELECT i.*
     FROM input i
     WHERE NOT EXISTS (SELECT 1 FROM message_rows m
-                      WHERE m.conversation = i.conversation AND m.message_key = i.message_key)
+                      WHERE m.conversation = i.conversation AND m.message_key = i.message_key
+                        AND m.conversation = ANY($1::int8[]))
 ),
 top AS (
     SELECT m.conversation, max(m.seq) AS seq
     FROM message_rows m
-    WHERE m.conversation IN (SELECT DISTINCT conversation FROM fresh)
+    WHERE m.conversation IN (SELECT DISTINCT conversation FROM fresh) AND m.conversation = ANY($1::int8[])
     GROUP BY m.conversation
 ),
 numbered AS (

@@ -9,8 +9,10 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 
 mod erased;
+mod lookup;
 mod message_rows;
 pub(crate) use erased::{CONVERSATION, KEY};
+use lookup::Ids;
 use message_rows::MessageColumns;
 
 impl Store {
@@ -41,9 +43,9 @@ impl Store {
         // a pooler in transaction mode could run it on a server whose search_path is the role's
         // default, and its Parse and Execute on two different servers.
         let mut tx = self.begin().await.map_err(Error::postgres("begin batch"))?;
-        let mut ids = look_up_and_unpack(&mut batch.checkpoints, &mut tx).await?;
-        // BEGIN, the lookup (when there are checkpoints), COMMIT.
-        let mut statements = 2 + u64::from(!batch.checkpoints.is_empty());
+        let (mut ids, looked_up) = look_up_and_unpack(&mut batch.checkpoints, &mut tx).await?;
+        // BEGIN, the lookup (one or two statements when there are checkpoints), COMMIT.
+        let mut statements = 2 + looked_up;
         if let Some(outcome) = nothing_to_write(batch, &ids, statements) {
             tx.commit().await.map_err(Error::postgres("commit batch"))?;
             return Ok(outcome);
@@ -65,7 +67,7 @@ impl Store {
             })
             .collect();
         if !to_lock.is_empty() {
-            ids.absorb(lock(&to_lock, &mut tx).await?);
+            lookup::lock(&to_lock, &mut ids, &mut tx).await?;
             statements += 1;
             unchanged = self::unchanged(&batch.checkpoints, &rows, &ids.stored);
         }
@@ -128,12 +130,12 @@ impl Store {
 /// of conversations all stored as they are needs nothing more), and the messages built of the
 /// checkpoints that are new or changed: one stored as it is adds none (its messages were stored
 /// with it).
-async fn look_up_and_unpack(checkpoints: &mut [Checkpoint], tx: &mut Tx<'_>) -> Result<Ids> {
+async fn look_up_and_unpack(checkpoints: &mut [Checkpoint], tx: &mut Tx<'_>) -> Result<(Ids, u64)> {
     let mut ids = Ids::default();
     if checkpoints.is_empty() {
-        return Ok(ids);
+        return Ok((ids, 0));
     }
-    ids.absorb(hashes(&newest_per_conversation(checkpoints), LOOKUP, &mut **tx).await?);
+    let statements = lookup::look_up(&newest_per_conversation(checkpoints), &mut ids, tx).await?;
     for c in checkpoints.iter_mut() {
         if ids
             .stored
@@ -143,7 +145,7 @@ async fn look_up_and_unpack(checkpoints: &mut [Checkpoint], tx: &mut Tx<'_>) -> 
             c.unpack();
         }
     }
-    Ok(ids)
+    Ok((ids, statements))
 }
 
 /// The outcome of a batch of nothing but conversations stored as they are, which has nothing more
@@ -242,70 +244,6 @@ async fn write_messages(
         out.statements += 1;
     }
     Ok(out)
-}
-
-/// The conversations of a batch as stored.
-#[derive(Default)]
-struct Ids {
-    /// Each conversation's row id: a new one drawn from the sequence when it is not stored.
-    id: HashMap<String, i64>,
-    /// The content hash of each conversation stored already.
-    stored: HashMap<String, Vec<u8>>,
-}
-
-/// Each conversation asked for: its name, its id (drawn when not stored) and its stored hash.
-type Found = Vec<(String, i64, Option<Vec<u8>>)>;
-
-impl Ids {
-    fn absorb(&mut self, found: Found) {
-        for (name, id, hash) in found {
-            match hash {
-                Some(h) => self.stored.insert(name.clone(), h),
-                // Deleted since the lookup: new again.
-                None => self.stored.remove(&name),
-            };
-            self.id.insert(name, id);
-        }
-    }
-}
-
-/// Locks the stored conversations about to change and reads their hash again. FOR UPDATE: a
-/// concurrent writer of the same conversations (another sweep whose lock was lost with a
-/// PostgreSQL restart) waits here; message numbering reads then writes. Two writers inserting the
-/// same new conversation collide on a key (or on the id their messages reference) instead, which
-/// is retried (see Error::is_transient).
-async fn lock(rows: &[&Checkpoint], tx: &mut Tx<'_>) -> Result<Found> {
-    hashes(rows, LOCK, &mut **tx).await
-}
-
-/// The id and content hash stored for each conversation of the batch (a new id for one not
-/// stored).
-/// Found through `conversation_ids` (unique, one index): `conversations` is partitioned by id.
-const LOOKUP: &str = "WITH found AS MATERIALIZED (
-        SELECT d.conversation_id, d.id, c.content_hash
-        FROM conversation_ids d LEFT JOIN conversations c ON c.id = d.id
-        WHERE d.conversation_id = ANY($1))
-    SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
-    FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
-const LOCK: &str = "WITH found AS MATERIALIZED (
-        SELECT d.conversation_id, d.id, c.content_hash
-        FROM conversation_ids d JOIN conversations c ON c.id = d.id
-        WHERE d.conversation_id = ANY($1)
-        FOR UPDATE OF c)
-    SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.content_hash
-    FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
-
-async fn hashes<'e>(
-    rows: &[&Checkpoint],
-    sql: &'static str,
-    on: impl sqlx::PgExecutor<'e>,
-) -> Result<Found> {
-    let names: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
-    super::query_as(sql)
-        .bind(&names)
-        .fetch_all(on)
-        .await
-        .map_err(Error::postgres("look up conversations"))
 }
 
 /// Conversations unchanged: every copy in the batch is the stored document, so it brings nothing
