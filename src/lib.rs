@@ -34,7 +34,7 @@
 //! (SIGINT and SIGTERM), [`schedule`] (cron expressions, whether a schedule can lose a key),
 //! [`shard`] (which keys a worker of a sharded sweep owns), [`redact`] (passwords out of logs),
 //! [`progress`] (a spinner for people at a terminal), [`logs`] (per-key warnings shown for a
-//! run's first keys only).
+//! run's first keys only; stderr written off the runtime, so a stalled reader never stalls it).
 
 pub mod checkpoint;
 pub mod cli;

@@ -1,10 +1,64 @@
-//! Logging never floods a sweep: a warning about one key is logged for the first few keys of a
-//! kind, then counted.
+//! Logging never stalls or floods a sweep: a stderr nobody reads does not stop it (its lines are
+//! dropped and counted once it is read again), and a warning about one key is logged for the
+//! first few keys of a kind, then counted.
 
 mod common;
 
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use common::runs::{assert_exit, n, summary};
 use common::*;
+
+/// Conversations swept one per batch: each batch logs a JSON line at -v, about 330 bytes, so
+/// the run logs some 165 KB, past the 64 KiB a pipe holds and as much again the sweeper queues.
+const N: usize = 500;
+
+/// A sweep whose stderr is a pipe nobody reads (an orchestrator reading it only at the end, or
+/// stuck) saves every due conversation within its deadline all the same. Logging in place, it
+/// blocked in write(2) once the pipe was full, and with it the runtime: no batch was written
+/// after the first 400 or so. Read again, the stderr tells how many lines were dropped; the
+/// summary on stdout is whole.
+#[tokio::test]
+async fn a_sweep_whose_stderr_is_not_read_saves_everything_within_its_deadline() {
+    let env = TestEnv::migrated("logs_stall").await;
+    env.seed(N, 300_000).await;
+    let mut child = env
+        .command()
+        .args(["-v", "--log-format", "json", "run", "--output", "json"])
+        .args(["--match", &env.pattern()])
+        .args(["--batch-size", "1", "--deadline", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let saved = "SELECT count(*) FROM conversations";
+    // Its output unread meanwhile, on purpose.
+    while env.count(saved).await < N as i64 && child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!(
+                "the sweep stalled while its stderr was not read: {} of {N} saved after 60 s",
+                env.count(saved).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = start.elapsed();
+    let out = finish(child, Duration::from_secs(30));
+    assert_exit(&out, 0);
+    let s = summary(&out);
+    assert_eq!(s["status"], "ok", "{s}");
+    assert_eq!(n(&s, "persisted"), N as u64, "{s}");
+    assert_eq!(env.count(saved).await, N as i64);
+    let err = stderr(&out);
+    assert!(
+        err.contains("log lines dropped: stderr was not read"),
+        "no count of the lines dropped ({took:?}): {}",
+        &err[err.len().saturating_sub(2000)..]
+    );
+}
 
 /// Keys that expire before they are read, and checkpoints rejected, are warned of one by one for
 /// the first ten of each kind, then in one line each that says how many more there were; the
