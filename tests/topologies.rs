@@ -84,9 +84,9 @@ async fn redis_and_postgres_connections_carry_tcp_keepalive_at_the_operation_dea
     let mut child = spawn(&env, &[], &args);
     let pg_port = port_of(&env.database_url);
     let (mut redis_timers, mut pg_timers) = (HashSet::new(), HashSet::new());
-    while child.try_wait().unwrap().is_none() {
-        redis_timers.extend(tcp_timers(child.id(), redis.port));
-        pg_timers.extend(tcp_timers(child.id(), pg_port));
+    while !child.ended() {
+        redis_timers.extend(tcp_timers(child.child.id(), redis.port));
+        pg_timers.extend(tcp_timers(child.child.id(), pg_port));
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = finish(child, Duration::from_secs(80));
