@@ -34,7 +34,8 @@
 //! (SIGINT and SIGTERM), [`schedule`] (cron expressions, whether a schedule can lose a key),
 //! [`shard`] (which keys a worker of a sharded sweep owns), [`redact`] (passwords out of logs),
 //! [`progress`] (a spinner for people at a terminal), [`logs`] (per-key warnings shown for a
-//! run's first keys only; stderr written off the runtime, so a stalled reader never stalls it).
+//! run's first keys only; stderr and stdout written by threads of their own, so a stalled reader
+//! never stalls a sweep).
 
 pub mod checkpoint;
 pub mod cli;

@@ -54,16 +54,26 @@ fn main() -> ExitCode {
         }
     };
     let shutdown = Shutdown::new();
-    runtime.block_on(async {
+    let (code, forced) = runtime.block_on(async {
         tokio::select! {
             result = sweeper::cmd::execute(&cli, &shutdown) => match result {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => fail(&cli.global, &e),
+                Ok(code) => (ExitCode::from(code), false),
+                Err(e) => (fail(&cli.global, &e), false),
             },
             // A second SIGINT or SIGTERM: an operator pressing Ctrl-C twice means it.
-            signal = shutdown.forced() => ExitCode::from(exit::SIGNAL_BASE + signal as u8),
+            signal = shutdown.forced() => (ExitCode::from(exit::SIGNAL_BASE + signal as u8), true),
         }
-    })
+    });
+    // The output, whole, before the process ends: it waits on a reader of stdout, as it must,
+    // unless told twice to exit.
+    let within = forced.then_some(logs::stderr::FLUSH_WITHIN);
+    match logs::stdout::finish(within) {
+        Err(e) if code == ExitCode::SUCCESS => {
+            let e = Error::Other(format!("cannot write the summary to stdout: {e}"));
+            fail(&cli.global, &e)
+        }
+        _ => code,
+    }
 }
 
 /// glibc gives each thread that allocates its own arena, and batches built on one runtime thread

@@ -95,3 +95,62 @@ async fn per_key_warnings_show_the_first_ten_keys_of_a_kind_then_count_the_rest(
         "every reject is kept whatever was logged"
     );
 }
+
+/// A daemon whose stdout nobody reads keeps sweeping. Each dry run here prints a table of its
+/// 2000 due keys, more than a pipe holds: printed in place, the first sweep's table blocked
+/// the daemon in write(2) and no sweep came after it. Read at last, stdout holds every table
+/// whole, and the daemon stops on SIGTERM.
+#[tokio::test]
+async fn a_daemon_whose_stdout_nobody_reads_keeps_sweeping() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let env = TestEnv::migrated("logs_stdout").await;
+    env.seed(2000, 300_000).await;
+    let mut child = env
+        .command()
+        .args(["daemon", "--schedule", "* * * * * *", "--dry-run"])
+        .args(["--list", "2000", "--match", &env.pattern()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let err = Arc::new(Mutex::new(String::new()));
+    let into = err.clone();
+    let reading = std::thread::spawn(move || {
+        let mut buf = [0; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let sweeps = |e: &Mutex<String>| e.lock().unwrap().matches("sweep finished").count();
+    let start = Instant::now();
+    while sweeps(&err) < 3 && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let swept = sweeps(&err);
+    let out = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stdout.read_to_string(&mut all);
+        all
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = finish(child, Duration::from_secs(30)).status;
+    let (out, _) = (out.join().unwrap(), reading.join());
+    let err = err.lock().unwrap().clone();
+    assert!(
+        swept >= 3,
+        "{swept} sweeps in 30 s while stdout was not read: {}",
+        &err[err.len().saturating_sub(2000)..]
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    let tables = out.matches("dry run: 2000 keys matching").count();
+    assert_eq!(
+        tables,
+        sweeps(&Mutex::new(err)),
+        "every table whole on stdout"
+    );
+}
