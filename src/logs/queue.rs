@@ -61,10 +61,12 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `chunk`; when the queue is full, drops it unless `keep`.
+    /// Queues `chunk`; when the queue is full, drops it unless `keep` (and even then past four
+    /// times the bound: a flood of errors does not grow the queue without end either).
     pub fn push(&self, chunk: &[u8], keep: bool) {
         let mut q = self.lock();
-        if !keep && self.bound.is_some_and(|b| q.bytes + chunk.len() > b) {
+        let limit = self.bound.map(|b| if keep { 4 * b } else { b });
+        if limit.is_some_and(|l| q.bytes + chunk.len() > l) {
             q.dropped += 1;
             return;
         }
@@ -173,15 +175,23 @@ mod tests {
             queue.push(&line, false);
         }
         queue.push(b"the error\n", true);
+        for _ in 0..256 {
+            queue.push(&line, true);
+        }
         assert!(started.elapsed() < Duration::from_secs(1), "pushing waited");
         assert!(queue.flush(Some(Duration::from_millis(50))).is_err());
-        // One line is taken by the blocked writer, the queue holds 64 of them.
+        // One line is taken by the blocked writer, the queue holds 64 of them, then the error,
+        // then kept lines up to four times the bound (191 more, the error's bytes counted).
         let dropped = queue.lock().dropped;
-        assert!((126..=128).contains(&dropped), "{dropped}");
+        assert!((126 + 65..=128 + 65).contains(&dropped), "{dropped}");
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         queue.flush(Some(Duration::from_secs(10))).unwrap();
-        assert!(String::from_utf8_lossy(&written.lock().unwrap()).ends_with("x\nthe error\n"));
+        let written = String::from_utf8_lossy(&written.lock().unwrap()).into_owned();
+        assert!(
+            written.contains("x\nthe error\nx"),
+            "the error after the lines before it"
+        );
         assert_eq!(REPORTED.load(Ordering::SeqCst), dropped);
     }
 
