@@ -15,7 +15,7 @@ struct State {
     dropped: u64,
     /// A chunk is being written: taken off the queue, not yet on the stream.
     writing: bool,
-    /// The first write that failed (the stream closed): later chunks are let go.
+    /// Why the first write that failed did (the stream closed).
     failed: Option<String>,
 }
 
@@ -82,15 +82,12 @@ impl Queue {
             if let Some(chunk) = q.chunks.pop_front() {
                 q.bytes -= chunk.len();
                 q.writing = true;
-                let failed = q.failed.is_some();
                 drop(q);
-                let result = match failed {
-                    true => Ok(()),
-                    false => out.write_all(&chunk).and_then(|_| out.flush()),
-                };
+                // Each chunk is tried, as in place: a write refused once may go through later.
+                let result = out.write_all(&chunk).and_then(|_| out.flush());
                 q = self.lock();
                 if let Err(e) = result {
-                    q.failed = Some(e.to_string());
+                    q.failed.get_or_insert(e.to_string());
                 }
             } else if q.dropped > 0 {
                 let dropped = std::mem::take(&mut q.dropped);
