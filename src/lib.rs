@@ -33,7 +33,9 @@
 //! errors, what is transient, exit codes), [`retry`] (the one backoff policy), [`shutdown`]
 //! (SIGINT and SIGTERM), [`schedule`] (cron expressions, whether a schedule can lose a key),
 //! [`shard`] (which keys a worker of a sharded sweep owns), [`redact`] (passwords out of logs),
-//! [`progress`] (a spinner for people at a terminal).
+//! [`progress`] (a spinner for people at a terminal), [`logs`] (per-key warnings shown for a
+//! run's first keys only; stderr and stdout written by threads of their own, so a stalled reader
+//! never stalls a sweep).
 
 pub mod checkpoint;
 pub mod cli;
@@ -41,6 +43,7 @@ pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod langgraph;
+pub mod logs;
 pub mod mapping;
 pub mod progress;
 pub mod redact;

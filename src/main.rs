@@ -10,6 +10,7 @@ use tracing_subscriber::prelude::*;
 
 use sweeper::cli::{Cli, GlobalOpts, LogFormat};
 use sweeper::error::{Error, exit};
+use sweeper::logs;
 use sweeper::shutdown::Shutdown;
 
 fn main() -> ExitCode {
@@ -28,7 +29,14 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    init_logging(&cli.global);
+    // Held to the end of main, past the runtime: the last lines reach stderr when it drops.
+    let _flush = match init_logging(&cli.global) {
+        Ok(flush) => flush,
+        Err(e) => {
+            eprintln!("sweeper: error: cannot start the thread writing the logs: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
     one_malloc_arena();
     // One worker thread: a sweep mostly waits on Redis and PostgreSQL, which want the machine's
     // cores more. With one worker per core, a 1M-key dry run took 2.66-2.82 s against the
@@ -46,16 +54,26 @@ fn main() -> ExitCode {
         }
     };
     let shutdown = Shutdown::new();
-    runtime.block_on(async {
+    let (code, forced) = runtime.block_on(async {
         tokio::select! {
             result = sweeper::cmd::execute(&cli, &shutdown) => match result {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => fail(&cli.global, &e),
+                Ok(code) => (ExitCode::from(code), false),
+                Err(e) => (fail(&cli.global, &e), false),
             },
             // A second SIGINT or SIGTERM: an operator pressing Ctrl-C twice means it.
-            signal = shutdown.forced() => ExitCode::from(exit::SIGNAL_BASE + signal as u8),
+            signal = shutdown.forced() => (ExitCode::from(exit::SIGNAL_BASE + signal as u8), true),
         }
-    })
+    });
+    // The output, whole, before the process ends: it waits on a reader of stdout, as it must,
+    // unless told twice to exit.
+    let within = forced.then_some(logs::stderr::FLUSH_WITHIN);
+    match logs::stdout::finish(within) {
+        Err(e) if code == ExitCode::SUCCESS => {
+            let e = Error::Other(format!("cannot write the summary to stdout: {e}"));
+            fail(&cli.global, &e)
+        }
+        _ => code,
+    }
 }
 
 /// glibc gives each thread that allocates its own arena, and batches built on one runtime thread
@@ -74,12 +92,14 @@ fn one_malloc_arena() {
 fn fail(global: &GlobalOpts, err: &Error) -> ExitCode {
     match global.log_format {
         LogFormat::Json => tracing::error!(exit_code = err.exit_code(), "{err}"),
-        LogFormat::Text => eprintln!("sweeper: error: {err}"),
+        LogFormat::Text => logs::stderr::line(&format!("sweeper: error: {err}")),
     }
     ExitCode::from(err)
 }
 
-fn init_logging(g: &GlobalOpts) {
+/// Logs at the level asked, onto stderr through the queue that never blocks the sweep
+/// (`logs::stderr`).
+fn init_logging(g: &GlobalOpts) -> std::io::Result<logs::stderr::Flush> {
     let level = match (g.verbose, g.quiet) {
         (0, 0) => Level::INFO,
         (1, _) => Level::DEBUG,
@@ -92,9 +112,11 @@ fn init_logging(g: &GlobalOpts) {
         .with_target("sweeper", level)
         .with_default(Level::WARN.min(level));
     let registry = tracing_subscriber::registry().with(filter);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (stderr, flush) = logs::stderr::start()?;
+    let layer = tracing_subscriber::fmt::layer().with_writer(stderr);
     match g.log_format {
         LogFormat::Json => registry.with(layer.json()).init(),
         LogFormat::Text => registry.with(layer.with_ansi(false)).init(),
     }
+    Ok(flush)
 }

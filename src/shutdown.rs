@@ -92,7 +92,7 @@ impl Shutdown {
                     _ = term.recv() => SIGTERM,
                 };
                 if me.signal().is_some() {
-                    eprintln!("sweeper: second signal: exiting now");
+                    crate::logs::stderr::line("sweeper: second signal: exiting now");
                     me.0.forced.store(got, Ordering::SeqCst);
                     me.0.notify.notify_waiters();
                     continue;

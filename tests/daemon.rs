@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,18 +14,19 @@ use serde_json::Value;
 type Run = (i64, DateTime<Utc>, Option<DateTime<Utc>>, String);
 
 /// The daemon, killed if the test fails before it stops it (it would sweep on forever).
-struct Daemon(Option<Child>);
+struct Daemon(Option<Running>);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut run) = self.0.take() {
+            let _ = run.child.kill();
+            let _ = run.child.wait();
         }
     }
 }
 
-fn spawn_daemon(env: &TestEnv, schedule: &str) -> Child {
+/// Its output read from the start: it logs and prints a summary per sweep for as long as it runs.
+fn spawn_daemon(env: &TestEnv, schedule: &str) -> Running {
     env.command()
         .args(["daemon", "--schedule", schedule, "--output", "json"])
         .args(["--match", &env.pattern()])
@@ -33,6 +34,7 @@ fn spawn_daemon(env: &TestEnv, schedule: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+        .into()
 }
 
 async fn wait_until(env: &TestEnv, sql: &str, at_least: i64, within: Duration) {
@@ -80,18 +82,15 @@ async fn the_daemon_sweeps_on_schedule_one_at_a_time_and_stops_on_sigterm() {
     )
     .await;
 
-    let child = daemon.0.as_mut().unwrap();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = daemon.0.take().unwrap().wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = daemon.0.take().unwrap();
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGTERM) };
+    let out = finish(run, Duration::from_secs(15));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the daemon did not stop on SIGTERM within 15 s (None: killed): {}",
+        stderr(&out)
+    );
 
     // One JSON summary per sweep, every sweep recorded and ended.
     let stdout = String::from_utf8(out.stdout).unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::servers::{PrivatePg, PrivateRedis};
@@ -38,8 +38,8 @@ async fn hold_batch_after(pg: &PgPool, after: i64, secs: f64) {
 }
 
 /// A sweep in the background. One writer, so that a held batch holds the whole pipeline and the
-/// tests know how much was committed when they break something.
-fn spawn_run(env: &TestEnv, args: &[&str]) -> Child {
+/// tests know how much was committed when they break something. Its output read from the start.
+fn spawn_run(env: &TestEnv, args: &[&str]) -> Running {
     env.command()
         .args([
             "run",
@@ -55,6 +55,7 @@ fn spawn_run(env: &TestEnv, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+        .into()
 }
 
 fn summary(out: &Output) -> Value {
@@ -393,7 +394,7 @@ async fn signal_finishes_the_batch_in_flight(name: &str, signal: &str, code: i32
     );
     wait_for_held_batch(&env).await;
     let ok = Command::new("kill")
-        .args([signal, &child.id().to_string()])
+        .args([signal, &child.child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
@@ -441,7 +442,7 @@ async fn a_second_sweep_at_the_same_time_is_skipped() {
     wait_for_held_batch(&env).await;
     let second = env.run_json(&[]);
     assert!(
-        first.try_wait().unwrap().is_none(),
+        !first.ended(),
         "skipping does not wait for the running sweep: the second ended after the first"
     );
     assert_eq!(second["status"], "skipped");

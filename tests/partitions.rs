@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::process::{Child, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::proxy::FaultProxy;
@@ -95,7 +95,7 @@ impl Side {
 /// ended, measured from `start`.
 struct Controls {
     sides: [Side; 2],
-    runs: [Option<Child>; 2],
+    runs: [Option<Running>; 2],
     ended: [Option<Duration>; 2],
     summaries: Vec<serde_json::Value>,
 }
@@ -128,15 +128,15 @@ impl Controls {
 
     /// Waits for the faulted run and both controls, each killed after 120 s (a hang fails the
     /// test on its exit code); notes when each ended. The controls must end ok.
-    fn wait_with(&mut self, mut faulted: Child, start: Instant) -> (Output, Instant) {
+    fn wait_with(&mut self, mut faulted: Running, start: Instant) -> (Output, Instant) {
         let mut ended = None;
         while ended.is_none() || self.ended.iter().any(Option::is_none) {
-            if ended.is_none() && faulted.try_wait().unwrap().is_some() {
+            if ended.is_none() && faulted.ended() {
                 ended = Some(Instant::now());
             }
             for i in 0..2 {
                 let run = self.runs[i].as_mut().unwrap();
-                if self.ended[i].is_none() && run.try_wait().unwrap().is_some() {
+                if self.ended[i].is_none() && run.ended() {
                     self.ended[i] = Some(start.elapsed());
                 }
             }

@@ -84,9 +84,9 @@ async fn redis_and_postgres_connections_carry_tcp_keepalive_at_the_operation_dea
     let mut child = spawn(&env, &[], &args);
     let pg_port = port_of(&env.database_url);
     let (mut redis_timers, mut pg_timers) = (HashSet::new(), HashSet::new());
-    while child.try_wait().unwrap().is_none() {
-        redis_timers.extend(tcp_timers(child.id(), redis.port));
-        pg_timers.extend(tcp_timers(child.id(), pg_port));
+    while !child.ended() {
+        redis_timers.extend(tcp_timers(child.child.id(), redis.port));
+        pg_timers.extend(tcp_timers(child.child.id(), pg_port));
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = finish(child, Duration::from_secs(80));
@@ -605,6 +605,23 @@ async fn evictions_under_volatile_ttl_are_warned_about_and_counted() {
     );
     assert!(stderr(&out).contains("evict"), "{}", stderr(&out));
     assert!(n(&s, "evicted_keys") > 0, "{s}");
+    // Keys evicted between the scan and the read once got a warning each (385 lines): the
+    // first ten are logged, one line counts the rest.
+    let (err, expired) = (stderr(&out), n(&s, "expired_before_read"));
+    let each = err
+        .lines()
+        .filter(|l| l.contains("key expired before it could be read"))
+        .count() as u64;
+    assert_eq!(each, expired.min(10), "{err}");
+    let more = format!("{} more keys expired before", expired.saturating_sub(10));
+    assert_eq!(err.contains(&more), expired > 10, "{err}");
+    figure(
+        "eviction",
+        format!(
+            "expired_before_read {expired}, {} bytes of stderr",
+            err.len()
+        ),
+    );
     let inspect = output_within(
         env.command().args(["inspect", "--match", &env.pattern()]),
         Duration::from_secs(60),

@@ -16,7 +16,6 @@ pub mod schedule;
 pub mod simulate;
 pub mod status;
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::cli::{Cli, Command, GlobalOpts, Output};
@@ -113,9 +112,8 @@ fn emit(
     })
 }
 
+/// Queues `text` for stdout (`logs::stdout`): a stdout nobody reads holds no sweep.
 fn print(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
+    crate::logs::stdout::print(text)
         .map_err(|e| Error::Other(format!("cannot write the summary to stdout: {e}")))
 }

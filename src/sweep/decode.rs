@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{self, Checkpoint, Reject};
 use crate::config::SweepConfig;
+use crate::logs::per_key::{self, Kind};
 use crate::mapping::{Raw, Unit};
 use crate::redis::cluster::Protected;
 use crate::redis::langgraph::ThreadRead;
@@ -27,7 +28,9 @@ const BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// by its TTL, the decoder by its missing value.
 pub(crate) fn expired(counters: &mut Counters, key: &[u8]) {
     counters.expired_before_read += 1;
-    tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
+    if per_key::show(Kind::Expired) {
+        tracing::warn!(key = %display_key(key), "key expired before it could be read: its last state was not saved");
+    }
 }
 
 /// Counts a protection of the due keys `due`: the keys kept as `protected`, a due key gone
@@ -224,7 +227,9 @@ impl Decoder {
             Ok((_, None)) => self.current_bytes += size as usize,
             Err(reason) => {
                 self.counters.rejected += 1;
-                tracing::warn!(key = %shown, %reason, "checkpoint rejected: set aside in sweep_rejects");
+                if per_key::show(Kind::Rejected) {
+                    tracing::warn!(key = %shown, %reason, "checkpoint rejected: set aside in sweep_rejects");
+                }
                 self.current
                     .batch
                     .rejects
@@ -337,7 +342,9 @@ impl Decoder {
             }
             ThreadRead::Rejected { key, reason, raw } => {
                 self.counters.rejected += 1;
-                tracing::warn!(key = %key, %reason, "LangGraph thread rejected: set aside in sweep_rejects");
+                if per_key::show(Kind::Rejected) {
+                    tracing::warn!(key = %key, %reason, "LangGraph thread rejected: set aside in sweep_rejects");
+                }
                 let size = raw.len() as u64;
                 let why = reason.to_string();
                 self.current

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{SweepConfig, Timeouts};
 use crate::error::{Error, Result};
+use crate::logs::per_key;
 use crate::redis::Nodes;
 use crate::redis::read::Read;
 use crate::redis::tls::RedisTls;
@@ -77,6 +78,13 @@ pub struct Endpoints {
 /// Connects and runs one sweep. Always gives a summary: a sweep that could not start is `failed`,
 /// with the error, and counts the due keys it protected when PostgreSQL was the reason.
 pub async fn connect_and_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shutdown) -> Outcome {
+    per_key::start_run();
+    let outcome = connect_then_run(cfg, ends, shutdown).await;
+    per_key::log_rest();
+    outcome
+}
+
+async fn connect_then_run(cfg: &SweepConfig, ends: &Endpoints, shutdown: &Shutdown) -> Outcome {
     let started = Instant::now();
     let failed = |e: Error, c: Counters| Outcome::failed(cfg, e, c, started.elapsed());
     let source = match Nodes::connect(

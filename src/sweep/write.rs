@@ -22,6 +22,7 @@ use super::protect::protect;
 use super::shield::{self, Exposed, WriteTimes};
 use crate::config::SweepConfig;
 use crate::error::{Error, Result};
+use crate::logs::per_key::{self, Kind};
 use crate::redis::Nodes;
 use crate::retry::Retries;
 use crate::run::{Counters, DueList};
@@ -414,9 +415,12 @@ async fn write(
 
 /// The reject of a checkpoint or thread PostgreSQL refused on its own; its keys stay in Redis.
 fn refused(one: Batch, reason: &str) -> RejectRecord {
+    let show = per_key::show(Kind::Rejected);
     if let Some(t) = one.threads.into_iter().next() {
-        tracing::warn!(key = %t.latest_key, thread_id = %t.thread_id, checkpoint_ns = %t.checkpoint_ns, %reason,
-            "LangGraph thread rejected: set aside in sweep_rejects, its keys left in Redis");
+        if show {
+            tracing::warn!(key = %t.latest_key, thread_id = %t.thread_id, checkpoint_ns = %t.checkpoint_ns, %reason,
+                "LangGraph thread rejected: set aside in sweep_rejects, its keys left in Redis");
+        }
         let raw = t.inspection();
         let size = raw.len() as u64;
         return RejectRecord::new(t.latest_key, reason, &raw, size);
@@ -426,7 +430,9 @@ fn refused(one: Batch, reason: &str) -> RejectRecord {
         .into_iter()
         .next()
         .expect("one checkpoint or thread");
-    tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
+    if show {
+        tracing::warn!(key = %c.redis_key, %reason, "checkpoint rejected: set aside in sweep_rejects");
+    }
     RejectRecord::new(
         c.redis_key,
         reason,

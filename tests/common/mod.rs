@@ -484,9 +484,10 @@ fn server_from_wheel(
 }
 
 /// Waits for a child to end; SIGKILLs it once `within` has passed (at once with ZERO): its exit
-/// code is then None. Its output is read while it runs ([`Pipes`]).
-pub fn finish(mut child: std::process::Child, within: std::time::Duration) -> Output {
-    let pipes = Pipes::take(&mut child);
+/// code is then None. Its output is read while it runs ([`Pipes`]): from its spawn, when given a
+/// [`Running`].
+pub fn finish(child: impl Into<Running>, within: std::time::Duration) -> Output {
+    let Running { mut child, pipes } = child.into();
     let start = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() >= within {
@@ -496,6 +497,27 @@ pub fn finish(mut child: std::process::Child, within: std::time::Duration) -> Ou
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     pipes.output(child.wait().unwrap())
+}
+
+/// A child whose output is read from its spawn ([`Pipes`]), so a test may poll it, or wait for
+/// something else while it runs, without leaving it blocked on a full pipe. Ended by [`finish`].
+pub struct Running {
+    pub child: std::process::Child,
+    pipes: Pipes,
+}
+
+impl From<std::process::Child> for Running {
+    fn from(mut child: std::process::Child) -> Running {
+        let pipes = Pipes::take(&mut child);
+        Running { child, pipes }
+    }
+}
+
+impl Running {
+    /// Whether the child has exited (its status is kept for [`finish`]).
+    pub fn ended(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
 }
 
 /// A child's stdout and stderr, read on threads of their own while the child runs. A pipe holds

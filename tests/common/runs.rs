@@ -4,13 +4,13 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::{TestEnv, finish, stderr};
+use super::{Running, TestEnv, finish, stderr};
 
 /// Conversations a paced run sweeps: long enough for a fault to land in its middle.
 pub const N: usize = 3000;
@@ -53,8 +53,8 @@ pub fn port_of(url: &str) -> u16 {
 }
 
 /// `sweeper run --output json` of this test's keys in the background, with `vars` overriding the
-/// test's environment (a URL through a proxy or a pooler).
-pub fn spawn(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Child {
+/// test's environment (a URL through a proxy or a pooler); its output read from the start.
+pub fn spawn(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Running {
     env.command()
         .envs(vars.iter().copied())
         .args(["run", "--output", "json", "--match", &env.pattern()])
@@ -63,6 +63,7 @@ pub fn spawn(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+        .into()
 }
 
 /// A sweep of this test's keys, waited for at most `within` (killed then: a hang fails the test,
@@ -165,14 +166,14 @@ pub async fn rows(pg_url: &str) -> i64 {
 
 /// Waits until `at_least` conversations are saved (the run is in its middle), or the run has
 /// ended (its exit code then tells why).
-pub async fn wait_rows(pg: &PgPool, at_least: i64, run: &mut Child) {
+pub async fn wait_rows(pg: &PgPool, at_least: i64, run: &mut Running) {
     let start = Instant::now();
     loop {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
             .fetch_one(pg)
             .await
             .unwrap();
-        if n >= at_least || run.try_wait().unwrap().is_some() {
+        if n >= at_least || run.ended() {
             return;
         }
         assert!(

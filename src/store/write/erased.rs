@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
+use crate::logs::per_key::{self, Kind};
 use crate::store::Batch;
 
 /// A conversation or LangGraph thread id, as tombstones name it.
@@ -54,10 +55,12 @@ pub(super) async fn drop_erased(
     batch.threads.retain(|t| !is(CONVERSATION, &t.thread_id));
     batch.rejects.retain(|r| !is(KEY, &r.redis_key));
     let taken = (before - batch.checkpoints.len() - batch.threads.len()) as u64;
-    tracing::info!(
-        erased = taken,
-        "erased conversations read again: not saved, their keys left to their TTL"
-    );
+    if per_key::show_many(Kind::Erased, taken) {
+        tracing::info!(
+            erased = taken,
+            "erased conversations read again: not saved, their keys left to their TTL"
+        );
+    }
     batch.erased += taken;
     Ok(())
 }
