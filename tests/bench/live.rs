@@ -116,21 +116,31 @@ fn message(rng: &mut fastrand::Rng, id: &str, seq: usize, now: DateTime<Utc>) ->
     })
 }
 
-const INSERT_CONVERSATION: &str = "INSERT INTO conversations (conversation_id, user_id, redis_key, \
-     checkpoint, checkpoint_messages, message_count, content_hash, started_at, updated_at) \
-     VALUES ($1, $2, $3, '{}', 0, 0, '', now(), now()) ON CONFLICT DO NOTHING";
-// Into today's tables (`messages` is a view): the conversation's integer id looked up in the same
-// statement, the message key as the sweep computes it, the text in the row (no document holds it).
+// Into today's tables, one statement each as before: a new conversation's id entered in
+// `conversation_ids` (which keeps ids unique; `conversations` is partitioned by id) by the
+// statement that inserts its row.
+const INSERT_CONVERSATION: &str = "WITH d AS (INSERT INTO conversation_ids (conversation_id) \
+     VALUES ($1) ON CONFLICT DO NOTHING RETURNING id) \
+     INSERT INTO conversations (id, conversation_id, user_id, redis_key, checkpoint, \
+     checkpoint_messages, message_count, content_hash, started_at, updated_at) \
+     SELECT d.id, $1, $2, $3, '{}', 0, 0, '', now(), now() FROM d";
+// `messages` is a view: the conversation's integer id looked up in the same statement, the
+// message key as the sweep computes it, the text in the row (no document holds it).
 const INSERT_MESSAGE: &str = "INSERT INTO message_rows (conversation, message_key, seq, message_id, \
      role, content, created_at) SELECT c.id, sweeper_message_key($2), $3, $4, $5, $6, $7 \
-     FROM conversations c WHERE c.conversation_id = $1";
-const UPSERT_SESSION: &str = "INSERT INTO conversations (conversation_id, user_id, redis_key, \
-     checkpoint, checkpoint_messages, message_count, content_hash, started_at, updated_at) \
-     VALUES ($1, $2, $3, $4::jsonb, $5, $5, '', now(), now()) ON CONFLICT (conversation_id) DO UPDATE \
+     FROM conversation_ids c WHERE c.conversation_id = $1";
+// The id: entered now (the first turn) or the stored one (a statement sees the rows committed
+// before it, not those its own first part inserts).
+const UPSERT_SESSION: &str = "WITH d AS (INSERT INTO conversation_ids (conversation_id) \
+     VALUES ($1) ON CONFLICT DO NOTHING RETURNING id), \
+     i AS (SELECT id FROM d UNION ALL SELECT id FROM conversation_ids WHERE conversation_id = $1) \
+     INSERT INTO conversations (id, conversation_id, user_id, redis_key, checkpoint, \
+     checkpoint_messages, message_count, content_hash, started_at, updated_at) \
+     SELECT i.id, $1, $2, $3, $4::jsonb, $5, $5, '', now(), now() FROM i ON CONFLICT (id) DO UPDATE \
      SET checkpoint = excluded.checkpoint, checkpoint_messages = excluded.checkpoint_messages, \
      message_count = excluded.message_count, updated_at = excluded.updated_at, last_persisted_at = now()";
 const INSERT_SESSION: &str = "INSERT INTO message_rows (conversation, message_key, seq, message_id, \
-     role, content, created_at) SELECT (SELECT id FROM conversations WHERE conversation_id = $1), \
+     role, content, created_at) SELECT (SELECT id FROM conversation_ids WHERE conversation_id = $1), \
      sweeper_message_key('id:' || m), s, m, r, c, t \
      FROM unnest($2::text[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[]) AS u(m, s, r, c, t)";
 
