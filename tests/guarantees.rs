@@ -361,3 +361,52 @@ async fn a_message_keeps_its_text_when_the_document_no_longer_holds_it() {
     env.run_json(&[]);
     assert_eq!(texts(&env).await, want(&["m1", "m2", "m3", "m4", "m5"]));
 }
+
+/// Conversations are keyed by an integer id drawn from a sequence; one drawn that another
+/// conversation already holds (the sequence behind the stored ids, as after a partial restore of
+/// a dump) would merge two conversations into one row. The batch fails instead, nothing written,
+/// with one line saying how to move the sequence on; once moved, the sweep saves it.
+#[tokio::test]
+async fn an_id_sequence_behind_the_stored_ids_merges_nothing_and_says_how_to_fix_it() {
+    let env = TestEnv::migrated("id_clash").await;
+    env.set(
+        "first",
+        &json!({"messages": [{"id": "m1", "role": "user", "content": "hi"}]}),
+        SOON,
+    )
+    .await;
+    assert_eq!(env.run_json(&[])["persisted"], 1);
+    sqlx::query("SELECT setval('conversations_id_seq', 1, false)")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    env.set(
+        "second",
+        &json!({"messages": [{"id": "m9", "role": "user", "content": "yo"}]}),
+        SOON,
+    )
+    .await;
+    let out = env.sweeper(&["run", "--output", "json"]);
+    common::runs::assert_exit(&out, 4);
+    let err = stderr(&out);
+    assert!(
+        err.contains("conversations_id_seq is behind the stored ids") && err.contains("setval"),
+        "{err}"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM messages WHERE conversation_id = 'first'")
+            .await,
+        1
+    );
+    sqlx::query("SELECT setval('conversations_id_seq', (SELECT max(id) FROM conversation_ids))")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    // (The failed run protected the key: its TTL raised past the threshold.)
+    assert_eq!(
+        env.run_json(&["--threshold", "1h", "--protect-ttl", "2h"])["persisted"],
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM conversations").await, 2);
+}

@@ -612,3 +612,109 @@ async fn message_rows_move_into_partitions_without_losing_a_row() {
     .unwrap_err();
     assert!(orphan.to_string().contains("foreign key"), "{orphan}");
 }
+
+/// The last migration before `conversations` was cut in partitions.
+const BEFORE_CONVERSATION_PARTITIONS: i64 = 20261206000200;
+
+/// `conversations` becomes partitioned by id beside `message_rows`: every row keeps its id and
+/// lands in its range's partition, `conversation_ids` holds each id once, the grants and the id
+/// sequence carry over, and the next sweep saves a new conversation under a fresh id and a
+/// changed one under its own.
+#[tokio::test]
+async fn conversations_move_into_partitions_and_sweeps_go_on() {
+    let env = TestEnv::new("conversation_partitions_migration").await;
+    sqlx::raw_sql("CREATE SCHEMA sweeper")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    migrate_to(&env.pg, BEFORE_CONVERSATION_PARTITIONS).await;
+    let ids = [1, 20001, 45000];
+    for id in ids {
+        sqlx::query(
+            r#"INSERT INTO conversations (id, conversation_id, redis_key, checkpoint, checkpoint_messages,
+                                          message_count, content_hash, updated_at)
+               VALUES ($1, $2, $3, '{"messages": []}', 0, 0, '\x01', '2026-12-01T00:00:00Z')"#,
+        )
+        .bind(id)
+        .bind(format!("c{id}"))
+        .bind(env.key(&format!("c{id}")))
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql(
+        "SELECT setval('conversations_id_seq', 45000);
+         DO $$ BEGIN CREATE ROLE sweeper_conversation_writer; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT SELECT, INSERT, UPDATE ON conversations TO sweeper_conversation_writer;
+         GRANT USAGE ON SEQUENCE conversations_id_seq TO sweeper_conversation_writer;",
+    )
+    .execute(&env.pg)
+    .await
+    .unwrap();
+    let cols = columns(&env.pg, "sweeper", "conversations").await;
+    let before = rows_of(&env.pg, "sweeper", "conversations", &cols).await;
+
+    let out = env.sweeper(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        rows_of(&env.pg, "sweeper", "conversations", &cols).await,
+        before
+    );
+    let placed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tableoid::regclass::text, count(*) FROM conversations GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .unwrap();
+    let expected = [
+        ("conversations_0", 1),
+        ("conversations_20000", 1),
+        ("conversations_40000", 1),
+    ];
+    assert_eq!(placed, expected.map(|(p, n)| (p.to_string(), n)).to_vec());
+    assert_eq!(
+        env.count("SELECT count(*) FROM conversation_ids d JOIN conversations c USING (id, conversation_id)")
+            .await,
+        3
+    );
+    let privileges: (bool, bool, bool, bool) = sqlx::query_as(
+        "SELECT has_table_privilege('sweeper_conversation_writer', 'sweeper.conversations', 'UPDATE'),
+                has_table_privilege('sweeper_conversation_writer', 'sweeper.conversation_ids', 'INSERT'),
+                has_table_privilege('sweeper_conversation_writer', 'sweeper.conversations', 'DELETE'),
+                has_sequence_privilege('sweeper_conversation_writer', 'sweeper.conversations_id_seq', 'USAGE')",
+    )
+    .fetch_one(&env.pg)
+    .await
+    .unwrap();
+    assert_eq!(privileges, (true, true, false, true));
+
+    // A new conversation and a newer checkpoint of a stored one.
+    env.set("fresh", &doc(Some("2026-12-06T09:00:00Z"), &["m1"]), SOON)
+        .await;
+    env.set(
+        "c20001",
+        &doc(Some("2026-12-06T10:00:00Z"), &["m1", "m2"]),
+        SOON,
+    )
+    .await;
+    let summary = env.run_json(&[]);
+    assert_eq!(summary["persisted"], 2, "{summary}");
+    let saved: Vec<(String, i64, String, i32)> = sqlx::query_as(
+        "SELECT conversation_id, id, tableoid::regclass::text, message_count FROM conversations \
+         WHERE conversation_id IN ('fresh', 'c20001') ORDER BY 1",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        saved[0],
+        ("c20001".into(), 20001, "conversations_20000".into(), 2)
+    );
+    assert_eq!(saved[1].0, "fresh");
+    assert!(
+        saved[1].1 > 45000,
+        "a fresh id after the stored ones: {saved:?}"
+    );
+    assert_eq!(saved[1].2, "conversations_40000");
+    assert_eq!(env.count("SELECT count(*) FROM conversation_ids").await, 4);
+}

@@ -37,12 +37,18 @@ impl Ids {
 }
 
 /// Each conversation's id (a new one drawn for a conversation `conversation_ids` does not hold;
-/// one it holds keeps its id even without a row, pruned a moment ago: its id is still taken)
-/// and whether it was there.
+/// one it holds keeps its id even without a row, pruned a moment ago: its id is still taken),
+/// whether it was there, and the conversation already holding a drawn id, if one does (the
+/// sequence behind the stored ids, e.g. after a partial restore of a dump: the upsert, keyed by
+/// id, would merge two conversations).
 const IDS: &str = "WITH found AS MATERIALIZED (
-        SELECT conversation_id, id FROM conversation_ids WHERE conversation_id = ANY($1))
-    SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')), f.id IS NOT NULL
-    FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id)";
+        SELECT conversation_id, id FROM conversation_ids WHERE conversation_id = ANY($1)),
+    drawn AS (
+        SELECT t.conversation_id, coalesce(f.id, nextval('conversations_id_seq')) AS id, f.id IS NOT NULL AS known
+        FROM unnest($1::text[]) AS t(conversation_id) LEFT JOIN found f USING (conversation_id))
+    SELECT d.conversation_id, d.id, d.known,
+           CASE WHEN NOT d.known THEN (SELECT x.conversation_id FROM conversation_ids x WHERE x.id = d.id) END
+    FROM drawn d";
 const HASHES: &str = "SELECT id, content_hash FROM conversations WHERE id = ANY($1)";
 /// The stored rows of these ids, locked; a new id drawn for one deleted since.
 const LOCK: &str = "WITH locked AS MATERIALIZED (
@@ -54,11 +60,25 @@ const LOCK: &str = "WITH locked AS MATERIALIZED (
 /// conversation of the batch is stored).
 pub(super) async fn look_up(rows: &[&Checkpoint], ids: &mut Ids, tx: &mut Tx<'_>) -> Result<u64> {
     let names: Vec<&str> = rows.iter().map(|c| c.conversation_id.as_str()).collect();
-    let found: Vec<(String, i64, bool)> = super::super::query_as(IDS)
+    let found: Vec<(String, i64, bool, Option<String>)> = super::super::query_as(IDS)
         .bind(&names)
         .fetch_all(&mut **tx)
         .await
         .map_err(Error::postgres("look up conversations"))?;
+    if let Some((name, id, _, Some(other))) = found.iter().find(|f| f.3.is_some()) {
+        return Err(Error::Postgres {
+            context: "look up conversations",
+            source: sqlx::Error::Configuration(
+                format!(
+                    "id {id} drawn for conversation {name:?} is conversation {other:?}'s: the sequence \
+                     conversations_id_seq is behind the stored ids; as the schema's owner run \
+                     SELECT setval('conversations_id_seq', (SELECT max(id) FROM conversation_ids)) \
+                     in its schema"
+                )
+                .into(),
+            ),
+        });
+    }
     let known: Vec<i64> = found.iter().filter(|f| f.2).map(|f| f.1).collect();
     let hashes: HashMap<i64, Vec<u8>> = if known.is_empty() {
         HashMap::new()
@@ -75,7 +95,7 @@ pub(super) async fn look_up(rows: &[&Checkpoint], ids: &mut Ids, tx: &mut Tx<'_>
     ids.absorb(
         found
             .into_iter()
-            .map(|(name, id, _)| {
+            .map(|(name, id, _, _)| {
                 let hash = hashes.get(&id).cloned();
                 (name, id, hash)
             })
