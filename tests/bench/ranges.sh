@@ -8,7 +8,8 @@
 #
 # Defaults: 20000 conversations of 2-6 messages written by `sweeper simulate` (TTLs within the
 # threshold: all due), swept into an archive of 100000 conversations filled by SQL, with spans of
-# 5000 and 250 ids (23 and 403 ranges); then swept again unchanged (every batch a lookup only).
+# 5000 and 250 ids (27 and 483 ranges with the sweep's); then swept again unchanged (every batch a
+# lookup only); then written again newer with 7-9 messages and swept (every batch merges).
 # On a private PostgreSQL (tests/bench/lib.sh), Redis of tests/servers.sh. Uses the sweeper binary
 # of target/release, else target/debug (BIN= another).
 set -euo pipefail
@@ -36,8 +37,11 @@ for span in $spans; do
   "$bin" simulate --redis-url "$REDIS_URL" --conversations "$n" --ttl-spread 2m..3m --messages 2..6 -q >/dev/null
   new=$(secs env DATABASE_URL="$base/$db" "$bin" run -q)
   again=$(secs env DATABASE_URL="$base/$db" "$bin" run -q)
+  # The same conversations, newer and longer: every batch merges messages into stored ones.
+  "$bin" simulate --redis-url "$REDIS_URL" --conversations "$n" --ttl-spread 2m..3m --messages 7..9 -q >/dev/null
+  changed=$(secs env DATABASE_URL="$base/$db" "$bin" run -q)
   saved=$(psql -qtAX "$base/$db" -c "SELECT count(*) FROM conversations WHERE id > 100000")
-  printf 'span %5d: %4d ranges  sweep of new conversations %6.2f s  again, unchanged %6.2f s  (%d saved)\n' \
-    "$span" "$ranges" "$new" "$again" "$saved"
+  printf 'span %5d: %4d ranges  sweep of new conversations %6.2f s  again, unchanged %6.2f s  changed %6.2f s  (%d saved)\n' \
+    "$span" "$ranges" "$new" "$again" "$changed" "$saved"
   psql -qX "$SWEEPER_TEST_PG_ADMIN" -c "DROP DATABASE $db"
 done
