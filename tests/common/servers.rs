@@ -310,28 +310,40 @@ impl PrivateRedis {
         PrivateRedis::try_start_bin(Path::new("redis-server"), args)
     }
 
-    /// A server of another version (the binary at `bin`), with extra arguments.
+    /// A server of another version (the binary at `bin`), with extra arguments. A free port is
+    /// free only until someone else takes it (tests running at once start servers too): one
+    /// taken meanwhile is traded for another.
     pub fn try_start_bin(bin: &Path, args: &[&str]) -> Result<PrivateRedis, String> {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("sweeper-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = PrivateRedis {
-            port,
-            dir,
-            child: None,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            bin: bin.to_path_buf(),
-        };
-        r.try_up()?;
-        Ok(r)
+        let mut tries = 0;
+        loop {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("sweeper-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut r = PrivateRedis {
+                port,
+                dir,
+                child: None,
+                args: args.iter().map(|a| a.to_string()).collect(),
+                bin: bin.to_path_buf(),
+            };
+            match r.try_up() {
+                Ok(()) => return Ok(r),
+                Err(e) if e.contains("Address already in use") && tries < 5 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn up(&mut self) {
         self.try_up().unwrap()
     }
 
+    /// Starts the server and waits until its log says it listens: a port that answers may be
+    /// another test's server that took it first (this one then exits, its port in use).
     fn try_up(&mut self) -> Result<(), String> {
         let log = self.dir.join("redis.log");
+        let _ = std::fs::write(&log, "");
         let mut child = Command::new(&self.bin)
             .args([
                 "--port",
@@ -352,7 +364,10 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server");
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Ready to accept connections")
+        {
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
                 let last: Vec<&str> = log.lines().rev().take(3).collect();
@@ -373,11 +388,13 @@ impl PrivateRedis {
 
     /// SIGKILL: the server and every key in it are gone.
     pub fn kill(&mut self) {
+        // Only a server this started is waited for: the port of one that never came up may be
+        // another's.
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            wait_for_port(self.port, false, "Redis");
         }
-        wait_for_port(self.port, false, "Redis");
     }
 
     pub fn url(&self) -> String {
