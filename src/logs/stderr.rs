@@ -99,6 +99,15 @@ pub fn start() -> std::io::Result<(Stderr, Flush)> {
     Ok((Stderr(queue.clone()), Flush))
 }
 
+/// Waits, at most `within`, for the lines logged so far to reach stderr: what is printed on
+/// stdout next then comes after them where both streams go to one reader (an orchestrator
+/// taking the last line of the output for the summary).
+pub fn drain(within: Duration) {
+    if let Some(queue) = QUEUE.get() {
+        let _ = queue.flush(Some(within));
+    }
+}
+
 /// A line of the binary's own (`sweeper: error: ...`), never dropped, after the log lines
 /// before it; straight to stderr when logging has not started.
 pub fn line(text: &str) {

@@ -22,6 +22,9 @@ pub fn print(text: &str) -> Result<(), String> {
     if let Some(why) = queue.failed() {
         return Err(why);
     }
+    // After the log lines before it: the summary is the output's last line (a stderr nobody
+    // reads holds it half a second at most).
+    super::stderr::drain(std::time::Duration::from_millis(500));
     queue.push(text.as_bytes(), true);
     Ok(())
 }
